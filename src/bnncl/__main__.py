@@ -1,0 +1,3 @@
+from bnncl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Engine-agnostic continual learning (CWR*, latent replay, learner, metrics). Never imports torch."""

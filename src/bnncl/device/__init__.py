@@ -1,0 +1,1 @@
+"""Device runtime: NumPy + a small C core. Never imports torch."""
