@@ -1,0 +1,264 @@
+"""Continual-learning scenarios: seeded streams of experiences over any labelled dataset.
+
+A :class:`Stream` is a sequence of :class:`Experience` objects. An experience holds *indices* into
+the dataset (never copies of the images), their labels, ``classes_in_experience`` and an optional
+deterministic shift (see :mod:`bnncl.data.shifts`) applied when its images are gathered.
+
+* :func:`nc_stream` -- new classes: an optional base experience, then experiences of new classes.
+* :func:`ni_stream` -- new instances: every experience holds all classes (disjoint, stratified
+  instance splits), each under its own shift.
+* :func:`nic_stream` -- new instances and classes: each class is cut into disjoint parts; the
+  experiences are a seeded sequence of (class, part) units, so classes reappear with new instances.
+
+Same arguments and seed -> the same stream, on every machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from bnncl.data.shifts import SHIFTS, apply_shift, default_ni_shifts
+
+ShiftSpec = tuple[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Experience:
+    """One step of a stream: dataset rows ``indices`` with their ``labels``.
+
+    ``transform``/``transform_params`` name a deterministic shift applied by :meth:`images`.
+    ``is_base`` marks the base experience that the device ships with (pretrained on the host).
+    """
+
+    index: int
+    indices: np.ndarray
+    labels: np.ndarray
+    classes_in_experience: tuple[int, ...]
+    transform: str | None = None
+    transform_params: dict[str, Any] = field(default_factory=dict)
+    is_base: bool = False
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def images(self, images: np.ndarray) -> np.ndarray:
+        """This experience's images gathered from the dataset's ``images`` with the shift applied."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
+        if len(self.indices) and int(self.indices.max()) >= len(images):
+            raise ValueError(f"images has {len(images)} rows but experience {self.index} indexes row {int(self.indices.max())}")
+        batch = images[self.indices]
+        if self.transform in (None, "none"):
+            return batch
+        return apply_shift(batch, self.transform, self.transform_params)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """An ordered sequence of experiences over a dataset of ``num_classes`` classes."""
+
+    name: str
+    experiences: tuple[Experience, ...]
+    num_classes: int
+    seed: int
+
+    def __len__(self) -> int:
+        return len(self.experiences)
+
+    def __iter__(self) -> Iterator[Experience]:
+        return iter(self.experiences)
+
+    def __getitem__(self, i: int) -> Experience:
+        return self.experiences[i]
+
+    def seen_classes(self, upto: int) -> tuple[int, ...]:
+        """Sorted classes in experiences ``0..upto`` (inclusive)."""
+        seen: set[int] = set()
+        for exp in self.experiences[: upto + 1]:
+            seen.update(exp.classes_in_experience)
+        return tuple(sorted(seen))
+
+
+def _check_labels(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got {labels.dtype}")
+    if labels.min() < 0:
+        raise ValueError(f"labels must be >= 0, got min {labels.min()}")
+    return labels.astype(np.int64, copy=False)
+
+
+def _check_classes(name: str, classes: Sequence[int], present: set[int]) -> list[int]:
+    out = [int(c) for c in classes]
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} has repeated classes: {out}")
+    missing = [c for c in out if c not in present]
+    if missing:
+        raise ValueError(f"{name} names classes {missing} that have no labelled example")
+    return out
+
+
+def _num_classes(labels: np.ndarray) -> int:
+    return int(labels.max()) + 1
+
+
+def _make_experience(
+    index: int, idx: np.ndarray, labels: np.ndarray, rng: np.random.Generator, shift: ShiftSpec | None = None,
+    is_base: bool = False,
+) -> Experience:
+    idx = np.sort(idx.astype(np.int64))
+    idx = idx[rng.permutation(len(idx))]
+    name, params = shift if shift is not None else (None, {})
+    return Experience(
+        index=index,
+        indices=idx,
+        labels=labels[idx],
+        classes_in_experience=tuple(int(c) for c in np.unique(labels[idx])),
+        transform=name,
+        transform_params=dict(params),
+        is_base=is_base,
+    )
+
+
+def _normalise_shifts(shifts: Sequence[ShiftSpec | str] | None, n: int) -> list[ShiftSpec]:
+    if shifts is None:
+        return default_ni_shifts(n)
+    out: list[ShiftSpec] = []
+    for s in shifts:
+        name, params = (s, {}) if isinstance(s, str) else (s[0], dict(s[1]))
+        if name not in SHIFTS:
+            raise ValueError(f"shifts: unknown shift {name!r}; expected one of {sorted(SHIFTS)}")
+        out.append((name, params))
+    if len(out) != n:
+        raise ValueError(f"shifts has {len(out)} entries, expected one per experience ({n})")
+    return out
+
+
+def nc_stream(
+    labels: np.ndarray,
+    *,
+    base_classes: Sequence[int] = (),
+    classes_per_experience: int = 1,
+    class_order: Sequence[int] | None = None,
+    seed: int = 0,
+) -> Stream:
+    """New-classes stream: a base experience of ``base_classes`` (if any), then new classes.
+
+    ``class_order`` lists the non-base classes in the order they arrive (default: the remaining
+    classes in ascending order, so ``fmnist-b5`` is ``nc_stream(labels, base_classes=range(5))``);
+    they are grouped ``classes_per_experience`` at a time (the last group may be smaller).
+    ``seed`` shuffles the order of patterns inside each experience.
+    """
+    labels = _check_labels(labels)
+    present = set(np.unique(labels).tolist())
+    base = _check_classes("base_classes", base_classes, present)
+    if class_order is None:
+        order = sorted(present - set(base))
+    else:
+        order = _check_classes("class_order", class_order, present)
+        overlap = sorted(set(order) & set(base))
+        if overlap:
+            raise ValueError(f"class_order repeats base classes {overlap}")
+    if classes_per_experience < 1:
+        raise ValueError(f"classes_per_experience must be >= 1, got {classes_per_experience}")
+    if not base and not order:
+        raise ValueError("nc_stream needs at least one class in base_classes or class_order")
+    rng = np.random.default_rng(seed)
+    exps: list[Experience] = []
+    if base:
+        exps.append(_make_experience(0, np.flatnonzero(np.isin(labels, base)), labels, rng, is_base=True))
+    for start in range(0, len(order), classes_per_experience):
+        group = order[start : start + classes_per_experience]
+        exps.append(_make_experience(len(exps), np.flatnonzero(np.isin(labels, group)), labels, rng))
+    return Stream("nc", tuple(exps), _num_classes(labels), seed)
+
+
+def _split_per_class(labels: np.ndarray, classes: Sequence[int], parts: int, rng: np.random.Generator) -> dict[int, list[np.ndarray]]:
+    """Each class's rows, shuffled with ``rng`` and cut into ``parts`` near-equal disjoint parts."""
+    out: dict[int, list[np.ndarray]] = {}
+    for c in classes:
+        rows = np.flatnonzero(labels == c)
+        if len(rows) < parts:
+            raise ValueError(f"class {c} has {len(rows)} examples, fewer than the {parts} parts asked for")
+        out[c] = np.array_split(rows[rng.permutation(len(rows))], parts)
+    return out
+
+
+def ni_stream(
+    labels: np.ndarray,
+    *,
+    n_experiences: int = 8,
+    seed: int = 0,
+    shifts: Sequence[ShiftSpec | str] | None = None,
+) -> Stream:
+    """New-instances stream: all classes in every experience, disjoint stratified instance splits.
+
+    ``shifts`` gives one ``(name, params)`` (or a bare name) per experience; default
+    :func:`bnncl.data.shifts.default_ni_shifts` (experience 0 unshifted).
+    """
+    labels = _check_labels(labels)
+    if n_experiences < 1:
+        raise ValueError(f"n_experiences must be >= 1, got {n_experiences}")
+    shift_list = _normalise_shifts(shifts, n_experiences)
+    rng = np.random.default_rng(seed)
+    classes = sorted(np.unique(labels).tolist())
+    parts = _split_per_class(labels, classes, n_experiences, rng)
+    exps = [
+        _make_experience(i, np.concatenate([parts[c][i] for c in classes]), labels, rng, shift_list[i])
+        for i in range(n_experiences)
+    ]
+    return Stream("ni", tuple(exps), _num_classes(labels), seed)
+
+
+def nic_stream(
+    labels: np.ndarray,
+    *,
+    base_classes: Sequence[int] = (),
+    parts_per_class: int = 2,
+    units_per_experience: int = 1,
+    seed: int = 0,
+    shifts: Sequence[ShiftSpec | str] | None = None,
+) -> Stream:
+    """New-instances-and-classes stream (CORe50-NIC style).
+
+    Every class is cut into ``parts_per_class`` disjoint parts. The base experience (if
+    ``base_classes``) holds part 0 of each base class; all remaining (class, part) units are
+    shuffled with ``seed`` (a class's parts stay in order) and grouped ``units_per_experience`` at a
+    time. ``shifts`` (optional) gives one shift per experience, base included.
+    """
+    labels = _check_labels(labels)
+    if parts_per_class < 1 or units_per_experience < 1:
+        raise ValueError(
+            f"parts_per_class and units_per_experience must be >= 1, got {parts_per_class}, {units_per_experience}"
+        )
+    present = set(np.unique(labels).tolist())
+    base = _check_classes("base_classes", base_classes, present)
+    rng = np.random.default_rng(seed)
+    classes = sorted(present)
+    parts = _split_per_class(labels, classes, parts_per_class, rng)
+    units = [(c, p) for c in classes for p in range(parts_per_class) if not (c in base and p == 0)]
+    # Shuffle unit order, then restore each class's part order so part p comes before part p + 1.
+    perm = rng.permutation(len(units))
+    slots = [units[i][0] for i in perm]
+    next_part = {c: (1 if c in base else 0) for c in classes}
+    ordered: list[tuple[int, int]] = []
+    for c in slots:
+        ordered.append((c, next_part[c]))
+        next_part[c] += 1
+    groups = [ordered[i : i + units_per_experience] for i in range(0, len(ordered), units_per_experience)]
+    n_exp = len(groups) + (1 if base else 0)
+    shift_list = _normalise_shifts(shifts, n_exp) if shifts is not None else [("none", {})] * n_exp
+    exps: list[Experience] = []
+    if base:
+        idx = np.concatenate([parts[c][0] for c in base])
+        exps.append(_make_experience(0, idx, labels, rng, shift_list[0], is_base=True))
+    for g in groups:
+        idx = np.concatenate([parts[c][p] for c, p in g])
+        exps.append(_make_experience(len(exps), idx, labels, rng, shift_list[len(exps)]))
+    return Stream("nic", tuple(exps), _num_classes(labels), seed)
