@@ -1,0 +1,75 @@
+/* bnncl C core: binary (XNOR-popcount) GEMM and convolution kernels.
+ *
+ * Bit convention (see bitpack.py): uint64 little-endian words, bit 1 = -1, bit 0 = +1,
+ * packed along channels, padding bits 0.  dot = K - 2 * popcount(a XOR b).
+ *
+ * Every ISA variant implements one "panel kernel": for `rows` packed rows of A (row stride kk
+ * words) and one weight panel of BNNCL_NB output channels (layout panel[w * NB + j]), it
+ * computes the popcounts and applies the epilogue (int32 dot, float affine, or sign bits).
+ */
+#ifndef BNNCL_CORE_H
+#define BNNCL_CORE_H
+
+#include <stdint.h>
+
+#define BNNCL_NB 32 /* output channels per weight panel */
+
+enum { BNNCL_OUT_INT32 = 0, BNNCL_OUT_FLOAT = 1, BNNCL_OUT_BITS = 2 };
+enum { BNNCL_PATH_SCALAR = 0, BNNCL_PATH_AVX2 = 1, BNNCL_PATH_AVX512 = 2, BNNCL_PATH_NEON = 3 };
+
+typedef struct {
+    int mode;             /* BNNCL_OUT_* */
+    int64_t k;            /* number of +-1 terms in each dot product */
+    int64_t ncols;        /* real number of output channels */
+    const float *scale;   /* FLOAT: per channel, padded to a multiple of NB */
+    const float *bias;    /* FLOAT: per channel, padded */
+    const int64_t *sgn;   /* BITS: 0 (bit = pop > thr) or -1 (bit = -pop > thr), padded */
+    const int64_t *thr;   /* BITS: popcount threshold, padded (padding channels never fire) */
+    void *out;            /* int32 / float32 (rows x out_stride) or uint32 halves of words */
+    int64_t out_stride;   /* elements per output row (uint32 units for BITS) */
+} bnncl_epi;
+
+typedef void (*bnncl_panel_fn)(const uint64_t *a, int64_t rows, int64_t kk, const uint64_t *panel,
+                               int64_t col0, int64_t row0, const bnncl_epi *e);
+
+void bnncl_panel_scalar(const uint64_t *, int64_t, int64_t, const uint64_t *, int64_t, int64_t,
+                        const bnncl_epi *);
+#if defined(__x86_64__)
+void bnncl_panel_avx2(const uint64_t *, int64_t, int64_t, const uint64_t *, int64_t, int64_t,
+                      const bnncl_epi *);
+void bnncl_panel_avx512(const uint64_t *, int64_t, int64_t, const uint64_t *, int64_t, int64_t,
+                        const bnncl_epi *);
+#endif
+#if defined(__aarch64__)
+void bnncl_panel_neon(const uint64_t *, int64_t, int64_t, const uint64_t *, int64_t, int64_t,
+                      const bnncl_epi *);
+#endif
+
+/* Scalar epilogue for one output (shared by every variant for ragged edges). */
+static inline void bnncl_store_one(const bnncl_epi *e, int64_t row, int64_t col, int64_t pop) {
+    int64_t dot = e->k - 2 * pop;
+    if (e->mode == BNNCL_OUT_INT32) {
+        ((int32_t *)e->out)[row * e->out_stride + col] = (int32_t)dot;
+    } else if (e->mode == BNNCL_OUT_FLOAT) {
+        float prod = e->scale[col] * (float)dot;
+        ((float *)e->out)[row * e->out_stride + col] = prod + e->bias[col];
+    } else {
+        int64_t v = (pop ^ e->sgn[col]) - e->sgn[col];
+        if (v > e->thr[col]) {
+            uint32_t *w = (uint32_t *)e->out + row * e->out_stride + (col >> 5);
+            *w |= (uint32_t)1u << (col & 31);
+        }
+    }
+}
+
+/* Public entry points (loaded from Python with ctypes). Return 0 on success. */
+int bnncl_supported_paths(void); /* bit mask of (1 << BNNCL_PATH_*) */
+int bnncl_gemm(const uint64_t *a, const uint64_t *b, int64_t m, int64_t n, int64_t w, int64_t k,
+               int32_t *out, int threads, int path);
+int bnncl_conv2d(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int64_t wc,
+                 const uint64_t *wt, int64_t o, int64_t kh, int64_t kw, int64_t cin, int64_t stride,
+                 int64_t pad, int mode, const float *scale, const float *bias, const float *thr,
+                 const uint8_t *flip, void *out, int threads, int path);
+void bnncl_pack_signs_f32(const float *x, int64_t rows, int64_t c, uint64_t *out, int threads);
+
+#endif

@@ -1,0 +1,251 @@
+/* Dispatch, weight panels, packed im2col and the threaded drivers of the bnncl C core. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bnncl_core.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+int bnncl_supported_paths(void) {
+    int mask = 1 << BNNCL_PATH_SCALAR;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt"))
+        mask |= 1 << BNNCL_PATH_AVX2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512vpopcntdq"))
+        mask |= 1 << BNNCL_PATH_AVX512;
+#endif
+#if defined(__aarch64__)
+    mask |= 1 << BNNCL_PATH_NEON;
+#endif
+    return mask;
+}
+
+static bnncl_panel_fn panel_fn(int path) {
+    if (path < 0 || !(bnncl_supported_paths() & (1 << path))) return NULL;
+    switch (path) {
+    case BNNCL_PATH_SCALAR: return bnncl_panel_scalar;
+#if defined(__x86_64__)
+    case BNNCL_PATH_AVX2: return bnncl_panel_avx2;
+    case BNNCL_PATH_AVX512: return bnncl_panel_avx512;
+#endif
+#if defined(__aarch64__)
+    case BNNCL_PATH_NEON: return bnncl_panel_neon;
+#endif
+    default: return NULL;
+    }
+}
+
+/* OR `nbits` bits of the words `src` into the bit stream `dst` starting at bit `off`. */
+static void put_bits(uint64_t *dst, int64_t off, const uint64_t *src, int64_t nbits) {
+    if ((off & 63) == 0 && (nbits & 63) == 0) {
+        memcpy(dst + (off >> 6), src, (size_t)(nbits >> 6) * 8);
+        return;
+    }
+    for (int64_t j = 0; nbits > 0; ++j) {
+        int64_t nb = nbits < 64 ? nbits : 64;
+        uint64_t v = src[j];
+        if (nb < 64) v &= (((uint64_t)1) << nb) - 1;
+        int64_t s = off & 63;
+        dst[off >> 6] |= v << s;
+        if (s && s + nb > 64) dst[(off >> 6) + 1] |= v >> (64 - s);
+        off += nb;
+        nbits -= nb;
+    }
+}
+
+/* Rearrange n rows of kk words (row-major) into panels of NB columns: panel[p][w][j]. */
+static uint64_t *make_panels(const uint64_t *rows, int64_t n, int64_t kk, int64_t *npanels) {
+    int64_t np = (n + BNNCL_NB - 1) / BNNCL_NB;
+    uint64_t *p = (uint64_t *)aligned_alloc(64, (size_t)(np * kk * BNNCL_NB * 8 + 64));
+    if (!p) return NULL;
+    memset(p, 0, (size_t)(np * kk * BNNCL_NB * 8));
+    for (int64_t c = 0; c < n; ++c) {
+        uint64_t *dst = p + (c / BNNCL_NB) * kk * BNNCL_NB + (c % BNNCL_NB);
+        for (int64_t w = 0; w < kk; ++w) dst[w * BNNCL_NB] = rows[c * kk + w];
+    }
+    *npanels = np;
+    return p;
+}
+
+static int64_t block_rows(int64_t m, int threads) {
+    int64_t per = (m + threads - 1) / threads;
+    int64_t mb = ((per + 11) / 12) * 12;
+    if (mb > 96) mb = 96;
+    return mb < 12 ? 12 : mb;
+}
+
+static int clamp_threads(int threads) {
+    if (threads < 1) threads = 1;
+#ifndef _OPENMP
+    threads = 1;
+#endif
+    return threads;
+}
+
+int bnncl_gemm(const uint64_t *a, const uint64_t *b, int64_t m, int64_t n, int64_t w, int64_t k,
+               int32_t *out, int threads, int path) {
+    bnncl_panel_fn fn = panel_fn(path);
+    if (!fn) return 1;
+    int64_t np;
+    uint64_t *panels = make_panels(b, n, w, &np);
+    if (!panels) return 2;
+    bnncl_epi e = {BNNCL_OUT_INT32, k, n, NULL, NULL, NULL, NULL, out, n};
+    threads = clamp_threads(threads);
+    int64_t mb = block_rows(m, threads);
+    int64_t nblocks = (m + mb - 1) / mb;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+        int64_t r0 = blk * mb, rows = m - r0 < mb ? m - r0 : mb;
+        for (int64_t p = 0; p < np; ++p)
+            fn(a + r0 * w, rows, w, panels + p * w * BNNCL_NB, p * BNNCL_NB, r0, &e);
+    }
+    free(panels);
+    return 0;
+}
+
+typedef struct {
+    const uint64_t *x;
+    int64_t h, wd, wc, kh, kw, cin, stride, pad, ho, wo, kk;
+} conv_geom;
+
+/* Packed im2col of output pixels [r0, r0 + rows): each row is the bit stream of the
+ * KH*KW*cin input bits of the receptive field; out-of-image taps stay 0 (= +1). */
+static void im2col_rows(const conv_geom *g, int64_t r0, int64_t rows, uint64_t *buf) {
+    memset(buf, 0, (size_t)(rows * g->kk * 8));
+    for (int64_t r = 0; r < rows; ++r) {
+        int64_t pix = r0 + r;
+        int64_t ox = pix % g->wo, oy = (pix / g->wo) % g->ho, bi = pix / (g->wo * g->ho);
+        uint64_t *dst = buf + r * g->kk;
+        for (int64_t ky = 0; ky < g->kh; ++ky) {
+            int64_t iy = oy * g->stride - g->pad + ky;
+            if (iy < 0 || iy >= g->h) continue;
+            for (int64_t kx = 0; kx < g->kw; ++kx) {
+                int64_t ix = ox * g->stride - g->pad + kx;
+                if (ix < 0 || ix >= g->wd) continue;
+                const uint64_t *src = g->x + ((bi * g->h + iy) * g->wd + ix) * g->wc;
+                put_bits(dst, (ky * g->kw + kx) * g->cin, src, g->cin);
+            }
+        }
+    }
+}
+
+/* Per-channel popcount thresholds for BITS output: bit = dot < thr (flip 0) or dot > thr
+ * (flip 1), rewritten on pop = (k - dot) / 2 as ((pop ^ sgn) - sgn) > t. */
+static void bits_thresholds(const float *thr, const uint8_t *flip, int64_t o, int64_t k,
+                            int64_t *sgn, int64_t *t) {
+    const int64_t never = INT64_MAX / 4;
+    for (int64_t c = 0; c < o; ++c) {
+        double x = ((double)k - (double)thr[c]) / 2.0;
+        if (isnan(x)) {
+            sgn[c] = 0; t[c] = never;
+        } else if (!flip[c]) { /* pop > x */
+            sgn[c] = 0;
+            t[c] = x < -1.0 ? -1 : (x > (double)k + 1 ? never : (int64_t)floor(x));
+        } else { /* pop < x  <=>  -pop > -x */
+            double y = -x;
+            sgn[c] = -1;
+            t[c] = y < -(double)k - 2 ? -k - 2 : (y > 1.0 ? never : (int64_t)floor(y));
+        }
+    }
+}
+
+int bnncl_conv2d(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int64_t wc,
+                 const uint64_t *wt, int64_t o, int64_t kh, int64_t kw, int64_t cin, int64_t stride,
+                 int64_t pad, int mode, const float *scale, const float *bias, const float *thr,
+                 const uint8_t *flip, void *out, int threads, int path) {
+    bnncl_panel_fn fn = panel_fn(path);
+    if (!fn) return 1;
+    conv_geom g = {x, h, wd, wc, kh, kw, cin, stride, pad, 0, 0, 0};
+    g.ho = (h + 2 * pad - kh) / stride + 1;
+    g.wo = (wd + 2 * pad - kw) / stride + 1;
+    int64_t k = kh * kw * cin;
+    g.kk = (k + 63) / 64;
+    int64_t m = batch * g.ho * g.wo;
+    if (m <= 0 || o <= 0) return 0;
+
+    /* weights -> compact bit-stream rows -> panels */
+    uint64_t *wrows = (uint64_t *)calloc((size_t)(o * g.kk), 8);
+    int64_t np = (o + BNNCL_NB - 1) / BNNCL_NB, padded = np * BNNCL_NB;
+    float *sc = (float *)calloc((size_t)padded * 2, sizeof(float));
+    int64_t *st = (int64_t *)calloc((size_t)padded * 2, sizeof(int64_t));
+    uint64_t *panels = NULL;
+    int rc = 2;
+    if (!wrows || !sc || !st) goto done;
+    for (int64_t c = 0; c < o; ++c)
+        for (int64_t t = 0; t < kh * kw; ++t)
+            put_bits(wrows + c * g.kk, t * cin, wt + (c * kh * kw + t) * wc, cin);
+    panels = make_panels(wrows, o, g.kk, &np);
+    if (!panels) goto done;
+
+    bnncl_epi e = {mode, k, o, sc, sc + padded, st, st + padded, out, o};
+    if (mode == BNNCL_OUT_FLOAT) {
+        memcpy(sc, scale, (size_t)o * sizeof(float));
+        memcpy(sc + padded, bias, (size_t)o * sizeof(float));
+    } else if (mode == BNNCL_OUT_BITS) {
+        for (int64_t c = o; c < padded; ++c) st[padded + c] = INT64_MAX / 4;
+        bits_thresholds(thr, flip, o, k, st, st + padded);
+        e.out_stride = 2 * ((o + 63) / 64);
+    }
+
+    threads = clamp_threads(threads);
+    int64_t mb = block_rows(m, threads);
+    int64_t nblocks = (m + mb - 1) / mb;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        uint64_t *buf = (uint64_t *)aligned_alloc(64, (size_t)(((mb * g.kk * 8) / 64 + 1) * 64));
+        if (!buf) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < nblocks; ++blk) {
+            if (!buf) continue;
+            int64_t r0 = blk * mb, rows = m - r0 < mb ? m - r0 : mb;
+            im2col_rows(&g, r0, rows, buf);
+            for (int64_t p = 0; p < np; ++p)
+                fn(buf, rows, g.kk, panels + p * g.kk * BNNCL_NB, p * BNNCL_NB, r0, &e);
+        }
+        free(buf);
+    }
+    rc = failed ? 2 : 0;
+done:
+    free(wrows);
+    free(sc);
+    free(st);
+    free(panels);
+    return rc;
+}
+
+/* Pack signs of a float32 (rows, c) array: bit set where x < 0 (NaN counts as +1). */
+void bnncl_pack_signs_f32(const float *x, int64_t rows, int64_t c, uint64_t *out, int threads) {
+    int64_t nw = (c + 63) / 64;
+    threads = clamp_threads(threads);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t r = 0; r < rows; ++r) {
+        const float *src = x + r * c;
+        for (int64_t j = 0; j < nw; ++j) {
+            uint64_t word = 0;
+            int64_t n = c - 64 * j < 64 ? c - 64 * j : 64;
+            for (int64_t i = 0; i < n; ++i) word |= (uint64_t)(src[64 * j + i] < 0.0f) << i;
+            out[r * nw + j] = word;
+        }
+    }
+}
+
+/* A minimal extension module so the build produces an importable .so; the kernels are
+ * plain C functions loaded with ctypes. */
+static struct PyModuleDef bnncl_core_module = {
+    PyModuleDef_HEAD_INIT, "_bnncl_core",
+    "bnncl C core: plain C kernels, loaded with ctypes (see bnncl.device.kernels.native).", -1,
+    NULL, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__bnncl_core(void) { return PyModule_Create(&bnncl_core_module); }
