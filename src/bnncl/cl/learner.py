@@ -1,0 +1,295 @@
+"""The continual-learning loop over a stream of experiences, on any :class:`~bnncl.cl.engine.Engine`.
+
+Strategies (``LearnerConfig.strategy``):
+
+* ``cwr_star`` (default): CWR* head consolidation + latent replay (AR1* without the lower-layer
+  regularisers). Present classes = the experience's classes ∪ the buffer's classes.
+* ``cwr``: the same loop with plain CWR+ consolidation (zero-initialised head, overwrite).
+* ``naive``: fine-tune tail + head on each experience; no consolidation, no replay (lower bound).
+* ``joint``: before each experience the tail and head go back to their deployment state
+  (:meth:`Engine.reset_tail`) and train on the union of all latents seen so far (upper bound).
+
+Minibatch mixing (DESIGN.md §1.4): with ``N_new`` new latents and ``R`` replayed ones (the buffer as
+it is at the start of the experience), an epoch has ``n_b = ceil((N_new + R) / minibatch_size)``
+minibatches; the shuffled new indices and the shuffled replay indices are each cut into ``n_b``
+near-equal chunks and minibatch ``b`` is new chunk ``b`` + replay chunk ``b``. So every new and every
+replayed pattern is used exactly once per epoch, each minibatch holds about ``minibatch_size``
+patterns, and ``mb_replay / mb_new ≈ R / N_new``.
+
+``cur[c]`` (the CWR* counts) = new patterns of class c + buffer patterns of class c replayed in the
+experience, each pattern counted once (not once per epoch), as the reference AR1* code does.
+After training, the buffer is offered the experience's latents (``buffer.add``).
+
+Deployment: a stream's base experience (``is_base``) either is trained like any other, or, with a
+host-pretrained engine (``run(..., pretrained_base=True)``), is only *deployed*: the buffer is
+prefilled with its latents, CWR*'s ``cw`` rows of the base classes are the pretrained head's rows
+and ``past[c]`` their training counts.
+
+Progress goes to callbacks (``on_batch(BatchProgress)``, ``on_experience(ExperienceResult)``); the
+library never prints.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from bnncl.cl.cwr import CWR, CWRStar
+from bnncl.cl.engine import Engine
+from bnncl.cl.metrics import (
+    CLResults,
+    ExperienceResult,
+    accuracy,
+    confusion_matrix,
+    nan_to_none,
+    per_class_accuracy,
+    predict,
+)
+from bnncl.cl.replay import LatentReplayBuffer
+
+if TYPE_CHECKING:  # only a type: keeps bnncl.cl free of bnncl.data's imports
+    from bnncl.data.scenarios import Stream
+
+STRATEGIES = ("cwr_star", "cwr", "naive", "joint")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """Training hyper-parameters of the on-device loop."""
+
+    strategy: str = "cwr_star"
+    epochs: int = 4
+    lr: float = 0.01
+    minibatch_size: int = 128
+    seed: int = 0
+    batch_size_eval: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.epochs < 1 or self.minibatch_size < 1 or self.batch_size_eval < 1:
+            raise ValueError(
+                f"epochs, minibatch_size and batch_size_eval must be >= 1, got {self.epochs}, "
+                f"{self.minibatch_size}, {self.batch_size_eval}"
+            )
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """Passed to ``on_batch`` after every training step."""
+
+    experience: int
+    epoch: int
+    batch: int
+    n_batches: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    """What :meth:`ContinualLearner.train_experience` did."""
+
+    n_new: int
+    n_replay: int
+    mean_loss: float | None
+    seconds: float
+
+
+BatchCallback = Callable[[BatchProgress], None]
+ExperienceCallback = Callable[[ExperienceResult], None]
+
+
+def mixed_minibatches(
+    n_new: int, n_replay: int, minibatch_size: int, rng: np.random.Generator
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One epoch of ``(new_indices, replay_indices)`` minibatches (module docstring)."""
+    n_batches = max(1, -(-(n_new + n_replay) // minibatch_size))
+    new_chunks = np.array_split(rng.permutation(n_new), n_batches)
+    replay_chunks = np.array_split(rng.permutation(n_replay), n_batches)
+    return list(zip(new_chunks, replay_chunks))
+
+
+class ContinualLearner:
+    """Runs a strategy over experiences with an engine, a replay buffer and CWR*/CWR consolidation."""
+
+    def __init__(self, engine: Engine, config: LearnerConfig | None = None, buffer: LatentReplayBuffer | None = None) -> None:
+        self.engine = engine
+        self.config = config or LearnerConfig()
+        if buffer is not None and tuple(buffer.latent_shape) != tuple(engine.latent_shape):
+            raise ValueError(f"buffer latent_shape {buffer.latent_shape} does not match engine {engine.latent_shape}")
+        uses_cwr = self.config.strategy in ("cwr_star", "cwr")
+        # naive and joint never replay: a buffer given to them is ignored.
+        self.buffer = buffer if uses_cwr else None
+        self.consolidator: CWRStar | None = None
+        if uses_cwr:
+            cls = CWRStar if self.config.strategy == "cwr_star" else CWR
+            self.consolidator = cls(engine.num_classes, engine.head_dim)
+        self.seen_classes: set[int] = set()
+        self._rng = np.random.default_rng(self.config.seed)
+        self._joint: list[tuple[np.ndarray, np.ndarray]] = []
+
+    # -- input checks --------------------------------------------------------------------------
+    def _check(self, latents: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        latents = np.asarray(latents)
+        labels = np.asarray(labels)
+        shape = tuple(self.engine.latent_shape)
+        if latents.shape[1:] != shape:
+            raise ValueError(f"latents must have shape (N, {', '.join(map(str, shape))}), got {latents.shape}")
+        if labels.shape != (len(latents),) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be integer with shape ({len(latents)},), got {labels.dtype} {labels.shape}")
+        n = self.engine.num_classes
+        if labels.size and (labels.min() < 0 or labels.max() >= n):
+            raise ValueError(f"labels must lie in [0, {n}) (engine head capacity), got [{labels.min()}, {labels.max()}]")
+        if not np.all(np.isfinite(latents)):
+            raise ValueError("latents contain NaN or inf")
+        return latents.astype(np.float32, copy=False), labels.astype(np.int64)
+
+    def extract(self, images: np.ndarray) -> np.ndarray:
+        """Frozen forward of ``images`` through the engine, in batches; checks the latents."""
+        bs = self.config.batch_size_eval
+        parts = [self.engine.extract(images[i : i + bs]) for i in range(0, len(images), bs)]
+        shape = tuple(self.engine.latent_shape)
+        out = np.concatenate(parts) if parts else np.zeros((0,) + shape, dtype=np.float32)
+        if out.shape != (len(images),) + shape:
+            raise ValueError(f"engine.extract returned shape {out.shape}, expected {(len(images),) + shape}")
+        if not np.all(np.isfinite(out)):
+            raise ValueError("engine.extract returned latents with NaN or inf")
+        return out.astype(np.float32, copy=False)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def deploy(self, latents: np.ndarray, labels: np.ndarray, experience_index: int = 0) -> None:
+        """Deploy on a base experience the engine was pretrained on: prefill the buffer, seed CWR*."""
+        latents, labels = self._check(latents, labels)
+        counts = np.bincount(labels, minlength=self.engine.num_classes)
+        classes = np.flatnonzero(counts)
+        if self.consolidator is not None:
+            self.consolidator.init_from_head(self.engine.get_head(), classes, counts)
+            self.engine.set_head(self.consolidator.consolidated_head())
+        if self.buffer is not None:
+            self.buffer.add(latents, labels, experience_index)
+        if self.config.strategy == "joint":
+            self._joint.append((latents, labels))
+        self.seen_classes.update(int(c) for c in classes)
+
+    def train_experience(
+        self, latents: np.ndarray, labels: np.ndarray, experience_index: int, on_batch: BatchCallback | None = None
+    ) -> TrainStats:
+        """Learn one experience (its LR latents and labels) with the configured strategy."""
+        latents, labels = self._check(latents, labels)
+        start = time.perf_counter()
+        cfg = self.config
+        replay_x = np.zeros((0,) + tuple(self.engine.latent_shape), dtype=np.float32)
+        replay_y = np.zeros(0, dtype=np.int64)
+        new_x, new_y = latents, labels
+        if cfg.strategy == "joint":
+            self._joint.append((latents, labels))
+            new_x = np.concatenate([x for x, _ in self._joint])
+            new_y = np.concatenate([y for _, y in self._joint])
+            self.engine.reset_tail()
+        elif self.buffer is not None and len(self.buffer):
+            replay_x, replay_y = self.buffer.latents(), self.buffer.labels
+        present = np.union1d(np.unique(labels), np.unique(replay_y)).astype(np.int64)
+        if self.consolidator is not None:
+            self.engine.set_head(self.consolidator.begin_experience(present))
+
+        losses: list[float] = []
+        for epoch in range(cfg.epochs):
+            batches = mixed_minibatches(len(new_y), len(replay_y), cfg.minibatch_size, self._rng)
+            for b, (ni, ri) in enumerate(batches):
+                x = np.concatenate([new_x[ni], replay_x[ri]])
+                y = np.concatenate([new_y[ni], replay_y[ri]])
+                loss = float(self.engine.train_batch(x, y, cfg.lr))
+                losses.append(loss)
+                if on_batch is not None:
+                    on_batch(BatchProgress(experience_index, epoch, b, len(batches), loss))
+
+        if self.consolidator is not None:
+            n = self.engine.num_classes
+            cur = np.bincount(labels, minlength=n) + np.bincount(replay_y, minlength=n)
+            self.consolidator.end_experience(self.engine.get_head(), present, cur)
+            self.engine.set_head(self.consolidator.consolidated_head())
+        if self.buffer is not None:
+            self.buffer.add(latents, labels, experience_index)
+        self.seen_classes.update(int(c) for c in np.unique(labels))
+        return TrainStats(len(labels), len(replay_y), float(np.mean(losses)) if losses else None, time.perf_counter() - start)
+
+    def predict(self, latents: np.ndarray) -> np.ndarray:
+        """Predicted classes (restricted to the seen classes) with the engine's current head."""
+        if not self.seen_classes:
+            raise ValueError("predict called before any experience was learned or deployed")
+        bs = self.config.batch_size_eval
+        logits = [self.engine.logits(latents[i : i + bs]) for i in range(0, len(latents), bs)]
+        out = np.concatenate(logits) if logits else np.zeros((0, self.engine.num_classes), dtype=np.float32)
+        return predict(out, sorted(self.seen_classes))
+
+    def evaluate(self, index: int, classes: Sequence[int], test_latents: np.ndarray, test_labels: np.ndarray,
+                 stats: TrainStats | None, extract_seconds: float = 0.0) -> ExperienceResult:
+        """Score the current model on a test set right after experience ``index``."""
+        pred = self.predict(test_latents)
+        seen = sorted(self.seen_classes)
+        mask = np.isin(test_labels, seen)
+        return ExperienceResult(
+            index=int(index),
+            classes=[int(c) for c in classes],
+            seen_classes=seen,
+            accuracy_all=accuracy(test_labels, pred),
+            accuracy_seen=accuracy(test_labels[mask], pred[mask]),
+            per_class_accuracy=nan_to_none(per_class_accuracy(test_labels, pred, self.engine.num_classes)),
+            train_seconds=stats.seconds if stats else 0.0,
+            extract_seconds=extract_seconds,
+            n_new=stats.n_new if stats else 0,
+            n_replay=stats.n_replay if stats else 0,
+            mean_loss=stats.mean_loss if stats else None,
+        )
+
+    def run(
+        self,
+        stream: "Stream",
+        images: np.ndarray,
+        test_images: np.ndarray,
+        test_labels: np.ndarray,
+        *,
+        pretrained_base: bool = False,
+        on_batch: BatchCallback | None = None,
+        on_experience: ExperienceCallback | None = None,
+    ) -> CLResults:
+        """Learn every experience of ``stream`` (images from ``images``), testing after each one.
+
+        With ``pretrained_base`` the first experience must be the stream's base experience; it is
+        deployed (:meth:`deploy`) instead of trained.
+        """
+        test_labels = np.asarray(test_labels)
+        if test_labels.ndim != 1 or len(test_labels) != len(test_images):
+            raise ValueError(f"test_labels must be 1-D with one label per test image ({len(test_images)}), got {test_labels.shape}")
+        if pretrained_base and (len(stream) == 0 or not stream[0].is_base):
+            raise ValueError("pretrained_base=True needs a stream whose first experience is a base experience")
+        test_latents, test_labels = self._check(self.extract(test_images), test_labels)
+        results = CLResults(self.config.strategy, int(self.engine.num_classes), config=self._config_dict())
+        for exp in stream:
+            t0 = time.perf_counter()
+            latents = self.extract(exp.images(images))
+            extract_seconds = time.perf_counter() - t0
+            if pretrained_base and exp.index == stream[0].index:
+                self.deploy(latents, exp.labels, exp.index)
+                stats = None
+            else:
+                stats = self.train_experience(latents, exp.labels, exp.index, on_batch)
+            record = self.evaluate(exp.index, exp.classes_in_experience, test_latents, test_labels, stats, extract_seconds)
+            results.experiences.append(record)
+            if on_experience is not None:
+                on_experience(record)
+        if results.experiences:
+            pred = self.predict(test_latents)
+            results.confusion = confusion_matrix(test_labels, pred, self.engine.num_classes).tolist()
+        return results
+
+    def _config_dict(self) -> dict:
+        cfg = asdict(self.config)
+        if self.buffer is not None:
+            cfg["buffer"] = {"capacity": self.buffer.capacity, "bits": self.buffer.bits, "policy": self.buffer.policy}
+        return cfg
