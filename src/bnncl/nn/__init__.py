@@ -1,0 +1,1 @@
+"""Host side (PyTorch): quantizers, binary layers, backbones, pretraining, export."""

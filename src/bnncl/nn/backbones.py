@@ -1,0 +1,188 @@
+"""BNN backbones (Bi-Real / ReActNet style) with named latent-replay split points.
+
+Layout: real stem (3x3 conv + BN + RPReLU) -> binary blocks -> global average pooling -> bias-free
+linear head. A binary block is ``RPReLU(BN(BinaryConv3x3(sign(x + b))) + shortcut(x))``; the shortcut
+is the identity, or 2x2 average pooling when the block has stride 2, with the channels repeated when
+the block doubles them (parameter-free, ReActNet style).
+
+Split points are named ``block{i}`` (the input of binary block ``i``) and ``gap`` (the input of the
+pooling). The tail for ``K`` trainable blocks starts at ``split_for_tail(K)``. A split listed in
+``binary_latents`` is binarized by construction: the block there sees ``x' = sign(x + b)`` for both
+its conv and its shortcut, so a 1-bit latent replay at that point is exact (DESIGN.md §4 lesson).
+
+``binary=False`` builds the float twin: the same code path with binarization switched off.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+from torch import nn
+
+from bnncl.nn.layers import BinaryConv2d, LearnableBias, RPReLU
+from bnncl.nn.quantizers import SignQuantizer
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Architecture of a backbone; serialised as JSON in model files."""
+
+    name: str
+    input_shape: tuple[int, int, int]  # (H, W, C)
+    stem_channels: int
+    blocks: tuple[tuple[int, int], ...]  # (out_channels, stride) per binary block
+    num_classes: int
+    binary: bool = True
+    binary_latents: tuple[str, ...] = ()
+    sign_gradient: str = "ste"
+    mean: tuple[float, ...] = field(default=())  # input normalisation per channel, in [0, 1] units
+    std: tuple[float, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        for s in self.binary_latents:
+            if s not in self.split_names():
+                raise ValueError(f"binary latent split {s!r} is not one of {self.split_names()}")
+
+    def split_names(self) -> list[str]:
+        return [f"block{i}" for i in range(len(self.blocks))] + ["gap"]
+
+    def split_for_tail(self, tail_blocks: int) -> str:
+        """Name of the split point whose tail holds the last ``tail_blocks`` binary blocks."""
+        n = len(self.blocks)
+        if not 0 <= tail_blocks <= min(3, n):
+            raise ValueError(f"tail_blocks must be in [0, {min(3, n)}], got {tail_blocks}")
+        return "gap" if tail_blocks == 0 else f"block{n - tail_blocks}"
+
+    def float_twin(self) -> "BackboneConfig":
+        return replace(self, name=self.name + "-fp32", binary=False, binary_latents=())
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "BackboneConfig":
+        d = json.loads(text)
+        d["input_shape"] = tuple(d["input_shape"])
+        d["blocks"] = tuple(tuple(b) for b in d["blocks"])
+        d["binary_latents"] = tuple(d["binary_latents"])
+        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        return cls(**d)
+
+
+def cifar_config(num_classes: int = 10, binary: bool = True) -> BackboneConfig:
+    """8 binary blocks, widths 32..256, for 32x32x3; 1-bit latent at the input of the last 2 blocks."""
+    cfg = BackboneConfig(
+        name="birealnet8-cifar", input_shape=(32, 32, 3), stem_channels=32,
+        blocks=((32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (256, 1)),
+        num_classes=num_classes, binary_latents=("block6",),
+    )
+    return cfg if binary else cfg.float_twin()
+
+
+def fmnist_config(num_classes: int = 10, binary: bool = True) -> BackboneConfig:
+    """6 binary blocks, widths 32..128, for 28x28x1; 1-bit latent at the input of the last 2 blocks."""
+    cfg = BackboneConfig(
+        name="birealnet6-fmnist", input_shape=(28, 28, 1), stem_channels=32,
+        blocks=((32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (128, 1)),
+        num_classes=num_classes, binary_latents=("block4",),
+    )
+    return cfg if binary else cfg.float_twin()
+
+
+CONFIGS = {"cifar": cifar_config, "fmnist": fmnist_config}
+
+
+class Shortcut(nn.Module):
+    """Parameter-free shortcut: identity, 2x2 average pooling, channel repetition."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        if cout % cin:
+            raise ValueError(f"shortcut needs out_channels to be a multiple of in_channels, got {cin}->{cout}")
+        self.pool = nn.AvgPool2d(2) if stride == 2 else None
+        self.repeat = cout // cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool is not None:
+            x = self.pool(x)
+        return x.repeat(1, self.repeat, 1, 1) if self.repeat > 1 else x
+
+
+class BinaryBlock(nn.Module):
+    """``RPReLU(BN(conv3x3(sign(x + b))) + shortcut(x))``; ``binary_input`` feeds ``sign(x + b)`` to both."""
+
+    def __init__(self, cin: int, cout: int, stride: int, binary: bool = True,
+                 binary_input: bool = False, sign_gradient: str = "ste") -> None:
+        super().__init__()
+        self.move = LearnableBias(cin)
+        self.sign = SignQuantizer(sign_gradient) if binary else nn.Identity()
+        self.conv = BinaryConv2d(cin, cout, 3, stride, 1, binary=binary)
+        self.bn = nn.BatchNorm2d(cout)
+        self.shortcut = Shortcut(cin, cout, stride)
+        self.act = RPReLU(cout)
+        self.binary_input = binary_input and binary
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xb = self.sign(self.move(x))
+        if self.binary_input:
+            x = xb
+        return self.act(self.bn(self.conv(xb)) + self.shortcut(x))
+
+
+class Backbone(nn.Module):
+    """Stem, binary blocks, GAP and a bias-free head; input is normalised float NCHW."""
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        self.config = config
+        h, w, c = config.input_shape
+        self.stem = nn.Sequential(
+            nn.Conv2d(c, config.stem_channels, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(config.stem_channels),
+            RPReLU(config.stem_channels),
+        )
+        blocks, cin = [], config.stem_channels
+        for i, (cout, stride) in enumerate(config.blocks):
+            blocks.append(BinaryBlock(cin, cout, stride, config.binary,
+                                      f"block{i}" in config.binary_latents, config.sign_gradient))
+            cin = cout
+        self.blocks = nn.ModuleList(blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(cin, config.num_classes, bias=False)
+        self.feature_dim = cin
+
+    def forward_to(self, x: torch.Tensor, split: str) -> torch.Tensor:
+        """Frozen part: the activations at ``split`` (real, before the split block's own sign)."""
+        x = self.stem(x)
+        stop = self._index(split)
+        for block in self.blocks[:stop]:
+            x = block(x)
+        return x
+
+    def forward_from(self, z: torch.Tensor, split: str) -> torch.Tensor:
+        """Tail: logits from the activations at ``split``."""
+        for block in self.blocks[self._index(split):]:
+            z = block(z)
+        return self.head(torch.flatten(self.pool(z), 1))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (the head's input)."""
+        return torch.flatten(self.pool(self.forward_to(x, "gap")), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def _index(self, split: str) -> int:
+        if split == "gap":
+            return len(self.blocks)
+        names = self.config.split_names()
+        if split not in names:
+            raise ValueError(f"unknown split {split!r}; expected one of {names}")
+        return names.index(split)
+
+
+def build_backbone(config: BackboneConfig) -> Backbone:
+    """Instantiate a backbone from its config."""
+    return Backbone(config)
