@@ -6,8 +6,11 @@ Strategies (``LearnerConfig.strategy``):
   regularisers). Present classes = the experience's classes ∪ the buffer's classes.
 * ``cwr``: the same loop with plain CWR+ consolidation (zero-initialised head, overwrite).
 * ``naive``: fine-tune tail + head on each experience; no consolidation, no replay (lower bound).
-* ``joint``: before each experience the tail and head go back to their deployment state
-  (:meth:`Engine.reset_tail`) and train on the union of all latents seen so far (upper bound).
+* ``joint`` (cumulative): each experience trains tail + head, from where they are, on the union of
+  all latents seen so far (upper bound; memory grows with the stream).
+
+The learner never resets the engine; to compare strategies on one engine, call
+:meth:`Engine.reset_tail` between runs (or build a fresh engine).
 
 Minibatch mixing (DESIGN.md §1.4): with ``N_new`` new latents and ``R`` replayed ones (the buffer as
 it is at the start of the experience), an epoch has ``n_b = ceil((N_new + R) / minibatch_size)``
@@ -190,7 +193,6 @@ class ContinualLearner:
             self._joint.append((latents, labels))
             new_x = np.concatenate([x for x, _ in self._joint])
             new_y = np.concatenate([y for _, y in self._joint])
-            self.engine.reset_tail()
         elif self.buffer is not None and len(self.buffer):
             replay_x, replay_y = self.buffer.latents(), self.buffer.labels
         present = np.union1d(np.unique(labels), np.unique(replay_y)).astype(np.int64)

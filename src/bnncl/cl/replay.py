@@ -185,23 +185,21 @@ class LatentReplayBuffer:
         )
 
     def _quotas(self, available: dict[int, int]) -> dict[int, int]:
-        """Water-filling: equal shares of ``capacity``, leftovers of small classes to the others."""
-        quota = {c: 0 for c in available}
-        left = self.capacity
-        open_classes = sorted(available)
-        while left > 0 and open_classes:
-            share, extra = divmod(left, len(open_classes))
-            still_open = []
-            for i, c in enumerate(open_classes):
-                want = share + (1 if i < extra else 0)
-                give = min(want, available[c] - quota[c])
-                quota[c] += give
-                left -= give
-                if quota[c] < available[c]:
-                    still_open.append(c)
-            if len(still_open) == len(open_classes) and share == 0 and extra == 0:
+        """Water-filling: equal shares of ``capacity``; a class with fewer patterns keeps them all
+        and leaves the rest to the others; the last ``capacity % n`` slots go to the lowest classes."""
+        quota: dict[int, int] = {}
+        remaining = self.capacity
+        by_size = sorted(available, key=lambda c: (available[c], c))
+        for i, c in enumerate(by_size):
+            if available[c] > remaining // (len(by_size) - i):
                 break
-            open_classes = still_open
+            quota[c] = available[c]
+            remaining -= available[c]
+        rest = sorted(c for c in available if c not in quota)
+        if rest:
+            share, extra = divmod(remaining, len(rest))
+            for i, c in enumerate(rest):
+                quota[c] = share + (1 if i < extra else 0)
         return quota
 
     def _add_balanced(self, latents: np.ndarray, labels: np.ndarray, exp: int) -> None:
