@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #define BNNCL_NB 32 /* output channels per weight panel */
+#define BNNCL_NEVER (INT32_MAX / 2) /* BITS threshold that never fires */
 
 enum { BNNCL_OUT_INT32 = 0, BNNCL_OUT_FLOAT = 1, BNNCL_OUT_BITS = 2 };
 enum { BNNCL_PATH_SCALAR = 0, BNNCL_PATH_AVX2 = 1, BNNCL_PATH_AVX512 = 2, BNNCL_PATH_NEON = 3 };
@@ -23,8 +24,8 @@ typedef struct {
     int64_t ncols;        /* real number of output channels */
     const float *scale;   /* FLOAT: per channel, padded to a multiple of NB */
     const float *bias;    /* FLOAT: per channel, padded */
-    const int64_t *sgn;   /* BITS: 0 (bit = pop > thr) or -1 (bit = -pop > thr), padded */
-    const int64_t *thr;   /* BITS: popcount threshold, padded (padding channels never fire) */
+    const int32_t *sgn;   /* BITS: 0 (bit = pop > thr) or -1 (bit = -pop > thr), padded */
+    const int32_t *thr;   /* BITS: popcount threshold, padded (padding channels never fire) */
     void *out;            /* int32 / float32 (rows x out_stride) or uint32 halves of words */
     int64_t out_stride;   /* elements per output row (uint32 units for BITS) */
 } bnncl_epi;
@@ -54,7 +55,7 @@ static inline void bnncl_store_one(const bnncl_epi *e, int64_t row, int64_t col,
         float prod = e->scale[col] * (float)dot;
         ((float *)e->out)[row * e->out_stride + col] = prod + e->bias[col];
     } else {
-        int64_t v = (pop ^ e->sgn[col]) - e->sgn[col];
+        int64_t v = (pop ^ (int64_t)e->sgn[col]) - (int64_t)e->sgn[col];
         if (v > e->thr[col]) {
             uint32_t *w = (uint32_t *)e->out + row * e->out_stride + (col >> 5);
             *w |= (uint32_t)1u << (col & 31);

@@ -114,7 +114,40 @@ int bnncl_gemm(const uint64_t *a, const uint64_t *b, int64_t m, int64_t n, int64
 typedef struct {
     const uint64_t *x;
     int64_t h, wd, wc, kh, kw, cin, stride, pad, ho, wo, kk;
+    const uint32_t *img; /* cin % 32 == 0: zero-padded input in 32-bit units, else NULL */
+    int64_t hp, wp, u;   /* padded height, width, 32-bit units per pixel */
 } conv_geom;
+
+/* Zero-padded copy of the input in 32-bit units (cin % 32 == 0): padded taps become plain
+ * reads of zero pixels and each kernel row of a receptive field is one contiguous run. */
+static uint32_t *padded_image(const conv_geom *g, int64_t batch) {
+    int64_t n = batch * g->hp * g->wp * g->u;
+    uint32_t *img = (uint32_t *)calloc((size_t)n + 1, 4);
+    if (!img) return NULL;
+    const uint32_t *x32 = (const uint32_t *)g->x;
+    for (int64_t b = 0; b < batch; ++b)
+        for (int64_t y = 0; y < g->h; ++y)
+            for (int64_t xx = 0; xx < g->wd; ++xx) {
+                uint32_t *dst = img + ((b * g->hp + y + g->pad) * g->wp + xx + g->pad) * g->u;
+                const uint32_t *src = x32 + ((b * g->h + y) * g->wd + xx) * 2 * g->wc;
+                for (int64_t i = 0; i < g->u; ++i) dst[i] = src[i];
+            }
+    return img;
+}
+
+/* Fast im2col from the padded image: KH contiguous runs of KW*u 32-bit units per row. */
+static void im2col_rows32(const conv_geom *g, int64_t r0, int64_t rows, uint64_t *buf) {
+    const int64_t run = g->kw * g->u, len32 = g->kh * run;
+    for (int64_t r = 0; r < rows; ++r) {
+        int64_t pix = r0 + r;
+        int64_t ox = pix % g->wo, oy = (pix / g->wo) % g->ho, bi = pix / (g->wo * g->ho);
+        uint32_t *dst = (uint32_t *)(buf + r * g->kk);
+        const uint32_t *src = g->img + ((bi * g->hp + oy * g->stride) * g->wp + ox * g->stride) * g->u;
+        for (int64_t ky = 0; ky < g->kh; ++ky, dst += run, src += g->wp * g->u)
+            for (int64_t i = 0; i < run; ++i) dst[i] = src[i];
+        if (len32 & 1) *dst = 0;
+    }
+}
 
 /* Packed im2col of output pixels [r0, r0 + rows): each row is the bit stream of the
  * KH*KW*cin input bits of the receptive field; out-of-image taps stay 0 (= +1). */
@@ -140,19 +173,19 @@ static void im2col_rows(const conv_geom *g, int64_t r0, int64_t rows, uint64_t *
 /* Per-channel popcount thresholds for BITS output: bit = dot < thr (flip 0) or dot > thr
  * (flip 1), rewritten on pop = (k - dot) / 2 as ((pop ^ sgn) - sgn) > t. */
 static void bits_thresholds(const float *thr, const uint8_t *flip, int64_t o, int64_t k,
-                            int64_t *sgn, int64_t *t) {
-    const int64_t never = INT64_MAX / 4;
+                            int32_t *sgn, int32_t *t) {
+    const int32_t never = BNNCL_NEVER;
     for (int64_t c = 0; c < o; ++c) {
         double x = ((double)k - (double)thr[c]) / 2.0;
         if (isnan(x)) {
             sgn[c] = 0; t[c] = never;
         } else if (!flip[c]) { /* pop > x */
             sgn[c] = 0;
-            t[c] = x < -1.0 ? -1 : (x > (double)k + 1 ? never : (int64_t)floor(x));
+            t[c] = x < -1.0 ? -1 : (x > (double)k + 1 ? never : (int32_t)floor(x));
         } else { /* pop < x  <=>  -pop > -x */
             double y = -x;
             sgn[c] = -1;
-            t[c] = y < -(double)k - 2 ? -k - 2 : (y > 1.0 ? never : (int64_t)floor(y));
+            t[c] = y < -(double)k - 2 ? (int32_t)(-k - 2) : (y > 1.0 ? never : (int32_t)floor(y));
         }
     }
 }
@@ -163,7 +196,7 @@ int bnncl_conv2d(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int64_
                  const uint8_t *flip, void *out, int threads, int path) {
     bnncl_panel_fn fn = panel_fn(path);
     if (!fn) return 1;
-    conv_geom g = {x, h, wd, wc, kh, kw, cin, stride, pad, 0, 0, 0};
+    conv_geom g = {x, h, wd, wc, kh, kw, cin, stride, pad, 0, 0, 0, NULL, h + 2 * pad, wd + 2 * pad, cin / 32};
     g.ho = (h + 2 * pad - kh) / stride + 1;
     g.wo = (wd + 2 * pad - kw) / stride + 1;
     int64_t k = kh * kw * cin;
@@ -175,10 +208,16 @@ int bnncl_conv2d(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int64_
     uint64_t *wrows = (uint64_t *)calloc((size_t)(o * g.kk), 8);
     int64_t np = (o + BNNCL_NB - 1) / BNNCL_NB, padded = np * BNNCL_NB;
     float *sc = (float *)calloc((size_t)padded * 2, sizeof(float));
-    int64_t *st = (int64_t *)calloc((size_t)padded * 2, sizeof(int64_t));
+    int32_t *st = (int32_t *)calloc((size_t)padded * 2, sizeof(int32_t));
     uint64_t *panels = NULL;
+    uint32_t *img = NULL;
     int rc = 2;
     if (!wrows || !sc || !st) goto done;
+    if (cin % 32 == 0) {
+        img = padded_image(&g, batch);
+        if (!img) goto done;
+        g.img = img;
+    }
     for (int64_t c = 0; c < o; ++c)
         for (int64_t t = 0; t < kh * kw; ++t)
             put_bits(wrows + c * g.kk, t * cin, wt + (c * kh * kw + t) * wc, cin);
@@ -190,7 +229,7 @@ int bnncl_conv2d(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int64_
         memcpy(sc, scale, (size_t)o * sizeof(float));
         memcpy(sc + padded, bias, (size_t)o * sizeof(float));
     } else if (mode == BNNCL_OUT_BITS) {
-        for (int64_t c = o; c < padded; ++c) st[padded + c] = INT64_MAX / 4;
+        for (int64_t c = o; c < padded; ++c) st[padded + c] = BNNCL_NEVER;
         bits_thresholds(thr, flip, o, k, st, st + padded);
         e.out_stride = 2 * ((o + 63) / 64);
     }
@@ -210,7 +249,10 @@ int bnncl_conv2d(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int64_
         for (int64_t blk = 0; blk < nblocks; ++blk) {
             if (!buf) continue;
             int64_t r0 = blk * mb, rows = m - r0 < mb ? m - r0 : mb;
-            im2col_rows(&g, r0, rows, buf);
+            if (g.img)
+                im2col_rows32(&g, r0, rows, buf);
+            else
+                im2col_rows(&g, r0, rows, buf);
             for (int64_t p = 0; p < np; ++p)
                 fn(buf, rows, g.kk, panels + p * g.kk * BNNCL_NB, p * BNNCL_NB, r0, &e);
         }
@@ -218,6 +260,7 @@ int bnncl_conv2d(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int64_
     }
     rc = failed ? 2 : 0;
 done:
+    free(img);
     free(wrows);
     free(sc);
     free(st);

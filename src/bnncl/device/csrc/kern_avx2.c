@@ -26,20 +26,16 @@ static INL TGT void epilogue(int R, __m256i s[4][2], int64_t row, int64_t col, i
                              const bnncl_epi *e) {
     for (int i = 0; i < R; ++i) {
         int64_t r = row + i;
+        __m256i pop = narrow(s[i][0], s[i][1]);
         if (e->mode == BNNCL_OUT_BITS) {
-            uint32_t bits = 0;
-            for (int v = 0; v < 2; ++v) {
-                __m256i sg = _mm256_loadu_si256((const __m256i *)(e->sgn + col + 4 * v));
-                __m256i t = _mm256_loadu_si256((const __m256i *)(e->thr + col + 4 * v));
-                __m256i x = _mm256_sub_epi64(_mm256_xor_si256(s[i][v], sg), sg);
-                bits |= (uint32_t)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(x, t)))
-                        << (4 * v);
-            }
+            __m256i sg = _mm256_loadu_si256((const __m256i *)(e->sgn + col));
+            __m256i t = _mm256_loadu_si256((const __m256i *)(e->thr + col));
+            __m256i x = _mm256_sub_epi32(_mm256_xor_si256(pop, sg), sg);
+            uint32_t bits = (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(x, t)));
             uint32_t *o = (uint32_t *)e->out + r * e->out_stride + (col >> 5);
             *o = (*o & ~(0xFFu << (col & 31))) | (bits << (col & 31));
             continue;
         }
-        __m256i pop = narrow(s[i][0], s[i][1]);
         __m256i dot = _mm256_sub_epi32(_mm256_set1_epi32((int32_t)e->k), _mm256_slli_epi32(pop, 1));
         if (ncols >= 8) {
             if (e->mode == BNNCL_OUT_INT32) {

@@ -1,5 +1,6 @@
 /* AVX-512 panel kernel: VPOPCNTQ on 512-bit vectors, 6 rows x 32 channels register tiles
- * (24 zmm accumulators); each A word is broadcast against 8 channels' words at once. */
+ * (24 zmm accumulators); each A word is broadcast against 8 channels' words at once.
+ * The epilogue is specialised per output mode and works on 16 int32 lanes. */
 #include "bnncl_core.h"
 
 #if defined(__x86_64__)
@@ -8,42 +9,54 @@
 #define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq")))
 #define INL __attribute__((always_inline)) inline
 
-static INL TGT void epilogue(int R, __m512i acc[6][4], int64_t row, int64_t col0,
+/* low dwords of two vectors of 8 qwords -> 16 int32 (popcounts are small) */
+static INL TGT __m512i narrow(__m512i lo, __m512i hi) {
+    const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_epi32(lo, idx, hi);
+}
+
+static INL TGT void epilogue(int R, int MODE, __m512i acc[6][4], int64_t row, int64_t col0,
                              int64_t ncols, const bnncl_epi *e) {
-    const __m512i kv = _mm512_set1_epi64(e->k);
-    const __mmask8 full = 0xFF;
+    const __m512i kv = _mm512_set1_epi32((int32_t)e->k);
+    __mmask16 m0 = ncols >= 16 ? 0xFFFF : (__mmask16)((1u << ncols) - 1);
+    __mmask16 m1 = ncols >= 32 ? 0xFFFF : (ncols <= 16 ? 0 : (__mmask16)((1u << (ncols - 16)) - 1));
+    __m512 s0, s1, b0, b1;
+    __m512i g0, g1, t0, t1;
+    if (MODE == BNNCL_OUT_FLOAT) {
+        s0 = _mm512_loadu_ps(e->scale + col0), s1 = _mm512_loadu_ps(e->scale + col0 + 16);
+        b0 = _mm512_loadu_ps(e->bias + col0), b1 = _mm512_loadu_ps(e->bias + col0 + 16);
+    }
+    if (MODE == BNNCL_OUT_BITS) {
+        g0 = _mm512_loadu_si512(e->sgn + col0), g1 = _mm512_loadu_si512(e->sgn + col0 + 16);
+        t0 = _mm512_loadu_si512(e->thr + col0), t1 = _mm512_loadu_si512(e->thr + col0 + 16);
+    }
+#pragma GCC unroll 6
     for (int i = 0; i < R; ++i) {
-        if (e->mode == BNNCL_OUT_BITS) {
-            uint32_t bits = 0;
-            for (int v = 0; v < 4; ++v) {
-                __m512i s = _mm512_loadu_si512(e->sgn + col0 + 8 * v);
-                __m512i t = _mm512_loadu_si512(e->thr + col0 + 8 * v);
-                __m512i x = _mm512_sub_epi64(_mm512_xor_si512(acc[i][v], s), s);
-                bits |= (uint32_t)_mm512_cmpgt_epi64_mask(x, t) << (8 * v);
-            }
-            ((uint32_t *)e->out)[(row + i) * e->out_stride + (col0 >> 5)] = bits;
+        __m512i p0 = narrow(acc[i][0], acc[i][1]), p1 = narrow(acc[i][2], acc[i][3]);
+        int64_t off = (row + i) * e->out_stride;
+        if (MODE == BNNCL_OUT_BITS) {
+            __mmask16 k0 = _mm512_cmpgt_epi32_mask(_mm512_sub_epi32(_mm512_xor_si512(p0, g0), g0), t0);
+            __mmask16 k1 = _mm512_cmpgt_epi32_mask(_mm512_sub_epi32(_mm512_xor_si512(p1, g1), g1), t1);
+            ((uint32_t *)e->out)[off + (col0 >> 5)] = (uint32_t)k0 | ((uint32_t)k1 << 16);
             continue;
         }
-        for (int v = 0; v < 4; ++v) {
-            int64_t left = ncols - 8 * v;
-            if (left <= 0) break;
-            __mmask8 m = left >= 8 ? full : (__mmask8)((1u << left) - 1);
-            __m512i dot = _mm512_sub_epi64(kv, _mm512_slli_epi64(acc[i][v], 1));
-            __m256i d32 = _mm512_cvtepi64_epi32(dot);
-            int64_t off = (row + i) * e->out_stride + col0 + 8 * v;
-            if (e->mode == BNNCL_OUT_INT32) {
-                _mm256_mask_storeu_epi32((int32_t *)e->out + off, m, d32);
-            } else {
-                __m256 sc = _mm256_maskz_loadu_ps(m, e->scale + col0 + 8 * v);
-                __m256 bi = _mm256_maskz_loadu_ps(m, e->bias + col0 + 8 * v);
-                __m256 y = _mm256_add_ps(_mm256_mul_ps(sc, _mm256_cvtepi32_ps(d32)), bi);
-                _mm256_mask_storeu_ps((float *)e->out + off, m, y);
-            }
+        __m512i d0 = _mm512_sub_epi32(kv, _mm512_add_epi32(p0, p0));
+        __m512i d1 = _mm512_sub_epi32(kv, _mm512_add_epi32(p1, p1));
+        if (MODE == BNNCL_OUT_INT32) {
+            int32_t *o = (int32_t *)e->out + off + col0;
+            _mm512_mask_storeu_epi32(o, m0, d0);
+            _mm512_mask_storeu_epi32(o + 16, m1, d1);
+        } else {
+            float *o = (float *)e->out + off + col0;
+            __m512 y0 = _mm512_add_ps(_mm512_mul_ps(s0, _mm512_cvtepi32_ps(d0)), b0);
+            __m512 y1 = _mm512_add_ps(_mm512_mul_ps(s1, _mm512_cvtepi32_ps(d1)), b1);
+            _mm512_mask_storeu_ps(o, m0, y0);
+            _mm512_mask_storeu_ps(o + 16, m1, y1);
         }
     }
 }
 
-static INL TGT void tile(int R, const uint64_t *a, int64_t kk, const uint64_t *panel,
+static INL TGT void tile(int R, int MODE, const uint64_t *a, int64_t kk, const uint64_t *panel,
                          int64_t row, int64_t col0, int64_t ncols, const bnncl_epi *e) {
     __m512i acc[6][4];
 #pragma GCC unroll 6
@@ -63,21 +76,32 @@ static INL TGT void tile(int R, const uint64_t *a, int64_t kk, const uint64_t *p
             acc[i][3] = _mm512_add_epi64(acc[i][3], _mm512_popcnt_epi64(_mm512_xor_si512(av, b3)));
         }
     }
-    epilogue(R, acc, row, col0, ncols, e);
+    epilogue(R, MODE, acc, row, col0, ncols, e);
+}
+
+static INL TGT void panel_rows(int MODE, const uint64_t *a, int64_t rows, int64_t kk,
+                               const uint64_t *panel, int64_t col0, int64_t row0, const bnncl_epi *e) {
+    int64_t ncols = e->ncols - col0 < BNNCL_NB ? e->ncols - col0 : BNNCL_NB;
+    int64_t r = 0;
+    for (; r + 6 <= rows; r += 6) tile(6, MODE, a + r * kk, kk, panel, row0 + r, col0, ncols, e);
+    const uint64_t *ar = a + r * kk;
+    switch (rows - r) {
+    case 5: tile(5, MODE, ar, kk, panel, row0 + r, col0, ncols, e); break;
+    case 4: tile(4, MODE, ar, kk, panel, row0 + r, col0, ncols, e); break;
+    case 3: tile(3, MODE, ar, kk, panel, row0 + r, col0, ncols, e); break;
+    case 2: tile(2, MODE, ar, kk, panel, row0 + r, col0, ncols, e); break;
+    case 1: tile(1, MODE, ar, kk, panel, row0 + r, col0, ncols, e); break;
+    default: break;
+    }
 }
 
 TGT void bnncl_panel_avx512(const uint64_t *a, int64_t rows, int64_t kk, const uint64_t *panel,
                             int64_t col0, int64_t row0, const bnncl_epi *e) {
-    int64_t ncols = e->ncols - col0 < BNNCL_NB ? e->ncols - col0 : BNNCL_NB;
-    int64_t r = 0;
-    for (; r + 6 <= rows; r += 6) tile(6, a + r * kk, kk, panel, row0 + r, col0, ncols, e);
-    switch (rows - r) {
-    case 5: tile(5, a + r * kk, kk, panel, row0 + r, col0, ncols, e); break;
-    case 4: tile(4, a + r * kk, kk, panel, row0 + r, col0, ncols, e); break;
-    case 3: tile(3, a + r * kk, kk, panel, row0 + r, col0, ncols, e); break;
-    case 2: tile(2, a + r * kk, kk, panel, row0 + r, col0, ncols, e); break;
-    case 1: tile(1, a + r * kk, kk, panel, row0 + r, col0, ncols, e); break;
-    default: break;
-    }
+    if (e->mode == BNNCL_OUT_FLOAT)
+        panel_rows(BNNCL_OUT_FLOAT, a, rows, kk, panel, col0, row0, e);
+    else if (e->mode == BNNCL_OUT_BITS)
+        panel_rows(BNNCL_OUT_BITS, a, rows, kk, panel, col0, row0, e);
+    else
+        panel_rows(BNNCL_OUT_INT32, a, rows, kk, panel, col0, row0, e);
 }
 #endif
