@@ -150,3 +150,40 @@ def test_bad_input():
         ContinualLearner(engine, LearnerConfig(), LatentReplayBuffer((8,)))
     with pytest.raises(ValueError, match="base experience"):
         learner.run(nc_stream(TRAIN[1]), TRAIN[0], *TEST, pretrained_base=True)
+
+
+def test_new_instances_stream_with_shifts():
+    from bnncl.data.scenarios import ni_stream
+
+    engine = NumpyLinearEngine(SHAPE, 10, seed=0)
+    buffer = LatentReplayBuffer(engine.latent_shape, capacity=200, bits=8, seed=0)
+    learner = ContinualLearner(engine, LearnerConfig(epochs=2, lr=0.3, minibatch_size=64), buffer)
+    res = learner.run(ni_stream(TRAIN[1], n_experiences=4, seed=0), TRAIN[0], *TEST)
+    assert [e.classes for e in res.experiences] == [list(range(10))] * 4
+    assert buffer.class_counts() == {c: 20 for c in range(10)}
+    assert res.final_accuracy > 0.5 and res.forgetting is not None
+
+
+def test_resume_from_state_matches_uninterrupted_run():
+    import dataclasses
+
+    from bnncl.data.scenarios import Stream
+
+    def fresh():
+        engine = pretrained_engine()
+        buffer = LatentReplayBuffer(engine.latent_shape, capacity=300, bits=8, seed=0)
+        return ContinualLearner(engine, LearnerConfig(lr=0.3, minibatch_size=32), buffer)
+
+    full = fresh().run(STREAM, TRAIN[0], *TEST, pretrained_base=True)
+    first = fresh()
+    first.run(Stream("nc", STREAM.experiences[:3], 10, 0), TRAIN[0], *TEST, pretrained_base=True)
+    arrays, meta = first.state_dict()
+    json.dumps(meta)
+    second = fresh()
+    second.load_state_dict({k: v.copy() for k, v in arrays.items()}, json.loads(json.dumps(meta)))
+    rest = second.run(Stream("nc", STREAM.experiences[3:], 10, 0), TRAIN[0], *TEST)
+    want = [dataclasses.replace(e, train_seconds=0, extract_seconds=0) for e in full.experiences[3:]]
+    got = [dataclasses.replace(e, train_seconds=0, extract_seconds=0) for e in rest.experiences]
+    assert got == want
+    with pytest.raises(ValueError, match="strategy"):
+        ContinualLearner(pretrained_engine(), LearnerConfig(strategy="naive")).load_state_dict(arrays, meta)

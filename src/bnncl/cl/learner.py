@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -289,6 +289,50 @@ class ContinualLearner:
             pred = self.predict(test_latents)
             results.confusion = confusion_matrix(test_labels, pred, self.engine.num_classes).tolist()
         return results
+
+    # -- persistence -------------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Everything needed to resume: ``(arrays, JSON-able meta)`` for safetensors + JSON.
+
+        Arrays are prefixed ``cwr/``, ``buffer/``, ``engine/tail/`` plus ``engine/head``; the
+        ``joint`` baseline's growing memory of latents is not saved.
+        """
+        arrays: dict[str, np.ndarray] = {"engine/head": self.engine.get_head()}
+        arrays.update({f"engine/tail/{k}": v for k, v in self.engine.tail_state().items()})
+        meta: dict[str, Any] = {
+            "kind": "continual_learner",
+            "config": asdict(self.config),
+            "seen_classes": sorted(self.seen_classes),
+            "rng_state": self._rng.bit_generator.state,
+        }
+        for prefix, part in (("cwr", self.consolidator), ("buffer", self.buffer)):
+            if part is not None:
+                part_arrays, meta[prefix] = part.state_dict()
+                arrays.update({f"{prefix}/{k}": v for k, v in part_arrays.items()})
+        return arrays, meta
+
+    def load_state_dict(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict` output (same strategy; engine and buffer already built)."""
+        if meta.get("kind") != "continual_learner":
+            raise ValueError(f"state kind {meta.get('kind')!r} is not 'continual_learner'")
+        if meta["config"]["strategy"] != self.config.strategy:
+            raise ValueError(f"state strategy {meta['config']['strategy']!r} does not match {self.config.strategy!r}")
+
+        def part(prefix: str) -> dict[str, np.ndarray]:
+            return {k[len(prefix) + 1 :]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
+
+        if "engine/head" not in arrays:
+            raise ValueError("state is missing array 'engine/head'")
+        self.engine.load_tail_state(part("engine/tail"))
+        self.engine.set_head(arrays["engine/head"])
+        for prefix, obj in (("cwr", self.consolidator), ("buffer", self.buffer)):
+            if obj is not None:
+                if prefix not in meta:
+                    raise ValueError(f"state has no {prefix!r} part but this learner uses one")
+                obj.load_state_dict(part(prefix), meta[prefix])
+        self.seen_classes = {int(c) for c in meta["seen_classes"]}
+        self._rng = np.random.default_rng()
+        self._rng.bit_generator.state = meta["rng_state"]
 
     def _config_dict(self) -> dict:
         cfg = asdict(self.config)

@@ -25,7 +25,7 @@ from bnncl.data.shifts import SHIFTS, apply_shift, default_ni_shifts
 ShiftSpec = tuple[str, dict[str, Any]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Experience:
     """One step of a stream: dataset rows ``indices`` with their ``labels``.
 
@@ -57,7 +57,7 @@ class Experience:
         return apply_shift(batch, self.transform, self.transform_params)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Stream:
     """An ordered sequence of experiences over a dataset of ``num_classes`` classes."""
 
