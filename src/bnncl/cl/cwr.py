@@ -136,7 +136,9 @@ class CWRStar:
                 raise ValueError(f"state is missing array {key!r}")
         cw, past = np.asarray(arrays["cw"]), np.asarray(arrays["past"])
         if cw.shape != self.cw.shape or past.shape != self.past.shape:
-            raise ValueError(f"state shapes cw {cw.shape}, past {past.shape} do not match {self.cw.shape}, {self.past.shape}")
+            raise ValueError(
+                f"state shapes cw {cw.shape}, past {past.shape} do not match {self.cw.shape}, {self.past.shape}"
+            )
         self.cw = cw.astype(np.float32).copy()
         self.past = past.astype(np.int64).copy()
 

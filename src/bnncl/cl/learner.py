@@ -120,7 +120,9 @@ def mixed_minibatches(
 class ContinualLearner:
     """Runs a strategy over experiences with an engine, a replay buffer and CWR*/CWR consolidation."""
 
-    def __init__(self, engine: Engine, config: LearnerConfig | None = None, buffer: LatentReplayBuffer | None = None) -> None:
+    def __init__(
+        self, engine: Engine, config: LearnerConfig | None = None, buffer: LatentReplayBuffer | None = None
+    ) -> None:
         self.engine = engine
         self.config = config or LearnerConfig()
         if buffer is not None and tuple(buffer.latent_shape) != tuple(engine.latent_shape):
@@ -147,7 +149,9 @@ class ContinualLearner:
             raise ValueError(f"labels must be integer with shape ({len(latents)},), got {labels.dtype} {labels.shape}")
         n = self.engine.num_classes
         if labels.size and (labels.min() < 0 or labels.max() >= n):
-            raise ValueError(f"labels must lie in [0, {n}) (engine head capacity), got [{labels.min()}, {labels.max()}]")
+            raise ValueError(
+                f"labels must lie in [0, {n}) (engine head capacity), got [{labels.min()}, {labels.max()}]"
+            )
         if not np.all(np.isfinite(latents)):
             raise ValueError("latents contain NaN or inf")
         return latents.astype(np.float32, copy=False), labels.astype(np.int64)
@@ -218,7 +222,8 @@ class ContinualLearner:
         if self.buffer is not None:
             self.buffer.add(latents, labels, experience_index)
         self.seen_classes.update(int(c) for c in np.unique(labels))
-        return TrainStats(len(labels), len(replay_y), float(np.mean(losses)) if losses else None, time.perf_counter() - start)
+        mean_loss = float(np.mean(losses)) if losses else None
+        return TrainStats(len(labels), len(replay_y), mean_loss, time.perf_counter() - start)
 
     def predict(self, latents: np.ndarray) -> np.ndarray:
         """Predicted classes (restricted to the seen classes) with the engine's current head."""
@@ -267,7 +272,9 @@ class ContinualLearner:
         """
         test_labels = np.asarray(test_labels)
         if test_labels.ndim != 1 or len(test_labels) != len(test_images):
-            raise ValueError(f"test_labels must be 1-D with one label per test image ({len(test_images)}), got {test_labels.shape}")
+            raise ValueError(
+                f"test_labels must be 1-D with one label per test image ({len(test_images)}), got {test_labels.shape}"
+            )
         if pretrained_base and (len(stream) == 0 or not stream[0].is_base):
             raise ValueError("pretrained_base=True needs a stream whose first experience is a base experience")
         test_latents, test_labels = self._check(self.extract(test_images), test_labels)
@@ -281,7 +288,9 @@ class ContinualLearner:
                 stats = None
             else:
                 stats = self.train_experience(latents, exp.labels, exp.index, on_batch)
-            record = self.evaluate(exp.index, exp.classes_in_experience, test_latents, test_labels, stats, extract_seconds)
+            record = self.evaluate(
+                exp.index, exp.classes_in_experience, test_latents, test_labels, stats, extract_seconds
+            )
             results.experiences.append(record)
             if on_experience is not None:
                 on_experience(record)

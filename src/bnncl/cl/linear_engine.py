@@ -53,7 +53,8 @@ class NumpyLinearEngine:
         """uint8 ``(N, H, W, C)`` -> float32 ``(N, D)`` (±1 if ``binary``)."""
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.shape[1:] != self.image_shape:
-            raise ValueError(f"images must be uint8 (N, {', '.join(map(str, self.image_shape))}), got {images.dtype} {images.shape}")
+            want = ", ".join(map(str, self.image_shape))
+            raise ValueError(f"images must be uint8 (N, {want}), got {images.dtype} {images.shape}")
         x = images.reshape(len(images), -1).astype(np.float32) / 127.5 - 1.0
         if self._proj is not None:
             x = x @ self._proj

@@ -166,7 +166,8 @@ class LatentReplayBuffer:
         latents = np.asarray(latents)
         labels = np.asarray(labels)
         if latents.ndim != len(self.latent_shape) + 1 or latents.shape[1:] != self.latent_shape:
-            raise ValueError(f"latents must have shape (N, {', '.join(map(str, self.latent_shape))}), got {latents.shape}")
+            want = ", ".join(map(str, self.latent_shape))
+            raise ValueError(f"latents must have shape (N, {want}), got {latents.shape}")
         if labels.shape != (len(latents),) or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"labels must be integer with shape ({len(latents)},), got {labels.dtype} {labels.shape}")
         if labels.size and labels.min() < 0:
@@ -175,7 +176,10 @@ class LatentReplayBuffer:
             raise ValueError("latents contain NaN or inf")
         return latents, labels.astype(np.int64)
 
-    def _rebuild(self, keep_slots: np.ndarray, new_rows: np.ndarray, latents: np.ndarray, labels: np.ndarray, exp: int) -> None:
+    def _rebuild(
+        self, keep_slots: np.ndarray, new_rows: np.ndarray, latents: np.ndarray, labels: np.ndarray, exp: int
+    ) -> None:
+        """Keep the stored rows ``keep_slots``, append the encoded ``latents[new_rows]``."""
         keep_slots = np.asarray(keep_slots, dtype=np.int64)
         new_rows = np.asarray(new_rows, dtype=np.int64)
         self._store = np.concatenate([self._store[keep_slots], self._encode(latents[new_rows])])
@@ -261,7 +265,9 @@ class LatentReplayBuffer:
     @classmethod
     def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> "LatentReplayBuffer":
         """A buffer rebuilt from :meth:`state_dict` output."""
-        buf = cls(tuple(meta["latent_shape"]), int(meta["capacity"]), int(meta["bits"]), str(meta["policy"]), int(meta["seed"]))
+        buf = cls(
+            tuple(meta["latent_shape"]), int(meta["capacity"]), int(meta["bits"]), str(meta["policy"]), int(meta["seed"])
+        )
         buf.load_state_dict(arrays, meta)
         return buf
 
@@ -275,9 +281,13 @@ class LatentReplayBuffer:
             raise ValueError(f"buffer state is missing arrays {missing}")
         store = np.asarray(arrays["latents"])
         if store.shape[1:] != self._row_shape() or store.dtype != self._store_dtype():
-            raise ValueError(f"buffer state latents {store.dtype} {store.shape} do not match {self._store_dtype()} (N, {self._row_shape()})")
+            raise ValueError(
+                f"buffer state latents {store.dtype} {store.shape} do not match {self._store_dtype()} (N, {self._row_shape()})"
+            )
         if len(store) > int(meta["capacity"]) or len(arrays["labels"]) != len(store):
-            raise ValueError(f"buffer state holds {len(store)} latents and {len(arrays['labels'])} labels for capacity {meta['capacity']}")
+            raise ValueError(
+                f"buffer state holds {len(store)} latents and {len(arrays['labels'])} labels for capacity {meta['capacity']}"
+            )
         self.capacity = int(meta["capacity"])
         self.policy = str(meta["policy"])
         self.seed = int(meta["seed"])

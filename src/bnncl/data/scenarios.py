@@ -50,7 +50,9 @@ class Experience:
         if images.ndim != 4 or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
         if len(self.indices) and int(self.indices.max()) >= len(images):
-            raise ValueError(f"images has {len(images)} rows but experience {self.index} indexes row {int(self.indices.max())}")
+            raise ValueError(
+                f"images has {len(images)} rows but experience {self.index} indexes row {int(self.indices.max())}"
+            )
         batch = images[self.indices]
         if self.transform in (None, "none"):
             return batch
@@ -179,7 +181,9 @@ def nc_stream(
     return Stream("nc", tuple(exps), _num_classes(labels), seed)
 
 
-def _split_per_class(labels: np.ndarray, classes: Sequence[int], parts: int, rng: np.random.Generator) -> dict[int, list[np.ndarray]]:
+def _split_per_class(
+    labels: np.ndarray, classes: Sequence[int], parts: int, rng: np.random.Generator
+) -> dict[int, list[np.ndarray]]:
     """Each class's rows, shuffled with ``rng`` and cut into ``parts`` near-equal disjoint parts."""
     out: dict[int, list[np.ndarray]] = {}
     for c in classes:
