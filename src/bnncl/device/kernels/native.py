@@ -52,6 +52,10 @@ def load() -> ctypes.CDLL | None:
                                  _int, _p, _p, _p, _p, _p, _int, _int]
     lib.bnncl_pack_signs_f32.restype = None
     lib.bnncl_pack_signs_f32.argtypes = [_p, _i64, _i64, _p, _int]
+    lib.bnncl_popcnt_probe.restype = _i64
+    lib.bnncl_popcnt_probe.argtypes = [_i64, ctypes.POINTER(_int)]
+    lib.bnncl_clock_probe.restype = _i64
+    lib.bnncl_clock_probe.argtypes = [_i64]
     return lib
 
 
