@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -58,9 +59,11 @@ def _time(fn: Callable[[], object], repeats: int, min_time: float) -> float:
     return best
 
 
-def machine_info() -> dict:
-    """CPU model, nominal MHz (/proc/cpuinfo), measured clock and popcount instruction rate."""
-    info: dict = {"platform": platform.platform(), "kernel_paths": kernels.available_paths()}
+def machine_info(clock_ghz: float | None = None) -> dict:
+    """CPU model, nominal MHz (/proc/cpuinfo), measured clock and popcount instruction rate;
+    with ``clock_ghz`` the limit uses that clock times the measured popcounts per cycle."""
+    info: dict = {"platform": platform.platform(), "kernel_paths": kernels.available_paths(),
+                  "load_average_at_start": os.getloadavg()}
     try:
         text = Path("/proc/cpuinfo").read_text()
         for key, name in (("model name", "cpu_model"), ("cpu MHz", "cpuinfo_mhz")):
@@ -90,6 +93,9 @@ def machine_info() -> dict:
         popcount_per_cycle=round(rate / clock, 2),
         popcount_limit_bits_per_second_per_thread=bits.value * rate,
     )
+    if clock_ghz:
+        info["limit_clock_ghz"] = clock_ghz
+        info["popcount_limit_bits_per_second_per_thread"] = bits.value * rate / clock * clock_ghz * 1e9
     return info
 
 
@@ -136,10 +142,11 @@ def _bench_gemm(threads: int, repeats: int, min_time: float, torch, rng) -> dict
     return row
 
 
-def run(threads_list: list[int], repeats: int, min_time: float, quick: bool) -> dict:
+def run(threads_list: list[int], repeats: int, min_time: float, quick: bool,
+        clock_ghz: float | None = None) -> dict:
     """Measure every shape at batch 1 and 32 (batch 1 only with ``quick``) and the GEMM."""
     torch = _torch()
-    info = machine_info()
+    info = machine_info(clock_ghz)
     limit = info.get("popcount_limit_bits_per_second_per_thread")
     rng = np.random.default_rng(0)
     shapes = CONV_SHAPES[::3] if quick else CONV_SHAPES
@@ -188,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--repeats", type=int, default=5, help="timing rounds per case, best kept (default 5)")
     parser.add_argument("--quick", action="store_true", help="a few shapes, batch 1, short rounds")
+    parser.add_argument("--clock-ghz", type=float, default=None,
+                        help="clock for the popcount limit (default: the measured one, low on a busy machine)")
     args = parser.parse_args(argv)
+    # idle OpenMP threads (ours and torch's) must sleep, not spin, or 2-thread runs starve each other
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         threads = [int(t) for t in args.threads.split(",") if t.strip()]
         if not threads or min(threads) < 1:
@@ -197,14 +208,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--threads: expected comma-separated integers >= 1, got {args.threads!r}")
     if args.repeats < 1:
         parser.error(f"--repeats: expected an integer >= 1, got {args.repeats}")
-    report = run(threads, args.repeats, 0.01 if args.quick else 0.05, args.quick)
+    report = run(threads, args.repeats, 0.01 if args.quick else 0.05, args.quick, args.clock_ghz)
     info = report["machine"]
     print(f"machine: {info.get('cpu_model', '?')}, cpuinfo {info.get('cpuinfo_mhz', '?')} MHz, "
           f"measured clock {info.get('measured_clock_ghz', '?')} GHz, kernel path {report['kernel_path']}")
     if "popcount_per_cycle" in info:
         print(f"popcount limit: {info['popcount_bits_per_instruction']}-bit popcount x "
               f"{info['popcount_instructions_per_second'] / 1e9:.2f} G/s measured "
-              f"({info['popcount_per_cycle']} per cycle) per thread")
+              f"({info['popcount_per_cycle']} per cycle) per thread; limit clock "
+              f"{info.get('limit_clock_ghz', info.get('measured_clock_ghz'))} GHz; load average {info['load_average_at_start']}")
     print(f"ops: {report['op_count']}")
     print(markdown(report))
     if args.json is not None:
