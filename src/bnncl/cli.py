@@ -31,7 +31,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     settings = PretrainSettings(classes=args.classes, epochs=args.epochs, batch_size=args.batch_size,
                                 lr=args.lr, seed=args.seed, crop_pad=args.crop_pad, hflip=not args.no_flip,
                                 threads=args.threads, max_steps=args.max_steps)
-    record = pretrain(train, test, config, settings, args.output, resume=args.resume, dataset_name=args.data,
+    _, record = pretrain(train, test, config, settings, args.output, resume=args.resume, dataset_name=args.data,
                       progress=not args.no_progress)
     if record.get("test_accuracy") is not None:
         print(f"saved {args.output}: test accuracy {record['test_accuracy'] * 100:.2f}% on classes {args.classes}")

@@ -31,6 +31,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # bytes inside protocol-2 pickles written by Python 3
     }
 
     def find_class(self, module: str, name: str):  # noqa: D401

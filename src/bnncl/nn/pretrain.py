@@ -133,12 +133,12 @@ def pretrain(
     dataset_name: str = "",
     progress: bool = True,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:
+) -> tuple[Backbone, dict[str, Any]]:
     """Train ``config`` on ``settings.classes`` of ``train``; write ``output`` (model) and a checkpoint.
 
     The checkpoint ``<output>.ckpt`` is written after every epoch; ``resume=True`` continues from it
     bit-for-bit (same permutation and augmentation streams, which are derived from seed and epoch).
-    Returns the training record stored in the model file.
+    Returns the trained model (this process's replica) and the training record stored in the model file.
     """
     ddp = _init_distributed()
     if settings.threads:
@@ -242,4 +242,4 @@ def pretrain(
     }
     if ddp.main:
         save_model(model, output, record)
-    return record
+    return model, record

@@ -64,19 +64,27 @@ def binarize_weights(w: torch.Tensor) -> torch.Tensor:
     return w + (sign(w) - w).detach()
 
 
+class _UniformSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bits: int) -> torch.Tensor:  # type: ignore[override]
+        lo, hi = x.min(), x.max()
+        if hi <= lo:
+            return x.clone()
+        s = (2.0**bits - 1.0) / (hi - lo)
+        return torch.round((x - lo) * s) / s + lo
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+
 def uniform_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Uniform per-tensor min/max quantization to ``bits`` bits with an STE gradient (32 = identity)."""
     if bits >= 32:
         return x
     if bits < 1:
         raise ValueError(f"bits must be >= 1, got {bits}")
-    with torch.no_grad():
-        lo, hi = x.min(), x.max()
-        if hi <= lo:
-            return x
-        s = (2.0**bits - 1.0) / (hi - lo)
-        q = torch.round((x - lo) * s) / s + lo
-    return x + (q - x).detach()
+    return _UniformSTE.apply(x, bits)
 
 
 class UniformQuantizer(nn.Module):
