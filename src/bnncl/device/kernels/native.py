@@ -61,11 +61,16 @@ def load() -> ctypes.CDLL | None:
 
 def supported_paths() -> list[str]:
     """ISA variants of the C core that this CPU can run (empty without the C core)."""
+    return list(_supported())
+
+
+@lru_cache(maxsize=1)
+def _supported() -> tuple[str, ...]:
     lib = load()
     if lib is None:
-        return []
+        return ()
     mask = lib.bnncl_supported_paths()
-    return [name for name, bit in PATH_IDS.items() if mask & (1 << bit)]
+    return tuple(name for name, bit in PATH_IDS.items() if mask & (1 << bit))
 
 
 def _ptr(a: np.ndarray | None) -> int | None:
