@@ -40,6 +40,11 @@ def test_binary_latent_split_is_exact_at_one_bit():
     # feed back a real latent that has the same signs after the learnable bias: same logits
     z_from_bits = bits - block.move.bias.view(1, -1, 1, 1) + 0.5 * bits
     torch.testing.assert_close(model.forward_from(z_from_bits, split), model.forward_from(z, split))
+    latent = model.latent(x, split)
+    assert set(latent.unique().tolist()) == {-1.0, 1.0}
+    torch.testing.assert_close(model.tail_from_latent(latent, split), model(x))
+    other_latent = model.latent(x, cfg.split_for_tail(0))
+    torch.testing.assert_close(model.tail_from_latent(other_latent, "gap"), model(x))
     # a split that is not binary depends on magnitudes
     other = cfg.split_for_tail(1)
     z1 = model.forward_to(x, other)

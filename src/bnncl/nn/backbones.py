@@ -167,6 +167,26 @@ class Backbone(nn.Module):
             z = block(z)
         return self.head(torch.flatten(self.pool(z), 1))
 
+    def latent(self, x: torch.Tensor, split: str) -> torch.Tensor:
+        """The latent-replay activations at ``split``: ``sign(z + b)`` (exactly ±1) at a binary split,
+        else the real activations ``z``."""
+        z = self.forward_to(x, split)
+        if split in self.config.binary_latents:
+            block = self.blocks[self._index(split)]
+            z = torch.where(block.move(z) < 0, -1.0, 1.0)
+        return z
+
+    def tail_from_latent(self, latent: torch.Tensor, split: str) -> torch.Tensor:
+        """Logits from what :meth:`latent` returned (the split block skips its own bias + sign at a binary split)."""
+        start = self._index(split)
+        if split in self.config.binary_latents:
+            block = self.blocks[start]
+            latent = block.act(block.bn(block.conv(latent)) + block.shortcut(latent))
+            start += 1
+        for block in self.blocks[start:]:
+            latent = block(latent)
+        return self.head(torch.flatten(self.pool(latent), 1))
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features (the head's input)."""
         return torch.flatten(self.pool(self.forward_to(x, "gap")), 1)
