@@ -42,8 +42,13 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from bnncl.nn.checkpoint import load_model
     from bnncl.nn.summary import format_summary, summarize
 
-    model, _ = load_model(args.model)
+    model, info = load_model(args.model)
     print(format_summary(summarize(model)))
+    if info.get("history"):
+        st = info.get("settings", {})
+        print(f"trained on {info.get('dataset')} classes {info.get('classes')}: {len(info['history'])} epochs, "
+              f"seed {st.get('seed')}, {info.get('train_seconds', 0) / 60:.1f} min, "
+              f"test accuracy {100 * info['test_accuracy']:.2f}%")
     return 0
 
 
