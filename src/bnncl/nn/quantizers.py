@@ -17,28 +17,21 @@ def sign(x: torch.Tensor) -> torch.Tensor:
     return (x >= 0).to(x.dtype) * 2 - 1
 
 
-class _SignClippedSTE(torch.autograd.Function):
+class _Sign(torch.autograd.Function):
+    """sign forward; backward by the clipped STE (``approx=False``) or ApproxSign (``approx=True``)."""
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, approx: bool) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
+        ctx.approx = approx
         return sign(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
-
-
-class _SignApprox(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
-        return sign(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        return grad * torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
+        if ctx.approx:
+            return grad * torch.clamp(2.0 - 2.0 * x.abs(), min=0.0), None
+        return grad * (x.abs() <= 1).to(grad.dtype), None
 
 
 class SignQuantizer(nn.Module):
@@ -53,7 +46,7 @@ class SignQuantizer(nn.Module):
         self.gradient = gradient
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (_SignClippedSTE if self.gradient == "ste" else _SignApprox).apply(x)
+        return _Sign.apply(x, self.gradient == "approx")
 
     def extra_repr(self) -> str:
         return f"precision=1, gradient={self.gradient}"
