@@ -52,8 +52,68 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_one(cfg, label: str, quiet: bool = False) -> dict:
+    from dataclasses import asdict
+
+    from tqdm import tqdm
+
+    from bnncl.experiment import run_protocol
+    from bnncl.report.tables import experience_header, experience_row, summary_lines
+
+    bars: dict[int, tqdm] = {}
+
+    def on_batch(p) -> None:
+        bar = bars.get(p.experience)
+        if bar is None:
+            for old in bars.values():
+                old.close()
+            bar = bars[p.experience] = tqdm(total=None, desc=f"experience {p.experience}", leave=False,
+                                            disable=quiet, unit="batch")
+        bar.update(1)
+        bar.set_postfix(epoch=p.epoch + 1, loss=f"{p.loss:.3f}")
+
+    def on_experience(e) -> None:
+        for bar in bars.values():
+            bar.close()
+        bars.clear()
+        print(experience_row(asdict(e)), flush=True)
+
+    print(f"== {label}")
+    print(experience_header())
+    result = run_protocol(cfg, on_batch, on_experience)
+    for line in summary_lines(result):
+        print(line)
+    return result
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    raise BnnclError("the continual learner is not built yet (issue 4); try `bnncl summary` or `bnncl pretrain`")
+    from pathlib import Path
+
+    from bnncl.experiment import RunConfig, compare_configs, write_results
+    from bnncl.report.plots import plot_accuracy
+    from bnncl.report.tables import comparison_markdown
+
+    cfg = RunConfig(protocol=args.protocol, engine=args.engine, tail_blocks=args.tail_blocks, qf=args.qf,
+                    qb=args.qb, qw=args.qw, lr_bits=args.lr_bits, buffer=args.buffer, strategy=args.strategy,
+                    epochs=args.epochs, lr=args.lr, seed=args.seed, threads=args.threads, model=args.model)
+    out = Path(args.out)
+    if not args.compare:
+        result = _run_one(cfg, f"{cfg.protocol} on the {cfg.engine} engine", args.quiet)
+        path = write_results(result, out)
+        png = plot_accuracy([(f"{cfg.engine} {cfg.strategy}", result)], out / "accuracy.png", cfg.protocol)
+        print(f"wrote {path}" + (f" and {png}" if png else " (no plot: matplotlib not installed)"))
+        return 0
+    rows = []
+    for i, (label, run_cfg) in enumerate(compare_configs(cfg)):
+        result = _run_one(run_cfg, label, args.quiet)
+        write_results(result, out / f"run{i}")
+        rows.append({"label": label, "result": result})
+    table = comparison_markdown(rows)
+    print(table)
+    (out / "compare.md").write_text(f"# {cfg.protocol}: comparison\n\n{table}\n")
+    png = plot_accuracy([(r["label"], r["result"]) for r in rows], out / "accuracy.png", cfg.protocol)
+    print(f"wrote {out / 'compare.md'}" + (f" and {png}" if png else ""))
+    return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -91,6 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_summary)
 
     p = sub.add_parser("run", help="continual learning on a protocol (default: fmnist-b5, embedded data)")
+    p.add_argument("--protocol", default="fmnist-b5", help="fmnist-b5 (default) | fmnist-full-b5 | cifar10-b5 | cifar10-ni")
+    p.add_argument("--engine", default="device", choices=["device", "torch"])
+    p.add_argument("--tail-blocks", type=int, default=2, help="trainable binary blocks above the LR layer (0..3)")
+    p.add_argument("--qf", type=int, default=8, help="forward bits of the tail (32 = float)")
+    p.add_argument("--qb", type=int, default=16, help="gradient/update bits of the tail")
+    p.add_argument("--qw", type=int, default=8, help="storage bits of the tail's latent weights")
+    p.add_argument("--lr-bits", type=int, default=1, choices=[1, 8, 32], help="bits per stored latent")
+    p.add_argument("--buffer", type=int, default=1500, help="replay buffer capacity (patterns)")
+    p.add_argument("--strategy", default="cwr_star", choices=["cwr_star", "cwr", "naive", "joint"])
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--model", default=None, help="model file (default: the protocol's shipped model)")
+    p.add_argument("--compare", action="store_true", help="device vs fp32 tail vs fp32 network vs naive vs joint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", default="runs/latest", help="output folder (results.json, accuracy.png)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("bench", help="benchmarks: kernels")

@@ -1,0 +1,155 @@
+"""``bnncl run``: one continual-learning run of a named protocol on the device or torch engine.
+
+Builds the engine from a shipped model, the stream from the protocol, the replay buffer and the
+learner; runs it with progress callbacks; returns the ``results.json`` dict (DESIGN.md §3, issue 4
+field list). Torch is imported only for the torch engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from bnncl.cl.engine import Engine
+from bnncl.cl.learner import BatchProgress, ContinualLearner, LearnerConfig
+from bnncl.cl.metrics import ExperienceResult
+from bnncl.cl.replay import LatentReplayBuffer
+from bnncl.data.protocols import ProtocolSpec, get_protocol
+from bnncl.errors import BnnclError
+
+ENGINES = ("device", "torch")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run (recorded in results.json)."""
+
+    protocol: str = "fmnist-b5"
+    engine: str = "device"
+    tail_blocks: int = 2
+    qf: int = 8
+    qb: int = 16
+    qw: int = 8
+    lr_bits: int = 1
+    buffer: int = 1500
+    buffer_policy: str = "class_balanced"
+    strategy: str = "cwr_star"
+    epochs: int = 4
+    lr: float = 0.01
+    minibatch: int = 128
+    seed: int = 0
+    threads: int = 1
+    model: str | None = None  # a shipped model name or a file path; default: the protocol's
+    float_network: bool = False  # torch engine on the fp32 twin of the backbone
+
+    def validate(self) -> None:
+        if self.engine not in ENGINES:
+            raise BnnclError(f"--engine must be one of {ENGINES}, got {self.engine!r}")
+        for name in ("qf", "qb", "qw"):
+            v = getattr(self, name)
+            if not 1 <= v <= 32:
+                raise BnnclError(f"--{name} must be in [1, 32] bits, got {v}")
+        if self.lr_bits not in (1, 8, 32):
+            raise BnnclError(f"--lr-bits must be 1, 8 or 32, got {self.lr_bits}")
+        if not 0 <= self.tail_blocks <= 3:
+            raise BnnclError(f"--tail-blocks must be in 0..3, got {self.tail_blocks}")
+        if self.buffer < 1 or self.epochs < 1 or self.minibatch < 1 or self.threads < 1:
+            raise BnnclError("--buffer, --epochs, --minibatch and --threads must be >= 1")
+        if self.float_network and self.engine != "torch":
+            raise BnnclError("the fp32 network baseline runs on the torch engine (--engine torch)")
+
+
+EngineBuilder = Callable[[RunConfig, ProtocolSpec, int], Engine]
+
+
+def build_engine(cfg: RunConfig, spec: ProtocolSpec, num_classes: int) -> Engine:
+    """The engine for ``cfg``: the device engine (NumPy + C) or the torch reference."""
+    if cfg.engine == "device":
+        from bnncl.device.engine import DeviceEngine
+
+        return DeviceEngine.from_shipped(cfg, spec, num_classes)  # type: ignore[attr-defined]
+    from bnncl.nn.reference_engine import TorchEngine
+
+    return TorchEngine.from_shipped(cfg, spec, num_classes)  # type: ignore[attr-defined]
+
+
+def _machine() -> dict[str, Any]:
+    cpu = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def run_protocol(
+    cfg: RunConfig,
+    on_batch: Callable[[BatchProgress], None] | None = None,
+    on_experience: Callable[[ExperienceResult], None] | None = None,
+    engine_builder: EngineBuilder = build_engine,
+) -> dict[str, Any]:
+    """Run ``cfg`` end to end and return the results dict (see module docstring)."""
+    cfg.validate()
+    spec = get_protocol(cfg.protocol)
+    t0 = time.perf_counter()
+    train, test = spec.load()
+    num_classes = len(train.class_names)
+    engine = engine_builder(cfg, spec, num_classes)
+    stream = spec.build_stream(train.labels, cfg.seed)
+    buffer = None
+    if cfg.strategy in ("cwr_star", "cwr"):
+        buffer = LatentReplayBuffer(tuple(engine.latent_shape), cfg.buffer, cfg.lr_bits, cfg.buffer_policy, cfg.seed)
+    learner = ContinualLearner(engine, LearnerConfig(cfg.strategy, cfg.epochs, cfg.lr, cfg.minibatch, cfg.seed), buffer)
+    results = learner.run(stream, train.images, test.images, test.labels, pretrained_base=spec.pretrained_base,
+                          on_batch=on_batch, on_experience=on_experience)
+    out = results.to_dict()
+    memory = {k: int(v) for k, v in engine.memory_bytes().items()}
+    memory["replay"] = int(buffer.nbytes) if buffer is not None else 0
+    memory["total"] = sum(v for k, v in memory.items() if k in ("tail", "head", "replay"))
+    memory["total_with_backbone"] = memory["total"] + memory.get("backbone", 0)
+    out.update({
+        "protocol": cfg.protocol,
+        "engine": cfg.engine,
+        "config": asdict(cfg) | {"learner": out.get("config", {})},
+        "class_names": list(train.class_names),
+        "memory_bytes": memory,
+        "wall_seconds": round(time.perf_counter() - t0, 2),
+        "machine": _machine(),
+    })
+    return out
+
+
+def write_results(result: dict[str, Any], out_dir: str | os.PathLike) -> Path:
+    """Write ``results.json`` atomically into ``out_dir``; returns its path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "results.json"
+    tmp = out_dir / ".results.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+COMPARE_RUNS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("device BNN, hybrid q, 1-bit LR (CWR*)", {}),
+    ("torch fp32 tail, fp32 LR (CWR*)", {"engine": "torch", "qf": 32, "qb": 32, "qw": 32, "lr_bits": 32}),
+    ("fp32 network twin (CWR*)", {"engine": "torch", "qf": 32, "qb": 32, "qw": 32, "lr_bits": 32,
+                                  "float_network": True}),
+    ("naive fine-tuning (device)", {"strategy": "naive"}),
+    ("joint training (device, upper bound)", {"strategy": "joint"}),
+)
+
+
+def compare_configs(base: RunConfig) -> list[tuple[str, RunConfig]]:
+    """The runs of ``bnncl run --compare``, derived from ``base``."""
+    return [(label, replace(base, **changes)) for label, changes in COMPARE_RUNS]
