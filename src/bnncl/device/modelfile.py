@@ -10,9 +10,11 @@ Tensors (all channels-last; ``i`` a binary block):
 
 * ``stem.weight`` int8 (O, KH, KW, C): the stem conv with the input normalisation's ``1/(255 std)``
   folded in, quantized per output channel (symmetric, ``stem.weight_scale`` float32 (O,));
+  ``stem.weight_float`` float32 (O, KH, KW, C): the same folded weights unquantized (a few KB; the
+  int8 stem flips enough signs downstream to change ~4% of predictions, see frozen.py);
   ``stem.input_offset`` float32 (C,) = ``255 * mean`` (the pixel value that normalises to 0, also
-  the value of torch's zero padding); ``stem.scale`` / ``stem.bias`` float32 (O,): the fused
-  ``weight_scale * BN`` output transform; ``stem.act.{shift_in,slope,shift_out}`` RPReLU.
+  the value of torch's zero padding); ``stem.scale`` / ``stem.bias`` float32 (O,): batch norm as
+  ``scale * conv + bias``; ``stem.act.{shift_in,slope,shift_out}`` RPReLU.
 * ``fused.blocks.{i}.weight`` uint64 (O, 3, 3, words_for(I)): :func:`bitpack.pack_signs` of the
   binary weights; ``fused.blocks.{i}.scale`` / ``.bias`` float32 (O,): ``mean|W| * BN`` fused
   (``scale * dot + bias``); ``fused.blocks.{i}.input_bias`` float32 (I,): the learnable bias
@@ -127,7 +129,8 @@ def expected_tensors(arch: Mapping[str, Any], tail_blocks: int) -> dict[str, tup
     c = arch["input_shape"][2]
     spec: dict[str, tuple[tuple[int, ...], np.dtype]] = {
         "stem.weight": ((o, 3, 3, c), np.dtype(np.int8)),
-        "stem.weight_scale": ((o,), f32), "stem.input_offset": ((c,), f32),
+        "stem.weight_scale": ((o,), f32), "stem.weight_float": ((o, 3, 3, c), f32),
+        "stem.input_offset": ((c,), f32),
         "stem.scale": ((o,), f32), "stem.bias": ((o,), f32),
     }
     spec.update({f"stem.act.{k}": ((o,), f32) for k in _ACT})

@@ -61,8 +61,9 @@ def _stem_tensors(model: Backbone) -> dict[str, np.ndarray]:
     return {
         "stem.weight": q,
         "stem.weight_scale": wscale.astype(np.float32),
+        "stem.weight_float": w.astype(np.float32),
         "stem.input_offset": (np.asarray(cfg.mean, np.float64) * 255.0).astype(np.float32),
-        "stem.scale": (wscale * alpha).astype(np.float32),
+        "stem.scale": alpha.astype(np.float32),
         "stem.bias": beta.astype(np.float32),
         **_act("stem.", act),
     }

@@ -1,0 +1,205 @@
+"""Frozen-backbone engine: runs a :class:`DeviceModel` with the C kernels (torch-free).
+
+Pipeline per chunk of images (uint8 NHWC):
+
+* stem: 3x3 conv of the raw pixels (zero padding) with the weights that fold in the input
+  normalisation, float32 (default) or int8 (integer sums, exact in the float32 GEMM below 2^24),
+  minus the precomputed border correction ``conv(255 * mean, zero padding)`` that makes it equal
+  to torch's conv of the *normalised*, zero-padded input; fused batch norm; RPReLU;
+* binary block: ``t = x + b``; pack signs of ``t`` (:func:`kernels.pack_signs_f32`); binary conv
+  with fused ``mean|W| * BN`` output transform (:func:`kernels.binary_conv2d`, pre-packed
+  weights); + shortcut (2x2 average pool, channel repeat; of ``sign(t)`` at a binary split);
+  RPReLU;
+* global average pooling and the float32 head.
+
+Everything is float32 channels-last; the differences from torch are float rounding of the fused
+transforms and, with ``stem="int8"``, the stem weight rounding (measured: ``benchmarks/inference.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from bnncl.device import kernels
+from bnncl.device.bitpack import unpack_signs
+from bnncl.device.modelfile import DeviceModel, block_geometry, split_index
+
+DEFAULT_CHUNK = 256
+STEM_PRECISIONS = ("float32", "int8")
+
+
+@dataclass(frozen=True)
+class _RPReLU:
+    shift_in: np.ndarray
+    slope: np.ndarray
+    shift_out: np.ndarray
+
+    def __call__(self, y: np.ndarray) -> np.ndarray:
+        """In place: ``PReLU(y - shift_in) + shift_out``."""
+        np.subtract(y, self.shift_in, out=y)
+        np.multiply(y, self.slope, out=y, where=y < 0)
+        np.add(y, self.shift_out, out=y)
+        return y
+
+
+@dataclass(frozen=True)
+class _Block:
+    weight: np.ndarray  # packed (O, 3, 3, words)
+    scale: np.ndarray
+    bias: np.ndarray
+    input_bias: np.ndarray
+    act: _RPReLU
+    in_channels: int
+    stride: int
+    repeat: int
+    binary_input: bool
+
+
+def _im2col3x3(xp: np.ndarray) -> np.ndarray:
+    """(N, H+2, W+2, C) padded -> (N*H*W, C*9) patches, column order (c, ky, kx)."""
+    win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(1, 2))  # (N, H, W, C, 3, 3)
+    n, h, w, c = win.shape[:4]
+    return win.reshape(n * h * w, c * 9)
+
+
+def shortcut(x: np.ndarray, stride: int, repeat: int) -> np.ndarray:
+    """Parameter-free shortcut on NHWC: 2x2 average pooling (stride 2), channels repeated."""
+    if stride == 2:
+        x = ((x[:, 0::2, 0::2] + x[:, 0::2, 1::2]) + (x[:, 1::2, 0::2] + x[:, 1::2, 1::2])) * np.float32(0.25)
+    if repeat > 1:
+        x = np.concatenate([x] * repeat, axis=-1)
+    return x
+
+
+class FrozenEngine:
+    """Inference on a device model: logits, split activations and 1-bit latents.
+
+    ``threads`` goes to the binary kernels; ``chunk`` images are processed at a time (bounds memory).
+    ``stem="float32"`` (default) runs the stem with the float weights (matches torch to float
+    rounding); ``stem="int8"`` with the int8 weights (integer conv, exact sums; its weight rounding
+    changes downstream signs, see ``benchmarks/inference.md`` for the measured agreement).
+    """
+
+    def __init__(self, model: DeviceModel, threads: int = 1, chunk: int = DEFAULT_CHUNK,
+                 stem: str = "float32") -> None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads: expected an integer >= 1, got {threads!r}")
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk: expected an integer >= 1, got {chunk!r}")
+        self.model, self.threads, self.chunk = model, threads, chunk
+        self.arch = model.architecture
+        t = model.tensors
+        self.input_shape = tuple(self.arch["input_shape"])
+        if stem not in STEM_PRECISIONS:
+            raise ValueError(f"stem: expected one of {', '.join(STEM_PRECISIONS)}, got {stem!r}")
+        self.stem_precision = stem
+        # stem: weights as a float32 (C*9, O) GEMM operand in the im2col column order
+        if stem == "int8":
+            wq, scale = t["stem.weight"], t["stem.weight_scale"].astype(np.float64) * t["stem.scale"]
+        else:
+            wq, scale = t["stem.weight_float"], t["stem.scale"].astype(np.float64)
+        self._stem_w = np.ascontiguousarray(wq.transpose(0, 3, 1, 2).reshape(wq.shape[0], -1).T, dtype=np.float32)
+        h, w, c = self.input_shape
+        offset = np.broadcast_to(t["stem.input_offset"].astype(np.float64), (1, h, w, c))
+        corr = (_im2col3x3(np.pad(offset, ((0, 0), (1, 1), (1, 1), (0, 0)))) @ self._stem_w.astype(np.float64))
+        corr = corr.reshape(h, w, -1)
+        self._stem_scale = scale.astype(np.float32)
+        self._stem_bias = (t["stem.bias"].astype(np.float64) - corr * scale).astype(np.float32)
+        self._stem_act = _RPReLU(t["stem.act.shift_in"], t["stem.act.slope"], t["stem.act.shift_out"])
+        self.blocks: list[_Block] = []
+        for i, g in enumerate(block_geometry(self.arch)):
+            p = f"fused.blocks.{i}."
+            self.blocks.append(_Block(
+                weight=np.ascontiguousarray(t[p + "weight"]), scale=t[p + "scale"], bias=t[p + "bias"],
+                input_bias=t[p + "input_bias"],
+                act=_RPReLU(t[p + "act.shift_in"], t[p + "act.slope"], t[p + "act.shift_out"]),
+                in_channels=g["in_channels"], stride=g["stride"], repeat=g["out_channels"] // g["in_channels"],
+                binary_input=f"block{i}" in self.arch["binary_latents"]))
+        self._head_t = np.ascontiguousarray(t["head.weight"].T)
+
+    # -- stages (one chunk, no input checks) ------------------------------------------------
+    def stem(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, C) -> float32 (N, H, W, stem_channels)."""
+        n, h, w, _ = images.shape
+        xp = np.zeros((n, h + 2, w + 2, images.shape[3]), np.float32)
+        xp[:, 1:-1, 1:-1] = images
+        acc = (_im2col3x3(xp) @ self._stem_w).reshape(n, h, w, -1)
+        np.multiply(acc, self._stem_scale, out=acc)
+        np.add(acc, self._stem_bias, out=acc)
+        return self._stem_act(acc)
+
+    def block(self, i: int, x: np.ndarray) -> np.ndarray:
+        """Binary block ``i`` on float32 NHWC activations."""
+        b = self.blocks[i]
+        t = x + b.input_bias
+        xb = kernels.pack_signs_f32(t, self.threads)
+        y = kernels.binary_conv2d(xb, b.weight, b.in_channels, b.stride, 1, b.scale, b.bias, self.threads)
+        src = np.where(t < 0, np.float32(-1), np.float32(1)) if b.binary_input else x
+        y += shortcut(src, b.stride, b.repeat)
+        return b.act(y)
+
+    def head(self, x: np.ndarray) -> np.ndarray:
+        """Global average pooling + bias-free linear head: (N, H, W, F) -> (N, classes)."""
+        return x.mean(axis=(1, 2), dtype=np.float32) @ self._head_t
+
+    # -- public API ------------------------------------------------------------------------
+    def forward_to(self, images: np.ndarray, split: str) -> np.ndarray:
+        """Real activations at ``split`` (before that block's bias and sign), float32 NHWC."""
+        stop = split_index(self.arch, split)
+        return self._chunked(images, lambda x: self._run(x, stop))
+
+    def latents(self, images: np.ndarray, split: str | None = None, packed: bool = False) -> np.ndarray:
+        """Latent-replay activations at ``split`` (default: the model's LR split).
+
+        At a binary split: ``sign(z + b)`` as float32 ±1 (N, H, W, C), or with ``packed=True`` as
+        packed bits uint64 (N, H, W, words) (:mod:`bnncl.device.bitpack` convention).  At a real
+        split: float32 (N, H, W, C) (``packed=True`` is then an error).
+        """
+        split = split or self.model.lr_split
+        stop = split_index(self.arch, split)
+        if not self.model.is_binary_split(split):
+            if packed:
+                raise ValueError(f"split {split!r} is not a binary latent split; packed latents exist only at "
+                                 f"{', '.join(self.arch['binary_latents']) or 'none'}")
+            return self.forward_to(images, split)
+        b = self.blocks[stop]
+
+        def run(x: np.ndarray) -> np.ndarray:
+            bits = kernels.pack_signs_f32(self._run(x, stop) + b.input_bias, self.threads)
+            return bits if packed else unpack_signs(bits, b.in_channels, np.float32)
+
+        return self._chunked(images, run)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """Float32 logits (N, num_classes); column ``j`` is dataset class ``pretrained_classes[j]``."""
+        return self._chunked(images, lambda x: self.head(self._run(x, len(self.blocks))))
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Predicted dataset class index per image (int64)."""
+        return np.asarray(self.model.pretrained_classes, np.int64)[self.logits(images).argmax(axis=1)]
+
+    # -- internals -------------------------------------------------------------------------
+    def _run(self, images: np.ndarray, stop: int) -> np.ndarray:
+        x = self.stem(images)
+        for i in range(stop):
+            x = self.block(i, x)
+        return x
+
+    def _chunked(self, images: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        images = self._check(images)
+        parts = [fn(images[i:i + self.chunk]) for i in range(0, len(images), self.chunk)]
+        if not parts:  # no images: the output shape of one, with 0 rows
+            return fn(np.zeros((1, *self.input_shape), np.uint8))[:0]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _check(self, images: object) -> np.ndarray:
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+            what = images.dtype if isinstance(images, np.ndarray) else type(images).__name__
+            raise ValueError(f"images: expected a uint8 array (N, H, W, C), got {what}")
+        if images.ndim != 4 or images.shape[1:] != self.input_shape:
+            raise ValueError(f"images: expected shape (N, {', '.join(map(str, self.input_shape))}) for "
+                             f"{self.arch['name']}, got {images.shape}")
+        return np.ascontiguousarray(images)
