@@ -1,0 +1,457 @@
+"""On-device training of the tail: the last K binary blocks + GAP + bias-free head, hybrid-quantized.
+
+The tail starts at a split point of the backbone and takes the latents there (float32 NHWC; exactly ±1
+at a split listed in ``binary_latents``, where the first block skips its own bias + sign and feeds the
+±1 latent to both its conv and its shortcut). Block ``i``::
+
+    xb  = sign(x + b)                       (1 bit, packed; x itself at a binary split)
+    y   = dot(xb, sign(W)) * mean|W|        (C kernel ``binary_conv2d_int32`` on packed bits, +1 padding)
+    z   = y * a + c + shortcut(x or xb)     (batch norm = frozen affine from the running statistics)
+    out = Q_f(RPReLU(z))
+
+then ``f = Q_f(GAP(out))`` and ``logits = f @ Q_f(H)^T``. What trains: the latent real weights ``W``
+of the tail's binary convs and the head ``H``. The learnable bias ``b``, batch norm and RPReLU stay as
+deployed (docs/tail-training.md says why).
+
+Quantization (DESIGN.md §1.5; ``Q_n`` = :func:`bnncl.device.quantize.quantize` at n bits, 32 = float32):
+
+* forward at ``q_f``: the tail input, each block output, the pooled features, the head weights used
+  in the forward pass, the softmax output;
+* backward at ``q_b``: ``dlogits = (Q_f(p) - onehot) / B``, the gradient arriving at every forward
+  quantization point (features, block outputs), the gradient at each conv output (``dy``, the operand
+  of the weight gradient), every parameter gradient (the update is ``lr`` times it);
+* storage: conv latent weights at ``q_w`` bits (codes + min/max), after each update clipped to the
+  range the tensor had before the update and re-quantized; the head at ``q_b`` bits (its update
+  precision; not clipped, so rows zeroed by CWR* can grow). Saved for the backward pass: the packed
+  ±1 block inputs, 1-bit masks of the sign STE (``|x + b| <= 1``) and of RPReLU (``z - shift_in > 0``),
+  and the features at ``q_f``.
+
+Backward of a binary conv (STE): the weight gradient ``G = sum_p xb * dy`` uses additions and
+subtractions only (:func:`bnncl.device.tail_layers.pm1_weight_grad`, integer sums of ±``q_b`` codes);
+the latent weight receives ``mean|W| * G + (sum_k sign(W) G) / n * sgn(W)`` (identity STE through sign,
+plus the gradient of the ``mean|W|`` scale, as torch autograd gives for ``bnncl.nn.layers``); the input
+gradient goes through sign by the clipped STE. Plain SGD, optional momentum (off by default).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from bnncl.device import kernels
+from bnncl.device.bitpack import pack_signs, unpack_signs
+from bnncl.device.quantize import FLOAT_BITS, QTensor, check_bits, fake_quantize, quantize
+from bnncl.device.tail_layers import (
+    col2im,
+    conv_out_hw,
+    im2col_pm1,
+    pack_mask,
+    pm1_weight_grad,
+    shortcut,
+    shortcut_backward,
+    unpack_mask,
+)
+
+BN_EPS = 1e-5
+MAX_TAIL_BLOCKS = 3
+_ACT = ("shift_in", "slope", "shift_out")
+_BN = ("weight", "bias", "running_mean", "running_var")
+
+
+def architecture_dict(arch: Any) -> dict[str, Any]:
+    """A backbone architecture as a plain dict: a ``BackboneConfig`` (anything with ``to_json``) or a
+    mapping such as ``DeviceModel.architecture``."""
+    if isinstance(arch, Mapping):
+        d = dict(arch)
+    elif hasattr(arch, "to_json"):
+        d = json.loads(arch.to_json())
+    else:
+        raise ValueError(f"architecture: expected a BackboneConfig or a dict, got {type(arch).__name__}")
+    for key in ("input_shape", "stem_channels", "blocks", "num_classes"):
+        if key not in d:
+            raise ValueError(f"architecture: missing key {key!r}")
+    d.setdefault("binary", True)
+    d.setdefault("binary_latents", [])
+    d.setdefault("sign_gradient", "ste")
+    return d
+
+
+def block_shapes(arch: Mapping[str, Any]) -> list[tuple[int, int, int, int, int]]:
+    """Per block ``(in_channels, out_channels, stride, in_h, in_w)``."""
+    h, w, _ = arch["input_shape"]
+    cin = int(arch["stem_channels"])
+    out = []
+    for cout, stride in arch["blocks"]:
+        out.append((cin, int(cout), int(stride), h, w))
+        h, w = conv_out_hw(h, w, 3, int(stride), 1)
+        cin = int(cout)
+    out.append((cin, cin, 1, h, w))  # the "gap" split: (channels, -, -, H, W)
+    return out
+
+
+def split_latent_shape(arch: Mapping[str, Any], split: str) -> tuple[int, int, int]:
+    """Channels-last shape of one latent at ``split``."""
+    names = [f"block{i}" for i in range(len(arch["blocks"]))] + ["gap"]
+    if split not in names:
+        raise ValueError(f"split: expected one of {', '.join(names)}, got {split!r}")
+    cin, _, _, h, w = block_shapes(arch)[names.index(split)]
+    return (h, w, cin)
+
+
+def _sgn0(w: np.ndarray) -> np.ndarray:
+    """``sgn`` with sgn(0) = 0 (the derivative of |w| torch uses)."""
+    return np.sign(w).astype(np.float32)
+
+
+@dataclass
+class _Block:
+    index: int
+    cin: int
+    cout: int
+    stride: int
+    skip_sign: bool  # first tail block at a binary split: input is already sign(x + b)
+    binary_input: bool  # shortcut sees sign(x + b) too
+    move_bias: np.ndarray
+    bn_a: np.ndarray
+    bn_c: np.ndarray
+    shift_in: np.ndarray
+    slope: np.ndarray
+    shift_out: np.ndarray
+    weight: QTensor  # latent weights (O, KH, KW, I) at q_w
+    w_packed: np.ndarray = field(default=None)  # type: ignore[assignment]
+    w_values: np.ndarray = field(default=None)  # type: ignore[assignment]
+    scale: np.ndarray = field(default=None)  # type: ignore[assignment]
+    velocity: np.ndarray | None = None
+
+    def refresh(self) -> None:
+        """Derived forward data after the latent weights changed: values, packed signs, mean|W|."""
+        self.w_values = self.weight.dequantize()
+        self.w_packed = pack_signs(self.w_values)
+        self.scale = np.abs(self.w_values).reshape(self.cout, -1).mean(axis=1, dtype=np.float32)
+
+    @property
+    def repeat(self) -> int:
+        return self.cout // self.cin
+
+    def fused_nbytes(self) -> int:
+        arrays = (self.bn_a, self.bn_c, self.shift_in, self.slope, self.shift_out)
+        return sum(int(a.nbytes) for a in arrays) + (0 if self.skip_sign else int(self.move_bias.nbytes))
+
+
+class TailTrainer:
+    """The trainable tail from ``split`` to the logits, trained on device with hybrid quantization.
+
+    ``architecture``: a ``BackboneConfig`` or the architecture dict of a device model file;
+    ``params``: float32 arrays by torch state_dict name for the tail blocks and ``head.weight``
+    (``DeviceModel.tail_parameters(K)``, or a torch ``Backbone.state_dict()`` as NumPy);
+    ``split``: ``config.split_for_tail(K)``. ``qf``/``qb``/``qw``: bit widths (32 = float32).
+    """
+
+    def __init__(self, architecture: Any, params: Mapping[str, np.ndarray], split: str, *, qf: int = 8,
+                 qb: int = 16, qw: int = 8, momentum: float = 0.0, threads: int = 1) -> None:
+        arch = architecture_dict(architecture)
+        if arch["binary"] is not True:
+            raise ValueError("architecture: the device tail trains binary backbones only (binary=True)")
+        if arch["sign_gradient"] != "ste":
+            raise ValueError(f"architecture.sign_gradient: the device tail implements 'ste', got "
+                             f"{arch['sign_gradient']!r}")
+        self.arch = arch
+        self.qf, self.qb, self.qw = check_bits("qf", qf), check_bits("qb", qb), check_bits("qw", qw)
+        if not (np.isfinite(momentum) and 0.0 <= momentum < 1.0):
+            raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
+        self.momentum = float(momentum)
+        self.threads = int(threads)
+        n = len(arch["blocks"])
+        self.latent_shape = split_latent_shape(arch, split)
+        self.split = split
+        self.start = n if split == "gap" else int(split[len("block"):])
+        if n - self.start > MAX_TAIL_BLOCKS:
+            raise ValueError(f"split: a tail holds at most {MAX_TAIL_BLOCKS} blocks, {split!r} gives {n - self.start}")
+        self.binary_split = split in arch["binary_latents"] and split != "gap"
+        self.num_classes = int(arch["num_classes"])
+        self.head_dim = int(block_shapes(arch)[n][0])
+        self._blocks = [self._make_block(i, params, arch) for i in range(self.start, n)]
+        head = self._param(params, "head.weight", (self.num_classes, self.head_dim))
+        self._head = quantize(head, self.qb)
+        self._head_velocity: np.ndarray | None = None
+        self._refresh_head()
+        self._deployed = self._snapshot()
+
+    # -- construction --------------------------------------------------------------------------
+    @staticmethod
+    def _param(params: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if name not in params:
+            raise ValueError(f"params: missing {name!r} (expected torch state_dict names of the tail and head)")
+        a = np.asarray(params[name], dtype=np.float32)
+        if a.shape != shape:
+            raise ValueError(f"params[{name!r}]: expected shape {shape}, got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"params[{name!r}]: contains NaN or inf")
+        return a.copy()
+
+    def _make_block(self, i: int, params: Mapping[str, np.ndarray], arch: Mapping[str, Any]) -> _Block:
+        cin, cout, stride, _, _ = block_shapes(arch)[i]
+        p = f"blocks.{i}."
+        get = lambda k, s: self._param(params, p + k, s)  # noqa: E731
+        w = get("conv.weight", (cout, cin, 3, 3)).transpose(0, 2, 3, 1)  # OIHW -> OHWI
+        gamma, beta = get("bn.weight", (cout,)), get("bn.bias", (cout,))
+        mean, var = get("bn.running_mean", (cout,)), get("bn.running_var", (cout,))
+        invstd = (np.float32(1.0) / np.sqrt(var + np.float32(BN_EPS))).astype(np.float32)
+        a = (invstd * gamma).astype(np.float32)
+        c = (beta - mean * a).astype(np.float32)
+        skip = i == self.start and self.binary_split
+        block = _Block(
+            index=i, cin=cin, cout=cout, stride=stride, skip_sign=skip,
+            binary_input=skip or f"block{i}" in arch["binary_latents"],
+            move_bias=get("move.bias", (cin,)), bn_a=a, bn_c=c,
+            shift_in=get("act.shift_in", (cout,)), slope=get("act.slope", (cout,)),
+            shift_out=get("act.shift_out", (cout,)), weight=quantize(np.ascontiguousarray(w), self.qw),
+        )
+        block.refresh()
+        return block
+
+    def _refresh_head(self) -> None:
+        self._head_f = fake_quantize(self._head.dequantize(), self.qf)  # forward copy at q_f
+
+    # -- forward -------------------------------------------------------------------------------
+    def _check_latents(self, latents: np.ndarray) -> np.ndarray:
+        x = np.asarray(latents)
+        if x.ndim != 4 or x.shape[1:] != self.latent_shape:
+            want = ", ".join(map(str, self.latent_shape))
+            raise ValueError(f"latents: expected shape (N, {want}), got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("latents contain NaN or inf")
+        return x.astype(np.float32, copy=False)
+
+    def _block_forward(self, blk: _Block, x: np.ndarray, cache: list | None) -> np.ndarray:
+        if blk.skip_sign:
+            t = x
+        else:
+            t = x + blk.move_bias
+        xb_packed = kernels.pack_signs_f32(np.ascontiguousarray(t, dtype=np.float32), threads=self.threads)
+        dot = kernels.binary_conv2d_int32(xb_packed, blk.w_packed, blk.cin, blk.stride, 1, threads=self.threads)
+        y = dot.astype(np.float32) * blk.scale
+        if blk.binary_input:
+            xs = x if blk.skip_sign else np.where(t < 0, np.float32(-1.0), np.float32(1.0))
+        else:
+            xs = x
+        z = (y * blk.bn_a + blk.bn_c) + shortcut(xs, blk.stride, blk.repeat)
+        pre = z - blk.shift_in
+        pos = pre > 0
+        out = np.where(pos, pre, pre * blk.slope) + blk.shift_out
+        out = fake_quantize(out, self.qf)
+        if cache is not None:
+            ste = None if blk.skip_sign else pack_mask(np.abs(t) <= 1)
+            cache.append((xb_packed, ste, pack_mask(pos), x.shape))
+        return out
+
+    def _forward(self, latents: np.ndarray, caches: list | None) -> tuple[np.ndarray, QTensor]:
+        x = fake_quantize(self._check_latents(latents), self.qf)
+        for blk in self._blocks:
+            x = self._block_forward(blk, x, caches)
+        feats = quantize(x.mean(axis=(1, 2), dtype=np.float32), self.qf)
+        logits = feats.dequantize() @ self._head_f.T
+        return logits.astype(np.float32, copy=False), feats
+
+    def logits(self, latents: np.ndarray) -> np.ndarray:
+        """Tail + head forward (no state change): ``(N, *latent_shape)`` -> ``(N, num_classes)``."""
+        return self._forward(latents, None)[0]
+
+    def features(self, latents: np.ndarray) -> np.ndarray:
+        """The pooled features (head input) at ``q_f``."""
+        return self._forward(latents, None)[1].dequantize()
+
+    # -- training ------------------------------------------------------------------------------
+    def gradients(self, latents: np.ndarray, labels: np.ndarray) -> tuple[float, list[np.ndarray], np.ndarray]:
+        """Forward + backward of one minibatch: ``(mean loss, conv weight grads (O,KH,KW,I) at q_b,
+        head grad at q_b)``; changes nothing."""
+        y = np.asarray(labels)
+        n = len(np.asarray(latents))
+        if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"labels: expected integers of shape ({n},), got {y.dtype} {y.shape}")
+        if n and (y.min() < 0 or y.max() >= self.num_classes):
+            raise ValueError(f"labels: expected values in [0, {self.num_classes}), got [{y.min()}, {y.max()}]")
+        caches: list = []
+        logits, feats = self._forward(latents, caches)
+        z = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        p = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        logp = z.astype(np.float64) - np.log(e.astype(np.float64).sum(axis=1, keepdims=True))
+        loss = float(-np.mean(logp[np.arange(n), y]))
+        onehot = np.zeros_like(p)
+        onehot[np.arange(n), y] = 1.0
+        dlogits = fake_quantize((fake_quantize(p, self.qf) - onehot) / np.float32(n), self.qb)
+        f = feats.dequantize()
+        g_head = fake_quantize(dlogits.T @ f, self.qb)
+        grads: list[np.ndarray] = [None] * len(self._blocks)  # type: ignore[list-item]
+        if self._blocks:
+            df = fake_quantize(dlogits @ self._head_f, self.qb)
+            last = self._blocks[-1]
+            h, w = self._out_hw(last, caches[-1][3])
+            shape = (n, h, w, last.cout)
+            d = np.broadcast_to((df / np.float32(h * w))[:, None, None, :], shape)
+            d = fake_quantize(np.ascontiguousarray(d), self.qb)
+            for j in range(len(self._blocks) - 1, -1, -1):
+                grads[j], d = self._block_backward(self._blocks[j], caches[j], d, need_dx=j > 0)
+        return loss, grads, g_head
+
+    @staticmethod
+    def _out_hw(blk: _Block, in_shape: tuple[int, ...]) -> tuple[int, int]:
+        return conv_out_hw(in_shape[1], in_shape[2], 3, blk.stride, 1)
+
+    def _block_backward(self, blk: _Block, cache: tuple, dout: np.ndarray,
+                        need_dx: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        xb_packed, ste, pos_mask, in_shape = cache
+        pos = unpack_mask(pos_mask)
+        dz = np.where(pos, dout, dout * blk.slope).astype(np.float32)
+        dy_q = quantize(dz * blk.bn_a, self.qb)
+        dy = dy_q.dequantize()
+        p = dy.shape[0] * dy.shape[1] * dy.shape[2]
+        xb = unpack_signs(xb_packed, blk.cin, np.int8)
+        cols = im2col_pm1(xb, 3, blk.stride, 1)  # (P, 9*I) ±1
+        dy_flat = QTensor(dy_q.codes.reshape(p, blk.cout), dy_q.lo, dy_q.hi, dy_q.bits)
+        g = pm1_weight_grad(cols, dy_flat).T  # (O, 9*I): sum_p xb * dy
+        sw = np.where(blk.w_values < 0, np.float32(-1.0), np.float32(1.0)).reshape(blk.cout, -1)
+        k = sw.shape[1]
+        dscale = (sw * g).sum(axis=1, dtype=np.float32)
+        dw = blk.scale[:, None] * g + (dscale / np.float32(k))[:, None] * _sgn0(blk.w_values.reshape(blk.cout, -1))
+        dw = fake_quantize(dw.reshape(blk.weight.shape), self.qb)
+        if not need_dx:
+            return dw, None
+        dcols = (dy.reshape(p, blk.cout) * blk.scale) @ sw  # real x ±1: signed sums
+        dxb = col2im(dcols, in_shape, 3, blk.stride, 1)
+        dxs = shortcut_backward(dz, blk.stride, blk.repeat)
+        mask = unpack_mask(ste)
+        if blk.binary_input:
+            dx = (dxb + dxs) * mask
+        else:
+            dx = dxb * mask + dxs
+        return dw, fake_quantize(dx.astype(np.float32), self.qb)
+
+    def train_batch(self, latents: np.ndarray, labels: np.ndarray, lr: float) -> float:
+        """One SGD step on the tail's conv latent weights and the head; returns the mean loss."""
+        if not (np.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr: expected a positive number, got {lr!r}")
+        if len(np.asarray(latents)) == 0:
+            return 0.0
+        loss, grads, g_head = self.gradients(latents, labels)
+        lr32 = np.float32(lr)
+        for blk, g in zip(self._blocks, grads):
+            step = self._momentum_step(blk, "velocity", g)
+            w = blk.w_values
+            new = np.clip(w - lr32 * step, w.min(), w.max())
+            blk.weight = quantize(new, self.qw)
+            blk.refresh()
+        step = self._momentum_step(self, "_head_velocity", g_head)
+        self._head = quantize(self._head.dequantize() - lr32 * step, self.qb)
+        self._refresh_head()
+        return loss
+
+    def _momentum_step(self, owner: Any, attr: str, g: np.ndarray) -> np.ndarray:
+        if self.momentum == 0.0:
+            return g
+        v = getattr(owner, attr)
+        v = g.copy() if v is None else (np.float32(self.momentum) * v + g).astype(np.float32)
+        setattr(owner, attr, v)
+        return v
+
+    # -- head and state ------------------------------------------------------------------------
+    def get_head(self) -> np.ndarray:
+        return self._head.dequantize()
+
+    def set_head(self, w: np.ndarray) -> None:
+        w = np.asarray(w)
+        if w.shape != (self.num_classes, self.head_dim):
+            raise ValueError(f"head: expected shape {(self.num_classes, self.head_dim)}, got {w.shape}")
+        if not np.all(np.isfinite(w)):
+            raise ValueError("head contains NaN or inf")
+        self._head = quantize(w.astype(np.float32), self.qb)
+        self._head_velocity = None
+        self._refresh_head()
+
+    def conv_weights(self) -> dict[str, np.ndarray]:
+        """The latent conv weights as float32 (O, I, KH, KW) by state_dict name (de-quantized)."""
+        return {f"blocks.{b.index}.conv.weight": b.w_values.transpose(0, 3, 1, 2).copy() for b in self._blocks}
+
+    def conv_qtensors(self) -> dict[str, QTensor]:
+        """The stored latent conv weights (codes in (O, KH, KW, I) order)."""
+        return {f"blocks.{b.index}.conv.weight": b.weight for b in self._blocks}
+
+    def tail_state(self) -> dict[str, np.ndarray]:
+        """Conv latent weights as stored: ``.codes`` (O, I, KH, KW) + ``.range`` (min, max), or float32
+        ``blocks.{i}.conv.weight`` at ``q_w = 32``."""
+        out: dict[str, np.ndarray] = {}
+        for b in self._blocks:
+            name = f"blocks.{b.index}.conv.weight"
+            if self.qw == FLOAT_BITS:
+                out[name] = b.w_values.transpose(0, 3, 1, 2).copy()
+            else:
+                out[name + ".codes"] = np.ascontiguousarray(b.weight.codes.transpose(0, 3, 1, 2))
+                out[name + ".range"] = np.array([b.weight.lo, b.weight.hi], dtype=np.float32)
+        return out
+
+    def load_tail_state(self, state: Mapping[str, np.ndarray]) -> None:
+        new: list[QTensor] = []
+        for b in self._blocks:
+            name = f"blocks.{b.index}.conv.weight"
+            shape = (b.cout, b.cin, 3, 3)
+            if name + ".codes" in state and self.qw != FLOAT_BITS:
+                codes = np.asarray(state[name + ".codes"])
+                rng = np.asarray(state.get(name + ".range", ()), dtype=np.float32)
+                if codes.shape != shape or codes.dtype != b.weight.codes.dtype or rng.shape != (2,):
+                    raise ValueError(f"tail state {name}: expected codes {shape} {b.weight.codes.dtype} and "
+                                     f"range (2,), got {codes.shape} {codes.dtype} and {rng.shape}")
+                new.append(QTensor(np.ascontiguousarray(codes.transpose(0, 2, 3, 1)), rng[0], rng[1], self.qw))
+            elif name in state:
+                w = self._param(state, name, shape)
+                new.append(quantize(np.ascontiguousarray(w.transpose(0, 2, 3, 1)), self.qw))
+            else:
+                raise ValueError(f"tail state: missing {name!r} (or its .codes/.range)")
+        known = {f"blocks.{b.index}.conv.weight{s}" for b in self._blocks for s in ("", ".codes", ".range")}
+        extra = set(state) - known
+        if extra:
+            raise ValueError(f"tail state: unexpected keys {sorted(extra)[:5]}")
+        for b, q in zip(self._blocks, new):
+            b.weight, b.velocity = q, None
+            b.refresh()
+
+    def _snapshot(self) -> tuple[list[QTensor], QTensor]:
+        return [b.weight for b in self._blocks], self._head
+
+    def mark_deployed(self) -> None:
+        """Make the current tail and head the state :meth:`reset` restores."""
+        self._deployed = self._snapshot()
+
+    def reset(self) -> None:
+        """Restore the tail and head to their deployment state (momentum buffers cleared)."""
+        weights, head = self._deployed
+        for b, q in zip(self._blocks, weights):
+            b.weight, b.velocity = q, None
+            b.refresh()
+        self._head, self._head_velocity = head, None
+        self._refresh_head()
+
+    def memory_breakdown(self) -> dict[str, int]:
+        """Real bytes: ``tail_weights`` (latent codes + ranges), ``tail_packed`` (packed sign(W) for the
+        kernel), ``tail_fused`` (frozen per-channel params), ``tail_momentum``, ``head``."""
+        vel = sum(int(b.velocity.nbytes) for b in self._blocks if b.velocity is not None)
+        return {
+            "tail_weights": sum(b.weight.nbytes for b in self._blocks),
+            "tail_packed": sum(int(b.w_packed.nbytes) for b in self._blocks),
+            "tail_fused": sum(b.fused_nbytes() for b in self._blocks),
+            "tail_momentum": vel,
+            "head": self._head.nbytes + (0 if self._head_velocity is None else int(self._head_velocity.nbytes)),
+        }
+
+    def memory_bytes(self) -> dict[str, int]:
+        """``{"tail": ..., "head": ...}`` real storage bytes."""
+        m = self.memory_breakdown()
+        return {"tail": m["tail_weights"] + m["tail_packed"] + m["tail_fused"] + m["tail_momentum"],
+                "head": m["head"]}
+
+    @property
+    def tail_blocks(self) -> int:
+        return len(self._blocks)
