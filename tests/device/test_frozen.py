@@ -1,0 +1,106 @@
+"""Frozen engine vs the torch model it was exported from, on every kernel path."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bnncl.device.bitpack import pack_signs
+from bnncl.device.frozen import FrozenEngine
+from bnncl.device.modelfile import DeviceModel
+
+torch = pytest.importorskip("torch")
+from data_available import needs_cifar, needs_fmnist  # noqa: E402
+from nn.test_export import TINY, randomized  # noqa: E402  (tests/ is on the pytest pythonpath)
+
+from bnncl.nn.augment import to_input  # noqa: E402
+from bnncl.nn.checkpoint import load_model  # noqa: E402
+from bnncl.nn.export import build_device_model  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parents[2] / "src" / "bnncl" / "assets" / "models"
+
+
+def _torch(model, images, split=None):
+    with torch.no_grad():
+        x = to_input(torch.from_numpy(images), model.config.mean, model.config.std)
+        if split is None:
+            return model(x).numpy()
+        return model.latent(x, split).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.fixture(scope="module")
+def toy():
+    model = randomized(TINY, seed=3)
+    images = np.random.default_rng(0).integers(0, 256, (40, *TINY.input_shape), dtype=np.uint8)
+    return model, build_device_model(model, {"classes": [0, 1, 2]}), images
+
+
+def test_engine_matches_torch_on_every_path(toy, path):
+    model, dm, images = toy
+    eng = FrozenEngine(dm, threads=2, chunk=16)
+    np.testing.assert_allclose(eng.logits(images), _torch(model, images), rtol=1e-4, atol=1e-4)
+    for split in ("block1", "block2", "gap"):
+        np.testing.assert_allclose(eng.latents(images, split), _torch(model, images, split), rtol=1e-4, atol=1e-4)
+    lat = eng.latents(images)  # the LR split block2 is binary: exactly ±1
+    assert set(np.unique(lat)) <= {-1.0, 1.0}
+    assert np.array_equal(lat, _torch(model, images, "block2"))
+    assert np.array_equal(eng.latents(images, packed=True), pack_signs(lat))
+
+
+def test_chunks_threads_and_int8_stem(toy):
+    model, dm, images = toy
+    ref = FrozenEngine(dm, threads=1, chunk=256).logits(images)
+    assert np.array_equal(FrozenEngine(dm, threads=2, chunk=7).logits(images), ref)
+    assert FrozenEngine(dm).logits(images[:0]).shape == (0, 3)
+    int8 = FrozenEngine(dm, stem="int8")
+    stem_err = np.abs(int8.stem(images) - FrozenEngine(dm).stem(images)).max()
+    assert 0 < stem_err < 0.05 * np.abs(FrozenEngine(dm).stem(images)).max()
+    np.testing.assert_array_equal(FrozenEngine(dm).predict(images), np.argmax(ref, axis=1))
+
+
+def test_argument_errors(toy):
+    _, dm, images = toy
+    eng = FrozenEngine(dm)
+    with pytest.raises(ValueError, match="uint8"):
+        eng.logits(images.astype(np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        eng.logits(images[:, :4])
+    with pytest.raises(ValueError, match="split"):
+        eng.latents(images, "block7")
+    with pytest.raises(ValueError, match="binary latent"):
+        eng.latents(images, "block1", packed=True)
+    with pytest.raises(ValueError, match="threads"):
+        FrozenEngine(dm, threads=0)
+    with pytest.raises(ValueError, match="stem"):
+        FrozenEngine(dm, stem="int4")
+
+
+def _real(name: str, images: np.ndarray, tmp_path, paths=("auto",)) -> None:
+    asset = ASSETS / f"{name}.safetensors"
+    if not asset.is_file():
+        pytest.skip(f"shipped model {asset} not present yet")
+    model, info = load_model(asset)
+    build_device_model(model, info).save(tmp_path / "m.bnn")
+    dm = DeviceModel.load(tmp_path / "m.bnn")
+    ref_logits, ref_lat = _torch(model, images), _torch(model, images, dm.lr_split)
+    from bnncl.device import kernels
+
+    for p in paths:
+        with kernels.kernel_path(None if p == "auto" else p):
+            eng = FrozenEngine(dm, threads=2)
+            assert (eng.logits(images).argmax(1) == ref_logits.argmax(1)).mean() >= 0.999
+            assert (eng.latents(images) == ref_lat).mean() >= 0.999
+
+
+@needs_fmnist
+def test_fmnist_model_agrees_with_torch(tmp_path):
+    from bnncl.data import load_fashion_mnist
+
+    _real("fmnist-b5", load_fashion_mnist("test").images[:1000], tmp_path, ("auto", "scalar"))
+
+
+@needs_cifar
+def test_cifar10_model_agrees_with_torch(tmp_path):
+    from bnncl.data import default_cifar10_path, load_cifar10
+
+    _real("cifar10-b5", load_cifar10(default_cifar10_path(), "test").images[:500], tmp_path)
