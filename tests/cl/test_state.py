@@ -119,9 +119,9 @@ def test_layout_and_pruning_keep_new_and_previous(tmp_path):
     store = saved(tmp_path, 4)
     d = store.directory
     assert sorted(p.name for p in d.iterdir()) == ["CURRENT", "LOCK", "gen-00000003", "gen-00000004"]
-    assert (d / "CURRENT").read_text() == "gen-00000004\n"
-    assert sorted(p.name for p in (d / "gen-00000004").iterdir()) == ["MANIFEST.json", "arrays.safetensors", "meta.json"]
     manifest = json.loads((d / "gen-00000004" / "MANIFEST.json").read_bytes())
+    assert (d / "CURRENT").read_text() == f"gen-00000004 {manifest['self_sha256']}\n"
+    assert sorted(p.name for p in (d / "gen-00000004").iterdir()) == ["MANIFEST.json", "arrays.safetensors", "meta.json"]
     assert manifest["format"] == "bnncl-cl-state" and manifest["format_version"] == FORMAT_VERSION
     for name in ("arrays.safetensors", "meta.json"):
         data = (d / "gen-00000004" / name).read_bytes()
@@ -169,11 +169,21 @@ def test_fallback_then_save_keeps_the_good_generation(tmp_path):
     assert store.generations() == [1, 3]
 
 
-def test_damaged_current_pointer_falls_back_to_newest_intact(tmp_path):
+@pytest.mark.parametrize("content", [b"\xff\x00garbage", b"gen-00000001\n", b""])
+def test_damaged_current_pointer_falls_back_to_newest_intact(tmp_path, content):
     store = saved(tmp_path, 2)
-    (store.directory / "CURRENT").write_bytes(b"\xff\x00garbage")
+    (store.directory / "CURRENT").write_bytes(content)
     with pytest.warns(UserWarning, match="CURRENT"):
         assert StateStore(store.directory).load().generation == 2
+
+
+def test_current_bound_to_its_manifest(tmp_path):
+    store = saved(tmp_path, 2)
+    d = store.directory
+    # gen 2's folder replaced by a self-consistent copy of gen 1 renamed: CURRENT's sha catches it
+    (d / "gen-00000002" / "MANIFEST.json").write_bytes((d / "gen-00000001" / "MANIFEST.json").read_bytes())
+    with pytest.warns(UserWarning, match="not the one CURRENT committed|manifest names generation"):
+        assert StateStore(d).load().generation == 1
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -202,12 +212,14 @@ def test_every_generation_damaged_is_corrupt(tmp_path):
 
 
 def forge_newer_version(gdir: Path) -> None:
+    """What a future bnncl would write: a newer format_version, self checksum and CURRENT consistent."""
     body = json.loads((gdir / "MANIFEST.json").read_bytes())
     body.pop("self_sha256")
     body["format_version"] = FORMAT_VERSION + 1
     canon = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     body["self_sha256"] = hashlib.sha256(canon).hexdigest()
     (gdir / "MANIFEST.json").write_text(json.dumps(body))
+    (gdir.parent / "CURRENT").write_text(f"{gdir.name} {body['self_sha256']}\n")
 
 
 def test_newer_version_is_refused_by_load_and_save(tmp_path):

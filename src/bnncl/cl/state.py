@@ -6,7 +6,8 @@ it belongs to and the protocol position (e.g. the last completed experience and 
 inputs already learned). Layout of a state directory::
 
     DIR/
-      CURRENT                    "gen-00000042\\n": the committed generation (the commit point)
+      CURRENT                    "gen-00000042 <self_sha256 of its manifest>\\n": the committed
+                                 generation (the commit point), bound to that exact manifest
       LOCK                       empty; flock'ed by a writer so two writers never interleave
       gen-00000041/              the previous good generation, kept until the next commit
       gen-00000042/
@@ -55,6 +56,7 @@ MANIFEST_FILE = "MANIFEST.json"
 CURRENT_FILE = "CURRENT"
 LOCK_FILE = "LOCK"
 _GEN_RE = re.compile(r"gen-(\d{8})")
+_CURRENT_RE = re.compile(r"(gen-\d{8}) ([0-9a-f]{64})\n")
 _TMP_PREFIX = ".tmp-gen-"
 _MAX_MANIFEST_BYTES = 1 << 20
 
@@ -152,12 +154,19 @@ class StateStore:
 
     def current_generation(self) -> int | None:
         """The generation ``CURRENT`` names, or None when it is missing or unreadable."""
+        pointer = self._read_current()
+        return None if pointer is None else pointer[0]
+
+    def _read_current(self) -> tuple[int, str] | None:
+        """``(generation, manifest self_sha256)`` from ``CURRENT``, or None if missing or damaged."""
         try:
-            text = (self.directory / CURRENT_FILE).read_bytes()[:64].decode("ascii").strip()
+            text = (self.directory / CURRENT_FILE).read_bytes()[:256].decode("ascii")
         except (OSError, UnicodeDecodeError):
             return None
-        match = _GEN_RE.fullmatch(text)
-        return int(match.group(1)) if match else None
+        match = _CURRENT_RE.fullmatch(text)
+        if not match:
+            return None
+        return int(_GEN_RE.fullmatch(match.group(1)).group(1)), match.group(2)  # type: ignore[union-attr]
 
     def exists(self) -> bool:
         """True when the directory holds a state (a ``CURRENT`` pointer or any generation)."""
@@ -224,7 +233,7 @@ class StateStore:
             raise StateError(f"{where}: state meta is not JSON-able ({exc})") from None
         return {ARRAYS_FILE: blob, META_FILE: meta_bytes}
 
-    def _manifest(self, generation: int, files: Mapping[str, bytes]) -> bytes:
+    def _manifest(self, generation: int, files: Mapping[str, bytes]) -> tuple[bytes, str]:
         body: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -235,7 +244,7 @@ class StateStore:
             },
         }
         body["self_sha256"] = hashlib.sha256(_canonical(body)).hexdigest()
-        return json.dumps(body, sort_keys=True, indent=1).encode()
+        return json.dumps(body, sort_keys=True, indent=1).encode(), body["self_sha256"]
 
     def _write_generation(self, generation: int, files: Mapping[str, bytes]) -> None:
         """Temp folder -> files (fsync) -> manifest last -> fsync folder -> rename -> CURRENT."""
@@ -246,7 +255,8 @@ class StateStore:
             tmp.mkdir()
             for name, data in files.items():
                 write_new_file(tmp / name, data)
-            write_new_file(tmp / MANIFEST_FILE, self._manifest(generation, files))
+            manifest, manifest_sha = self._manifest(generation, files)
+            write_new_file(tmp / MANIFEST_FILE, manifest)
             fsync_dir(tmp)
             os.rename(tmp, final)
             fsync_dir(self.directory)
@@ -255,7 +265,7 @@ class StateStore:
             shutil.rmtree(final, ignore_errors=True)
             raise self._write_error(exc) from None
         try:
-            replace_file(self.directory / CURRENT_FILE, (_gen_name(generation) + "\n").encode())
+            replace_file(self.directory / CURRENT_FILE, f"{_gen_name(generation)} {manifest_sha}\n".encode())
         except OSError as exc:
             if self.current_generation() == generation:  # renamed in place; only the final fsync failed
                 warnings.warn(f"{self.directory}: committed {_gen_name(generation)} but could not fsync it ({exc})")
@@ -332,7 +342,8 @@ class StateStore:
         if not where.is_dir():
             raise NoStateError(f"{where}: no state yet (no such directory)")
         gens = self.generations()
-        current = self.current_generation()
+        pointer = self._read_current()
+        current = None if pointer is None else pointer[0]
         has_pointer = (where / CURRENT_FILE).exists()
         if not has_pointer and not gens:
             raise NoStateError(f"{where}: no state yet (empty state directory)")
@@ -343,7 +354,7 @@ class StateStore:
         failures: list[str] = [] if current is not None else [f"{CURRENT_FILE} missing or unreadable"]
         for g in candidates:
             try:
-                state = self._read_generation(g)
+                state = self._read_generation(g, pointer[1] if pointer and g == current else None)
             except StateCorruptError as exc:
                 failures.append(str(exc))
                 continue
@@ -363,7 +374,7 @@ class StateStore:
                 f"not to this model ({model_sha256[:12]}...)"
             )
 
-    def _read_manifest(self, gdir: Path, generation: int) -> dict[str, Any]:
+    def _read_manifest(self, gdir: Path, generation: int, expected_sha: str | None = None) -> dict[str, Any]:
         def bad(reason: str) -> StateCorruptError:
             return StateCorruptError(f"{gdir.name}: {reason}")
 
@@ -388,6 +399,8 @@ class StateStore:
             actual = ""
         if actual != claimed:
             raise bad(f"{MANIFEST_FILE} checksum mismatch")
+        if expected_sha is not None and claimed != expected_sha:
+            raise bad(f"{MANIFEST_FILE} is not the one {CURRENT_FILE} committed")
         if body.get("format") != FORMAT:
             raise bad(f"format {body.get('format')!r}, expected {FORMAT!r}")
         version = body.get("format_version")
@@ -422,11 +435,11 @@ class StateStore:
             raise StateCorruptError(f"{gdir.name}: {name} checksum mismatch")
         return data
 
-    def _read_generation(self, generation: int) -> LoadedState:
+    def _read_generation(self, generation: int, manifest_sha: str | None = None) -> LoadedState:
         gdir = self.directory / _gen_name(generation)
         if not gdir.is_dir():
             raise StateCorruptError(f"{gdir.name}: missing")
-        manifest = self._read_manifest(gdir, generation)
+        manifest = self._read_manifest(gdir, generation, manifest_sha)
         blob = self._read_file(gdir, ARRAYS_FILE, manifest["files"][ARRAYS_FILE])
         meta_bytes = self._read_file(gdir, META_FILE, manifest["files"][META_FILE])
         try:
