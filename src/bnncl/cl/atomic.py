@@ -53,9 +53,11 @@ def replace_file(path: str | os.PathLike, data: bytes) -> None:
     """Atomically make ``path`` hold ``data``: temp file, fsync, rename over ``path``, fsync the folder.
 
     A reader (or a restart after a crash) sees either the old content or the new one, never a mix.
+    The temp name is fixed (``.NAME.tmp``), so a crashed writer's leftover is reused, not piled up;
+    callers serialize writers of one ``path`` (the state store holds a lock).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp")
     _remove_quietly(tmp)
     write_new_file(tmp, data)
     try:

@@ -16,6 +16,7 @@ inputs already learned). Layout of a state directory::
         MANIFEST.json            format, format_version, generation, created, sha256 + size of
                                  both files above, and ``self_sha256`` over the manifest itself
       .tmp-gen-00000043/         a generation being written (removed by the next save)
+      .del-gen-00000040/         a pruned generation being deleted (removed by the next save)
 
 Saving writes a complete new generation into a hidden temp folder (each file fsync'ed, then the
 folder), renames it to ``gen-N``, fsyncs ``DIR``, then atomically replaces ``CURRENT`` (temp file,
@@ -58,6 +59,7 @@ LOCK_FILE = "LOCK"
 _GEN_RE = re.compile(r"gen-(\d{8})")
 _CURRENT_RE = re.compile(r"(gen-\d{8}) ([0-9a-f]{64})\n")
 _TMP_PREFIX = ".tmp-gen-"
+_TRASH_PREFIX = ".del-gen-"
 _MAX_MANIFEST_BYTES = 1 << 20
 
 
@@ -302,13 +304,15 @@ class StateStore:
             if len(keep) >= self.keep:
                 break
             keep.add(g)
-        doomed = [self.directory / _gen_name(g) for g in self.generations() if g not in keep]
-        doomed += [p for p in self.directory.iterdir() if p.name.startswith(_TMP_PREFIX)]
         try:
-            for path in doomed:
-                shutil.rmtree(path)
-            if doomed:
-                fsync_dir(self.directory)
+            # rename first (atomic), delete after: a kill mid-delete never leaves a half gen-N folder
+            for g in self.generations():
+                if g not in keep:
+                    os.rename(self.directory / _gen_name(g), self.directory / f"{_TRASH_PREFIX}{g:08d}")
+            fsync_dir(self.directory)
+            for path in self.directory.iterdir():
+                if path.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
+                    shutil.rmtree(path)
         except OSError as exc:  # the new state is committed; leftovers go at the next save
             warnings.warn(f"{self.directory}: could not prune old generations ({exc})")
 
