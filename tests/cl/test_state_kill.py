@@ -141,7 +141,9 @@ def test_state_survives_kill_9_at_random_moments(tmp_path):
             continue
         step = state.position["step"]
         assert step == committed or step == in_flight, (step, committed, in_flight)
-        assert not state.fell_back, "a kill must never damage the committed generation"
+        # a kill never damages the committed generation; the only "fallback" is a first save killed
+        # after its folder rename but before CURRENT existed (then the newest intact one loads)
+        assert not state.fell_back or current is None, "a kill damaged the committed generation"
         store.verify(state.generation)
         facts["loaded_in_flight"] += step == in_flight
         arrays, meta = writer.content(step)
