@@ -194,6 +194,9 @@ def test_no_state_yet_is_distinguishable(tmp_path):
     with pytest.raises(NoStateError, match="empty"):
         StateStore(tmp_path / "empty").load()
     assert not StateStore(tmp_path / "empty").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StateError, match="not a directory"):
+        StateStore(tmp_path / "file").load()
     assert not issubclass(NoStateError, StateCorruptError) and issubclass(NoStateError, StateError)
     assert issubclass(StateError, BnnclError)
 

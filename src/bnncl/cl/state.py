@@ -343,9 +343,14 @@ class StateStore:
         state recorded. A fallback to an older generation emits a :class:`UserWarning`.
         """
         where = self.directory
-        if not where.is_dir():
+        if not where.exists():
             raise NoStateError(f"{where}: no state yet (no such directory)")
-        gens = self.generations()
+        if not where.is_dir():
+            raise StateError(f"{where}: not a directory (expected a state directory)")
+        try:
+            gens = self.generations()
+        except OSError as exc:
+            raise StateError(f"{where}: cannot read the state directory ({exc.strerror or exc})") from None
         pointer = self._read_current()
         current = None if pointer is None else pointer[0]
         has_pointer = (where / CURRENT_FILE).exists()
