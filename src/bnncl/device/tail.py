@@ -101,6 +101,22 @@ def split_latent_shape(arch: Mapping[str, Any], split: str) -> tuple[int, int, i
     return (h, w, cin)
 
 
+def expand_head(head: np.ndarray, num_classes: int | None, head_classes: Any = None) -> np.ndarray:
+    """The pretrained head ``(R, D)`` placed into a ``(num_classes, D)`` head (zero rows elsewhere):
+    row ``j`` goes to ``head_classes[j]`` (default ``j``)."""
+    rows = head.shape[0]
+    if num_classes is None and head_classes is None:
+        return head
+    n = rows if num_classes is None else int(num_classes)
+    idx = np.arange(rows) if head_classes is None else np.asarray(head_classes, dtype=np.int64)
+    if n < 1 or idx.shape != (rows,) or len(set(idx.tolist())) != rows or idx.min() < 0 or idx.max() >= n:
+        raise ValueError(f"head_classes: expected {rows} distinct rows in [0, {n}) for the pretrained head, "
+                         f"got {np.asarray(head_classes).tolist() if head_classes is not None else 'default'}")
+    out = np.zeros((n, head.shape[1]), dtype=np.float32)
+    out[idx] = head
+    return out
+
+
 def _sgn0(w: np.ndarray) -> np.ndarray:
     """``sgn`` with sgn(0) = 0 (the derivative of |w| torch uses)."""
     return np.sign(w).astype(np.float32)
@@ -148,10 +164,13 @@ class TailTrainer:
     ``params``: float32 arrays by torch state_dict name for the tail blocks and ``head.weight``
     (``DeviceModel.tail_parameters(K)``, or a torch ``Backbone.state_dict()`` as NumPy);
     ``split``: ``config.split_for_tail(K)``. ``qf``/``qb``/``qw``: bit widths (32 = float32).
+    ``num_classes``: head capacity when larger than the pretrained head (new rows start at zero);
+    ``head_classes``: the row of the larger head that each pretrained row goes to (default 0, 1, ...).
     """
 
     def __init__(self, architecture: Any, params: Mapping[str, np.ndarray], split: str, *, qf: int = 8,
-                 qb: int = 16, qw: int = 8, momentum: float = 0.0, threads: int = 1) -> None:
+                 qb: int = 16, qw: int = 8, momentum: float = 0.0, threads: int = 1,
+                 num_classes: int | None = None, head_classes: Any = None) -> None:
         arch = architecture_dict(architecture)
         if arch["binary"] is not True:
             raise ValueError("architecture: the device tail trains binary backbones only (binary=True)")
@@ -171,10 +190,11 @@ class TailTrainer:
         if n - self.start > MAX_TAIL_BLOCKS:
             raise ValueError(f"split: a tail holds at most {MAX_TAIL_BLOCKS} blocks, {split!r} gives {n - self.start}")
         self.binary_split = split in arch["binary_latents"] and split != "gap"
-        self.num_classes = int(arch["num_classes"])
         self.head_dim = int(block_shapes(arch)[n][0])
         self._blocks = [self._make_block(i, params, arch) for i in range(self.start, n)]
-        head = self._param(params, "head.weight", (self.num_classes, self.head_dim))
+        head = self._param(params, "head.weight", (int(arch["num_classes"]), self.head_dim))
+        head = expand_head(head, num_classes, head_classes)
+        self.num_classes = int(head.shape[0])
         self._head = quantize(head, self.qb)
         self._head_velocity: np.ndarray | None = None
         self._refresh_head()

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import copy
 import os
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bnncl.device.quantize import QTensor, check_bits
-from bnncl.device.tail import split_latent_shape
+from bnncl.device.tail import expand_head, split_latent_shape
 from bnncl.nn.augment import to_input
 from bnncl.nn.backbones import Backbone
 from bnncl.nn.checkpoint import load_model
@@ -51,10 +52,14 @@ def grad_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 class TorchEngine:
-    """Tail training of a torch ``Backbone`` from the split of ``tail_blocks`` (module docstring)."""
+    """Tail training of a torch ``Backbone`` from the split of ``tail_blocks`` (module docstring).
+
+    The model is copied (the caller's stays untouched). ``num_classes``/``head_classes``: a larger head
+    with the pretrained rows placed at ``head_classes`` (as :func:`bnncl.device.tail.expand_head`).
+    """
 
     def __init__(self, model: Backbone, tail_blocks: int, *, qf: int = 32, qb: int = 32, qw: int = 32,
-                 momentum: float = 0.0) -> None:
+                 momentum: float = 0.0, num_classes: int | None = None, head_classes: Any = None) -> None:
         self.qf, self.qb, self.qw = check_bits("qf", qf), check_bits("qb", qb), check_bits("qw", qw)
         if not (np.isfinite(momentum) and 0.0 <= momentum < 1.0):
             raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
@@ -65,8 +70,12 @@ class TorchEngine:
         self.split = cfg.split_for_tail(tail_blocks)
         self.start = len(cfg.blocks) - tail_blocks
         self.binary_split = self.split in cfg.binary_latents and self.split != "gap"
-        self.num_classes = int(cfg.num_classes)
         self.head_dim = int(self.model.feature_dim)
+        head = expand_head(self.model.head.weight.detach().numpy(), num_classes, head_classes)
+        self.num_classes = int(head.shape[0])
+        self.model.head = torch.nn.Linear(self.head_dim, self.num_classes, bias=False)
+        with torch.no_grad():
+            self.model.head.weight.copy_(torch.from_numpy(head))
         self.latent_shape = split_latent_shape(_arch(cfg), self.split)
         for p in self.model.parameters():
             p.requires_grad_(False)
