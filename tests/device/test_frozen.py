@@ -104,3 +104,28 @@ def test_cifar10_model_agrees_with_torch(tmp_path):
     from bnncl.data import default_cifar10_path, load_cifar10
 
     _real("cifar10-b5", load_cifar10(default_cifar10_path(), "test").images[:500], tmp_path)
+
+
+@pytest.mark.parametrize("stride,repeat,binary_src,affine", [(1, 1, False, False), (2, 2, False, False),
+                                                              (2, 2, True, False), (1, 3, True, False),
+                                                              (1, 1, False, True)])
+def test_fused_epilogue_equals_its_numpy_oracle(path, stride, repeat, binary_src, affine):
+    from bnncl.device.kernels.epilogue import block_epilogue, reference_block_epilogue
+
+    rng = np.random.default_rng(stride * 10 + repeat)
+    cin, ho, wo = 5 if repeat == 3 else 70, 3, 4
+    o = cin * repeat
+    src = rng.normal(size=(2, ho * stride, wo * stride, cin)).astype(np.float32)
+    y = rng.normal(size=(2, ho, wo, o)).astype(np.float32)
+    act = tuple(rng.normal(size=o).astype(np.float32) for _ in range(3))
+    mul, addmap = (rng.normal(size=o).astype(np.float32), rng.normal(size=(ho, wo, o)).astype(np.float32)) \
+        if affine else (None, None)
+    sb = rng.normal(size=cin).astype(np.float32) if binary_src else None
+    nb = rng.normal(size=o).astype(np.float32)
+    y_ref = y.copy()
+    bits_ref = reference_block_epilogue(y_ref, act, mul, addmap, None if affine else src, stride, sb, nb)
+    bits = block_epilogue(y, act, mul, addmap, None if affine else src, stride, sb, nb, threads=2)
+    assert np.array_equal(y, y_ref) and np.array_equal(bits, bits_ref)
+    assert block_epilogue(y, act) is None
+    with pytest.raises(ValueError, match="src"):
+        block_epilogue(y, act, src=src[:, :1], stride=stride)

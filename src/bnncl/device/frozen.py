@@ -6,10 +6,10 @@ Pipeline per chunk of images (uint8 NHWC):
   normalisation, float32 (default) or int8 (integer sums, exact in the float32 GEMM below 2^24),
   minus the precomputed border correction ``conv(255 * mean, zero padding)`` that makes it equal
   to torch's conv of the *normalised*, zero-padded input; fused batch norm; RPReLU;
-* binary block: ``t = x + b``; pack signs of ``t`` (:func:`kernels.pack_signs_f32`); binary conv
-  with fused ``mean|W| * BN`` output transform (:func:`kernels.binary_conv2d`, pre-packed
-  weights); + shortcut (2x2 average pool, channel repeat; of ``sign(t)`` at a binary split);
-  RPReLU;
+* binary block: binary conv of the packed signs of ``t = x + b`` with the fused ``mean|W| * BN``
+  output transform (:func:`kernels.binary_conv2d`); then one fused pass
+  (:func:`kernels.epilogue.block_epilogue`): + shortcut (2x2 average pool, channel repeat; of
+  ``sign(t)`` at a binary split), RPReLU, and the packed signs of ``output + b`` for the next block;
 * global average pooling and the float32 head.
 
 Everything is float32 channels-last; the differences from torch are float rounding of the fused
@@ -25,24 +25,11 @@ import numpy as np
 
 from bnncl.device import kernels
 from bnncl.device.bitpack import unpack_signs
+from bnncl.device.kernels.epilogue import block_epilogue
 from bnncl.device.modelfile import DeviceModel, block_geometry, split_index
 
 DEFAULT_CHUNK = 256
 STEM_PRECISIONS = ("float32", "int8")
-
-
-@dataclass(frozen=True)
-class _RPReLU:
-    shift_in: np.ndarray
-    slope: np.ndarray
-    shift_out: np.ndarray
-
-    def __call__(self, y: np.ndarray) -> np.ndarray:
-        """In place: ``PReLU(y - shift_in) + shift_out``."""
-        np.subtract(y, self.shift_in, out=y)
-        np.multiply(y, self.slope, out=y, where=y < 0)
-        np.add(y, self.shift_out, out=y)
-        return y
 
 
 @dataclass(frozen=True)
@@ -51,10 +38,9 @@ class _Block:
     scale: np.ndarray
     bias: np.ndarray
     input_bias: np.ndarray
-    act: _RPReLU
+    act: tuple[np.ndarray, np.ndarray, np.ndarray]  # RPReLU shift_in, slope, shift_out
     in_channels: int
     stride: int
-    repeat: int
     binary_input: bool
 
 
@@ -63,15 +49,6 @@ def _im2col3x3(xp: np.ndarray) -> np.ndarray:
     win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(1, 2))  # (N, H, W, C, 3, 3)
     n, h, w, c = win.shape[:4]
     return win.reshape(n * h * w, c * 9)
-
-
-def shortcut(x: np.ndarray, stride: int, repeat: int) -> np.ndarray:
-    """Parameter-free shortcut on NHWC: 2x2 average pooling (stride 2), channels repeated."""
-    if stride == 2:
-        x = ((x[:, 0::2, 0::2] + x[:, 0::2, 1::2]) + (x[:, 1::2, 0::2] + x[:, 1::2, 1::2])) * np.float32(0.25)
-    if repeat > 1:
-        x = np.concatenate([x] * repeat, axis=-1)
-    return x
 
 
 class FrozenEngine:
@@ -108,38 +85,48 @@ class FrozenEngine:
         corr = corr.reshape(h, w, -1)
         self._stem_scale = scale.astype(np.float32)
         self._stem_bias = (t["stem.bias"].astype(np.float64) - corr * scale).astype(np.float32)
-        self._stem_act = _RPReLU(t["stem.act.shift_in"], t["stem.act.slope"], t["stem.act.shift_out"])
+        self._stem_act = (t["stem.act.shift_in"], t["stem.act.slope"], t["stem.act.shift_out"])
         self.blocks: list[_Block] = []
         for i, g in enumerate(block_geometry(self.arch)):
             p = f"fused.blocks.{i}."
             self.blocks.append(_Block(
                 weight=np.ascontiguousarray(t[p + "weight"]), scale=t[p + "scale"], bias=t[p + "bias"],
                 input_bias=t[p + "input_bias"],
-                act=_RPReLU(t[p + "act.shift_in"], t[p + "act.slope"], t[p + "act.shift_out"]),
-                in_channels=g["in_channels"], stride=g["stride"], repeat=g["out_channels"] // g["in_channels"],
+                act=(t[p + "act.shift_in"], t[p + "act.slope"], t[p + "act.shift_out"]),
+                in_channels=g["in_channels"], stride=g["stride"],
                 binary_input=f"block{i}" in self.arch["binary_latents"]))
         self._head_t = np.ascontiguousarray(t["head.weight"].T)
 
     # -- stages (one chunk, no input checks) ------------------------------------------------
-    def stem(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, C) -> float32 (N, H, W, stem_channels)."""
+    def run_stem(self, images: np.ndarray, pack: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Stem on uint8 (N, H, W, C): float32 (N, H, W, stem_channels) and, with ``pack``, the packed
+        signs of ``x + b`` for block 0."""
         n, h, w, _ = images.shape
         xp = np.zeros((n, h + 2, w + 2, images.shape[3]), np.float32)
         xp[:, 1:-1, 1:-1] = images
         acc = (_im2col3x3(xp) @ self._stem_w).reshape(n, h, w, -1)
-        np.multiply(acc, self._stem_scale, out=acc)
-        np.add(acc, self._stem_bias, out=acc)
-        return self._stem_act(acc)
+        bits = block_epilogue(acc, self._stem_act, mul=self._stem_scale, addmap=self._stem_bias,
+                              next_bias=self._next_bias(0, pack), threads=self.threads)
+        return acc, bits
+
+    def run_block(self, i: int, x: np.ndarray, bits: np.ndarray,
+                  pack: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Binary block ``i`` from its input ``x`` and the packed signs ``bits`` of ``x + b``: its output
+        and, with ``pack``, the packed signs of ``output + b`` of block ``i + 1``."""
+        b = self.blocks[i]
+        y = kernels.binary_conv2d(bits, b.weight, b.in_channels, b.stride, 1, b.scale, b.bias, self.threads)
+        nxt = block_epilogue(y, b.act, src=x, stride=b.stride, src_bias=b.input_bias if b.binary_input else None,
+                             next_bias=self._next_bias(i + 1, pack), threads=self.threads)
+        return y, nxt
+
+    def stem(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, C) -> float32 (N, H, W, stem_channels)."""
+        return self.run_stem(images, pack=False)[0]
 
     def block(self, i: int, x: np.ndarray) -> np.ndarray:
         """Binary block ``i`` on float32 NHWC activations."""
-        b = self.blocks[i]
-        t = x + b.input_bias
-        xb = kernels.pack_signs_f32(t, self.threads)
-        y = kernels.binary_conv2d(xb, b.weight, b.in_channels, b.stride, 1, b.scale, b.bias, self.threads)
-        src = np.where(t < 0, np.float32(-1), np.float32(1)) if b.binary_input else x
-        y += shortcut(src, b.stride, b.repeat)
-        return b.act(y)
+        bits = kernels.pack_signs_f32(np.ascontiguousarray(x + self.blocks[i].input_bias), self.threads)
+        return self.run_block(i, np.ascontiguousarray(x, dtype=np.float32), bits, pack=False)[0]
 
     def head(self, x: np.ndarray) -> np.ndarray:
         """Global average pooling + bias-free linear head: (N, H, W, F) -> (N, classes)."""
@@ -149,7 +136,7 @@ class FrozenEngine:
     def forward_to(self, images: np.ndarray, split: str) -> np.ndarray:
         """Real activations at ``split`` (before that block's bias and sign), float32 NHWC."""
         stop = split_index(self.arch, split)
-        return self._chunked(images, lambda x: self._run(x, stop))
+        return self._chunked(images, lambda x: self._run(x, stop)[0])
 
     def latents(self, images: np.ndarray, split: str | None = None, packed: bool = False) -> np.ndarray:
         """Latent-replay activations at ``split`` (default: the model's LR split).
@@ -165,28 +152,32 @@ class FrozenEngine:
                 raise ValueError(f"split {split!r} is not a binary latent split; packed latents exist only at "
                                  f"{', '.join(self.arch['binary_latents']) or 'none'}")
             return self.forward_to(images, split)
-        b = self.blocks[stop]
+        channels = self.blocks[stop].in_channels
 
         def run(x: np.ndarray) -> np.ndarray:
-            bits = kernels.pack_signs_f32(self._run(x, stop) + b.input_bias, self.threads)
-            return bits if packed else unpack_signs(bits, b.in_channels, np.float32)
+            bits = self._run(x, stop, pack_last=True)[1]
+            return bits if packed else unpack_signs(bits, channels, np.float32)
 
         return self._chunked(images, run)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """Float32 logits (N, num_classes); column ``j`` is dataset class ``pretrained_classes[j]``."""
-        return self._chunked(images, lambda x: self.head(self._run(x, len(self.blocks))))
+        return self._chunked(images, lambda x: self.head(self._run(x, len(self.blocks))[0]))
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Predicted dataset class index per image (int64)."""
         return np.asarray(self.model.pretrained_classes, np.int64)[self.logits(images).argmax(axis=1)]
 
     # -- internals -------------------------------------------------------------------------
-    def _run(self, images: np.ndarray, stop: int) -> np.ndarray:
-        x = self.stem(images)
+    def _run(self, images: np.ndarray, stop: int, pack_last: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Activations at split index ``stop`` and (``pack_last``) the packed signs of ``z + b[stop]``."""
+        x, bits = self.run_stem(images, pack=stop > 0 or pack_last)
         for i in range(stop):
-            x = self.block(i, x)
-        return x
+            x, bits = self.run_block(i, x, bits, pack=i + 1 < stop or pack_last)
+        return x, bits
+
+    def _next_bias(self, i: int, pack: bool) -> np.ndarray | None:
+        return self.blocks[i].input_bias if pack and i < len(self.blocks) else None
 
     def _chunked(self, images: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         images = self._check(images)

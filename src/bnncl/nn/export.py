@@ -97,7 +97,8 @@ def _layers(cfg: BackboneConfig, tail_blocks: int) -> list[dict[str, Any]]:
     h, w, c = cfg.input_shape
     arch = json.loads(cfg.to_json())
     layers: list[dict[str, Any]] = [{
-        "name": "stem", "kind": "conv3x3 int8 + BN + RPReLU", "weight_bits": STEM_BITS, "input_bits": 8,
+        "name": "stem", "kind": "conv3x3 + BN + RPReLU (int8; float32 copy)", "weight_bits": STEM_BITS,
+        "input_bits": 8,
         "in_channels": c, "out_channels": cfg.stem_channels, "stride": 1, "input_hw": [h, w]}]
     n = len(cfg.blocks)
     for i, g in enumerate(block_geometry(arch)):

@@ -1,0 +1,255 @@
+"""Whole-backbone inference benchmark: bnncl frozen engine vs torch float32 twin vs torch BNN.
+
+``bnncl bench inference [--json PATH] [--threads 1,2] [--quick]``.
+
+For each shipped architecture (the pretrained model in ``bnncl/assets/models`` when present, else a
+randomly initialised one: timing does not depend on the weights):
+
+* bnncl: :class:`bnncl.device.frozen.FrozenEngine` on uint8 images (normalisation folded), timed in
+  a subprocess that cannot import torch (``OPENBLAS_NUM_THREADS`` = threads), which also reports
+  its peak RSS (``resource.getrusage`` max RSS) and a per-layer time breakdown;
+* torch float32 twin (``cfg.float_twin()``, random init) and torch BNN (the fake-quantized
+  ``Backbone``), eval mode, ``inference_mode``, channels_last, on normalised float input,
+  ``torch.set_num_threads(threads)``, measured in the same run.
+
+Latency is per image: best over rounds of (time of one batch) / batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ARCHS = ("fmnist", "cifar")
+ASSET_NAMES = {"fmnist": "fmnist-b5", "cifar": "cifar10-b5"}
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "models"
+
+
+def best_time(fn: Callable[[], object], rounds: int, min_time: float) -> float:
+    """Best seconds per call over ``rounds`` rounds of at least ``min_time`` seconds each."""
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        n, start = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_time:
+                break
+        best = min(best, elapsed / n)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker: the device side, torch-free (runs in a subprocess)
+
+_NO_TORCH = """
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in the device benchmark process")
+        return None
+sys.meta_path.insert(0, _NoTorch())
+from bnncl.bench.inference import worker_main
+raise SystemExit(worker_main(sys.argv[1:]))
+"""
+
+
+def _engine_breakdown(engine: Any, images: np.ndarray, rounds: int, min_time: float) -> dict[str, float]:
+    """Seconds per image of each stage (stem, block i, head) on one batch."""
+    b = len(images)
+    out = {"stem": best_time(lambda: engine.stem(images), rounds, min_time) / b}
+    x = engine.stem(images)
+    for i in range(len(engine.blocks)):
+        out[f"block{i}"] = best_time(lambda: engine.block(i, x), rounds, min_time) / b
+        x = engine.block(i, x)
+    out["gap+head"] = best_time(lambda: engine.head(x), rounds, min_time) / b
+    return out
+
+
+def worker_main(argv: list[str]) -> int:
+    """Time the frozen engine on one model file; print one JSON line (no torch in this process)."""
+    import resource
+
+    from bnncl.device import kernels
+    from bnncl.device.frozen import FrozenEngine
+    from bnncl.device.modelfile import DeviceModel
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--min-time", type=float, default=0.2)
+    args = ap.parse_args(argv)
+    dm = DeviceModel.load(args.model)
+    engine = FrozenEngine(dm, threads=args.threads)
+    rng = np.random.default_rng(0)
+    res: dict[str, Any] = {"kernel_path": kernels.active_path(), "threads": args.threads, "latency": {},
+                           "breakdown": {}}
+    for batch in [int(b) for b in args.batches.split(",")]:
+        images = rng.integers(0, 256, (batch, *dm.architecture["input_shape"]), dtype=np.uint8)
+        res["latency"][str(batch)] = best_time(lambda: engine.logits(images), args.rounds, args.min_time) / batch
+        res["breakdown"][str(batch)] = _engine_breakdown(engine, images, args.rounds, args.min_time / 4)
+    res["torch_imported"] = "torch" in sys.modules
+    res["maxrss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(res))
+    return 0
+
+
+def run_worker(model_file: str, threads: int, batches: list[int], rounds: int, min_time: float) -> dict[str, Any]:
+    """Run :func:`worker_main` in a fresh interpreter without torch; returns its JSON."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    cmd = [sys.executable, "-c", _NO_TORCH, model_file, "--threads", str(threads),
+           "--batches", ",".join(map(str, batches)), "--rounds", str(rounds), "--min-time", str(min_time)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"device benchmark worker failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Host side (torch)
+
+
+def _models(arch: str, workdir: Path) -> tuple[Any, Any, Any, str, str]:
+    """(config, torch BNN, torch fp32 twin, path of the exported .bnn, source description)."""
+    import torch
+
+    from bnncl.nn.backbones import CONFIGS, Backbone
+    from bnncl.nn.checkpoint import load_model
+    from bnncl.nn.export import export_model
+
+    asset = ASSETS / f"{ASSET_NAMES[arch]}.safetensors"
+    if asset.is_file():
+        bnn, info = load_model(asset)
+        source = f"pretrained {asset.name}"
+    else:
+        torch.manual_seed(0)
+        cfg = CONFIGS[arch](num_classes=5)
+        c = cfg.input_shape[2]
+        from dataclasses import replace
+
+        cfg = replace(cfg, mean=(0.5,) * c, std=(0.25,) * c)
+        bnn, info = Backbone(cfg).eval(), {"classes": list(range(5))}
+        source = "random init (shipped model not present)"
+    torch.manual_seed(0)
+    twin = Backbone(bnn.config.float_twin()).eval()
+    path = workdir / f"{arch}.bnn"
+    export_model(bnn, info, path)
+    return bnn.config, bnn, twin, str(path), source
+
+
+def _torch_latency(model: Any, cfg: Any, batch: int, threads: int, rounds: int, min_time: float) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    h, w, c = cfg.input_shape
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, c, h, w).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return best_time(lambda: model(x), rounds, min_time) / batch
+
+
+def run(threads_list: list[int], batches: list[int], rounds: int, min_time: float) -> dict[str, Any]:
+    """The full report (JSON-able)."""
+    import torch
+
+    report: dict[str, Any] = {"machine": {"platform": platform.platform(), "cpu": _cpu(), "cores": os.cpu_count(),
+                                          "load_average_at_start": os.getloadavg(), "torch": torch.__version__,
+                                          "numpy": np.__version__},
+                              "rows": [], "breakdown": {}, "peak_rss": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in ARCHS:
+            cfg, bnn, twin, path, source = _models(arch, Path(tmp))
+            report.setdefault("models", {})[arch] = {"name": cfg.name, "source": source,
+                                                     "file_bytes": Path(path).stat().st_size}
+            for threads in threads_list:
+                dev = run_worker(path, threads, batches, rounds, min_time)
+                report["breakdown"][f"{arch}/t{threads}"] = dev["breakdown"]
+                report["peak_rss"][f"{arch}/t{threads}"] = dev["maxrss_bytes"]
+                report["machine"]["kernel_path"] = dev["kernel_path"]
+                assert not dev["torch_imported"]
+                for batch in batches:
+                    fp32 = _torch_latency(twin, cfg, batch, threads, rounds, min_time)
+                    tbnn = _torch_latency(bnn, cfg, batch, threads, rounds, min_time)
+                    ours = dev["latency"][str(batch)]
+                    report["rows"].append({
+                        "model": cfg.name, "batch": batch, "threads": threads, "bnncl_us": ours * 1e6,
+                        "torch_fp32_us": fp32 * 1e6, "torch_bnn_us": tbnn * 1e6,
+                        "speedup_vs_fp32": fp32 / ours, "speedup_vs_torch_bnn": tbnn / ours})
+    return report
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """Latency table + per-layer breakdown as markdown."""
+    lines = ["| model | batch | threads | bnncl µs/img | torch fp32 twin µs/img | torch BNN µs/img | "
+             "vs fp32 | vs torch BNN |", "|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['model']} | {r['batch']} | {r['threads']} | {r['bnncl_us']:.0f} | "
+                     f"{r['torch_fp32_us']:.0f} | {r['torch_bnn_us']:.0f} | {r['speedup_vs_fp32']:.1f}x | "
+                     f"{r['speedup_vs_torch_bnn']:.1f}x |")
+    lines += ["", "Peak RSS of the torch-free inference process: " + ", ".join(
+        f"{k} {v / 2**20:.0f} MiB" for k, v in report["peak_rss"].items()), ""]
+    for key, per_batch in report["breakdown"].items():
+        for batch, stages in per_batch.items():
+            total = sum(stages.values())
+            parts = ", ".join(f"{k} {v * 1e6:.0f}" for k, v in stages.items())
+            lines.append(f"- breakdown {key} batch {batch} (µs/img, sum {total * 1e6:.0f}): {parts}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``bnncl bench inference``: print a markdown table; ``--json PATH`` writes the full report."""
+    ap = argparse.ArgumentParser(prog="bnncl bench inference", description=__doc__.splitlines()[0])
+    ap.add_argument("--json", type=Path, default=None, help="write the report as JSON to this file")
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    ap.add_argument("--rounds", type=int, default=5, help="timing rounds, best kept (default 5)")
+    ap.add_argument("--quick", action="store_true", help="short rounds (smoke run)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        threads = [int(t) for t in args.threads.split(",") if t.strip()]
+        if not threads or min(threads) < 1:
+            raise ValueError
+    except ValueError:
+        ap.error(f"--threads: expected comma-separated integers >= 1, got {args.threads!r}")
+    if args.rounds < 1:
+        ap.error(f"--rounds: expected an integer >= 1, got {args.rounds}")
+    report = run(threads, [1, 32], args.rounds, 0.02 if args.quick else 0.3)
+    m = report["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores, kernel path {m.get('kernel_path')}, "
+          f"load average {m['load_average_at_start']}")
+    print(markdown(report))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
