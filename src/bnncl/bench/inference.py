@@ -7,7 +7,7 @@ randomly initialised one: timing does not depend on the weights):
 
 * bnncl: :class:`bnncl.device.frozen.FrozenEngine` on uint8 images (normalisation folded), timed in
   a subprocess that cannot import torch (``OPENBLAS_NUM_THREADS`` = threads), which also reports
-  its peak RSS (``resource.getrusage`` max RSS) and a per-layer time breakdown;
+  its peak RSS (``VmHWM``; see :func:`peak_rss_bytes`) and a per-layer time breakdown;
 * torch float32 twin (``cfg.float_twin()``, random init) and torch BNN (the fake-quantized
   ``Backbone``), eval mode, ``inference_mode``, channels_last, on normalised float input,
   ``torch.set_num_threads(threads)``, measured in the same run.
@@ -80,6 +80,23 @@ def _engine_breakdown(engine: Any, images: np.ndarray, rounds: int, min_time: fl
     return out
 
 
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process: ``VmHWM`` from /proc (Linux), else getrusage max RSS.
+
+    (On Linux ``ru_maxrss`` survives ``execve``, so a child spawned by a process that has torch
+    loaded reports the parent's peak; ``VmHWM`` belongs to the new address space.)
+    """
+    import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def worker_main(argv: list[str]) -> int:
     """Time the frozen engine on one model file; print one JSON line (no torch in this process)."""
     import resource
@@ -105,7 +122,8 @@ def worker_main(argv: list[str]) -> int:
         res["latency"][str(batch)] = best_time(lambda: engine.logits(images), args.rounds, args.min_time) / batch
         res["breakdown"][str(batch)] = _engine_breakdown(engine, images, args.rounds, args.min_time / 4)
     res["torch_imported"] = "torch" in sys.modules
-    res["maxrss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    res["peak_rss_bytes"] = peak_rss_bytes()
+    res["getrusage_maxrss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps(res))
     return 0
 
@@ -181,7 +199,7 @@ def run(threads_list: list[int], batches: list[int], rounds: int, min_time: floa
             for threads in threads_list:
                 dev = run_worker(path, threads, batches, rounds, min_time)
                 report["breakdown"][f"{arch}/t{threads}"] = dev["breakdown"]
-                report["peak_rss"][f"{arch}/t{threads}"] = dev["maxrss_bytes"]
+                report["peak_rss"][f"{arch}/t{threads}"] = dev["peak_rss_bytes"]
                 report["machine"]["kernel_path"] = dev["kernel_path"]
                 assert not dev["torch_imported"]
                 for batch in batches:

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from bnncl.device import kernels
-from bnncl.device.bitpack import unpack_signs
-from bnncl.device.kernels.epilogue import block_epilogue
+from bnncl.device.bitpack import WORD_DTYPE, unpack_signs, words_for
+from bnncl.device.kernels import native
+from bnncl.device.kernels.checks import ConvShape
+from bnncl.device.kernels.epilogue import block_epilogue, native_epilogue
 from bnncl.device.modelfile import DeviceModel, block_geometry, split_index
 
 DEFAULT_CHUNK = 256
@@ -42,6 +44,20 @@ class _Block:
     in_channels: int
     stride: int
     binary_input: bool
+
+    @property
+    def ptrs(self) -> dict[str, int | None]:
+        """Addresses of the per-channel vectors (the arrays live as long as the block)."""
+        cached = self.__dict__.get("_ptrs")
+        if cached is None:
+            cached = {k: a.ctypes.data for k, a in zip(("shift_in", "slope", "shift_out"), self.act)}
+            cached["src_bias"] = self.input_bias.ctypes.data if self.binary_input else None
+            self.__dict__["_ptrs"] = cached
+        return cached
+
+
+def _vec(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def _im2col3x3(xp: np.ndarray) -> np.ndarray:
@@ -90,9 +106,9 @@ class FrozenEngine:
         for i, g in enumerate(block_geometry(self.arch)):
             p = f"fused.blocks.{i}."
             self.blocks.append(_Block(
-                weight=np.ascontiguousarray(t[p + "weight"]), scale=t[p + "scale"], bias=t[p + "bias"],
-                input_bias=t[p + "input_bias"],
-                act=(t[p + "act.shift_in"], t[p + "act.slope"], t[p + "act.shift_out"]),
+                weight=np.ascontiguousarray(t[p + "weight"]), scale=_vec(t[p + "scale"]), bias=_vec(t[p + "bias"]),
+                input_bias=_vec(t[p + "input_bias"]),
+                act=(_vec(t[p + "act.shift_in"]), _vec(t[p + "act.slope"]), _vec(t[p + "act.shift_out"])),
                 in_channels=g["in_channels"], stride=g["stride"],
                 binary_input=f"block{i}" in self.arch["binary_latents"]))
         self._head_t = np.ascontiguousarray(t["head.weight"].T)
@@ -114,9 +130,24 @@ class FrozenEngine:
         """Binary block ``i`` from its input ``x`` and the packed signs ``bits`` of ``x + b``: its output
         and, with ``pack``, the packed signs of ``output + b`` of block ``i + 1``."""
         b = self.blocks[i]
-        y = kernels.binary_conv2d(bits, b.weight, b.in_channels, b.stride, 1, b.scale, b.bias, self.threads)
-        nxt = block_epilogue(y, b.act, src=x, stride=b.stride, src_bias=b.input_bias if b.binary_input else None,
-                             next_bias=self._next_bias(i + 1, pack), threads=self.threads)
+        nb = self._next_bias(i + 1, pack)
+        path = kernels.active_path()
+        epi = native_epilogue()
+        if path == "numpy" or epi is None:
+            y = kernels.binary_conv2d(bits, b.weight, b.in_channels, b.stride, 1, b.scale, b.bias, self.threads)
+            nxt = block_epilogue(y, b.act, src=x, stride=b.stride,
+                                 src_bias=b.input_bias if b.binary_input else None, next_bias=nb,
+                                 threads=self.threads)
+            return y, nxt
+        # fast path (batch 1 is call-overhead bound): arguments validated once, raw pointers
+        n, h, w, words = bits.shape
+        shape = ConvShape(n, h, w, words, b.weight.shape[0], 3, 3, b.in_channels, b.stride, 1)
+        y = native.binary_conv2d(bits, b.weight, shape, b.scale, b.bias, self.threads, path)
+        _, ho, wo, o = y.shape
+        nxt = None if nb is None else np.empty((n, ho, wo, words_for(o)), WORD_DTYPE)
+        epi(y.ctypes.data, n, ho, wo, o, None, None, x.ctypes.data, h, w, b.in_channels, b.stride,
+            b.ptrs["src_bias"], b.ptrs["shift_in"], b.ptrs["slope"], b.ptrs["shift_out"],
+            None if nb is None else nb.ctypes.data, None if nxt is None else nxt.ctypes.data, self.threads)
         return y, nxt
 
     def stem(self, images: np.ndarray) -> np.ndarray:

@@ -44,6 +44,12 @@ def reference_block_epilogue(y: np.ndarray, act: tuple[np.ndarray, np.ndarray, n
     return None if next_bias is None else pack_signs(y + next_bias)
 
 
+def native_epilogue() -> ctypes._CFuncPtr | None:
+    """The C ``bnncl_block_epilogue`` (raw pointers, no checks; argument order as in ``csrc/epilogue.c``),
+    or None without the C core."""
+    return _fn()
+
+
 @lru_cache(maxsize=1)
 def _fn() -> ctypes._CFuncPtr | None:
     lib = native.load()
