@@ -24,6 +24,7 @@ from bnncl.cl.state import (
     StateStore,
     StateVersionError,
     StateWriteError,
+    pointer_line,
     sha256_file,
 )
 from bnncl.errors import BnnclError
@@ -120,7 +121,8 @@ def test_layout_and_pruning_keep_new_and_previous(tmp_path):
     d = store.directory
     assert sorted(p.name for p in d.iterdir()) == ["CURRENT", "LOCK", "gen-00000003", "gen-00000004"]
     manifest = json.loads((d / "gen-00000004" / "MANIFEST.json").read_bytes())
-    assert (d / "CURRENT").read_text() == f"gen-00000004 {manifest['self_sha256']}\n"
+    assert (d / "CURRENT").read_bytes() == pointer_line(4, manifest["self_sha256"])
+    assert (d / "CURRENT").read_text().startswith(f"gen-00000004 {manifest['self_sha256']} ")
     assert sorted(p.name for p in (d / "gen-00000004").iterdir()) == ["MANIFEST.json", "arrays.safetensors", "meta.json"]
     assert manifest["format"] == "bnncl-cl-state" and manifest["format_version"] == FORMAT_VERSION
     for name in ("arrays.safetensors", "meta.json"):
@@ -222,7 +224,7 @@ def forge_newer_version(gdir: Path) -> None:
     canon = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     body["self_sha256"] = hashlib.sha256(canon).hexdigest()
     (gdir / "MANIFEST.json").write_text(json.dumps(body))
-    (gdir.parent / "CURRENT").write_text(f"{gdir.name} {body['self_sha256']}\n")
+    (gdir.parent / "CURRENT").write_bytes(pointer_line(int(gdir.name[4:]), body["self_sha256"]))
 
 
 def test_newer_version_is_refused_by_load_and_save(tmp_path):

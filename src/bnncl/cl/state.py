@@ -6,8 +6,9 @@ it belongs to and the protocol position (e.g. the last completed experience and 
 inputs already learned). Layout of a state directory::
 
     DIR/
-      CURRENT                    "gen-00000042 <self_sha256 of its manifest>\\n": the committed
-                                 generation (the commit point), bound to that exact manifest
+      CURRENT                    "gen-00000042 <self_sha256 of its manifest> <check>\\n": the
+                                 committed generation (the commit point), bound to that exact
+                                 manifest; <check> (16 hex of sha256 of the rest) detects damage
       LOCK                       empty; flock'ed by a writer so two writers never interleave
       gen-00000041/              the previous good generation, kept until the next commit
       gen-00000042/
@@ -57,7 +58,7 @@ MANIFEST_FILE = "MANIFEST.json"
 CURRENT_FILE = "CURRENT"
 LOCK_FILE = "LOCK"
 _GEN_RE = re.compile(r"gen-(\d{8})")
-_CURRENT_RE = re.compile(r"(gen-\d{8}) ([0-9a-f]{64})\n")
+_CURRENT_RE = re.compile(r"((gen-\d{8}) ([0-9a-f]{64})) ([0-9a-f]{16})\n")
 _TMP_PREFIX = ".tmp-gen-"
 _TRASH_PREFIX = ".del-gen-"
 _MAX_MANIFEST_BYTES = 1 << 20
@@ -120,6 +121,16 @@ def _gen_name(generation: int) -> str:
     return f"gen-{generation:08d}"
 
 
+def _pointer_check(body: str) -> str:
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def pointer_line(generation: int, manifest_sha256: str) -> bytes:
+    """The content of ``CURRENT`` committing ``generation`` whose manifest has ``manifest_sha256``."""
+    body = f"{_gen_name(generation)} {manifest_sha256}"
+    return f"{body} {_pointer_check(body)}\n".encode()
+
+
 def _canonical(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
@@ -166,9 +177,9 @@ class StateStore:
         except (OSError, UnicodeDecodeError):
             return None
         match = _CURRENT_RE.fullmatch(text)
-        if not match:
+        if not match or _pointer_check(match.group(1)) != match.group(4):
             return None
-        return int(_GEN_RE.fullmatch(match.group(1)).group(1)), match.group(2)  # type: ignore[union-attr]
+        return int(match.group(2)[len("gen-") :]), match.group(3)
 
     def exists(self) -> bool:
         """True when the directory holds a state (a ``CURRENT`` pointer or any generation)."""
@@ -267,7 +278,7 @@ class StateStore:
             shutil.rmtree(final, ignore_errors=True)
             raise self._write_error(exc) from None
         try:
-            replace_file(self.directory / CURRENT_FILE, f"{_gen_name(generation)} {manifest_sha}\n".encode())
+            replace_file(self.directory / CURRENT_FILE, pointer_line(generation, manifest_sha))
         except OSError as exc:
             if self.current_generation() == generation:  # renamed in place; only the final fsync failed
                 warnings.warn(f"{self.directory}: committed {_gen_name(generation)} but could not fsync it ({exc})")
