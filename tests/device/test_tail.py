@@ -263,7 +263,7 @@ def test_weights_stay_on_grid_and_in_range() -> None:
     for k, q in tt.conv_qtensors().items():
         assert q.codes.dtype == np.uint8 and q.bits == 8
         v = q.dequantize()
-        assert v.min() >= ranges[k][0] and v.max() <= ranges[k][1]  # clipped to the previous range
+        assert v.min() >= ranges[k][0] - 1e-6 and v.max() <= ranges[k][1] + 1e-6  # clipped (ulp: re-quantization)
     assert tt._head.codes.dtype == np.uint16
 
 

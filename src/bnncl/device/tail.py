@@ -21,7 +21,7 @@ Quantization (DESIGN.md §1.5; ``Q_n`` = :func:`bnncl.device.quantize.quantize` 
   quantization point (features, block outputs), the gradient at each conv output (``dy``, the operand
   of the weight gradient), every parameter gradient (the update is ``lr`` times it);
 * storage: conv latent weights at ``q_w`` bits (codes + min/max), after each update clipped to the
-  range the tensor had before the update and re-quantized; the head at ``q_b`` bits (its update
+  range the tensor had before the update and re-quantized (at ``q_w = 32`` plain float32, no clipping); the head at ``q_b`` bits (its update
   precision; not clipped, so rows zeroed by CWR* can grow). Saved for the backward pass: the packed
   ±1 block inputs, 1-bit masks of the sign STE (``|x + b| <= 1``) and of RPReLU (``z - shift_in > 0``),
   and the features at ``q_f``.
@@ -362,7 +362,9 @@ class TailTrainer:
         for blk, g in zip(self._blocks, grads):
             step = self._momentum_step(blk, "velocity", g)
             w = blk.w_values
-            new = np.clip(w - lr32 * step, w.min(), w.max())
+            new = w - lr32 * step
+            if self.qw != FLOAT_BITS:  # stored at q_w: keep the range the codes had (DESIGN.md §1.5)
+                new = np.clip(new, w.min(), w.max())
             blk.weight = quantize(new, self.qw)
             blk.refresh()
         step = self._momentum_step(self, "_head_velocity", g_head)

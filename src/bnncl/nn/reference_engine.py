@@ -10,7 +10,7 @@ The tail (last K blocks + GAP + head) is the backbone's own modules, run in eval
   :class:`GradQuantize` (identity forward, quantizes the incoming gradient) sits at every forward
   quantization point and at each conv output; parameter gradients are quantized before the update;
 * storage: conv latent weights re-quantized at ``qw`` after each update (clipped to the range they had
-  before it), the head at ``qb`` (not clipped).
+  before it; no clipping at ``qw = 32``), the head at ``qb`` (not clipped).
 
 Trainable: the tail's conv latent weights and the head; bias before sign, batch norm (running
 statistics, eval mode) and RPReLU stay frozen, as on the device. Plain SGD (optional momentum).
@@ -174,7 +174,9 @@ class TorchEngine:
         with torch.no_grad():
             for i, (w, g) in enumerate(zip(self._weights, grads)):
                 step = self._step(i, torch.from_numpy(g))
-                new = torch.clamp(w - lr * step, w.min(), w.max())
+                new = w - lr * step
+                if self.qw < 32:
+                    new = torch.clamp(new, w.min(), w.max())
                 w.copy_(uniform_quantize(new, self.qw))
             step = self._step(len(self._weights), torch.from_numpy(g_head))
             self._head.copy_(uniform_quantize(self._head - lr * step, self.qb))
