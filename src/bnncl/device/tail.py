@@ -27,7 +27,8 @@ Quantization (DESIGN.md §1.5; ``Q_n`` = :func:`bnncl.device.quantize.quantize` 
   and the features at ``q_f``.
 
 Backward of a binary conv (STE): the weight gradient ``G = sum_p xb * dy`` uses additions and
-subtractions only (:func:`bnncl.device.tail_layers.pm1_weight_grad`, integer sums of ±``q_b`` codes);
+subtractions only (:func:`bnncl.device.tail_layers.pm1_weight_grad`: a GEMM with a ±1 operand, or
+optionally exact integer sums of the ±``q_b`` codes);
 the latent weight receives ``mean|W| * G + (sum_k sign(W) G) / n * sgn(W)`` (identity STE through sign,
 plus the gradient of the ``mean|W|`` scale, as torch autograd gives for ``bnncl.nn.layers``); the input
 gradient goes through sign by the clipped STE. Plain SGD, optional momentum (off by default).
@@ -166,11 +167,13 @@ class TailTrainer:
     ``split``: ``config.split_for_tail(K)``. ``qf``/``qb``/``qw``: bit widths (32 = float32).
     ``num_classes``: head capacity when larger than the pretrained head (new rows start at zero);
     ``head_classes``: the row of the larger head that each pretrained row goes to (default 0, 1, ...).
+    ``exact_weight_grad``: sum the ``q_b`` codes of ``dy`` as integers (exact, twice the GEMM work)
+    instead of the float32 signed accumulation (:func:`bnncl.device.tail_layers.pm1_weight_grad`).
     """
 
     def __init__(self, architecture: Any, params: Mapping[str, np.ndarray], split: str, *, qf: int = 8,
                  qb: int = 16, qw: int = 8, momentum: float = 0.0, threads: int = 1,
-                 num_classes: int | None = None, head_classes: Any = None) -> None:
+                 num_classes: int | None = None, head_classes: Any = None, exact_weight_grad: bool = False) -> None:
         arch = architecture_dict(architecture)
         if arch["binary"] is not True:
             raise ValueError("architecture: the device tail trains binary backbones only (binary=True)")
@@ -183,6 +186,7 @@ class TailTrainer:
             raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)
         self.threads = int(threads)
+        self.exact_weight_grad = bool(exact_weight_grad)
         n = len(arch["blocks"])
         self.latent_shape = split_latent_shape(arch, split)
         self.split = split
@@ -332,8 +336,11 @@ class TailTrainer:
         p = dy.shape[0] * dy.shape[1] * dy.shape[2]
         xb = unpack_signs(xb_packed, blk.cin, np.int8)
         cols = im2col_pm1(xb, 3, blk.stride, 1)  # (P, 9*I) ±1
-        dy_flat = QTensor(dy_q.codes.reshape(p, blk.cout), dy_q.lo, dy_q.hi, dy_q.bits)
-        g = pm1_weight_grad(cols, dy_flat).T  # (O, 9*I): sum_p xb * dy
+        if self.exact_weight_grad:
+            dy_flat: QTensor | np.ndarray = QTensor(dy_q.codes.reshape(p, blk.cout), dy_q.lo, dy_q.hi, dy_q.bits)
+        else:
+            dy_flat = dy.reshape(p, blk.cout)
+        g = pm1_weight_grad(cols, dy_flat, exact=self.exact_weight_grad).T  # (O, 9*I): sum_p xb * dy
         sw = np.where(blk.w_values < 0, np.float32(-1.0), np.float32(1.0)).reshape(blk.cout, -1)
         k = sw.shape[1]
         dscale = (sw * g).sum(axis=1, dtype=np.float32)

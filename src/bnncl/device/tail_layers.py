@@ -3,10 +3,9 @@
 * :func:`im2col_pm1` / :func:`col2im`: the 3x3 patch matrix of a ±1 map (int8, +1 padding) and its
   scatter-add adjoint;
 * :func:`pm1_weight_grad`: the weight gradient of a binary conv, ``G[o, k] = sum_p x[p, k] * dy[p, o]``
-  with ``x`` in {-1, +1}: additions and subtractions only. With ``dy`` stored at ``q_b`` bits
-  (``dy = min + code / s``) it is ``G = min * sum_p x[p, k] + (sum_p x[p, k] * code[p, o]) / s``: the
-  sums are exact integer sums of ±codes (a float32 GEMM used as an exact integer adder: every product
-  is ±1 times an integer and row chunks keep every partial sum below 2^24), then one float scaling;
+  with ``x`` in {-1, +1}: additions and subtractions only (a float32 GEMM whose one operand is ±1, so
+  every multiply-add is exactly an addition or a subtraction of a ``dy`` value; optionally exact
+  integer sums of the ``q_b`` codes);
 * shortcut (2x2 average pooling, channel repetition) and their adjoints; bit masks packed with
   :func:`numpy.packbits` (1 bit per element) for what the backward pass needs.
 """
@@ -49,30 +48,37 @@ def col2im(cols: np.ndarray, shape: tuple[int, int, int, int], k: int, stride: i
     return out[:, pad : pad + h, pad : pad + w]
 
 
-def pm1_weight_grad(cols: np.ndarray, dy: QTensor | np.ndarray) -> np.ndarray:
+def pm1_weight_grad(cols: np.ndarray, dy: QTensor | np.ndarray, exact: bool = False) -> np.ndarray:
     """``G = cols.T @ dy`` (K, O) for ±1 ``cols`` (P, K) int8, by additions/subtractions only.
 
-    ``dy`` (P, O) is a :class:`QTensor` at <= 24 bits (exact integer path, module docstring) or float32
-    values (``q_b = 32``: a float32 GEMM whose one operand is ±1, i.e. signed accumulation). Returns
-    float32 (K, O).
+    Default: one float32 GEMM of the ±1 patch matrix with the ``dy`` values. A product with ±1 is
+    exact, so each multiply-add is exactly the float addition or subtraction of a ``dy`` value: the
+    GEMM is a signed accumulation in the BLAS's summation order, rounded as float32 sums are.
+
+    ``exact=True`` (``dy`` a :class:`QTensor` at <= 24 bits): integer sums of ±codes, no rounding. The
+    codes are split into base-256 digits placed side by side, one float32 GEMM ``cols.T @ [d0 | d1..]``
+    sums ±digits (every partial sum an integer below ``255 * rows < 2^24``, rows chunked at 65,793,
+    hence exact), digit sums are recombined in int64 and ``G = min * colsum + sum / s`` in float64.
+    Twice the GEMM work at 16 bits; used to check the default path.
     """
-    if isinstance(dy, QTensor) and dy.bits == FLOAT_BITS:
-        dy = dy.codes
-    if not isinstance(dy, QTensor):
-        return cols.T.astype(np.float32) @ np.asarray(dy, dtype=np.float32)
-    p = cols.shape[0]
-    if dy.constant:  # every dy = lo
-        return (np.float64(dy.lo) * cols.sum(axis=0, dtype=np.int64)[:, None]).astype(np.float32).repeat(
-            dy.shape[1], axis=1)
-    max_code = (1 << dy.bits) - 1
-    chunk = max(1, (_F32_EXACT - 1) // max_code)
-    codes = dy.codes.astype(np.float32)
-    xt = cols.T.astype(np.float32)
-    acc = np.zeros((cols.shape[1], dy.shape[1]), dtype=np.int64)
-    for r in range(0, p, chunk):
-        acc += (xt[:, r : r + chunk] @ codes[r : r + chunk]).astype(np.int64)  # exact: |partial| < 2^24
+    x = np.ascontiguousarray(cols, dtype=np.float32)
+    q = dy if isinstance(dy, QTensor) else None
+    if q is None or q.bits == FLOAT_BITS or not exact:
+        values = q.dequantize() if q is not None else np.asarray(dy, dtype=np.float32)
+        return x.T @ values
+    o = q.shape[1]
     colsum = cols.sum(axis=0, dtype=np.int64)
-    g = np.float64(dy.lo) * colsum[:, None] + acc / np.float64(dy.scale)
+    if q.constant:  # every dy = lo
+        return np.repeat((np.float64(q.lo) * colsum)[:, None], o, axis=1).astype(np.float32)
+    n_digits = (q.bits + 7) // 8
+    codes = q.codes.astype(np.int64)
+    digits = np.concatenate([(codes >> (8 * d)) & 255 for d in range(n_digits)], axis=1).astype(np.float32)
+    acc = np.zeros((cols.shape[1], n_digits * o), dtype=np.int64)
+    chunk = (_F32_EXACT - 1) // 255
+    for r in range(0, cols.shape[0], chunk):
+        acc += (x[r : r + chunk].T @ digits[r : r + chunk]).astype(np.int64)  # exact integers
+    total = sum(acc[:, d * o : (d + 1) * o] << (8 * d) for d in range(n_digits))
+    g = np.float64(q.lo) * colsum[:, None] + total / np.float64(q.scale)
     return g.astype(np.float32)
 
 
