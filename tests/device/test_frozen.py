@@ -129,3 +129,10 @@ def test_fused_epilogue_equals_its_numpy_oracle(path, stride, repeat, binary_src
     assert block_epilogue(y, act) is None
     with pytest.raises(ValueError, match="src"):
         block_epilogue(y, act, src=src[:, :1], stride=stride)
+
+
+def test_stem_im2col_equals_its_numpy_oracle(path):
+    from bnncl.device.kernels.im2col import im2col3x3_u8, reference_im2col3x3
+
+    x = np.random.default_rng(5).integers(0, 256, (3, 5, 6, 3), dtype=np.uint8)
+    assert np.array_equal(im2col3x3_u8(x, threads=2), reference_im2col3x3(x))

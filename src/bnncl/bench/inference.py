@@ -69,13 +69,21 @@ raise SystemExit(worker_main(sys.argv[1:]))
 
 
 def _engine_breakdown(engine: Any, images: np.ndarray, rounds: int, min_time: float) -> dict[str, float]:
-    """Seconds per image of each stage (stem, block i, head) on one batch."""
+    """Seconds per image of each stage of the fused pipeline: stem (+ pack), and per block the binary
+    conv (``block{i}.conv``, :func:`kernels.binary_conv2d` incl. its weight re-packing) and the rest
+    (``block{i}.epilogue``: fused shortcut + RPReLU + sign-pack, and the Python call overhead)."""
+    from bnncl.device import kernels
+
     b = len(images)
-    out = {"stem": best_time(lambda: engine.stem(images), rounds, min_time) / b}
-    x = engine.stem(images)
-    for i in range(len(engine.blocks)):
-        out[f"block{i}"] = best_time(lambda: engine.block(i, x), rounds, min_time) / b
-        x = engine.block(i, x)
+    out = {"stem": best_time(lambda: engine.run_stem(images), rounds, min_time) / b}
+    x, bits = engine.run_stem(images)
+    for i, blk in enumerate(engine.blocks):
+        total = best_time(lambda: engine.run_block(i, x, bits), rounds, min_time) / b
+        conv = best_time(lambda: kernels.binary_conv2d(bits, blk.weight, blk.in_channels, blk.stride, 1, blk.scale,
+                                                       blk.bias, engine.threads), rounds, min_time) / b
+        out[f"block{i}.conv"] = conv
+        out[f"block{i}.epilogue"] = max(total - conv, 0.0)
+        x, bits = engine.run_block(i, x, bits)
     out["gap+head"] = best_time(lambda: engine.head(x), rounds, min_time) / b
     return out
 
@@ -213,6 +221,55 @@ def run(threads_list: list[int], batches: list[int], rounds: int, min_time: floa
     return report
 
 
+def agreement(arch: str, model_path: str | None = None, paths: list[str] | None = None,
+              oracle_images: int = 1000, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Agreement of the frozen engine with the torch model on the real test set, per kernel path:
+    argmax-equal fraction of logits, fraction of equal ±1 latent elements at the LR split, max |logit|
+    difference, and test accuracy of both (on the pretrained classes).  The slow ``numpy`` oracle path
+    runs on the first ``oracle_images`` images only."""
+    import torch
+
+    from bnncl import data
+    from bnncl.device import kernels
+    from bnncl.device.frozen import FrozenEngine
+    from bnncl.nn.augment import to_input
+    from bnncl.nn.export import build_device_model, load_host_model
+
+    path = model_path or str(ASSETS / f"{ASSET_NAMES[arch]}.safetensors")
+    model, info = load_host_model(path)
+    test = data.load_fashion_mnist("test") if arch == "fmnist" else \
+        data.load_cifar10(data.default_cifar10_path(), "test")
+    dm = build_device_model(model, info)
+    images, labels = test.images, test.labels
+    classes = np.asarray(dm.pretrained_classes)
+    seen = np.isin(labels, classes)
+    torch.set_num_threads(2)
+    logits_t, lat_t = [], []
+    with torch.inference_mode():
+        for i in range(0, len(images), 500):
+            x = to_input(torch.from_numpy(images[i:i + 500]), model.config.mean, model.config.std)
+            logits_t.append(model(x).numpy())
+            lat_t.append(model.latent(x, dm.lr_split).permute(0, 2, 3, 1).numpy())
+    ref_logits, ref_lat = np.concatenate(logits_t), np.concatenate(lat_t)
+    acc = lambda lg: float((classes[lg.argmax(1)] == labels[:len(lg)])[seen[:len(lg)]].mean())  # noqa: E731
+    out: dict[str, Any] = {"model": path, "split": dm.lr_split, "images": len(images),
+                           "torch_accuracy_pretrained_classes": acc(ref_logits), "paths": {}}
+    for kp in paths or kernels.available_paths():
+        for stem in ("float32", "int8"):
+            if stem == "int8" and kp != kernels.available_paths()[0]:
+                continue
+            n = oracle_images if kp == "numpy" else len(images)
+            with kernels.kernel_path(kp):
+                eng = FrozenEngine(dm, threads=2, stem=stem)
+                lg, lat = eng.logits(images[:n]), eng.latents(images[:n])
+            row = {"images": n, "argmax_equal": float((lg.argmax(1) == ref_logits[:n].argmax(1)).mean()),
+                   "latent_elements_equal": float((lat == ref_lat[:n]).mean()),
+                   "max_abs_logit_diff": float(np.abs(lg - ref_logits[:n]).max()), "accuracy": acc(lg)}
+            out["paths"][kp if stem == "float32" else f"{kp} (int8 stem)"] = row
+            log(f"{arch} {kp} stem {stem}: {row}")
+    return out
+
+
 def _cpu() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -248,7 +305,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     ap.add_argument("--rounds", type=int, default=5, help="timing rounds, best kept (default 5)")
     ap.add_argument("--quick", action="store_true", help="short rounds (smoke run)")
+    ap.add_argument("--agreement", nargs="*", metavar="ARCH=MODEL", default=None,
+                    help="instead of timing: agreement with torch on the real test set, per kernel path "
+                         "(fmnist / cifar; default the shipped models, or ARCH=PATH of a host model)")
     args = ap.parse_args(argv)
+    if args.agreement is not None:
+        specs = args.agreement or list(ARCHS)
+        report = {}
+        for spec in specs:
+            arch, _, path = spec.partition("=")
+            if arch not in ARCHS:
+                ap.error(f"--agreement: expected fmnist or cifar (optionally =PATH), got {spec!r}")
+            report[arch] = agreement(arch, path or None)
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        return 0
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         threads = [int(t) for t in args.threads.split(",") if t.strip()]

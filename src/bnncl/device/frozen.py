@@ -28,6 +28,7 @@ from bnncl.device.bitpack import WORD_DTYPE, unpack_signs, words_for
 from bnncl.device.kernels import native
 from bnncl.device.kernels.checks import ConvShape
 from bnncl.device.kernels.epilogue import block_epilogue, native_epilogue
+from bnncl.device.kernels.im2col import im2col3x3_u8, reference_im2col3x3
 from bnncl.device.modelfile import DeviceModel, block_geometry, split_index
 
 DEFAULT_CHUNK = 256
@@ -60,13 +61,6 @@ def _vec(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def _im2col3x3(xp: np.ndarray) -> np.ndarray:
-    """(N, H+2, W+2, C) padded -> (N*H*W, C*9) patches, column order (c, ky, kx)."""
-    win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(1, 2))  # (N, H, W, C, 3, 3)
-    n, h, w, c = win.shape[:4]
-    return win.reshape(n * h * w, c * 9)
-
-
 class FrozenEngine:
     """Inference on a device model: logits, split activations and 1-bit latents.
 
@@ -94,10 +88,10 @@ class FrozenEngine:
             wq, scale = t["stem.weight"], t["stem.weight_scale"].astype(np.float64) * t["stem.scale"]
         else:
             wq, scale = t["stem.weight_float"], t["stem.scale"].astype(np.float64)
-        self._stem_w = np.ascontiguousarray(wq.transpose(0, 3, 1, 2).reshape(wq.shape[0], -1).T, dtype=np.float32)
+        self._stem_w = np.ascontiguousarray(wq.reshape(wq.shape[0], -1).T, dtype=np.float32)  # (9C, O)
         h, w, c = self.input_shape
         offset = np.broadcast_to(t["stem.input_offset"].astype(np.float64), (1, h, w, c))
-        corr = (_im2col3x3(np.pad(offset, ((0, 0), (1, 1), (1, 1), (0, 0)))) @ self._stem_w.astype(np.float64))
+        corr = reference_im2col3x3(offset, np.float64) @ self._stem_w.astype(np.float64)
         corr = corr.reshape(h, w, -1)
         self._stem_scale = scale.astype(np.float32)
         self._stem_bias = (t["stem.bias"].astype(np.float64) - corr * scale).astype(np.float32)
@@ -118,9 +112,7 @@ class FrozenEngine:
         """Stem on uint8 (N, H, W, C): float32 (N, H, W, stem_channels) and, with ``pack``, the packed
         signs of ``x + b`` for block 0."""
         n, h, w, _ = images.shape
-        xp = np.zeros((n, h + 2, w + 2, images.shape[3]), np.float32)
-        xp[:, 1:-1, 1:-1] = images
-        acc = (_im2col3x3(xp) @ self._stem_w).reshape(n, h, w, -1)
+        acc = (im2col3x3_u8(images, self.threads) @ self._stem_w).reshape(n, h, w, -1)
         bits = block_epilogue(acc, self._stem_act, mul=self._stem_scale, addmap=self._stem_bias,
                               next_bias=self._next_bias(0, pack), threads=self.threads)
         return acc, bits
