@@ -144,3 +144,16 @@ def test_uniform_quantizer_round_trip():
     z = np.zeros((3, 3), np.float32)
     c0, r0 = quantize_uniform(z)
     assert np.array_equal(dequantize_uniform(c0, r0), z)
+
+
+def test_info_lists_layers_bits_and_memory(bnn, capsys):
+    from bnncl.device.info import describe, main
+
+    assert main([str(bnn)]) == 0
+    out = capsys.readouterr().out
+    assert "blocks.3" in out and "memory by component" in out and "head float32" in out
+    d = describe(DeviceModel.load(bnn))
+    assert d["total_bytes"] == sum(t.nbytes for t in DeviceModel.load(bnn).tensors.values())
+    assert d["memory_bytes"]["head float32"] == 3 * 32 * 4
+    assert main([str(bnn), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["lr_split"] == "block2"
