@@ -21,8 +21,8 @@ Quantization (DESIGN.md §1.5; ``Q_n`` = :func:`bnncl.device.quantize.quantize` 
   quantization point (features, block outputs), the gradient at each conv output (``dy``, the operand
   of the weight gradient), every parameter gradient (the update is ``lr`` times it);
 * storage: conv latent weights at ``q_w`` bits (codes + min/max), after each update clipped to the
-  range the tensor had before the update and re-quantized (at ``q_w = 32`` plain float32, no clipping); the head at ``q_b`` bits (its update
-  precision; not clipped, so rows zeroed by CWR* can grow). Saved for the backward pass: the packed
+  range the tensor had before the update and re-quantized (at ``q_w = 32``: float32, no clipping);
+  the head at ``q_b`` bits (its update precision; not clipped, so rows zeroed by CWR* can grow). Saved for the backward pass: the packed
   ±1 block inputs, 1-bit masks of the sign STE (``|x + b| <= 1``) and of RPReLU (``z - shift_in > 0``),
   and the features at ``q_f``.
 
