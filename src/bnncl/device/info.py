@@ -74,3 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     d = describe(DeviceModel.load(args.model))
     print(json.dumps(d, indent=2) if args.json else format_info(d))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -197,3 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["build_device_model", "export_model", "load_host_model", "main"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
