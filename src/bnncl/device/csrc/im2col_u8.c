@@ -16,16 +16,25 @@ void bnncl_im2col3x3_u8(const uint8_t *x, int64_t n, int64_t h, int64_t w, int64
         const int64_t b = line / h, y = line % h;
         for (int64_t xx = 0; xx < w; ++xx) {
             float *restrict dst = cols + (line * w + xx) * k;
-            for (int64_t ky = 0; ky < 3; ++ky) {
+            const int interior_x = xx >= 1 && xx + 1 < w;
+            for (int64_t ky = 0; ky < 3; ++ky, dst += 3 * c) {
                 const int64_t iy = y + ky - 1;
-                for (int64_t kx = 0; kx < 3; ++kx, dst += c) {
-                    const int64_t ix = xx + kx - 1;
-                    if (iy < 0 || iy >= h || ix < 0 || ix >= w) {
-                        memset(dst, 0, (size_t)c * sizeof(float));
-                        continue;
+                if (iy < 0 || iy >= h) {
+                    memset(dst, 0, (size_t)(3 * c) * sizeof(float));
+                } else if (interior_x) { /* the 3 taps of a kernel row: one run of 3c bytes */
+                    const uint8_t *restrict src = x + ((b * h + iy) * w + xx - 1) * c;
+                    for (int64_t i = 0; i < 3 * c; ++i) dst[i] = (float)src[i];
+                } else {
+                    for (int64_t kx = 0; kx < 3; ++kx) {
+                        const int64_t ix = xx + kx - 1;
+                        float *restrict d = dst + kx * c;
+                        if (ix < 0 || ix >= w) {
+                            memset(d, 0, (size_t)c * sizeof(float));
+                        } else {
+                            const uint8_t *restrict src = x + ((b * h + iy) * w + ix) * c;
+                            for (int64_t ci = 0; ci < c; ++ci) d[ci] = (float)src[ci];
+                        }
                     }
-                    const uint8_t *restrict src = x + ((b * h + iy) * w + ix) * c;
-                    for (int64_t ci = 0; ci < c; ++ci) dst[ci] = (float)src[ci];
                 }
             }
         }
