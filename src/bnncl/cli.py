@@ -68,7 +68,7 @@ def _run_one(cfg, label: str, quiet: bool = False) -> dict:
             for old in bars.values():
                 old.close()
             bar = bars[p.experience] = tqdm(total=None, desc=f"experience {p.experience}", leave=False,
-                                            disable=quiet, unit="batch")
+                                            disable=True if quiet else None, unit="batch")  # None: off when not a TTY
         bar.update(1)
         bar.set_postfix(epoch=p.epoch + 1, loss=f"{p.loss:.3f}")
 
@@ -119,9 +119,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "kernels":
         from bnncl.bench.kernels import main as bench_main
+    elif args.what == "inference":
+        from bnncl.bench.inference import main as bench_main
     else:
-        raise BnnclError(f"unknown benchmark {args.what!r}; expected one of: kernels")
+        raise BnnclError(f"unknown benchmark {args.what!r}; expected one of: kernels, inference")
     return int(bench_main(args.rest) or 0)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from bnncl.nn.export import main as export_main
+
+    return int(export_main(args.rest) or 0)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from bnncl.device.info import main as info_main
+
+    return int(info_main(args.rest) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,7 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/latest", help="output folder (results.json, accuracy.png)")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("bench", help="benchmarks: kernels")
+    p = sub.add_parser("export", help="turn a host model into the device format (.bnn)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("info", help="layers, bit widths and memory of a device model file", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("bench", help="benchmarks: kernels | inference")
     p.add_argument("what")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_bench)

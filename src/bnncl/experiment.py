@@ -69,15 +69,47 @@ class RunConfig:
 EngineBuilder = Callable[[RunConfig, ProtocolSpec, int], Engine]
 
 
+def _model_file(cfg: RunConfig, spec: ProtocolSpec, suffix: str) -> Path:
+    from bnncl.assets import model_path
+
+    if cfg.model:
+        path = Path(cfg.model)
+        if not path.is_file():
+            raise BnnclError(f"--model {cfg.model}: no such file")
+        return path
+    return model_path(spec.model + ("-fp32" if cfg.float_network else ""), suffix)
+
+
 def build_engine(cfg: RunConfig, spec: ProtocolSpec, num_classes: int) -> Engine:
-    """The engine for ``cfg``: the device engine (NumPy + C) or the torch reference."""
+    """The engine for ``cfg``: the device engine (NumPy + C, from the ``.bnn`` file) or the torch
+    reference (from the host ``.safetensors`` model); the head grows to ``num_classes`` rows with the
+    pretrained rows at their dataset classes."""
     if cfg.engine == "device":
         from bnncl.device.engine import DeviceEngine
 
-        return DeviceEngine.from_shipped(cfg, spec, num_classes)  # type: ignore[attr-defined]
+        return DeviceEngine.from_model_file(_model_file(cfg, spec, ".bnn"), cfg.tail_blocks, qf=cfg.qf, qb=cfg.qb,
+                                            qw=cfg.qw, threads=cfg.threads, num_classes=num_classes)
+    import torch
+
+    from bnncl.nn.checkpoint import load_model
     from bnncl.nn.reference_engine import TorchEngine
 
-    return TorchEngine.from_shipped(cfg, spec, num_classes)  # type: ignore[attr-defined]
+    torch.set_num_threads(cfg.threads)
+    model, info = load_model(_model_file(cfg, spec, ".safetensors"))
+    return TorchEngine(model, cfg.tail_blocks, qf=cfg.qf, qb=cfg.qb, qw=cfg.qw, num_classes=num_classes,
+                       head_classes=info.get("classes"))
+
+
+def _check_latent_bits(cfg: RunConfig, engine: Engine) -> None:
+    split = getattr(engine, "split", None)
+    binary = getattr(engine, "binary_split", None)
+    if binary is None and hasattr(engine, "tail"):
+        binary = getattr(engine.tail, "binary_split", None)
+    if cfg.lr_bits == 1 and binary is False:
+        raise BnnclError(
+            f"--lr-bits 1 needs a binary latent-replay layer, but the split {split!r} for --tail-blocks "
+            f"{cfg.tail_blocks} is real-valued; use the model's binary split or --lr-bits 8/32"
+        )
 
 
 def _machine() -> dict[str, Any]:
@@ -105,6 +137,7 @@ def run_protocol(
     train, test = spec.load()
     num_classes = len(train.class_names)
     engine = engine_builder(cfg, spec, num_classes)
+    _check_latent_bits(cfg, engine)
     stream = spec.build_stream(train.labels, cfg.seed)
     buffer = None
     if cfg.strategy in ("cwr_star", "cwr"):
