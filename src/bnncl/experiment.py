@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from bnncl.atomic import replace_file
 from bnncl.cl.engine import Engine
 from bnncl.cl.learner import BatchProgress, ContinualLearner, LearnerConfig
 from bnncl.cl.metrics import ExperienceResult
@@ -167,9 +168,7 @@ def write_results(result: dict[str, Any], out_dir: str | os.PathLike) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.json"
-    tmp = out_dir / ".results.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, path)
+    replace_file(path, json.dumps(result, indent=2).encode())
     return path
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnncl.cl import atomic
+from bnncl import atomic
 from bnncl.cl.learner import ContinualLearner, LearnerConfig
 from bnncl.cl.linear_engine import NumpyLinearEngine
 from bnncl.cl.replay import LatentReplayBuffer

@@ -47,7 +47,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import safetensors.numpy
 
-from bnncl.cl.atomic import fsync_dir, replace_file, write_new_file
+from bnncl.atomic import fsync_dir, replace_file, write_new_file
 from bnncl.errors import BnnclError
 
 FORMAT = "bnncl-cl-state"

@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from safetensors import safe_open
 
+from bnncl.atomic import replace_file
 from bnncl.errors import ModelFileError
 from bnncl.nn.backbones import Backbone, BackboneConfig
 
@@ -23,19 +24,8 @@ def atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path
     """Write a safetensors file via a temp file, fsync and rename: never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    replace_file(path, data)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

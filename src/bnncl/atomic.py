@@ -1,4 +1,4 @@
-"""Durable file primitives for the on-device state: write + fsync, atomic replace, directory fsync.
+"""Durable file primitives (one place for all of bnncl): write + fsync, atomic replace, directory fsync.
 
 Every byte the state store writes goes through :func:`write_all`, so a test can make it fail
 (e.g. raise ``OSError(ENOSPC)``) to simulate a full disk at any write.
