@@ -136,3 +136,18 @@ def test_stem_im2col_equals_its_numpy_oracle(path):
 
     x = np.random.default_rng(5).integers(0, 256, (3, 5, 6, 3), dtype=np.uint8)
     assert np.array_equal(im2col3x3_u8(x, threads=2), reference_im2col3x3(x))
+
+
+def test_prepacked_conv_equals_binary_conv2d(path):
+    from bnncl.device import kernels
+    from bnncl.device.kernels.prepacked import PackedBinaryConv
+
+    rng = np.random.default_rng(9)
+    for cin, o, stride, b in [(70, 33, 1, 1), (64, 40, 2, 3), (3, 5, 1, 2)]:
+        w = pack_signs(rng.normal(size=(o, 3, 3, cin)))
+        x = pack_signs(rng.normal(size=(b, 6, 8, cin)))
+        scale, bias = rng.normal(size=o).astype(np.float32), rng.normal(size=o).astype(np.float32)
+        conv = PackedBinaryConv(w, cin, stride, 1, scale, bias)
+        assert np.array_equal(conv(x, threads=2), kernels.binary_conv2d(x, w, cin, stride, 1, scale, bias))
+    with pytest.raises(ValueError, match="x_packed"):
+        conv(x[..., :0])

@@ -27,10 +27,9 @@ import numpy as np
 
 from bnncl.device import kernels
 from bnncl.device.bitpack import WORD_DTYPE, unpack_signs, words_for
-from bnncl.device.kernels import native
-from bnncl.device.kernels.checks import ConvShape
 from bnncl.device.kernels.epilogue import block_epilogue, native_epilogue
 from bnncl.device.kernels.im2col import im2col3x3_u8, reference_im2col3x3
+from bnncl.device.kernels.prepacked import PackedBinaryConv
 from bnncl.device.modelfile import DeviceModel, block_geometry, split_index
 
 DEFAULT_CHUNK = 256
@@ -71,6 +70,7 @@ class _Block:
     in_channels: int
     stride: int
     binary_input: bool
+    conv: PackedBinaryConv
 
     @property
     def ptrs(self) -> dict[str, int | None]:
@@ -133,7 +133,9 @@ class FrozenEngine:
                 input_bias=_vec(t[p + "input_bias"]),
                 act=(_vec(t[p + "act.shift_in"]), _vec(t[p + "act.slope"]), _vec(t[p + "act.shift_out"])),
                 in_channels=g["in_channels"], stride=g["stride"],
-                binary_input=f"block{i}" in self.arch["binary_latents"]))
+                binary_input=f"block{i}" in self.arch["binary_latents"],
+                conv=PackedBinaryConv(t[p + "weight"], g["in_channels"], g["stride"], 1, t[p + "scale"],
+                                      t[p + "bias"])))
         self._head_t = np.ascontiguousarray(t["head.weight"].T)
 
     # -- stages (one chunk, no input checks) ------------------------------------------------
@@ -160,10 +162,9 @@ class FrozenEngine:
                                  src_bias=b.input_bias if b.binary_input else None, next_bias=nb,
                                  threads=self.threads)
             return y, nxt
-        # fast path (batch 1 is call-overhead bound): arguments validated once, raw pointers
-        n, h, w, words = bits.shape
-        shape = ConvShape(n, h, w, words, b.weight.shape[0], 3, 3, b.in_channels, b.stride, 1)
-        y = native.binary_conv2d(bits, b.weight, shape, b.scale, b.bias, self.threads, path)
+        # fast path (batch 1 is call-overhead bound): pre-packed weights, raw pointers
+        n, h, w, _ = bits.shape
+        y = b.conv(bits, self.threads)
         _, ho, wo, o = y.shape
         nxt = None if nb is None else np.empty((n, ho, wo, words_for(o)), WORD_DTYPE)
         epi(y.ctypes.data, n, ho, wo, o, None, None, x.ctypes.data, h, w, b.in_channels, b.stride,

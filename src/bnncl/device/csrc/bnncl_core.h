@@ -71,6 +71,12 @@ int bnncl_conv2d(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int64_
                  const uint64_t *wt, int64_t o, int64_t kh, int64_t kw, int64_t cin, int64_t stride,
                  int64_t pad, int mode, const float *scale, const float *bias, const float *thr,
                  const uint8_t *flip, void *out, int threads, int path);
+void *bnncl_weights_prepack(const uint64_t *wt, int64_t o, int64_t kh, int64_t kw, int64_t cin);
+void bnncl_weights_free(void *panels);
+int bnncl_conv2d_prepacked(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int64_t wc,
+                           const void *panels, int64_t o, int64_t kh, int64_t kw, int64_t cin, int64_t stride,
+                           int64_t pad, int mode, const float *scale, const float *bias, const float *thr,
+                           const uint8_t *flip, void *out, int threads, int path);
 int64_t bnncl_popcnt_probe(int64_t iters, int *bits);
 int64_t bnncl_clock_probe(int64_t iters);
 void bnncl_pack_signs_f32(const float *x, int64_t rows, int64_t c, uint64_t *out, int threads);

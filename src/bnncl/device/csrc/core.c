@@ -190,12 +190,24 @@ static void bits_thresholds(const float *thr, const uint8_t *flip, int64_t o, in
     }
 }
 
-int bnncl_conv2d(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int64_t wc,
-                 const uint64_t *wt, int64_t o, int64_t kh, int64_t kw, int64_t cin, int64_t stride,
-                 int64_t pad, int mode, const float *scale, const float *bias, const float *thr,
-                 const uint8_t *flip, void *out, int threads, int path) {
-    bnncl_panel_fn fn = panel_fn(path);
-    if (!fn) return 1;
+/* Weights -> compact bit-stream rows -> panels (done once by bnncl_weights_prepack, or per call). */
+static uint64_t *conv_panels(const uint64_t *wt, int64_t o, int64_t kh, int64_t kw, int64_t cin,
+                             int64_t *np) {
+    int64_t wc = (cin + 63) / 64, kk = (kh * kw * cin + 63) / 64;
+    uint64_t *wrows = (uint64_t *)calloc((size_t)(o * kk), 8);
+    if (!wrows) return NULL;
+    for (int64_t c = 0; c < o; ++c)
+        for (int64_t t = 0; t < kh * kw; ++t)
+            put_bits(wrows + c * kk, t * cin, wt + (c * kh * kw + t) * wc, cin);
+    uint64_t *panels = make_panels(wrows, o, kk, np);
+    free(wrows);
+    return panels;
+}
+
+static int conv_run(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int64_t wc,
+                    const uint64_t *panels, int64_t o, int64_t kh, int64_t kw, int64_t cin, int64_t stride,
+                    int64_t pad, int mode, const float *scale, const float *bias, const float *thr,
+                    const uint8_t *flip, void *out, int threads, bnncl_panel_fn fn) {
     conv_geom g = {x, h, wd, wc, kh, kw, cin, stride, pad, 0, 0, 0, NULL, h + 2 * pad, wd + 2 * pad, cin / 32};
     g.ho = (h + 2 * pad - kh) / stride + 1;
     g.wo = (wd + 2 * pad - kw) / stride + 1;
@@ -204,25 +216,17 @@ int bnncl_conv2d(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int64_
     int64_t m = batch * g.ho * g.wo;
     if (m <= 0 || o <= 0) return 0;
 
-    /* weights -> compact bit-stream rows -> panels */
-    uint64_t *wrows = (uint64_t *)calloc((size_t)(o * g.kk), 8);
     int64_t np = (o + BNNCL_NB - 1) / BNNCL_NB, padded = np * BNNCL_NB;
     float *sc = (float *)calloc((size_t)padded * 2, sizeof(float));
     int32_t *st = (int32_t *)calloc((size_t)padded * 2, sizeof(int32_t));
-    uint64_t *panels = NULL;
     uint32_t *img = NULL;
     int rc = 2;
-    if (!wrows || !sc || !st) goto done;
+    if (!sc || !st) goto done;
     if (cin % 32 == 0) {
         img = padded_image(&g, batch);
         if (!img) goto done;
         g.img = img;
     }
-    for (int64_t c = 0; c < o; ++c)
-        for (int64_t t = 0; t < kh * kw; ++t)
-            put_bits(wrows + c * g.kk, t * cin, wt + (c * kh * kw + t) * wc, cin);
-    panels = make_panels(wrows, o, g.kk, &np);
-    if (!panels) goto done;
 
     bnncl_epi e = {mode, k, o, sc, sc + padded, st, st + padded, out, o};
     if (mode == BNNCL_OUT_FLOAT) {
@@ -261,11 +265,44 @@ int bnncl_conv2d(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int64_
     rc = failed ? 2 : 0;
 done:
     free(img);
-    free(wrows);
     free(sc);
     free(st);
+    return rc;
+}
+
+int bnncl_conv2d(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int64_t wc,
+                 const uint64_t *wt, int64_t o, int64_t kh, int64_t kw, int64_t cin, int64_t stride,
+                 int64_t pad, int mode, const float *scale, const float *bias, const float *thr,
+                 const uint8_t *flip, void *out, int threads, int path) {
+    bnncl_panel_fn fn = panel_fn(path);
+    if (!fn) return 1;
+    if (batch * ((h + 2 * pad - kh) / stride + 1) * ((wd + 2 * pad - kw) / stride + 1) <= 0 || o <= 0) return 0;
+    int64_t np;
+    uint64_t *panels = conv_panels(wt, o, kh, kw, cin, &np);
+    if (!panels) return 2;
+    int rc = conv_run(x, batch, h, wd, wc, panels, o, kh, kw, cin, stride, pad, mode, scale, bias, thr, flip,
+                      out, threads, fn);
     free(panels);
     return rc;
+}
+
+/* Pre-packed weights: the panels of bnncl_conv2d built once (free with bnncl_weights_free). */
+void *bnncl_weights_prepack(const uint64_t *wt, int64_t o, int64_t kh, int64_t kw, int64_t cin) {
+    int64_t np;
+    return conv_panels(wt, o, kh, kw, cin, &np);
+}
+
+void bnncl_weights_free(void *panels) { free(panels); }
+
+/* bnncl_conv2d with weights from bnncl_weights_prepack (same o, kh, kw, cin). */
+int bnncl_conv2d_prepacked(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int64_t wc,
+                           const void *panels, int64_t o, int64_t kh, int64_t kw, int64_t cin, int64_t stride,
+                           int64_t pad, int mode, const float *scale, const float *bias, const float *thr,
+                           const uint8_t *flip, void *out, int threads, int path) {
+    bnncl_panel_fn fn = panel_fn(path);
+    if (!fn) return 1;
+    return conv_run(x, batch, h, wd, wc, (const uint64_t *)panels, o, kh, kw, cin, stride, pad, mode, scale, bias,
+                    thr, flip, out, threads, fn);
 }
 
 /* Pack signs of a float32 (rows, c) array: bit set where x < 0 (NaN counts as +1). */

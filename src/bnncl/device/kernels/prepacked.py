@@ -1,0 +1,91 @@
+"""A binary convolution whose weights are packed into the C core's panels once.
+
+:func:`bnncl.device.kernels.binary_conv2d` rebuilds the weight panels on every call (about 10 us,
+most of a batch-1 call on small maps).  :class:`PackedBinaryConv` builds them once and then calls
+``bnncl_conv2d_prepacked``; on the ``numpy`` path (or without the C core) it calls
+:func:`binary_conv2d`.  Same output as :func:`binary_conv2d` on every path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import weakref
+from functools import lru_cache
+
+import numpy as np
+
+from bnncl.device import kernels
+from bnncl.device.bitpack import WORD_DTYPE
+from bnncl.device.kernels import checks, native
+from bnncl.device.kernels.dispatch import active_path
+
+
+@lru_cache(maxsize=1)
+def _lib() -> ctypes.CDLL | None:
+    lib = native.load()
+    if lib is None or not hasattr(lib, "bnncl_conv2d_prepacked"):
+        return None
+    p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.bnncl_weights_prepack.restype = p
+    lib.bnncl_weights_prepack.argtypes = [p, i64, i64, i64, i64]
+    lib.bnncl_weights_free.restype = None
+    lib.bnncl_weights_free.argtypes = [p]
+    lib.bnncl_conv2d_prepacked.restype = c_int
+    lib.bnncl_conv2d_prepacked.argtypes = [p, i64, i64, i64, i64, p, i64, i64, i64, i64, i64, i64, c_int,
+                                           p, p, p, p, p, c_int, c_int]
+    return lib
+
+
+class PackedBinaryConv:
+    """Binary conv (packed weights (O, KH, KW, words)) with the fused ``scale * dot + bias`` output,
+    float32 (B, Ho, Wo, O); arguments validated once, here."""
+
+    def __init__(self, w_packed: np.ndarray, in_channels: int, stride: int, padding: int,
+                 scale: np.ndarray, bias: np.ndarray) -> None:
+        w = checks.packed("w_packed", w_packed, 4)
+        probe = np.zeros((1, w.shape[1] + 2 * padding, w.shape[2] + 2 * padding, w.shape[3]), WORD_DTYPE)
+        _, w, shape = checks.conv_args(probe, w, in_channels, stride, padding)
+        self.w, self.in_channels, self.stride, self.padding = w, shape.in_channels, shape.stride, shape.padding
+        self.out_channels, self.kh, self.kw, self.words = shape.out_channels, shape.kh, shape.kw, shape.words
+        self.scale = checks.per_channel("scale", scale, self.out_channels, np.float32)
+        self.bias = checks.per_channel("bias", bias, self.out_channels, np.float32)
+        self._panels: int | None = None
+        lib = _lib()
+        if lib is not None:
+            handle = lib.bnncl_weights_prepack(w.ctypes.data, self.out_channels, self.kh, self.kw, self.in_channels)
+            if not handle:
+                raise MemoryError("PackedBinaryConv: out of memory packing the weight panels")
+            self._panels = handle
+            weakref.finalize(self, lib.bnncl_weights_free, handle)
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        """Output size for an ``h x w`` input."""
+        return ((h + 2 * self.padding - self.kh) // self.stride + 1,
+                (w + 2 * self.padding - self.kw) // self.stride + 1)
+
+    def __call__(self, x_packed: np.ndarray, threads: int = 1) -> np.ndarray:
+        """float32 (B, Ho, Wo, O) of ``scale[o] * dot + bias[o]`` for packed input (B, H, W, words)."""
+        path = active_path()
+        if self._panels is None or path == "numpy":
+            return kernels.binary_conv2d(x_packed, self.w, self.in_channels, self.stride, self.padding,
+                                         self.scale, self.bias, threads)
+        if not (isinstance(x_packed, np.ndarray) and x_packed.dtype == np.uint64 and x_packed.ndim == 4
+                and x_packed.shape[3] == self.words):
+            raise ValueError(f"x_packed: expected a uint64 array (B, H, W, {self.words})")
+        x = np.ascontiguousarray(x_packed)
+        b, h, w, _ = x.shape
+        ho, wo = self.out_hw(h, w)
+        if ho < 1 or wo < 1:
+            raise ValueError(f"x_packed: image {h}x{w} is smaller than the {self.kh}x{self.kw} kernel")
+        threads = checks.positive_int("threads", threads)
+        out = np.empty((b, ho, wo, self.out_channels), np.float32)
+        if out.size:
+            rc = _lib().bnncl_conv2d_prepacked(
+                x.ctypes.data, b, h, w, self.words, self._panels, self.out_channels, self.kh, self.kw,
+                self.in_channels, self.stride, self.padding, 1, self.scale.ctypes.data, self.bias.ctypes.data,
+                None, None, out.ctypes.data, threads, native.PATH_IDS[path])
+            if rc == 1:
+                raise RuntimeError("PackedBinaryConv: kernel path not supported by this CPU")
+            if rc != 0:
+                raise MemoryError("PackedBinaryConv: out of memory in the C core")
+        return out
