@@ -121,8 +121,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from bnncl.bench.kernels import main as bench_main
     elif args.what == "inference":
         from bnncl.bench.inference import main as bench_main
+    elif args.what == "sweeps":
+        from bnncl.bench.sweeps import main as bench_main
     else:
-        raise BnnclError(f"unknown benchmark {args.what!r}; expected one of: kernels, inference")
+        raise BnnclError(f"unknown benchmark {args.what!r}; expected one of: kernels, inference, sweeps")
     return int(bench_main(args.rest) or 0)
 
 
@@ -192,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("bench", help="benchmarks: kernels | inference")
+    p = sub.add_parser("bench", help="benchmarks: kernels | inference | sweeps")
     p.add_argument("what")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_bench)

@@ -1,0 +1,64 @@
+"""`bnncl run` end to end on the embedded default (short: 1 epoch per experience)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bnncl.cli import main
+from bnncl.experiment import RunConfig, run_protocol
+
+
+@pytest.fixture(scope="module")
+def device_result():
+    return run_protocol(RunConfig(epochs=1, seed=0))
+
+
+def test_device_run_results_fields(device_result):
+    r = device_result
+    assert r["protocol"] == "fmnist-b5" and r["engine"] == "device"
+    assert [e["classes"] for e in r["experiences"]] == [[0, 1, 2, 3, 4], [5], [6], [7], [8], [9]]
+    for e in r["experiences"]:
+        assert {"accuracy_all", "accuracy_seen", "train_seconds"} <= set(e)
+    assert set(r["memory_bytes"]) >= {"backbone", "tail", "head", "replay", "total"}
+    # 1-bit latents: 1500 patterns of 7x7x128 bits
+    assert r["memory_bytes"]["replay"] >= 1500 * 7 * 7 * 128 // 8
+    assert r["memory_bytes"]["replay"] < 1500 * 7 * 7 * 128 // 8 * 1.1
+    # the deployed model already knows the base classes; CWR* + replay keeps a good share of them
+    assert r["experiences"][0]["accuracy_seen"] > 0.90
+    assert r["final_accuracy"] > 0.55
+    assert r["experiences"][-1]["accuracy_all"] == r["final_accuracy"]
+
+
+def test_run_is_deterministic(device_result):
+    again = run_protocol(RunConfig(epochs=1, seed=0))
+    assert [e["accuracy_all"] for e in again["experiences"]] == [e["accuracy_all"] for e in device_result["experiences"]]
+
+
+def test_naive_forgets(device_result):
+    naive = run_protocol(RunConfig(epochs=1, strategy="naive"))
+    assert naive["final_accuracy"] < device_result["final_accuracy"] - 0.2
+
+
+def test_cli_writes_results_and_plot(tmp_path):
+    out = tmp_path / "out"
+    code = main(["run", "--epochs", "1", "--tail-blocks", "0", "--lr-bits", "8", "--quiet", "--out", str(out)])
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["tail_blocks"] == 0 and res["config"]["lr_bits"] == 8
+    assert (out / "accuracy.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lr-bits", "1", "--tail-blocks", "0"], "needs a binary latent-replay layer"),
+    (["--protocol", "nope"], "unknown protocol"),
+    (["--qf", "0"], "--qf must be in"),
+    (["--model", "/nonexistent.bnn"], "no such file"),
+])
+def test_cli_bad_arguments_give_one_line(args, message, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bnncl", "run", "--epochs", "1", "--quiet", "--out", str(tmp_path)] + args,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
