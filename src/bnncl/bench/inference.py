@@ -6,7 +6,8 @@ For each shipped architecture (the pretrained model in ``bnncl/assets/models`` w
 randomly initialised one: timing does not depend on the weights):
 
 * bnncl: :class:`bnncl.device.frozen.FrozenEngine` on uint8 images (normalisation folded), timed in
-  a subprocess that cannot import torch (``OPENBLAS_NUM_THREADS`` = threads), which also reports
+  a subprocess that cannot import torch (binary kernels and epilogues at ``threads``; NumPy's BLAS,
+  used only by the small stem GEMM, single-threaded: ``OPENBLAS_NUM_THREADS=1``), which also reports
   its peak RSS (``VmHWM``; see :func:`peak_rss_bytes`) and a per-layer time breakdown;
 * torch float32 twin (``cfg.float_twin()``, random init) and torch BNN (the fake-quantized
   ``Backbone``), eval mode, ``inference_mode``, channels_last, on normalised float input,
@@ -70,17 +71,14 @@ raise SystemExit(worker_main(sys.argv[1:]))
 
 def _engine_breakdown(engine: Any, images: np.ndarray, rounds: int, min_time: float) -> dict[str, float]:
     """Seconds per image of each stage of the fused pipeline: stem (+ pack), and per block the binary
-    conv (``block{i}.conv``, :func:`kernels.binary_conv2d` incl. its weight re-packing) and the rest
+    conv (``block{i}.conv``: the pre-packed binary conv with fused BN) and the rest
     (``block{i}.epilogue``: fused shortcut + RPReLU + sign-pack, and the Python call overhead)."""
-    from bnncl.device import kernels
-
     b = len(images)
     out = {"stem": best_time(lambda: engine.run_stem(images), rounds, min_time) / b}
     x, bits = engine.run_stem(images)
     for i, blk in enumerate(engine.blocks):
         total = best_time(lambda: engine.run_block(i, x, bits), rounds, min_time) / b
-        conv = best_time(lambda: kernels.binary_conv2d(bits, blk.weight, blk.in_channels, blk.stride, 1, blk.scale,
-                                                       blk.bias, engine.threads), rounds, min_time) / b
+        conv = best_time(lambda: blk.conv(bits, engine.threads), rounds, min_time) / b
         out[f"block{i}.conv"] = conv
         out[f"block{i}.epilogue"] = max(total - conv, 0.0)
         x, bits = engine.run_block(i, x, bits)
@@ -137,8 +135,11 @@ def worker_main(argv: list[str]) -> int:
 
 
 def run_worker(model_file: str, threads: int, batches: list[int], rounds: int, min_time: float) -> dict[str, Any]:
-    """Run :func:`worker_main` in a fresh interpreter without torch; returns its JSON."""
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+    """Run :func:`worker_main` in a fresh interpreter without torch; returns its JSON.
+
+    OpenBLAS stays single-threaded: the stem GEMM is small, and a second BLAS thread pool next to
+    the OpenMP one stalled for milliseconds on the shared 2-core machine."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS=str(threads),
                OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     cmd = [sys.executable, "-c", _NO_TORCH, model_file, "--threads", str(threads),
            "--batches", ",".join(map(str, batches)), "--rounds", str(rounds), "--min-time", str(min_time)]
