@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buffer", type=int, default=1500, help="replay buffer capacity (patterns)")
     p.add_argument("--strategy", default="cwr_star", choices=["cwr_star", "cwr", "naive", "joint"])
     p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate of the tail and head")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default=None, help="model file (default: the protocol's shipped model)")

@@ -43,7 +43,7 @@ class RunConfig:
     buffer_policy: str = "class_balanced"
     strategy: str = "cwr_star"
     epochs: int = 4
-    lr: float = 0.01
+    lr: float = 0.05
     minibatch: int = 128
     seed: int = 0
     threads: int = 1
