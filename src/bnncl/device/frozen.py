@@ -169,7 +169,8 @@ class FrozenEngine:
         nxt = None if nb is None else np.empty((n, ho, wo, words_for(o)), WORD_DTYPE)
         epi(y.ctypes.data, n, ho, wo, o, None, None, x.ctypes.data, h, w, b.in_channels, b.stride,
             b.ptrs["src_bias"], b.ptrs["shift_in"], b.ptrs["slope"], b.ptrs["shift_out"],
-            None if nb is None else nb.ctypes.data, None if nxt is None else nxt.ctypes.data, self.threads)
+            None if nb is None else nb.ctypes.data, None if nxt is None else nxt.ctypes.data, self.threads,
+            path == "avx512")
         return y, nxt
 
     def stem(self, images: np.ndarray) -> np.ndarray:

@@ -52,10 +52,9 @@ typedef struct {
 
 /* One output pixel (row r). Local restrict pointers: with -fno-strict-aliasing the compiler
  * would otherwise reload every pointer after each float store and not vectorize. */
-static void epi_row(const epi_args *a, int64_t b, int64_t oy, int64_t ox, float *restrict yr,
-                    float *restrict sc, uint64_t *bits) {
+static inline __attribute__((always_inline)) void epi_affine_shortcut(
+    const epi_args *a, int64_t b, int64_t oy, int64_t ox, float *restrict yr, float *restrict sc) {
     const int64_t o = a->o, cin = a->cin;
-    const float *restrict si = a->shift_in, *restrict sl = a->slope, *restrict so = a->shift_out;
     if (a->mul) {
         const float *restrict mul = a->mul, *restrict am = a->addmap + (oy * a->wo + ox) * o;
         for (int64_t c = 0; c < o; ++c) yr[c] = yr[c] * mul[c] + am[c];
@@ -84,6 +83,13 @@ static void epi_row(const epi_args *a, int64_t b, int64_t oy, int64_t ox, float 
             for (int64_t c = 0; c < cin; ++c) yc[c] = yc[c] + sc[c];
         }
     }
+}
+
+static void epi_row(const epi_args *a, int64_t b, int64_t oy, int64_t ox, float *restrict yr,
+                    float *restrict sc, uint64_t *bits) {
+    const int64_t o = a->o;
+    const float *restrict si = a->shift_in, *restrict sl = a->slope, *restrict so = a->shift_out;
+    epi_affine_shortcut(a, b, oy, ox, yr, sc);
     int64_t c = 0;
 #if defined(__x86_64__)
     /* branch-free select (random signs would mispredict a branch per element) */
@@ -103,15 +109,55 @@ static void epi_row(const epi_args *a, int64_t b, int64_t oy, int64_t ox, float 
     if (bits) pack_row(yr, a->next_bias, o, bits);
 }
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* AVX-512 row: the same float32 operations (the affine/shortcut loops compiled for AVX-512,
+ * RPReLU with a masked multiply, signs by compare-to-mask), hence the same results. */
+__attribute__((target("avx512f"))) static void epi_row_avx512(const epi_args *a, int64_t b, int64_t oy,
+                                                              int64_t ox, float *restrict yr,
+                                                              float *restrict sc, uint64_t *bits) {
+    const int64_t o = a->o;
+    const float *restrict si = a->shift_in, *restrict sl = a->slope, *restrict so = a->shift_out;
+    const float *restrict nb = a->next_bias;
+    epi_affine_shortcut(a, b, oy, ox, yr, sc);
+    if (bits) memset(bits, 0, (size_t)a->nw * 8);
+    const __m512 zero = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 16 <= o; c += 16) {
+        __m512 t = _mm512_sub_ps(_mm512_loadu_ps(yr + c), _mm512_loadu_ps(si + c));
+        __mmask16 neg = _mm512_cmp_ps_mask(t, zero, _CMP_LT_OQ);
+        t = _mm512_mask_mul_ps(t, neg, t, _mm512_loadu_ps(sl + c));
+        __m512 v = _mm512_add_ps(t, _mm512_loadu_ps(so + c));
+        _mm512_storeu_ps(yr + c, v);
+        if (bits) {
+            __mmask16 m = _mm512_cmp_ps_mask(_mm512_add_ps(v, _mm512_loadu_ps(nb + c)), zero, _CMP_LT_OQ);
+            bits[c >> 6] |= (uint64_t)m << (c & 63);
+        }
+    }
+    for (; c < o; ++c) {
+        float t = yr[c] - si[c];
+        float negv = t * sl[c];
+        yr[c] = (t < 0.0f ? negv : t) + so[c];
+        if (bits && yr[c] + nb[c] < 0.0f) bits[c >> 6] |= (uint64_t)1 << (c & 63);
+    }
+}
+#endif
+
 void bnncl_block_epilogue(float *y, int64_t n, int64_t ho, int64_t wo, int64_t o, const float *mul,
                           const float *addmap, const float *src, int64_t h, int64_t w, int64_t cin,
                           int64_t stride, const float *src_bias, const float *shift_in,
                           const float *slope, const float *shift_out, const float *next_bias,
-                          uint64_t *bits, int threads) {
+                          uint64_t *bits, int threads, int use_avx512) {
     const epi_args a = {ho, wo, o, h, w, cin, stride, (o + 63) / 64, mul, addmap, src, src_bias,
                         shift_in, slope, shift_out, next_bias};
     const int64_t lines = n * ho; /* image rows; pixel index r = line * wo + ox (no division per pixel) */
     if (threads < 1) threads = 1;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    use_avx512 = use_avx512 && __builtin_cpu_supports("avx512f");
+#else
+    use_avx512 = 0;
+#endif
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         float *sc = (float *)malloc((size_t)(cin > 0 ? cin : 1) * sizeof(float));
@@ -120,7 +166,14 @@ void bnncl_block_epilogue(float *y, int64_t n, int64_t ho, int64_t wo, int64_t o
             int64_t b = line / ho, oy = line % ho;
             for (int64_t ox = 0; ox < wo && sc; ++ox) {
                 int64_t r = line * wo + ox;
-                epi_row(&a, b, oy, ox, y + r * o, sc, bits ? bits + r * a.nw : NULL);
+            {
+#if defined(__x86_64__)
+                if (use_avx512)
+                    epi_row_avx512(&a, b, oy, ox, y + r * o, sc, bits ? bits + r * a.nw : NULL);
+                else
+#endif
+                    epi_row(&a, b, oy, ox, y + r * o, sc, bits ? bits + r * a.nw : NULL);
+            }
             }
         }
         free(sc);

@@ -45,8 +45,8 @@ def reference_block_epilogue(y: np.ndarray, act: tuple[np.ndarray, np.ndarray, n
 
 
 def native_epilogue() -> ctypes._CFuncPtr | None:
-    """The C ``bnncl_block_epilogue`` (raw pointers, no checks; argument order as in ``csrc/epilogue.c``),
-    or None without the C core."""
+    """The C ``bnncl_block_epilogue`` (raw pointers, no checks; argument order as in ``csrc/epilogue.c``;
+    last argument 1 = use the AVX-512 row when the CPU has it), or None without the C core."""
     return _fn()
 
 
@@ -58,7 +58,7 @@ def _fn() -> ctypes._CFuncPtr | None:
     f = lib.bnncl_block_epilogue
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     f.restype = None
-    f.argtypes = [p, i64, i64, i64, i64, p, p, p, i64, i64, i64, i64, p, p, p, p, p, p, ctypes.c_int]
+    f.argtypes = [p, i64, i64, i64, i64, p, p, p, i64, i64, i64, i64, p, p, p, p, p, p, ctypes.c_int, ctypes.c_int]
     return f
 
 
@@ -100,11 +100,11 @@ def block_epilogue(y: np.ndarray, act: tuple[np.ndarray, np.ndarray, np.ndarray]
         _, h, w, cin = src.shape
         src_bias = _f32("src_bias", src_bias, (cin,))
     next_bias = _f32("next_bias", next_bias, (o,))
-    fn = _fn()
-    if fn is None or active_path() == "numpy":
+    fn, path = _fn(), active_path()
+    if fn is None or path == "numpy":
         return reference_block_epilogue(y, act, mul, addmap, src, stride, src_bias, next_bias)
     bits = None if next_bias is None else np.empty((n, ho, wo, words_for(o)), WORD_DTYPE)
     ptr = lambda a: None if a is None else a.ctypes.data  # noqa: E731
     fn(ptr(y), n, ho, wo, o, ptr(mul), ptr(addmap), ptr(src), h, w, cin, stride, ptr(src_bias),
-       ptr(act[0]), ptr(act[1]), ptr(act[2]), ptr(next_bias), ptr(bits), int(threads))
+       ptr(act[0]), ptr(act[1]), ptr(act[2]), ptr(next_bias), ptr(bits), int(threads), int(path == "avx512"))
     return bits
