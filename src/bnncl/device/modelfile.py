@@ -37,8 +37,9 @@ from typing import Any, Mapping
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
+from bnncl.atomic import replace_file
 from bnncl.device.bitpack import words_for
 from bnncl.errors import ModelFileError
 
@@ -353,23 +354,7 @@ class DeviceModel:
 
 
 def atomic_save_numpy(tensors: Mapping[str, np.ndarray], metadata: dict[str, str], path: str | os.PathLike) -> None:
-    """safetensors write via a temp file in the same folder, fsync, rename, fsync of the folder."""
+    """safetensors bytes written by :func:`bnncl.atomic.replace_file` (temp, fsync, rename, folder fsync)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    replace_file(path, save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata))
