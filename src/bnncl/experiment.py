@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 from bnncl.atomic import replace_file
 from bnncl.cl.engine import Engine
@@ -24,6 +22,7 @@ from bnncl.cl.metrics import ExperienceResult
 from bnncl.cl.replay import LatentReplayBuffer
 from bnncl.data.protocols import ProtocolSpec, get_protocol
 from bnncl.errors import BnnclError
+from bnncl.machine import machine_info
 
 ENGINES = ("device", "torch")
 
@@ -113,18 +112,6 @@ def _check_latent_bits(cfg: RunConfig, engine: Engine) -> None:
         )
 
 
-def _machine() -> dict[str, Any]:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
-
-
 def run_protocol(
     cfg: RunConfig,
     on_batch: Callable[[BatchProgress], None] | None = None,
@@ -158,7 +145,7 @@ def run_protocol(
         "class_names": list(train.class_names),
         "memory_bytes": memory,
         "wall_seconds": round(time.perf_counter() - t0, 2),
-        "machine": _machine(),
+        "machine": machine_info(),
     })
     return out
 

@@ -1,6 +1,5 @@
 """The shipped pretrained models load and reach their recorded base-class accuracy on the real test split."""
 
-import numpy as np
 import pytest
 
 from bnncl.assets import SHIPPED_MODELS, model_path

@@ -25,32 +25,18 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bnncl.bench.timing import best_time
+from bnncl.machine import cpu_model
+
 ARCHS = ("fmnist", "cifar")
 ASSET_NAMES = {"fmnist": "fmnist-b5", "cifar": "cifar10-b5"}
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "models"
-
-
-def best_time(fn: Callable[[], object], rounds: int, min_time: float) -> float:
-    """Best seconds per call over ``rounds`` rounds of at least ``min_time`` seconds each."""
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        n, start = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time:
-                break
-        best = min(best, elapsed / n)
-    return best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,6 +50,8 @@ class _NoTorch:
             raise ImportError("torch is blocked in the device benchmark process")
         return None
 sys.meta_path.insert(0, _NoTorch())
+from bnncl.bench.timing import best_time
+from bnncl.machine import cpu_model
 from bnncl.bench.inference import worker_main
 raise SystemExit(worker_main(sys.argv[1:]))
 """
@@ -196,7 +184,7 @@ def run(threads_list: list[int], batches: list[int], rounds: int, min_time: floa
     """The full report (JSON-able)."""
     import torch
 
-    report: dict[str, Any] = {"machine": {"platform": platform.platform(), "cpu": _cpu(), "cores": os.cpu_count(),
+    report: dict[str, Any] = {"machine": {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
                                           "load_average_at_start": os.getloadavg(), "torch": torch.__version__,
                                           "numpy": np.__version__},
                               "rows": [], "breakdown": {}, "peak_rss": {}}
@@ -269,16 +257,6 @@ def agreement(arch: str, model_path: str | None = None, paths: list[str] | None 
             out["paths"][kp if stem == "float32" else f"{kp} (int8 stem)"] = row
             log(f"{arch} {kp} stem {stem}: {row}")
     return out
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def markdown(report: dict[str, Any]) -> str:

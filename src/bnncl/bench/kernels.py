@@ -16,12 +16,12 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from bnncl.device import kernels
+from bnncl.bench.timing import best_time
 from bnncl.device.bitpack import pack_signs
 from bnncl.device.kernels import native
 
@@ -41,22 +41,6 @@ CONV_SHAPES = [
     ("fmnist 7x7 128->128 s1", 7, 7, 128, 128, 1),
 ]
 GEMM_SIZE = 1024
-
-
-def _time(fn: Callable[[], object], repeats: int, min_time: float) -> float:
-    """Best seconds per call over ``repeats`` rounds of at least ``min_time`` each."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        n, start = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time:
-                break
-        best = min(best, elapsed / n)
-    return best
 
 
 def machine_info(clock_ghz: float | None = None) -> dict:
@@ -115,7 +99,7 @@ def _bench_conv(shape, batch: int, threads: int, repeats: int, min_time: float, 
     bias = rng.standard_normal(cout).astype(np.float32)
     ho, wo = (h + 2 - 3) // stride + 1, (w + 2 - 3) // stride + 1
     macs = batch * ho * wo * cout * 9 * cin
-    t = _time(lambda: kernels.binary_conv2d(x, wt, cin, stride, 1, scale, bias, threads=threads), repeats, min_time)
+    t = best_time(lambda: kernels.binary_conv2d(x, wt, cin, stride, 1, scale, bias, threads=threads), repeats, min_time)
     row = {"op": "conv3x3", "shape": name, "batch": batch, "threads": threads, "binary_macs": macs,
            "bnncl_seconds": t, "bnncl_ops_per_s": 2 * macs / t}
     if torch is not None:
@@ -123,7 +107,7 @@ def _bench_conv(shape, batch: int, threads: int, repeats: int, min_time: float, 
         tw = torch.randn(cout, cin, 3, 3).to(memory_format=torch.channels_last)
         tb = torch.randn(cout)
         with torch.no_grad():
-            tt = _time(lambda: torch.nn.functional.conv2d(tx, tw, tb, stride=stride, padding=1), repeats, min_time)
+            tt = best_time(lambda: torch.nn.functional.conv2d(tx, tw, tb, stride=stride, padding=1), repeats, min_time)
         row.update(torch_seconds=tt, torch_ops_per_s=2 * macs / tt, ratio_vs_torch_fp32=tt / t)
     return row
 
@@ -132,12 +116,12 @@ def _bench_gemm(threads: int, repeats: int, min_time: float, torch, rng) -> dict
     n = GEMM_SIZE
     a = pack_signs(rng.standard_normal((n, n)))
     b = pack_signs(rng.standard_normal((n, n)))
-    t = _time(lambda: kernels.binary_gemm(a, b, n, threads=threads), repeats, min_time)
+    t = best_time(lambda: kernels.binary_gemm(a, b, n, threads=threads), repeats, min_time)
     row = {"op": "gemm", "shape": f"{n}x{n}x{n}", "batch": n, "threads": threads, "binary_macs": n**3,
            "bnncl_seconds": t, "bnncl_ops_per_s": 2 * n**3 / t}
     if torch is not None:
         ta, tb = torch.randn(n, n), torch.randn(n, n)
-        tt = _time(lambda: torch.matmul(ta, tb), repeats, min_time)
+        tt = best_time(lambda: torch.matmul(ta, tb), repeats, min_time)
         row.update(torch_seconds=tt, torch_ops_per_s=2 * n**3 / tt, ratio_vs_torch_fp32=tt / t)
     return row
 

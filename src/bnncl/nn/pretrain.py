@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +24,7 @@ from tqdm import tqdm
 
 from bnncl.data.dataset import ImageDataset
 from bnncl.errors import BnnclError
+from bnncl.machine import machine_info
 from bnncl.nn.augment import dataset_stats, random_crop_flip, to_input
 from bnncl.nn.backbones import Backbone, BackboneConfig
 from bnncl.nn.checkpoint import atomic_save, read_metadata, save_model
@@ -110,17 +110,8 @@ def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tens
 
 
 def _machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "torch": torch.__version__}
+    return machine_info() | {"torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def pretrain(
