@@ -1,0 +1,284 @@
+"""``bnncl learn``: the on-device loop. Scan the incoming folder, learn what arrived, commit, move it out.
+
+One step (:meth:`LearnLoop.step`):
+
+1. scan ``INCOMING/<label>/<image>`` (order and rules: :mod:`bnncl.service.inbox`); take up to
+   ``--max-images`` usable files (0: all). A file that cannot be decoded, has no label folder, or
+   names a new class when the head is full is *rejected*: moved to the rejected folder with a
+   ``.reason.txt`` beside it, with a warning. Rejecting changes no state.
+2. decode (resize policy of :func:`bnncl.data.imagefolder.decode_image`: converted to the model's
+   channels, shorter side resized, centre crop), learn the batch as one experience, and commit the
+   state together with the ids + sha256 of the batch's files (``position["last_files"]``);
+3. move the batch's files to the processed folder.
+
+Crash safety: the commit (:class:`~bnncl.cl.state.StateStore`) is the only point where learning
+becomes permanent. A kill before it: the files are still in ``INCOMING`` and the next start learns
+them again from the last committed state, in the same order, with the same RNG states, so it
+learns exactly what the killed run would have. A kill after it: the next start finds files that
+the committed state lists (same id and content) still in ``INCOMING`` and moves them without
+learning them again. A second ``bnncl learn`` on the same state directory is refused (lock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from bnncl.data.imagefolder import decode_image
+from bnncl.errors import BnnclError, DataError
+from bnncl.service import inbox
+from bnncl.service.session import LearnerSession
+
+LOCK_NAME = "LEARNER.lock"
+
+
+def read_item(item: inbox.Item, image_shape: Sequence[int]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode one incoming file to the model's input; :class:`DataError` if it is not a usable image."""
+    try:
+        data = item.path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{item.path}: unreadable ({exc.strerror or exc})") from None
+    h, w, c = (int(v) for v in image_shape)
+    if not data:
+        raise DataError(f"{item.path}: empty file")
+    arr = decode_image(data, (h, w), c, str(item.path))
+    return arr, {"id": item.id, "sha256": inbox.digest(data), "bytes": len(data)}
+
+
+def load_labelled_folder(root: Path, image_shape: Sequence[int]) -> tuple[np.ndarray, list[str]]:
+    """Every image of ``root/<label>/<image>`` decoded (any bad file is an error here)."""
+    if not root.is_dir():
+        raise DataError(f"{root}: not a directory (expected <dir>/<class>/<image>)")
+    arrays, names = [], []
+    for item in inbox.scan(root):
+        if not item.label:
+            raise DataError(f"{item.path}: not in a class folder (expected <dir>/<class>/<image>)")
+        arr, _ = read_item(item, image_shape)
+        arrays.append(arr)
+        names.append(item.label)
+    shape = (0,) + tuple(int(v) for v in image_shape)
+    return (np.stack(arrays) if arrays else np.zeros(shape, np.uint8)), names
+
+
+def _reason(exc: Exception, item: inbox.Item) -> str:
+    text = str(exc).removeprefix(f"{item.path}: ")
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", text)
+
+
+class LearnLoop:
+    """The scan / learn / commit / move loop around a :class:`LearnerSession` (module docstring)."""
+
+    def __init__(self, session: LearnerSession, incoming: Path, done: Path, rejected: Path, max_images: int = 0,
+                 say: Callable[[str], None] = print, warn: Callable[[str], None] | None = None) -> None:
+        self.session = session
+        self.incoming = Path(incoming)
+        self.done = Path(done)
+        self.rejected = Path(rejected)
+        self.max_images = int(max_images)
+        self.say = say
+        self.warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+
+    def finish_committed(self) -> int:
+        """Move files the committed state already learned but that are still in ``INCOMING``."""
+        moved = 0
+        for rec in self.session.position.get("last_files", []):
+            label, _, name = rec["id"].rpartition("/")
+            item = inbox.Item(label, name, self.incoming / rec["id"])
+            try:
+                data = item.path.read_bytes()
+            except OSError:
+                continue  # moved before the crash (or removed by the user)
+            if len(data) == rec["bytes"] and inbox.digest(data) == rec["sha256"]:
+                inbox.move(item, self.done)
+                moved += 1
+        if moved:
+            self.say(f"moved {moved} file(s) learned before a restart to {self.done}")
+        return moved
+
+    def _reject(self, item: inbox.Item, reason: str) -> None:
+        target = inbox.reject(item, self.rejected, reason)
+        self.warn(f"{item.path}: rejected, moved to {target} ({reason})")
+
+    def step(self) -> int:
+        """Learn one experience from what is in ``INCOMING``; returns the number of images (0: none)."""
+        s = self.session
+        items = inbox.scan(self.incoming, exclude=(self.done, self.rejected))
+        images: list[np.ndarray] = []
+        labels: list[str] = []
+        files: list[dict[str, Any]] = []
+        taken: list[inbox.Item] = []
+        new_names: set[str] = set()
+        for item in items:
+            if self.max_images and len(taken) >= self.max_images:
+                break
+            if not item.label:
+                self._reject(item, "not in a label folder (expected INCOMING/<label>/<image>)")
+                continue
+            if s.lookup(item.label) is None and item.label not in new_names:
+                if len(s.classes) + len(new_names) >= s.capacity:
+                    self._reject(item, f"new class {item.label!r} does not fit: the head holds {s.capacity} "
+                                       f"classes and all are named")
+                    continue
+            try:
+                arr, rec = read_item(item, s.image_shape)
+            except DataError as exc:
+                if not item.path.exists():
+                    continue  # removed while we looked
+                self._reject(item, _reason(exc, item))
+                continue
+            if s.lookup(item.label) is None:
+                new_names.add(item.label)
+            images.append(arr)
+            labels.append(item.label)
+            files.append(rec)
+            taken.append(item)
+        if not taken:
+            return 0
+        t0 = time.perf_counter()
+        gen = s.learn(np.stack(images), labels, files)
+        for item in taken:
+            inbox.move(item, self.done)
+        counts: dict[str, int] = {}
+        for name in labels:
+            counts[name] = counts.get(name, 0) + 1
+        summary = ", ".join(f"{n} x{k}" for n, k in sorted(counts.items()))
+        self.say(f"experience {s.position['experience']}: learned {len(taken)} image(s) ({summary}); "
+                 f"state generation {gen}; {time.perf_counter() - t0:.2f} s")
+        return len(taken)
+
+    def run(self, once: bool = False, poll: float = 5.0) -> int:
+        """Step until ``INCOMING`` is empty (``once``) or forever; returns the images learned."""
+        total = 0
+        while True:
+            n = self.step()
+            total += n
+            if n:
+                continue
+            if once:
+                return total
+            time.sleep(poll)
+
+
+@contextmanager
+def learner_lock(state_dir: Path) -> Iterator[None]:
+    """Hold an exclusive, non-blocking lock on ``STATE/LEARNER.lock`` (released when the process dies)."""
+    import fcntl
+
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise BnnclError(f"--state {state_dir}: cannot use it ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BnnclError(f"--state {state_dir}: another bnncl learn is running on it") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+SETTING_OPTIONS = (
+    ("--tail-blocks", int, "trainable binary blocks K (0..3; default 2)"),
+    ("--qf", int, "forward bits of the tail (default 8)"),
+    ("--qb", int, "backward/update bits (default 16)"),
+    ("--qw", int, "stored latent-weight bits (default 8)"),
+    ("--lr-bits", int, "bits per stored replay latent: 1, 8 or 32 (default 1)"),
+    ("--buffer", int, "replay buffer capacity in patterns (default 1500)"),
+    ("--epochs", int, "epochs per experience (default 4)"),
+    ("--lr", float, "learning rate (default 0.05)"),
+    ("--minibatch", int, "minibatch size (default 128)"),
+    ("--seed", int, "seed of every RNG (default 0)"),
+    ("--capacity", int, "head rows = most classes ever (default: the model's class names)"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bnncl learn",
+        description="Learn continually from labelled images dropped into a folder (INCOMING/<class>/<image>). "
+                    "The first start deploys the model into --state; later starts resume from it.")
+    p.add_argument("--model", required=True, help="device model file (.bnn)")
+    p.add_argument("--state", required=True, help="state directory (created at the first start)")
+    p.add_argument("--incoming", required=True, help="folder of <class>/<image> files to learn")
+    p.add_argument("--once", action="store_true", help="learn what is there, then exit (default: keep watching)")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between scans when watching (default 5)")
+    p.add_argument("--max-images", type=int, default=0, help="most images per experience (default 0: all)")
+    p.add_argument("--done", help="where learned files go (default INCOMING/processed)")
+    p.add_argument("--rejected", help="where unusable files go (default INCOMING/rejected)")
+    p.add_argument("--base", help="ImageFolder of base-class images for the deployment (not needed for the "
+                                  "shipped fmnist-b5 model)")
+    p.add_argument("--threads", type=int, default=1, help="compute threads (default 1)")
+    g = p.add_argument_group("deployment settings (fixed at the first start, kept in the state)")
+    for flag, typ, text in SETTING_OPTIONS:
+        g.add_argument(flag, type=typ, default=None, help=text)
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    out = {}
+    for flag, _, _ in SETTING_OPTIONS:
+        key = flag[2:].replace("-", "_")
+        if getattr(args, key) is not None:
+            out[key] = getattr(args, key)
+    return out
+
+
+@contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Show Python warnings (e.g. a state fallback) as ``warning: ...`` lines on stderr."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+        yield
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with one_line_warnings():
+            return _learn(args)
+    except BnnclError as exc:
+        print(f"bnncl learn: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _learn(args: argparse.Namespace) -> int:
+    incoming = Path(args.incoming)
+    if not incoming.is_dir():
+        raise BnnclError(f"--incoming {incoming}: no such directory")
+    if args.poll <= 0 or args.max_images < 0 or args.threads < 1:
+        raise BnnclError("--poll must be > 0, --max-images >= 0 and --threads >= 1")
+    state = Path(args.state)
+    with learner_lock(state):
+        fresh = not (state / "CURRENT").exists() and not any(state.glob("gen-*"))
+        session = LearnerSession.open(args.model, state, settings_from_args(args), base=args.base,
+                                      threads=args.threads)
+        if fresh:
+            print(f"deployed {args.model} into {state}: {len(session.buffer)} base patterns in the replay buffer; "
+                  f"state generation {session.generation}")
+        elif session.fell_back:
+            print(f"resumed from an older generation {session.generation} (the newest was damaged)")
+        loop = LearnLoop(session, incoming, Path(args.done or incoming / "processed"),
+                         Path(args.rejected or incoming / "rejected"), args.max_images)
+        loop.finish_committed()
+        total = loop.run(once=args.once, poll=args.poll)
+        if args.once:
+            print("nothing new to learn" if total == 0 else f"learned {total} image(s); incoming folder is empty")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

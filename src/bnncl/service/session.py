@@ -1,0 +1,341 @@
+"""The device learner behind ``bnncl learn`` / ``predict`` as a Python API: one model file + one state.
+
+:meth:`LearnerSession.open` loads the committed state of ``STATE_DIR`` (checked against the model
+file's sha256), or, on a fresh device, *deploys*: builds the engine from the model file, prefills
+the latent replay buffer from base-class images (the embedded Fashion-MNIST subset for the shipped
+``fmnist-b5`` model, or an ImageFolder given as ``base``), seeds CWR* from the pretrained head, and
+commits generation 1. :meth:`LearnerSession.learn` learns one experience and commits it together
+with the caller's record of what it learned, so the learner state and the record never disagree.
+
+Class names are the model's ``class_names`` (head row ``i`` = name ``i``); a new name takes the
+next free row, up to the head's capacity (``Settings.capacity``, default: the number of names in
+the model). The names, the settings and the record live in the state's ``position``::
+
+    {"service": 1, "experience": E, "classes": [...], "settings": {...},
+     "images_learned": N, "learned_per_class": [...], "last_files": [{"id", "sha256", "bytes"}, ...]}
+
+Every error is a one-line :class:`~bnncl.errors.BnnclError`; a failed call leaves the state on disk
+as it was (and the session's memory consistent with it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from bnncl.cl.learner import ContinualLearner, LearnerConfig
+from bnncl.cl.replay import LatentReplayBuffer
+from bnncl.cl.state import LoadedState, NoStateError, StateError, StateStore, StateWriteError, sha256_file
+from bnncl.errors import BnnclError
+
+SERVICE_VERSION = 1
+
+
+class InputError(BnnclError):
+    """Images or labels given to the learner are not usable (shape, values, labels)."""
+
+
+class HeadFullError(InputError):
+    """More class names than the head has rows."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a device is deployed with (recorded in the state; fixed for its life)."""
+
+    tail_blocks: int = 2
+    qf: int = 8
+    qb: int = 16
+    qw: int = 8
+    lr_bits: int = 1
+    buffer: int = 1500
+    epochs: int = 4
+    lr: float = 0.05
+    minibatch: int = 128
+    seed: int = 0
+    capacity: int | None = None  # head rows; None: the number of class names in the model
+
+    def validate(self) -> None:
+        for name in ("qf", "qb", "qw"):
+            if not 1 <= getattr(self, name) <= 32:
+                raise BnnclError(f"--{name} must be in [1, 32] bits, got {getattr(self, name)}")
+        if self.lr_bits not in (1, 8, 32):
+            raise BnnclError(f"--lr-bits must be 1, 8 or 32, got {self.lr_bits}")
+        if not 0 <= self.tail_blocks <= 3:
+            raise BnnclError(f"--tail-blocks must be in 0..3, got {self.tail_blocks}")
+        if self.buffer < 1 or self.epochs < 1 or self.minibatch < 1:
+            raise BnnclError("--buffer, --epochs and --minibatch must be >= 1")
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise BnnclError(f"--lr must be a positive number, got {self.lr}")
+        if self.capacity is not None and self.capacity < 1:
+            raise BnnclError(f"--capacity must be >= 1, got {self.capacity}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Settings":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _shipped_fmnist_sha() -> str | None:
+    try:
+        from bnncl.assets import model_path
+
+        return sha256_file(model_path("fmnist-b5", ".bnn"))
+    except (BnnclError, OSError):
+        return None
+
+
+def check_images(images: Any, image_shape: Sequence[int], what: str = "images") -> np.ndarray:
+    """``images`` as uint8 ``(N, H, W, C)`` of the model's input shape, or one :class:`InputError` line.
+
+    Accepted: uint8 arrays; integer or float arrays whose values are finite and lie in [0, 255]
+    (floats are rounded); ``(N, H, W)`` for a one-channel model. Not resized: arrays must have the
+    model's size (files go through the documented resize policy instead)."""
+    arr = np.asarray(images)
+    shape = tuple(int(v) for v in image_shape)
+    if arr.ndim == 3 and shape[2] == 1:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[1:] != shape:
+        want = "(N, {}, {}, {})".format(*shape)
+        raise InputError(f"{what}: expected an array of shape {want}, got {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise InputError(f"{what}: expected numbers (uint8 pixels), got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            first = int(np.flatnonzero(bad.reshape(len(arr), -1).any(axis=1))[0])
+            raise InputError(f"{what}: contains NaN or Inf (first in image {first}); expected pixel values in [0, 255]")
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise InputError(f"{what}: pixel values must lie in [0, 255], got [{arr.min()}, {arr.max()}]")
+    return np.rint(arr).astype(np.uint8)
+
+
+class LearnerSession:
+    """A deployed learner bound to one model file and one state directory (module docstring)."""
+
+    def __init__(self, model_path: Path, store: StateStore, settings: Settings, model: Any, model_sha: str,
+                 threads: int = 1) -> None:
+        from bnncl.device.engine import DeviceEngine
+
+        self.model_path = Path(model_path)
+        self.store = store
+        self.settings = settings
+        self.model_sha = model_sha
+        self.model_class_names = list(model.class_names)
+        capacity = settings.capacity or len(self.model_class_names)
+        if capacity < len(model.pretrained_classes) or capacity < max(model.pretrained_classes) + 1:
+            raise BnnclError(f"--capacity {capacity} is smaller than the pretrained head "
+                             f"({max(model.pretrained_classes) + 1} rows)")
+        try:
+            self.engine = DeviceEngine.from_device_model(
+                model, settings.tail_blocks, qf=settings.qf, qb=settings.qb, qw=settings.qw, threads=threads,
+                num_classes=capacity)
+        except ValueError as exc:
+            raise BnnclError(f"{model_path}: cannot build the device engine ({exc})") from None
+        if settings.lr_bits == 1 and not getattr(self.engine.tail, "binary_split", False):
+            raise BnnclError(f"--lr-bits 1 needs a binary latent-replay layer; the split {self.engine.split!r} of "
+                             f"--tail-blocks {settings.tail_blocks} is real-valued (use --lr-bits 8 or 32)")
+        self.image_shape = tuple(self.engine.image_shape)
+        self.buffer = LatentReplayBuffer(tuple(self.engine.latent_shape), settings.buffer, settings.lr_bits,
+                                         "class_balanced", settings.seed)
+        cfg = LearnerConfig("cwr_star", settings.epochs, settings.lr, settings.minibatch, settings.seed)
+        self.learner = ContinualLearner(self.engine, cfg, self.buffer)
+        self.classes: list[str] = list(self.model_class_names[:capacity])
+        self.position: dict[str, Any] = {}
+        self.generation = 0
+        self.fell_back = False
+
+    # -- open -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, model: str | Path, state_dir: str | Path, settings: Mapping[str, Any] | None = None, *,
+             base: str | Path | None = None, threads: int = 1, deploy: bool = True) -> "LearnerSession":
+        """Resume from ``state_dir``, or deploy there if it holds no state (``deploy=False``: raise
+        :class:`NoStateError` instead). ``settings`` (:class:`Settings` field -> value, the options
+        the user gave) apply to a deployment; a resumed state keeps the settings it was deployed
+        with (:class:`BnnclError` if ``settings`` contradict them)."""
+        from bnncl.device.modelfile import DeviceModel
+
+        model_path = Path(model)
+        dm = DeviceModel.load(model_path)
+        sha = sha256_file(model_path)
+        store = StateStore(state_dir)
+        try:
+            state = store.load(model_sha256=sha)
+        except NoStateError:
+            if not deploy:
+                raise
+            chosen = Settings(**dict(settings or {}))
+            chosen.validate()
+            session = cls(model_path, store, chosen, dm, sha, threads)
+            session._deploy(base)
+            return session
+        saved = Settings.from_dict(state.position.get("settings", {}))
+        diff = [f"--{k.replace('_', '-')} {getattr(saved, k)}" for k, v in (settings or {}).items()
+                if getattr(saved, k) != v]
+        if diff:
+            raise BnnclError(f"{state_dir}: state was deployed with {', '.join(diff)}; drop the conflicting "
+                             f"option(s) or deploy into a new state directory")
+        session = cls(model_path, store, saved, dm, sha, threads)
+        session._restore(state)
+        return session
+
+    def _restore(self, state: LoadedState) -> None:
+        if state.position.get("service") != SERVICE_VERSION:
+            raise StateError(f"{self.store.directory}: not a bnncl learn state (no service record)")
+        try:
+            self.learner.load_state_dict(state.arrays, state.meta)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StateError(f"{self.store.directory}: state does not fit this model/settings ({exc})") from None
+        self.position = json.loads(json.dumps(state.position))
+        self.classes = list(self.position["classes"])
+        self.generation = state.generation
+        self.fell_back = state.fell_back
+
+    def reload(self) -> None:
+        """Drop what is in memory and load the committed state again."""
+        self._restore(self.store.load(model_sha256=self.model_sha))
+
+    # -- deployment -------------------------------------------------------------------------
+    def _base_images(self, base: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
+        if base is not None:
+            from bnncl.service.learn import load_labelled_folder
+
+            images, names = load_labelled_folder(Path(base), self.image_shape)
+            if not len(images):
+                raise BnnclError(f"--base {base}: no images found (expected <base>/<class>/<image>)")
+            return images, self.label_indices(names, allow_new=False, what=f"--base {base}")
+        if self.model_sha != _shipped_fmnist_sha():
+            raise BnnclError(f"{self.model_path}: not the shipped fmnist-b5 model; give --base DIR (an ImageFolder "
+                             f"of its base-class images) to fill the replay buffer at deployment")
+        from bnncl.data.embedded import BASE_CLASSES, load_embedded
+
+        train = load_embedded("train")
+        keep = np.isin(train.labels, BASE_CLASSES)
+        names = [train.class_names[int(c)] for c in train.labels[keep]]
+        return train.images[keep], self.label_indices(names, allow_new=False, what="embedded base images")
+
+    def _deploy(self, base: str | Path | None) -> None:
+        images, labels = self._base_images(base)
+        latents = self.learner.extract(images)
+        self.learner.deploy(latents, labels, 0)
+        self.engine.mark_deployed()
+        counts = np.bincount(labels, minlength=len(self.classes))
+        self.position = {
+            "service": SERVICE_VERSION,
+            "experience": 0,
+            "classes": list(self.classes),
+            "settings": asdict(self.settings),
+            "images_learned": 0,
+            "base_images": int(len(labels)),
+            "learned_per_class": [0] * len(self.classes),
+            "base_per_class": [int(c) for c in counts[: len(self.classes)]],
+            "last_files": [],
+        }
+        self._commit(self.position)
+
+    # -- labels -----------------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return int(self.engine.num_classes)
+
+    def label_indices(self, names: Sequence[str], *, allow_new: bool = True, what: str = "labels") -> np.ndarray:
+        """Head rows of ``names`` (class names or their folder form); new names take free rows.
+
+        Adds the new names to :attr:`classes` only in memory; they are committed with the next
+        :meth:`learn`. :class:`HeadFullError` when they do not fit (nothing is added then)."""
+        from bnncl.service.inbox import folder_name
+
+        index = {n: i for i, n in enumerate(self.classes)}
+        index.update({folder_name(n): i for i, n in enumerate(self.classes)})
+        new = [n for n in dict.fromkeys(names) if n not in index]
+        if new and not allow_new:
+            raise InputError(f"{what}: unknown class name(s) {new[:5]}; expected among {self.classes}")
+        if len(self.classes) + len(new) > self.capacity:
+            raise HeadFullError(f"{what}: {len(new)} new class name(s) {new[:5]} do not fit: the head holds "
+                                f"{self.capacity} classes and {len(self.classes)} are named")
+        classes = self.classes + new
+        index.update({n: len(self.classes) + i for i, n in enumerate(new)})
+        self.classes = classes
+        return np.array([index[n] for n in names], dtype=np.int64)
+
+    def lookup(self, name: str) -> int | None:
+        """Head row of a known class name (or its folder form), else None."""
+        from bnncl.service.inbox import folder_name
+
+        for i, n in enumerate(self.classes):
+            if name in (n, folder_name(n)):
+                return i
+        return None
+
+    # -- learning ---------------------------------------------------------------------------
+    def learn(self, images: Any, labels: Sequence[str], files: Sequence[Mapping[str, Any]] = ()) -> int:
+        """Learn one experience (images + class names) and commit it; returns the new generation.
+
+        ``files`` (JSON-able records of the inputs) become ``position["last_files"]``. On any error
+        the state on disk is unchanged and the session is rolled back to it."""
+        x = check_images(images, self.image_shape)
+        names = list(labels)
+        if len(names) != len(x):
+            raise InputError(f"labels: expected one label per image ({len(x)}), got {len(names)}")
+        if not len(x):
+            raise InputError("empty experience: no images to learn")
+        bad = [n for n in names if not isinstance(n, str) or not n]
+        if bad:
+            raise InputError(f"labels: expected non-empty class names, got {bad[0]!r}")
+        before = list(self.classes)
+        try:
+            y = self.label_indices(names)
+        except InputError:
+            self.classes = before
+            raise
+        try:
+            latents = self.learner.extract(x)
+            exp = int(self.position["experience"]) + 1
+            self.learner.train_experience(latents, y, exp)
+            pos = dict(self.position)
+            per_class = list(pos["learned_per_class"]) + [0] * (len(self.classes) - len(pos["learned_per_class"]))
+            base = list(pos["base_per_class"]) + [0] * (len(self.classes) - len(pos["base_per_class"]))
+            for c, n in zip(*np.unique(y, return_counts=True)):
+                per_class[int(c)] += int(n)
+            pos.update(experience=exp, classes=list(self.classes), images_learned=int(pos["images_learned"]) + len(y),
+                       learned_per_class=per_class, base_per_class=base, last_files=[dict(f) for f in files])
+            self._commit(pos)
+        except BaseException:
+            self.classes = before
+            if self.store.exists():
+                self.reload()
+            raise
+        return self.generation
+
+    def _commit(self, position: Mapping[str, Any]) -> None:
+        arrays, meta = self.learner.state_dict()
+        self.generation = self.store.save(arrays, meta, position=position, model_sha256=self.model_sha)
+        self.position = json.loads(json.dumps(position))
+
+    # -- inference --------------------------------------------------------------------------
+    def predict(self, images: Any) -> list[tuple[str, float]]:
+        """``(class name, score)`` per image: the best seen class and its softmax probability over
+        the seen classes."""
+        x = check_images(images, self.image_shape)
+        if not len(x):
+            return []
+        latents = self.learner.extract(x)
+        logits = np.concatenate([self.engine.logits(latents[i:i + 256]) for i in range(0, len(x), 256)])
+        seen = np.array(sorted(self.learner.seen_classes), dtype=np.int64)
+        z = logits[:, seen].astype(np.float64)
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        best = p.argmax(axis=1)
+        return [(self.classes[int(seen[b])], float(p[i, b])) for i, b in enumerate(best)]
+
+    # -- reporting --------------------------------------------------------------------------
+    def memory_bytes(self) -> dict[str, int]:
+        mem = {k: int(v) for k, v in self.engine.memory_bytes().items()}
+        mem["replay"] = int(self.buffer.nbytes)
+        return mem
