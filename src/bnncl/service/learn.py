@@ -50,7 +50,10 @@ def read_item(item: inbox.Item, image_shape: Sequence[int]) -> tuple[np.ndarray,
     h, w, c = (int(v) for v in image_shape)
     if not data:
         raise DataError(f"{item.path}: empty file")
-    arr = decode_image(data, (h, w), c, str(item.path))
+    try:
+        arr = decode_image(data, (h, w), c, str(item.path))
+    except DataError as exc:
+        raise DataError(re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))) from None
     return arr, {"id": item.id, "sha256": inbox.digest(data), "bytes": len(data)}
 
 
@@ -70,8 +73,7 @@ def load_labelled_folder(root: Path, image_shape: Sequence[int]) -> tuple[np.nda
 
 
 def _reason(exc: Exception, item: inbox.Item) -> str:
-    text = str(exc).removeprefix(f"{item.path}: ")
-    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", text)
+    return str(exc).removeprefix(f"{item.path}: ")
 
 
 class LearnLoop:
