@@ -1,0 +1,341 @@
+/* Backward kernels of the device tail's binary 3x3 convolutions ("method of four Russians").
+ *
+ * Weight gradient, exact integers (bnncl_tail_wgrad):
+ *   S[g*8 + j][o] = sum over positions p whose input bit (group g, bit j) is 1 (i.e. x = -1) of c[p][o]
+ * for integer gradient codes c.  The 8 input bits of one byte group g at position p form a pattern;
+ * instead of one add per (p, bit), each position adds its code row once into a 256-entry table
+ * T_g[pattern] (int32, 16 output lanes per table row), and each bit's sum is read off the table at
+ * the end (~510 row adds per table).  Only additions, exact in any order, so every ISA variant
+ * gives the same integers.  Tables are flushed into int64 every `chunk` positions (no int32 overflow).
+ *
+ * Input gradient, float (bnncl_tail_dgrad): D[k][p] = sum_o d[o][p] * s[o][k], s = +-1 from the
+ * sign bits of W (bit 1 = -1).  Per 8 output channels (group g) and 16 positions, the 256 signed
+ * sums T_g[q] = (((0 +- d[o0]) +- d[o1]) ... +- d[o7]) are built (bit j of q set = subtract), then
+ * D[k] = ((T_0[w(k,0)] + T_1[w(k,1)]) + ...) + T_G-1[w(k,G-1)].  Lanes are positions, every lane
+ * does the same float32 operations in the same order (no FMA), so every variant and the NumPy
+ * oracle (kernels/tailgrad.py) agree bit for bit.
+ *
+ * bnncl_tail_patterns: the byte patterns of the implicit 3x3 im2col of packed +-1 bits (padding +1 =
+ * pattern 0), laid out [tap * wb + byte][p]; bnncl_tail_col2im: the tap-ordered scatter-add adjoint.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bnncl_core.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define LANES 16
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+#define T256 __attribute__((target("avx2")))
+#endif
+
+/* ---------------- weight gradient: table updates and the per-bit reduction ---------------- */
+
+static void upd_scalar(int32_t *tab, const uint8_t *pat, const int32_t *c, int64_t n) {
+    for (int64_t p = 0; p < n; ++p) {
+        int32_t *t = tab + (int64_t)pat[p] * LANES;
+        const int32_t *v = c + p * LANES;
+        for (int l = 0; l < LANES; ++l) t[l] += v[l];
+    }
+}
+
+#if defined(__x86_64__)
+static T256 void upd_avx2(int32_t *tab, const uint8_t *pat, const int32_t *c, int64_t n) {
+    for (int64_t p = 0; p < n; ++p) {
+        __m256i *t = (__m256i *)(tab + (int64_t)pat[p] * LANES);
+        const __m256i *v = (const __m256i *)(c + p * LANES);
+        _mm256_store_si256(t, _mm256_add_epi32(_mm256_load_si256(t), _mm256_load_si256(v)));
+        _mm256_store_si256(t + 1, _mm256_add_epi32(_mm256_load_si256(t + 1), _mm256_load_si256(v + 1)));
+    }
+}
+
+static T512 void upd_avx512(int32_t *tab, const uint8_t *pat, const int32_t *c, int64_t n) {
+    for (int64_t p = 0; p < n; ++p) {
+        __m512i *t = (__m512i *)(tab + (int64_t)pat[p] * LANES);
+        _mm512_store_si512(t, _mm512_add_epi32(_mm512_load_si512(t), _mm512_load_si512(c + p * LANES)));
+    }
+}
+#endif
+
+typedef void (*upd_fn)(int32_t *, const uint8_t *, const int32_t *, int64_t);
+
+/* out[j][l] += sum over q with bit j of tab[q][l]; folds the table in place (tab is clobbered). */
+static void reduce_table(int32_t *tab, int64_t *out, int64_t out_stride, int lanes) {
+    for (int j = 7; j >= 0; --j) {
+        const int half = 1 << j;
+        int64_t s[LANES] = {0};
+        for (int q = half; q < 2 * half; ++q)
+            for (int l = 0; l < LANES; ++l) s[l] += tab[q * LANES + l];
+        for (int l = 0; l < lanes; ++l) out[j * out_stride + l] += s[l];
+        for (int q = 0; q < half; ++q)
+            for (int l = 0; l < LANES; ++l) tab[q * LANES + l] += tab[(q + half) * LANES + l];
+    }
+}
+
+static upd_fn wgrad_fn(int path) {
+    if (path < 0 || !(bnncl_supported_paths() & (1 << path))) return NULL;
+#if defined(__x86_64__)
+    if (path == BNNCL_PATH_AVX512) return upd_avx512;
+    if (path == BNNCL_PATH_AVX2) return upd_avx2;
+#endif
+    return upd_scalar;
+}
+
+/* pat: [ngroups][npos] bytes; codes: [npos][o] int32 (each in [0, maxcode]);
+ * out: [ngroups * 8][o] int64 (overwritten); ones: [ngroups * 8] int64, positions with the bit set.  Returns 0, 1 (path unsupported) or 2 (no memory). */
+int bnncl_tail_wgrad(const uint8_t *pat, int64_t ngroups, int64_t npos, const int32_t *codes, int64_t o,
+                     int64_t maxcode, int64_t *out, int64_t *ones, int threads, int path) {
+    upd_fn upd = wgrad_fn(path);
+    if (!upd) return 1;
+    if (threads < 1) threads = 1;
+    const int64_t ntiles = (o + LANES - 1) / LANES;
+    int64_t chunk = maxcode > 0 ? (int64_t)INT32_MAX / maxcode : npos;
+    if (chunk < 1) chunk = 1;
+    if (chunk > npos) chunk = npos > 0 ? npos : 1;
+    memset(out, 0, (size_t)(ngroups * 8 * o) * sizeof(int64_t));
+    int32_t *ctile = aligned_alloc(64, (size_t)(ntiles * (npos > 0 ? npos : 1) * LANES) * sizeof(int32_t));
+    if (!ctile) return 2;
+    for (int64_t t = 0; t < ntiles; ++t) { /* codes, tile-major [tile][p][16], zero-padded lanes */
+        const int64_t o0 = t * LANES, lanes = o - o0 < LANES ? o - o0 : LANES;
+        int32_t *dst = ctile + t * npos * LANES;
+        for (int64_t p = 0; p < npos; ++p) {
+            for (int64_t l = 0; l < lanes; ++l) dst[p * LANES + l] = codes[p * o + o0 + l];
+            for (int64_t l = lanes; l < LANES; ++l) dst[p * LANES + l] = 0;
+        }
+    }
+    int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        int32_t *tab = aligned_alloc(64, 256 * LANES * sizeof(int32_t));
+        if (!tab) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 4) collapse(2)
+        for (int64_t t = 0; t < ntiles; ++t) {
+            for (int64_t g = 0; g < ngroups; ++g) {
+                if (!tab) continue;
+                const int64_t o0 = t * LANES, lanes = o - o0 < LANES ? o - o0 : LANES;
+                const int32_t *ct = ctile + t * npos * LANES;
+                for (int64_t p0 = 0; p0 < npos; p0 += chunk) {
+                    const int64_t n = npos - p0 < chunk ? npos - p0 : chunk;
+                    memset(tab, 0, 256 * LANES * sizeof(int32_t));
+                    upd(tab, pat + g * npos + p0, ct + p0 * LANES, n);
+                    reduce_table(tab, out + g * 8 * o + o0, o, (int)lanes);
+                }
+            }
+        }
+#pragma omp for schedule(static)
+        for (int64_t g = 0; g < ngroups; ++g) { /* ones[g*8 + j]: positions whose bit j is 1 */
+            int64_t hist[256] = {0};
+            const uint8_t *pg = pat + g * npos;
+            for (int64_t p = 0; p < npos; ++p) hist[pg[p]]++;
+            for (int j = 0; j < 8; ++j) {
+                int64_t s = 0;
+                for (int q = 0; q < 256; ++q) s += (q >> j & 1) ? hist[q] : 0;
+                ones[g * 8 + j] = s;
+            }
+        }
+        free(tab);
+    }
+    free(ctile);
+    return failed ? 2 : 0;
+}
+
+/* ---------------- input gradient: signed-subset tables over 8 output channels ---------------- */
+
+static void dgrad_block_scalar(const float *dT, int64_t npos, int64_t p0, int64_t ngroups, const uint8_t *wpat,
+                               int64_t k, float *tab, float *out) {
+    for (int64_t g = 0; g < ngroups; ++g) {
+        float *t = tab + g * 256 * LANES;
+        for (int l = 0; l < LANES; ++l) t[l] = 0.0f;
+        for (int j = 0; j < 8; ++j) {
+            const float *d = dT + (g * 8 + j) * npos + p0;
+            const int n = 1 << j;
+            for (int q = 0; q < n; ++q)
+                for (int l = 0; l < LANES; ++l) {
+                    float a = t[q * LANES + l];
+                    t[(q + n) * LANES + l] = a - d[l];
+                    t[q * LANES + l] = a + d[l];
+                }
+        }
+    }
+    for (int64_t kk = 0; kk < k; ++kk) {
+        const uint8_t *w = wpat + kk * ngroups;
+        float acc[LANES];
+        for (int l = 0; l < LANES; ++l) acc[l] = tab[(int64_t)w[0] * LANES + l];
+        for (int64_t g = 1; g < ngroups; ++g) {
+            const float *t = tab + (g * 256 + w[g]) * LANES;
+            for (int l = 0; l < LANES; ++l) acc[l] += t[l];
+        }
+        float *dst = out + kk * npos + p0;
+        for (int l = 0; l < LANES; ++l) dst[l] = acc[l];
+    }
+}
+
+#if defined(__x86_64__)
+static T512 void dgrad_block_avx512(const float *dT, int64_t npos, int64_t p0, int64_t ngroups,
+                                    const uint8_t *wpat, int64_t k, float *tab, float *out) {
+    for (int64_t g = 0; g < ngroups; ++g) {
+        float *t = tab + g * 256 * LANES;
+        _mm512_store_ps(t, _mm512_setzero_ps());
+        for (int j = 0; j < 8; ++j) {
+            const __m512 d = _mm512_loadu_ps(dT + (g * 8 + j) * npos + p0);
+            const int n = 1 << j;
+            for (int q = 0; q < n; ++q) {
+                __m512 a = _mm512_load_ps(t + q * LANES);
+                _mm512_store_ps(t + (q + n) * LANES, _mm512_sub_ps(a, d));
+                _mm512_store_ps(t + q * LANES, _mm512_add_ps(a, d));
+            }
+        }
+    }
+    int64_t kk = 0;
+    for (; kk + 4 <= k; kk += 4) { /* 4 independent chains */
+        const uint8_t *w0 = wpat + kk * ngroups, *w1 = w0 + ngroups, *w2 = w1 + ngroups, *w3 = w2 + ngroups;
+        __m512 a0 = _mm512_load_ps(tab + (int64_t)w0[0] * LANES), a1 = _mm512_load_ps(tab + (int64_t)w1[0] * LANES);
+        __m512 a2 = _mm512_load_ps(tab + (int64_t)w2[0] * LANES), a3 = _mm512_load_ps(tab + (int64_t)w3[0] * LANES);
+        for (int64_t g = 1; g < ngroups; ++g) {
+            const float *t = tab + g * 256 * LANES;
+            a0 = _mm512_add_ps(a0, _mm512_load_ps(t + (int64_t)w0[g] * LANES));
+            a1 = _mm512_add_ps(a1, _mm512_load_ps(t + (int64_t)w1[g] * LANES));
+            a2 = _mm512_add_ps(a2, _mm512_load_ps(t + (int64_t)w2[g] * LANES));
+            a3 = _mm512_add_ps(a3, _mm512_load_ps(t + (int64_t)w3[g] * LANES));
+        }
+        _mm512_storeu_ps(out + kk * npos + p0, a0);
+        _mm512_storeu_ps(out + (kk + 1) * npos + p0, a1);
+        _mm512_storeu_ps(out + (kk + 2) * npos + p0, a2);
+        _mm512_storeu_ps(out + (kk + 3) * npos + p0, a3);
+    }
+    for (; kk < k; ++kk) {
+        const uint8_t *w = wpat + kk * ngroups;
+        __m512 a = _mm512_load_ps(tab + (int64_t)w[0] * LANES);
+        for (int64_t g = 1; g < ngroups; ++g) a = _mm512_add_ps(a, _mm512_load_ps(tab + (g * 256 + w[g]) * LANES));
+        _mm512_storeu_ps(out + kk * npos + p0, a);
+    }
+}
+
+static T256 void dgrad_block_avx2(const float *dT, int64_t npos, int64_t p0, int64_t ngroups,
+                                  const uint8_t *wpat, int64_t k, float *tab, float *out) {
+    for (int64_t g = 0; g < ngroups; ++g) {
+        float *t = tab + g * 256 * LANES;
+        _mm256_store_ps(t, _mm256_setzero_ps());
+        _mm256_store_ps(t + 8, _mm256_setzero_ps());
+        for (int j = 0; j < 8; ++j) {
+            const float *dp = dT + (g * 8 + j) * npos + p0;
+            const __m256 d0 = _mm256_loadu_ps(dp), d1 = _mm256_loadu_ps(dp + 8);
+            const int n = 1 << j;
+            for (int q = 0; q < n; ++q) {
+                __m256 a0 = _mm256_load_ps(t + q * LANES), a1 = _mm256_load_ps(t + q * LANES + 8);
+                _mm256_store_ps(t + (q + n) * LANES, _mm256_sub_ps(a0, d0));
+                _mm256_store_ps(t + (q + n) * LANES + 8, _mm256_sub_ps(a1, d1));
+                _mm256_store_ps(t + q * LANES, _mm256_add_ps(a0, d0));
+                _mm256_store_ps(t + q * LANES + 8, _mm256_add_ps(a1, d1));
+            }
+        }
+    }
+    for (int64_t kk = 0; kk < k; kk += 2) {
+        const int two = kk + 1 < k;
+        const uint8_t *w0 = wpat + kk * ngroups, *w1 = two ? w0 + ngroups : w0;
+        __m256 a0 = _mm256_load_ps(tab + (int64_t)w0[0] * LANES), a1 = _mm256_load_ps(tab + (int64_t)w0[0] * LANES + 8);
+        __m256 b0 = _mm256_load_ps(tab + (int64_t)w1[0] * LANES), b1 = _mm256_load_ps(tab + (int64_t)w1[0] * LANES + 8);
+        for (int64_t g = 1; g < ngroups; ++g) {
+            const float *t = tab + g * 256 * LANES;
+            a0 = _mm256_add_ps(a0, _mm256_load_ps(t + (int64_t)w0[g] * LANES));
+            a1 = _mm256_add_ps(a1, _mm256_load_ps(t + (int64_t)w0[g] * LANES + 8));
+            b0 = _mm256_add_ps(b0, _mm256_load_ps(t + (int64_t)w1[g] * LANES));
+            b1 = _mm256_add_ps(b1, _mm256_load_ps(t + (int64_t)w1[g] * LANES + 8));
+        }
+        _mm256_storeu_ps(out + kk * npos + p0, a0);
+        _mm256_storeu_ps(out + kk * npos + p0 + 8, a1);
+        if (two) {
+            _mm256_storeu_ps(out + (kk + 1) * npos + p0, b0);
+            _mm256_storeu_ps(out + (kk + 1) * npos + p0 + 8, b1);
+        }
+    }
+}
+#endif
+
+typedef void (*dgrad_fn)(const float *, int64_t, int64_t, int64_t, const uint8_t *, int64_t, float *, float *);
+
+/* dT: [ngroups*8][npos] float32 with npos a multiple of 16 (zero-padded); wpat: [k][ngroups] bytes;
+ * out: [k][npos] float32. */
+int bnncl_tail_dgrad(const float *dT, int64_t npos, int64_t ngroups, const uint8_t *wpat, int64_t k, float *out,
+                     int threads, int path) {
+    if (path < 0 || !(bnncl_supported_paths() & (1 << path))) return 1;
+    if (npos % LANES) return 3;
+    dgrad_fn fn = dgrad_block_scalar;
+#if defined(__x86_64__)
+    if (path == BNNCL_PATH_AVX512) fn = dgrad_block_avx512;
+    if (path == BNNCL_PATH_AVX2) fn = dgrad_block_avx2;
+#endif
+    if (threads < 1) threads = 1;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        float *tab = aligned_alloc(64, (size_t)(ngroups * 256 * LANES) * sizeof(float));
+        if (!tab) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t p0 = 0; p0 < npos; p0 += LANES)
+            if (tab) fn(dT, npos, p0, ngroups, wpat, k, tab, out);
+        free(tab);
+    }
+    return failed ? 2 : 0;
+}
+
+/* ---------------- patterns (implicit im2col of packed bits) and col2im ---------------- */
+
+/* x: (b, h, w, wb) bytes of packed signs; pat: [9 * wb][b * ho * wo], +1 padding = byte 0. */
+void bnncl_tail_patterns(const uint8_t *x, int64_t b, int64_t h, int64_t w, int64_t wb, int64_t stride,
+                         uint8_t *pat) {
+    const int64_t ho = (h + 2 - 3) / stride + 1, wo = (w + 2 - 3) / stride + 1, npos = b * ho * wo;
+    for (int64_t tap = 0; tap < 9; ++tap) {
+        const int64_t ky = tap / 3, kx = tap % 3;
+        uint8_t *dst = pat + tap * wb * npos;
+        for (int64_t n = 0; n < b; ++n)
+            for (int64_t i = 0; i < ho; ++i) {
+                const int64_t iy = i * stride + ky - 1;
+                for (int64_t j = 0; j < wo; ++j) {
+                    const int64_t ix = j * stride + kx - 1, p = (n * ho + i) * wo + j;
+                    if (iy < 0 || iy >= h || ix < 0 || ix >= w) {
+                        for (int64_t q = 0; q < wb; ++q) dst[q * npos + p] = 0;
+                    } else {
+                        const uint8_t *src = x + ((n * h + iy) * w + ix) * wb;
+                        for (int64_t q = 0; q < wb; ++q) dst[q * npos + p] = src[q];
+                    }
+                }
+            }
+    }
+}
+
+/* cols: [9 * c][npos] (tap-major, as bnncl_tail_dgrad writes them, npos_stride >= b*ho*wo);
+ * dx: (b, h, w, c) float32 = sum over taps in order (ky, kx) of the scattered columns, from 0. */
+void bnncl_tail_col2im(const float *cols, int64_t npos_stride, int64_t b, int64_t h, int64_t w, int64_t c,
+                       int64_t stride, float *dx) {
+    const int64_t ho = (h + 2 - 3) / stride + 1, wo = (w + 2 - 3) / stride + 1;
+    memset(dx, 0, (size_t)(b * h * w * c) * sizeof(float));
+    for (int64_t tap = 0; tap < 9; ++tap) {
+        const int64_t ky = tap / 3, kx = tap % 3;
+        const float *src = cols + tap * c * npos_stride;
+        for (int64_t n = 0; n < b; ++n)
+            for (int64_t i = 0; i < ho; ++i) {
+                const int64_t iy = i * stride + ky - 1;
+                if (iy < 0 || iy >= h) continue;
+                for (int64_t j = 0; j < wo; ++j) {
+                    const int64_t ix = j * stride + kx - 1, p = (n * ho + i) * wo + j;
+                    if (ix < 0 || ix >= w) continue;
+                    float *d = dx + ((n * h + iy) * w + ix) * c;
+                    for (int64_t ci = 0; ci < c; ++ci) d[ci] += src[ci * npos_stride + p];
+                }
+            }
+    }
+}
