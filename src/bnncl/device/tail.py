@@ -43,6 +43,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from bnncl.device import kernels
+from bnncl.device.kernels import tailgrad
 from bnncl.device.bitpack import pack_signs, unpack_signs
 from bnncl.device.quantize import FLOAT_BITS, QTensor, check_bits, fake_quantize, quantize
 from bnncl.device.tail_layers import (
@@ -332,24 +333,34 @@ class TailTrainer:
         pos = unpack_mask(pos_mask)
         dz = np.where(pos, dout, dout * blk.slope).astype(np.float32)
         dy_q = quantize(dz * blk.bn_a, self.qb)
-        dy = dy_q.dequantize()
-        p = dy.shape[0] * dy.shape[1] * dy.shape[2]
-        xb = unpack_signs(xb_packed, blk.cin, np.int8)
-        cols = im2col_pm1(xb, 3, blk.stride, 1)  # (P, 9*I) ±1
-        if self.exact_weight_grad:
-            dy_flat: QTensor | np.ndarray = QTensor(dy_q.codes.reshape(p, blk.cout), dy_q.lo, dy_q.hi, dy_q.bits)
+        n, ho, wo, _ = dy_q.shape
+        p = n * ho * wo
+        path = kernels.active_path()
+        if self.qb != FLOAT_BITS:
+            g = self._weight_grad_codes(blk, xb_packed, dy_q, p, path)
+            dy = None
         else:
-            dy_flat = dy.reshape(p, blk.cout)
-        g = pm1_weight_grad(cols, dy_flat, exact=self.exact_weight_grad).T  # (O, 9*I): sum_p xb * dy
-        sw = np.where(blk.w_values < 0, np.float32(-1.0), np.float32(1.0)).reshape(blk.cout, -1)
+            dy = dy_q.dequantize()
+            xb = unpack_signs(xb_packed, blk.cin, np.int8)
+            cols = im2col_pm1(xb, 3, blk.stride, 1)  # (P, 9*I) ±1
+            g = pm1_weight_grad(cols, dy.reshape(p, blk.cout)).T  # (O, 9*I): sum_p xb * dy
+        w_neg = blk.w_values < 0
+        sw = np.where(w_neg, np.float32(-1.0), np.float32(1.0)).reshape(blk.cout, -1)
         k = sw.shape[1]
         dscale = (sw * g).sum(axis=1, dtype=np.float32)
         dw = blk.scale[:, None] * g + (dscale / np.float32(k))[:, None] * _sgn0(blk.w_values.reshape(blk.cout, -1))
         dw = fake_quantize(dw.reshape(blk.weight.shape), self.qb)
         if not need_dx:
             return dw, None
-        dcols = (dy.reshape(p, blk.cout) * blk.scale) @ sw  # real x ±1: signed sums
-        dxb = col2im(dcols, in_shape, 3, blk.stride, 1)
+        if dy is None:
+            dy = dy_q.dequantize()
+        dys = dy.reshape(p, blk.cout) * blk.scale
+        if self.qb != FLOAT_BITS:  # signed sums by tables of sign(W) bits (kernels/tailgrad.py)
+            wpat = tailgrad.weight_patterns(w_neg.reshape(blk.cout, -1))
+            dcols = tailgrad.dgrad(tailgrad.dgrad_operand(dys), wpat, path, self.threads)
+            dxb = tailgrad.col2im(dcols, in_shape, blk.stride, path)
+        else:
+            dxb = col2im(dys @ sw, in_shape, 3, blk.stride, 1)  # real x ±1: signed sums
         dxs = shortcut_backward(dz, blk.stride, blk.repeat)
         mask = unpack_mask(ste)
         if blk.binary_input:
@@ -357,6 +368,27 @@ class TailTrainer:
         else:
             dx = dxb * mask + dxs
         return dw, fake_quantize(dx.astype(np.float32), self.qb)
+
+    def _weight_grad_codes(self, blk: _Block, xb_packed: np.ndarray, dy_q: QTensor, p: int,
+                           path: str) -> np.ndarray:
+        """``G (O, 9*I) = sum_p xb[p, k] * dy[p, o]`` as exact integer sums of the ``q_b`` codes:
+        ``dy = lo + c / s`` gives ``G = lo * sum_p xb + (sum_p xb * c) / s``, and ``sum_p xb * c =
+        sum_p c - 2 * (sum of c where xb = -1)``: additions only (``tailgrad.wgrad_minus``)."""
+        o, cin = blk.cout, blk.cin
+        nb = xb_packed.shape[-1] * 64  # bits per tap
+        pat = tailgrad.patterns(xb_packed, blk.stride, path)
+        if dy_q.constant:
+            codes = np.zeros((p, o), dtype=np.int32)
+        else:
+            codes = dy_q.codes.reshape(p, o)
+        s_minus, ones = tailgrad.wgrad_minus(pat, codes, (1 << dy_q.bits) - 1, path, self.threads)
+        total = codes.sum(axis=0, dtype=np.int64)[None, :] - 2 * s_minus  # (9 * nb, O)
+        total = total.reshape(9, nb, o)[:, :cin].reshape(9 * cin, o)
+        colsum = (p - 2 * ones).reshape(9, nb)[:, :cin].reshape(-1)
+        g = np.float64(dy_q.lo) * colsum[:, None]
+        if not dy_q.constant:
+            g = g + total / np.float64(dy_q.scale)
+        return g.astype(np.float32).T
 
     def train_batch(self, latents: np.ndarray, labels: np.ndarray, lr: float) -> float:
         """One SGD step on the tail's conv latent weights and the head; returns the mean loss."""
