@@ -62,6 +62,18 @@ static T512 void upd_avx512(int32_t *tab, const uint8_t *pat, const int32_t *c, 
         _mm512_store_si512(t, _mm512_add_epi32(_mm512_load_si512(t), _mm512_load_si512(c + p * LANES)));
     }
 }
+
+/* two groups (two tables, two pattern rows) share each code-row load */
+static T512 void upd2_avx512(int32_t *tab, int32_t *tab2, const uint8_t *pat, const uint8_t *pat2,
+                             const int32_t *c, int64_t n) {
+    for (int64_t p = 0; p < n; ++p) {
+        const __m512i v = _mm512_load_si512(c + p * LANES);
+        __m512i *t = (__m512i *)(tab + (int64_t)pat[p] * LANES);
+        __m512i *u = (__m512i *)(tab2 + (int64_t)pat2[p] * LANES);
+        _mm512_store_si512(t, _mm512_add_epi32(_mm512_load_si512(t), v));
+        _mm512_store_si512(u, _mm512_add_epi32(_mm512_load_si512(u), v));
+    }
+}
 #endif
 
 typedef void (*upd_fn)(int32_t *, const uint8_t *, const int32_t *, int64_t);
@@ -113,22 +125,32 @@ int bnncl_tail_wgrad(const uint8_t *pat, int64_t ngroups, int64_t npos, const in
     int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        int32_t *tab = aligned_alloc(64, 256 * LANES * sizeof(int32_t));
+        int32_t *tab = aligned_alloc(64, 2 * 256 * LANES * sizeof(int32_t));
         if (!tab) {
 #pragma omp atomic write
             failed = 1;
         }
+        const int pair = path == BNNCL_PATH_AVX512;
+        const int64_t step = pair ? 2 : 1, nsteps = (ngroups + step - 1) / step;
 #pragma omp for schedule(dynamic, 4) collapse(2)
         for (int64_t t = 0; t < ntiles; ++t) {
-            for (int64_t g = 0; g < ngroups; ++g) {
+            for (int64_t gs = 0; gs < nsteps; ++gs) {
                 if (!tab) continue;
-                const int64_t o0 = t * LANES, lanes = o - o0 < LANES ? o - o0 : LANES;
+                const int64_t g = gs * step, o0 = t * LANES, lanes = o - o0 < LANES ? o - o0 : LANES;
+                const int two = pair && g + 1 < ngroups;
+                int32_t *tab2 = tab + 256 * LANES;
                 const int32_t *ct = ctile + t * npos * LANES;
                 for (int64_t p0 = 0; p0 < npos; p0 += chunk) {
                     const int64_t n = npos - p0 < chunk ? npos - p0 : chunk;
-                    memset(tab, 0, 256 * LANES * sizeof(int32_t));
-                    upd(tab, pat + g * npos + p0, ct + p0 * LANES, n);
+                    memset(tab, 0, (two ? 2 : 1) * 256 * LANES * sizeof(int32_t));
+#if defined(__x86_64__)
+                    if (two)
+                        upd2_avx512(tab, tab2, pat + g * npos + p0, pat + (g + 1) * npos + p0, ct + p0 * LANES, n);
+                    else
+#endif
+                        upd(tab, pat + g * npos + p0, ct + p0 * LANES, n);
                     reduce_table(tab, out + g * 8 * o + o0, o, (int)lanes);
+                    if (two) reduce_table(tab2, out + (g + 1) * 8 * o + o0, o, (int)lanes);
                 }
             }
         }
