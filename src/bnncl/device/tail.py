@@ -168,8 +168,8 @@ class TailTrainer:
     ``split``: ``config.split_for_tail(K)``. ``qf``/``qb``/``qw``: bit widths (32 = float32).
     ``num_classes``: head capacity when larger than the pretrained head (new rows start at zero);
     ``head_classes``: the row of the larger head that each pretrained row goes to (default 0, 1, ...).
-    ``exact_weight_grad``: sum the ``q_b`` codes of ``dy`` as integers (exact, twice the GEMM work)
-    instead of the float32 signed accumulation (:func:`bnncl.device.tail_layers.pm1_weight_grad`).
+    ``exact_weight_grad``: kept for compatibility; at ``q_b < 32`` the weight gradient is always the
+    exact integer sum of the ``q_b`` codes (C kernel ``tailgrad.wgrad_minus``), at 32 it is float32.
     """
 
     def __init__(self, architecture: Any, params: Mapping[str, np.ndarray], split: str, *, qf: int = 8,
