@@ -272,7 +272,7 @@ def _learn(args: argparse.Namespace) -> int:
             print(f"deployed {args.model} into {state}: {len(session.buffer)} base patterns in the replay buffer; "
                   f"state generation {session.generation}")
         elif session.fell_back:
-            print(f"resumed from an older generation {session.generation} (the newest was damaged)")
+            print(f"resumed from generation {session.generation} after the warning above")
         loop = LearnLoop(session, incoming, Path(args.done or incoming / "processed"),
                          Path(args.rejected or incoming / "rejected"), args.max_images)
         loop.finish_committed()
