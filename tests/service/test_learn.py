@@ -1,0 +1,137 @@
+"""``bnncl learn`` / ``predict`` / ``state show`` end to end on the shipped model and real images."""
+
+from __future__ import annotations
+
+import json
+import numpy as np
+import pytest
+
+from bnncl.cl.state import StateStore
+from bnncl.service import learn, predict, show
+from bnncl.service.session import LearnerSession
+
+
+def _learn(model, state, inc, *extra) -> int:
+    return learn.main(["--model", str(model), "--state", str(state), "--incoming", str(inc), "--once", *extra])
+
+
+def test_learn_predict_show(tmp_path, model, state, kit, capsys):
+    inc = tmp_path / "inc"
+    ids = kit.write_stream(inc, 20, seed=1)
+    assert _learn(model, state, inc, "--max-images", "8") == 0
+    out = capsys.readouterr().out
+    assert out.count("experience ") == 3 and "learned 20 image(s)" in out
+    assert sorted(f"{p.parent.name}/{p.name}" for p in (inc / "processed").glob("*/*")) == sorted(ids)
+    loaded = StateStore(state).load()
+    assert loaded.position["experience"] == 3 and loaded.position["images_learned"] == 20
+    assert len(loaded.position["last_files"]) == 4  # 8 + 8 + 4
+
+    # nothing new: exits 0, commits nothing
+    before = kit.snapshot(state)
+    assert _learn(model, state, inc) == 0
+    assert "nothing new to learn" in capsys.readouterr().out
+    assert kit.snapshot(state) == before
+
+    first = sorted((inc / "processed").glob("*/*"))[:3]
+    assert predict.main(["--model", str(model), "--state", str(state), *map(str, first)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        name, label, score = line.split("\t")
+        assert label in loaded.position["classes"] and 0.0 < float(score) <= 1.0
+
+    assert show.main(["show", str(state)]) == 0
+    text = capsys.readouterr().out
+    assert "generation 4" in text and "replay buffer: 200 / 200 patterns at 8 bit(s)" in text
+    assert show.main(["show", str(state), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert sum(r["learned"] for r in info["classes"]) == 20
+    assert info["buffer"]["patterns"] == 200 and info["memory_bytes"]["replay"] > 0
+
+
+def test_deploy_with_defaults_k2(tmp_path, model, kit):
+    """The default settings (K=2, 1-bit replay) deploy and learn; a resumed session continues exactly."""
+    settings = {"buffer": 60, "epochs": 1}
+    a = LearnerSession.open(model, tmp_path / "a", settings)
+    assert a.settings.tail_blocks == 2 and a.settings.lr_bits == 1 and len(a.buffer) == 60
+    inc = tmp_path / "inc"
+    kit.write_stream(inc, 12, seed=2)
+    loop = learn.LearnLoop(a, inc, inc / "processed", inc / "rejected", max_images=6, say=lambda m: None)
+    assert loop.step() == 6
+    # a second session resumes from disk, a third carries on in memory: both learn the next batch
+    import shutil
+
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    b = LearnerSession.open(model, tmp_path / "b")
+    images, labels = [], []
+    for item in sorted((inc).glob("[!pr]*/*")):
+        arr, _ = learn.read_item(learn.inbox.Item(item.parent.name, item.name, item), a.image_shape)
+        images.append(arr)
+        labels.append(item.parent.name)
+    a.learn(np.stack(images), labels)
+    b.learn(np.stack(images), labels)
+    sa, sb = a.store.load(), b.store.load()
+    for key in sa.arrays:
+        np.testing.assert_array_equal(sa.arrays[key], sb.arrays[key], err_msg=key)
+    assert sa.meta == sb.meta and sa.position == sb.position
+    assert any(k.startswith("engine/tail/") for k in sa.arrays)  # K = 2: the tail is in the state
+
+
+def test_new_class_name_takes_a_free_row(tmp_path, model, kit, capsys):
+    inc = tmp_path / "inc"
+    kit.write_stream(inc, 4, seed=4, classes=(8,))
+    (inc / "Bag").rename(inc / "Handbag")
+    assert _learn(model, tmp_path / "st", inc, *kit.fast_flags(), "--capacity", "11") == 0
+    pos = StateStore(tmp_path / "st").load().position
+    assert pos["classes"][10] == "Handbag" and pos["learned_per_class"][10] == 4
+    assert "Handbag x4" in capsys.readouterr().out
+
+
+def test_committed_files_are_moved_not_relearned(tmp_path, model, state, kit, capsys):
+    """A kill after the commit, before the moves: the next start moves them without learning."""
+    inc = tmp_path / "inc"
+    kit.write_stream(inc, 6, seed=5)
+    assert _learn(model, state, inc) == 0
+    before = kit.snapshot(state)
+    for p in (inc / "processed").glob("*/*"):  # put them back as if the moves never happened
+        p.rename(inc / p.parent.name / p.name)
+    assert _learn(model, state, inc) == 0
+    assert "moved 6 file(s) learned before a restart" in capsys.readouterr().out
+    assert kit.snapshot(state) == before
+    assert len(list((inc / "processed").glob("*/*"))) == 6
+
+    # same name, new content: a new image, learned
+    kit.write_stream(inc, 1, seed=6)  # 000000.png again, another picture
+    again = next(inc.glob("[!pr]*/000000.png"))
+    assert _learn(model, state, inc) == 0
+    assert StateStore(state).load().position["images_learned"] == 7
+    assert not again.exists()
+
+
+def test_second_learner_on_one_state_is_refused(tmp_path, model, state, capsys):
+    (tmp_path / "inc").mkdir()
+    with learn.learner_lock(state):
+        assert _learn(model, state, tmp_path / "inc") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "another bnncl learn is running" in err
+
+
+def test_watch_mode_learns_what_arrives(tmp_path, model, state, kit, monkeypatch):
+    """Without --once the loop keeps polling; files written later are learned."""
+    inc = tmp_path / "inc"
+    inc.mkdir()
+    session = LearnerSession.open(model, state)
+    loop = learn.LearnLoop(session, inc, inc / "processed", inc / "rejected", say=lambda m: None)
+    calls = []
+
+    def fake_sleep(_):
+        calls.append(1)
+        if len(calls) == 1:
+            kit.write_stream(inc, 3, seed=7)
+        elif len(calls) > 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(learn.time, "sleep", fake_sleep)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(once=False, poll=0.01)
+    assert session.position["images_learned"] == 3
