@@ -107,7 +107,12 @@ class LearnLoop:
         return moved
 
     def _reject(self, item: inbox.Item, reason: str) -> None:
-        target = inbox.reject(item, self.rejected, reason)
+        try:
+            target = inbox.reject(item, self.rejected, reason)
+        except OSError as exc:  # e.g. disk full: leave it where it is, try again at the next scan
+            self.warn(f"{item.path}: skipped ({reason}); could not move it to {self.rejected} "
+                      f"({exc.strerror or exc})")
+            return
         self.warn(f"{item.path}: rejected, moved to {target} ({reason})")
 
     def step(self) -> int:
@@ -252,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             return _learn(args)
     except BnnclError as exc:
         print(f"bnncl learn: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # moving files: the state is committed, the next start finishes the moves
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"bnncl learn: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
