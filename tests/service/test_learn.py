@@ -63,6 +63,9 @@ def test_deploy_with_defaults_k2(tmp_path, model, kit):
 
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     b = LearnerSession.open(model, tmp_path / "b")
+    probe = np.random.default_rng(0).integers(0, 256, (16, 28, 28, 1), dtype=np.uint8)
+    assert a.predict(probe) == b.predict(probe)  # the resumed head is exactly the one in memory
+    np.testing.assert_array_equal(a.engine.get_head(), b.engine.get_head())
     images, labels = [], []
     for item in sorted((inc).glob("[!pr]*/*")):
         arr, _ = learn.read_item(learn.inbox.Item(item.parent.name, item.name, item), a.image_shape)

@@ -192,6 +192,10 @@ class LearnerSession:
             self.learner.load_state_dict(state.arrays, state.meta)
         except (ValueError, KeyError, TypeError) as exc:
             raise StateError(f"{self.store.directory}: state does not fit this model/settings ({exc})") from None
+        # The head at rest is quantize(cw). The saved copy is de-quantized, and quantizing it again
+        # can move a code by one step; rebuilding it from cw gives exactly the uninterrupted head.
+        if self.learner.consolidator is not None:
+            self.engine.set_head(self.learner.consolidator.consolidated_head())
         self.position = json.loads(json.dumps(state.position))
         self.classes = list(self.position["classes"])
         self.generation = state.generation
