@@ -25,7 +25,8 @@ def _torch(model, images, split=None):
         x = to_input(torch.from_numpy(images), model.config.mean, model.config.std)
         if split is None:
             return model(x).numpy()
-        return model.latent(x, split).permute(0, 2, 3, 1).numpy()
+        z = model.latent(x, split)
+        return (z.permute(0, 2, 3, 1) if z.ndim == 4 else z).numpy()
 
 
 @pytest.fixture(scope="module")

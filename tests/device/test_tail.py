@@ -126,7 +126,7 @@ def test_shortcut_backward_is_adjoint() -> None:
 def test_split_shapes_and_expand_head() -> None:
     assert split_latent_shape(CFG.__dict__ | {"blocks": CFG.blocks}, "block1") == (12, 12, 8)
     assert split_latent_shape({"input_shape": (12, 12, 1), "stem_channels": 8, "blocks": CFG.blocks,
-                               "num_classes": 4}, "gap") == (6, 6, 16)
+                               "num_classes": 4}, "gap") == (16,)  # K = 0: the pooled features
     h = np.arange(6, dtype=np.float32).reshape(2, 3)
     out = expand_head(h, 5, [4, 1])
     np.testing.assert_array_equal(out[[4, 1]], h)
@@ -147,7 +147,8 @@ def test_fp32_forward_equals_torch_tail(cfg: BackboneConfig, k: int) -> None:
     if split in cfg.binary_latents:
         assert set(np.unique(lat)) <= {-1.0, 1.0}
     with torch.no_grad():
-        ref = m.tail_from_latent(torch.from_numpy(lat).permute(0, 3, 1, 2), split).numpy()
+        t = torch.from_numpy(lat)
+        ref = m.tail_from_latent(t.permute(0, 3, 1, 2) if t.ndim == 4 else t, split).numpy()
     np.testing.assert_allclose(tt.logits(lat), ref, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(te.logits(lat), ref, atol=1e-5, rtol=1e-5)
 

@@ -197,7 +197,8 @@ class FrozenEngine:
 
         At a binary split: ``sign(z + b)`` as float32 ±1 (N, H, W, C), or with ``packed=True`` as
         packed bits uint64 (N, H, W, words) (:mod:`bnncl.device.bitpack` convention).  At a real
-        split: float32 (N, H, W, C) (``packed=True`` is then an error).
+        split: float32 (N, H, W, C) (``packed=True`` is then an error); at ``gap``: the pooled feature
+        vector float32 (N, C).
         """
         split = split or self.model.lr_split
         stop = split_index(self.arch, split)
@@ -205,7 +206,8 @@ class FrozenEngine:
             if packed:
                 raise ValueError(f"split {split!r} is not a binary latent split; packed latents exist only at "
                                  f"{', '.join(self.arch['binary_latents']) or 'none'}")
-            return self.forward_to(images, split)
+            z = self.forward_to(images, split)
+            return z.mean(axis=(1, 2), dtype=np.float32) if split == "gap" else z
         channels = self.blocks[stop].in_channels
 
         def run(x: np.ndarray) -> np.ndarray:

@@ -94,13 +94,15 @@ def block_shapes(arch: Mapping[str, Any]) -> list[tuple[int, int, int, int, int]
     return out
 
 
-def split_latent_shape(arch: Mapping[str, Any], split: str) -> tuple[int, int, int]:
-    """Channels-last shape of one latent at ``split``."""
+def split_latent_shape(arch: Mapping[str, Any], split: str) -> tuple[int, ...]:
+    """Shape of one latent at ``split``: channels-last ``(H, W, C)`` at a block input; ``(C,)`` at
+    ``gap``, where the latent is the pooled feature vector (pooling is linear, so storing the pooled
+    vector instead of the ``(H, W, C)`` map loses nothing and is ``H * W`` times smaller)."""
     names = [f"block{i}" for i in range(len(arch["blocks"]))] + ["gap"]
     if split not in names:
         raise ValueError(f"split: expected one of {', '.join(names)}, got {split!r}")
     cin, _, _, h, w = block_shapes(arch)[names.index(split)]
-    return (h, w, cin)
+    return (cin,) if split == "gap" else (h, w, cin)
 
 
 def expand_head(head: np.ndarray, num_classes: int | None, head_classes: Any = None) -> np.ndarray:
@@ -244,7 +246,7 @@ class TailTrainer:
     # -- forward -------------------------------------------------------------------------------
     def _check_latents(self, latents: np.ndarray) -> np.ndarray:
         x = np.asarray(latents)
-        if x.ndim != 4 or x.shape[1:] != self.latent_shape:
+        if x.ndim != 1 + len(self.latent_shape) or x.shape[1:] != self.latent_shape:
             want = ", ".join(map(str, self.latent_shape))
             raise ValueError(f"latents: expected shape (N, {want}), got {x.shape}")
         if not np.all(np.isfinite(x)):
@@ -277,7 +279,7 @@ class TailTrainer:
         x = fake_quantize(self._check_latents(latents), self.qf)
         for blk in self._blocks:
             x = self._block_forward(blk, x, caches)
-        feats = quantize(x.mean(axis=(1, 2), dtype=np.float32), self.qf)
+        feats = quantize(x.mean(axis=(1, 2), dtype=np.float32) if self._blocks else x, self.qf)
         logits = feats.dequantize() @ self._head_f.T
         return logits.astype(np.float32, copy=False), feats
 

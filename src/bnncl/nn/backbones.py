@@ -169,8 +169,11 @@ class Backbone(nn.Module):
 
     def latent(self, x: torch.Tensor, split: str) -> torch.Tensor:
         """The latent-replay activations at ``split``: ``sign(z + b)`` (exactly ±1) at a binary split,
-        else the real activations ``z``."""
+        the pooled feature vector ``(N, C)`` at ``gap`` (pooling is linear: nothing is lost), else the
+        real activations ``z`` (NCHW)."""
         z = self.forward_to(x, split)
+        if split == "gap":
+            return torch.flatten(self.pool(z), 1)
         if split in self.config.binary_latents:
             block = self.blocks[self._index(split)]
             z = torch.where(block.move(z) < 0, -1.0, 1.0)
@@ -178,6 +181,8 @@ class Backbone(nn.Module):
 
     def tail_from_latent(self, latent: torch.Tensor, split: str) -> torch.Tensor:
         """Logits from what :meth:`latent` returned (the split block skips its own bias + sign at a binary split)."""
+        if split == "gap":
+            return self.head(latent)
         start = self._index(split)
         if split in self.config.binary_latents:
             block = self.blocks[start]

@@ -110,8 +110,8 @@ class TorchEngine:
                              f"{images.shape}")
         with torch.no_grad():
             x = to_input(torch.from_numpy(np.ascontiguousarray(images)), self._mean, self._std)
-            z = self.model.latent(x, self.split)
-        return np.ascontiguousarray(z.permute(0, 2, 3, 1).numpy(), dtype=np.float32)
+            z = self.model.latent(x, self.split)  # (N, C) pooled features at "gap", else NCHW
+        return np.ascontiguousarray((z.permute(0, 2, 3, 1) if z.ndim == 4 else z).numpy(), dtype=np.float32)
 
     # -- tail ----------------------------------------------------------------------------------
     def _fq(self, t: torch.Tensor) -> torch.Tensor:
@@ -119,11 +119,12 @@ class TorchEngine:
 
     def _check_latents(self, latents: np.ndarray) -> torch.Tensor:
         x = np.asarray(latents)
-        if x.ndim != 4 or x.shape[1:] != self.latent_shape:
+        if x.ndim != 1 + len(self.latent_shape) or x.shape[1:] != self.latent_shape:
             raise ValueError(f"latents: expected shape (N, {', '.join(map(str, self.latent_shape))}), got {x.shape}")
         if not np.all(np.isfinite(x)):
             raise ValueError("latents contain NaN or inf")
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).permute(0, 3, 1, 2)
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return t.permute(0, 3, 1, 2) if t.ndim == 4 else t
 
     def _logits(self, latents: np.ndarray) -> torch.Tensor:
         x = uniform_quantize(self._check_latents(latents), self.qf)
@@ -135,7 +136,7 @@ class TorchEngine:
                 xs = xb if block.binary_input else x
             y = grad_quantize(block.conv(xb), self.qb)
             x = self._fq(block.act(block.bn(y) + block.shortcut(xs)))
-        f = self._fq(torch.flatten(self.model.pool(x), 1))
+        f = self._fq(torch.flatten(self.model.pool(x), 1) if self._tail else x)
         return F.linear(f, uniform_quantize(self._head, self.qf))
 
     def logits(self, latents: np.ndarray) -> np.ndarray:
