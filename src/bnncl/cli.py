@@ -123,8 +123,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from bnncl.bench.inference import main as bench_main
     elif args.what == "sweeps":
         from bnncl.bench.sweeps import main as bench_main
+    elif args.what == "learning":
+        from bnncl.bench.learning import main as bench_main
     else:
-        raise BnnclError(f"unknown benchmark {args.what!r}; expected one of: kernels, inference, sweeps")
+        raise BnnclError(f"unknown benchmark {args.what!r}; expected one of: kernels, inference, learning, sweeps")
     return int(bench_main(args.rest) or 0)
 
 
@@ -194,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("bench", help="benchmarks: kernels | inference | sweeps")
+    p = sub.add_parser("bench", help="benchmarks: kernels | inference | learning | sweeps")
     p.add_argument("what")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_bench)
