@@ -1,4 +1,4 @@
-"""bnncl.device and bnncl.cl must import without torch (the device install has no torch)."""
+"""bnncl.device, bnncl.cl and bnncl.service must import without torch (the device install has no torch)."""
 
 import os
 import subprocess
@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     sys.meta_path.insert(0, NoTorch())
     sys.modules.pop("torch", None)
     imported = []
-    for pkg_name in ("bnncl.device", "bnncl.cl"):
+    for pkg_name in ("bnncl.device", "bnncl.cl", "bnncl.service"):
         pkg = importlib.import_module(pkg_name)
         imported.append(pkg_name)
         for info in pkgutil.walk_packages(pkg.__path__, pkg_name + "."):

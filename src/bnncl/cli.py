@@ -125,8 +125,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from bnncl.bench.sweeps import main as bench_main
     elif args.what == "learning":
         from bnncl.bench.learning import main as bench_main
+    elif args.what == "soak":
+        from bnncl.bench.soak import main as bench_main
     else:
-        raise BnnclError(f"unknown benchmark {args.what!r}; expected one of: kernels, inference, learning, sweeps")
+        raise BnnclError(f"unknown benchmark {args.what!r}; expected one of: kernels, inference, learning, soak, sweeps")
     return int(bench_main(args.rest) or 0)
 
 
@@ -134,6 +136,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from bnncl.nn.export import main as export_main
 
     return int(export_main(args.rest) or 0)
+
+
+def _cmd_learn(args: argparse.Namespace) -> int:
+    from bnncl.service.learn import main as learn_main
+
+    return int(learn_main(args.rest) or 0)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from bnncl.service.predict import main as predict_main
+
+    return int(predict_main(args.rest) or 0)
+
+
+def _cmd_state(args: argparse.Namespace) -> int:
+    from bnncl.service.show import main as show_main
+
+    return int(show_main(args.rest) or 0)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -196,17 +216,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("bench", help="benchmarks: kernels | inference | learning | sweeps")
+    for name, func, text in (
+        ("learn", _cmd_learn, "the on-device loop: learn what arrives in an incoming folder, crash-safe"),
+        ("predict", _cmd_predict, "classify images with a device model and its learned state"),
+        ("state", _cmd_state, "inspect a device's learned state: bnncl state show DIR"),
+    ):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("bench", help="benchmarks: kernels | inference | learning | soak | sweeps")
     p.add_argument("what")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_bench)
     return parser
 
 
+#: Commands whose own ``main(argv)`` parses every argument (their ``--help`` included).
+PASSTHROUGH = {"export": _cmd_export, "info": _cmd_info, "learn": _cmd_learn, "predict": _cmd_predict,
+               "state": _cmd_state}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line and exit 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv and argv[0] in PASSTHROUGH:
+        args = argparse.Namespace(rest=argv[1:], func=PASSTHROUGH[argv[0]])
+    elif argv[:1] == ["bench"] and len(argv) > 1:
+        args = argparse.Namespace(what=argv[1], rest=argv[2:], func=_cmd_bench)
+    else:
+        args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except BnnclError as exc:
