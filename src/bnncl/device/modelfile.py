@@ -4,7 +4,9 @@ Layout (format ``bnncl-device-model``, version 1).  Metadata keys: ``format``,
 ``format_version`` and ``manifest`` (JSON: ``architecture`` = the BackboneConfig as a dict,
 ``layers`` with bit widths, ``class_names``, ``pretrained_classes``, ``lr_split``, ``input``
 normalisation, ``tail_blocks`` with raw parameters, ``latent_weight_bits``, ``checksum`` =
-sha256 over every tensor's name, dtype, shape and bytes in sorted name order, ``source``).
+``{"algorithm": "sha256", "value": sha256 over every tensor's name, dtype, shape and bytes in sorted
+name order, "manifest": sha256 of the manifest without its checksum as canonical JSON}``, ``source``).
+Files written before the ``manifest`` digest existed (no such key) load with the tensors checked only.
 
 Tensors (all channels-last; ``i`` a binary block):
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,11 +89,16 @@ def block_geometry(arch: Mapping[str, Any]) -> list[dict[str, int]]:
     return out
 
 
+def _is_int(v: Any) -> bool:
+    """A JSON integer (not a bool, not a float such as ``1.0``)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _check_architecture(arch: Any) -> dict[str, Any]:
     if not isinstance(arch, dict) or not _ARCH_KEYS <= set(arch):
         got = sorted(arch) if isinstance(arch, dict) else type(arch).__name__
         raise ValueError(f"architecture: expected keys {sorted(_ARCH_KEYS)}, got {got}")
-    ints = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
+    ints = lambda v: _is_int(v) and v > 0  # noqa: E731
     shape = arch["input_shape"]
     if not (isinstance(shape, list) and len(shape) == 3 and all(ints(v) for v in shape)):
         raise ValueError(f"architecture.input_shape: expected [H, W, C] of positive ints, got {shape!r}")
@@ -98,15 +106,16 @@ def _check_architecture(arch: Any) -> dict[str, Any]:
         raise ValueError("architecture: stem_channels and num_classes must be positive ints")
     blocks = arch["blocks"]
     if not (isinstance(blocks, list) and blocks and all(
-            isinstance(b, list) and len(b) == 2 and ints(b[0]) and b[1] in (1, 2) for b in blocks)):
+            isinstance(b, list) and len(b) == 2 and ints(b[0]) and ints(b[1]) and b[1] in (1, 2) for b in blocks)):
         raise ValueError(f"architecture.blocks: expected [[out_channels, stride 1|2], ...], got {blocks!r}")
     if arch["binary"] is not True:
         raise ValueError("architecture.binary: the device runs binary backbones only")
     c = shape[2]
     for key in ("mean", "std"):
         v = arch[key]
-        if not (isinstance(v, list) and len(v) == c and all(isinstance(x, (int, float)) for x in v)):
-            raise ValueError(f"architecture.{key}: expected {c} numbers (one per input channel), got {v!r}")
+        if not (isinstance(v, list) and len(v) == c and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+            raise ValueError(f"architecture.{key}: expected {c} finite numbers (one per input channel), got {v!r}")
     if any(s <= 0 for s in arch["std"]):
         raise ValueError("architecture.std: expected positive values")
     latents = arch["binary_latents"]
@@ -165,6 +174,12 @@ def checksum(tensors: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def manifest_checksum(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the manifest minus its ``checksum`` entry, as canonical JSON (sorted keys, no spaces)."""
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------
 # Uniform min/max quantizer (DESIGN.md §1.5) of the stored latent weights
 
@@ -207,20 +222,21 @@ def _check_manifest(man: Any) -> dict[str, Any]:
     if not (isinstance(names, list) and all(isinstance(s, str) for s in names)):
         raise ValueError("manifest.class_names: expected a list of strings")
     if not (isinstance(classes, list) and len(classes) == arch["num_classes"]
-            and all(isinstance(c, int) and 0 <= c < max(len(names), 1) for c in classes)
+            and all(_is_int(c) and 0 <= c < max(len(names), 1) for c in classes)
             and len(set(classes)) == len(classes)):
         raise ValueError(f"manifest.pretrained_classes: expected {arch['num_classes']} distinct class indices "
                          f"into class_names, got {classes!r}")
     if man["lr_split"] not in split_names(arch):
         raise ValueError(f"manifest.lr_split: expected one of {split_names(arch)}, got {man['lr_split']!r}")
     tb = man["tail_blocks"]
-    if not (isinstance(tb, int) and 0 <= tb <= min(MAX_TAIL_BLOCKS, len(arch["blocks"]))):
+    if not (_is_int(tb) and 0 <= tb <= min(MAX_TAIL_BLOCKS, len(arch["blocks"]))):
         raise ValueError(f"manifest.tail_blocks: expected 0..{MAX_TAIL_BLOCKS}, got {tb!r}")
-    if man["latent_weight_bits"] != LATENT_WEIGHT_BITS:
+    if not _is_int(man["latent_weight_bits"]) or man["latent_weight_bits"] != LATENT_WEIGHT_BITS:
         raise ValueError(f"manifest.latent_weight_bits: expected {LATENT_WEIGHT_BITS}, got {man['latent_weight_bits']!r}")
     ck = man["checksum"]
-    if not (isinstance(ck, dict) and ck.get("algorithm") == "sha256" and isinstance(ck.get("value"), str)):
-        raise ValueError("manifest.checksum: expected {'algorithm': 'sha256', 'value': HEX}")
+    if not (isinstance(ck, dict) and ck.get("algorithm") == "sha256" and isinstance(ck.get("value"), str)
+            and set(ck) <= {"algorithm", "value", "manifest"} and isinstance(ck.get("manifest", ""), str)):
+        raise ValueError("manifest.checksum: expected {'algorithm': 'sha256', 'value': HEX, 'manifest': HEX}")
     layers = man["layers"]
     if not (isinstance(layers, list) and len(layers) == len(arch["blocks"]) + 2
             and all(isinstance(x, dict) and {"name", "kind", "weight_bits", "input_bits"} <= set(x) for x in layers)):
@@ -312,10 +328,13 @@ class DeviceModel:
                 raise ValueError(f"tensor {name}: contains NaN or infinity")
         if checksum(self.tensors) != man["checksum"]["value"]:
             raise ValueError("checksum mismatch: the tensors are corrupted")
+        if "manifest" in man["checksum"] and manifest_checksum(man) != man["checksum"]["manifest"]:
+            raise ValueError("checksum mismatch: the manifest is corrupted")
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temp file, fsync, rename); fills in the checksum first."""
-        self.manifest["checksum"] = {"algorithm": "sha256", "value": checksum(self.tensors)}
+        self.manifest["checksum"] = {"algorithm": "sha256", "value": checksum(self.tensors),
+                                     "manifest": manifest_checksum(self.manifest)}
         try:
             self.validate()
         except ValueError as exc:
@@ -347,7 +366,7 @@ class DeviceModel:
             model.validate()
         except ModelFileError:
             raise
-        except (SafetensorError, OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ModelFileError(f"{p}: not a valid bnncl device model ({msg})") from None
         return model
