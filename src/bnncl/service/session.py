@@ -29,7 +29,7 @@ import numpy as np
 
 from bnncl.cl.learner import ContinualLearner, LearnerConfig
 from bnncl.cl.replay import LatentReplayBuffer
-from bnncl.cl.state import LoadedState, NoStateError, StateError, StateStore, StateWriteError, sha256_file
+from bnncl.cl.state import LoadedState, NoStateError, StateError, StateStore, sha256_file
 from bnncl.errors import BnnclError
 
 SERVICE_VERSION = 1
