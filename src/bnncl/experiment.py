@@ -23,45 +23,30 @@ from bnncl.cl.replay import LatentReplayBuffer
 from bnncl.data.protocols import ProtocolSpec, get_protocol
 from bnncl.errors import BnnclError
 from bnncl.machine import machine_info
+from bnncl.settings import LearningSettings
 
 ENGINES = ("device", "torch")
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Everything that defines a run (recorded in results.json)."""
+class RunConfig(LearningSettings):
+    """Everything that defines a run (recorded in results.json): the learning settings plus the
+    protocol, the engine and the baseline switches."""
 
     protocol: str = "fmnist-b5"
     engine: str = "device"
-    tail_blocks: int = 2
-    qf: int = 8
-    qb: int = 16
-    qw: int = 8
-    lr_bits: int = 1
-    buffer: int = 1500
     buffer_policy: str = "class_balanced"
     strategy: str = "cwr_star"
-    epochs: int = 4
-    lr: float = 0.05
-    minibatch: int = 128
-    seed: int = 0
     threads: int = 1
-    model: str | None = None  # a shipped model name or a file path; default: the protocol's
+    model: str | None = None  # a file path; default: the protocol's shipped model
     float_network: bool = False  # torch engine on the fp32 twin of the backbone
 
     def validate(self) -> None:
+        super().validate()
         if self.engine not in ENGINES:
             raise BnnclError(f"--engine must be one of {ENGINES}, got {self.engine!r}")
-        for name in ("qf", "qb", "qw"):
-            v = getattr(self, name)
-            if not 1 <= v <= 32:
-                raise BnnclError(f"--{name} must be in [1, 32] bits, got {v}")
-        if self.lr_bits not in (1, 8, 32):
-            raise BnnclError(f"--lr-bits must be 1, 8 or 32, got {self.lr_bits}")
-        if not 0 <= self.tail_blocks <= 3:
-            raise BnnclError(f"--tail-blocks must be in 0..3, got {self.tail_blocks}")
-        if self.buffer < 1 or self.epochs < 1 or self.minibatch < 1 or self.threads < 1:
-            raise BnnclError("--buffer, --epochs, --minibatch and --threads must be >= 1")
+        if self.threads < 1:
+            raise BnnclError(f"--threads must be >= 1, got {self.threads}")
         if self.float_network and self.engine != "torch":
             raise BnnclError("the fp32 network baseline runs on the torch engine (--engine torch)")
 

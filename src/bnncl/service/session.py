@@ -31,6 +31,7 @@ from bnncl.cl.learner import ContinualLearner, LearnerConfig
 from bnncl.cl.replay import LatentReplayBuffer
 from bnncl.cl.state import LoadedState, NoStateError, StateError, StateStore, sha256_file
 from bnncl.errors import BnnclError
+from bnncl.settings import LearningSettings
 
 SERVICE_VERSION = 1
 
@@ -44,33 +45,13 @@ class HeadFullError(InputError):
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(LearningSettings):
     """What a device is deployed with (recorded in the state; fixed for its life)."""
 
-    tail_blocks: int = 2
-    qf: int = 8
-    qb: int = 16
-    qw: int = 8
-    lr_bits: int = 1
-    buffer: int = 1500
-    epochs: int = 4
-    lr: float = 0.05
-    minibatch: int = 128
-    seed: int = 0
     capacity: int | None = None  # head rows; None: the number of class names in the model
 
     def validate(self) -> None:
-        for name in ("qf", "qb", "qw"):
-            if not 1 <= getattr(self, name) <= 32:
-                raise BnnclError(f"--{name} must be in [1, 32] bits, got {getattr(self, name)}")
-        if self.lr_bits not in (1, 8, 32):
-            raise BnnclError(f"--lr-bits must be 1, 8 or 32, got {self.lr_bits}")
-        if not 0 <= self.tail_blocks <= 3:
-            raise BnnclError(f"--tail-blocks must be in 0..3, got {self.tail_blocks}")
-        if self.buffer < 1 or self.epochs < 1 or self.minibatch < 1:
-            raise BnnclError("--buffer, --epochs and --minibatch must be >= 1")
-        if not (np.isfinite(self.lr) and self.lr > 0):
-            raise BnnclError(f"--lr must be a positive number, got {self.lr}")
+        super().validate()
         if self.capacity is not None and self.capacity < 1:
             raise BnnclError(f"--capacity must be >= 1, got {self.capacity}")
 
