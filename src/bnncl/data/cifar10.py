@@ -105,13 +105,14 @@ def load_cifar10(path: str | os.PathLike, split: str = "train") -> ImageDataset:
 
 
 def default_cifar10_path() -> Path:
-    """``$BNNCL_CIFAR10`` or the team's shared copy next to the checkout."""
+    """``$BNNCL_CIFAR10``, else the team's shared copy (``shared/data/cifar10/cifar10-jpeg.tar.gz`` in a
+    parent folder of the package or of the working directory)."""
     env = os.environ.get("BNNCL_CIFAR10")
     if env:
         return Path(env)
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "shared" / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
-        if candidate.is_file():
-            return candidate
+    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
+        for parent in (start, *start.parents):
+            candidate = parent / "shared" / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
+            if candidate.is_file():
+                return candidate
     return Path("cifar10-jpeg.tar.gz")
