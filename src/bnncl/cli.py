@@ -95,7 +95,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = RunConfig(protocol=args.protocol, engine=args.engine, tail_blocks=args.tail_blocks, qf=args.qf,
                     qb=args.qb, qw=args.qw, lr_bits=args.lr_bits, buffer=args.buffer, strategy=args.strategy,
-                    epochs=args.epochs, lr=args.lr, seed=args.seed, threads=args.threads, model=args.model)
+                    epochs=args.epochs, lr=args.lr, seed=args.seed, threads=args.threads, model=args.model,
+                    new_per_class=args.new_per_class)
     out = Path(args.out)
     if not args.compare:
         result = _run_one(cfg, f"{cfg.protocol} on the {cfg.engine} engine", args.quiet)
@@ -201,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate of the tail and head")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--new-per-class", type=int, default=None,
+                   help="use at most this many new patterns per class per epoch (fresh subset each epoch)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default=None, help="model file (default: the protocol's shipped model)")
     p.add_argument("--compare", action="store_true", help="device vs fp32 tail vs fp32 network vs naive vs joint")

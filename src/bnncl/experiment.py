@@ -115,7 +115,8 @@ def run_protocol(
     buffer = None
     if cfg.strategy in ("cwr_star", "cwr"):
         buffer = LatentReplayBuffer(tuple(engine.latent_shape), cfg.buffer, cfg.lr_bits, cfg.buffer_policy, cfg.seed)
-    learner = ContinualLearner(engine, LearnerConfig(cfg.strategy, cfg.epochs, cfg.lr, cfg.minibatch, cfg.seed), buffer)
+    learner = ContinualLearner(engine, LearnerConfig(cfg.strategy, cfg.epochs, cfg.lr, cfg.minibatch, cfg.seed,
+                                                  new_per_class=cfg.new_per_class), buffer)
     results = learner.run(stream, train.images, test.images, test.labels, pretrained_base=spec.pretrained_base,
                           on_batch=on_batch, on_experience=on_experience)
     out = results.to_dict()

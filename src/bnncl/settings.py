@@ -22,6 +22,7 @@ class LearningSettings:
     lr: float = 0.05
     minibatch: int = 128
     seed: int = 0
+    new_per_class: int | None = None  # cap on new patterns per class per epoch (None: all)
 
     def validate(self) -> None:
         """One-line :class:`BnnclError` for the first setting out of range."""
@@ -34,5 +35,7 @@ class LearningSettings:
             raise BnnclError(f"--tail-blocks must be in 0..3, got {self.tail_blocks}")
         if self.buffer < 1 or self.epochs < 1 or self.minibatch < 1:
             raise BnnclError("--buffer, --epochs and --minibatch must be >= 1")
+        if self.new_per_class is not None and self.new_per_class < 1:
+            raise BnnclError(f"--new-per-class must be >= 1, got {self.new_per_class}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise BnnclError(f"--lr must be a positive number, got {self.lr}")

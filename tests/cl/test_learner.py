@@ -187,3 +187,34 @@ def test_resume_from_state_matches_uninterrupted_run():
     assert got == want
     with pytest.raises(ValueError, match="strategy"):
         ContinualLearner(pretrained_engine(), LearnerConfig(strategy="naive")).load_state_dict(arrays, meta)
+
+
+def test_new_per_class_cap_uses_fresh_subsets_and_counts_what_was_used():
+    """With a cap, each epoch sees at most ``cap`` new patterns per class, and CWR* counts only those."""
+    from bnncl.cl.learner import ContinualLearner, LearnerConfig
+    from bnncl.cl.linear_engine import NumpyLinearEngine
+    from bnncl.cl.replay import LatentReplayBuffer
+
+    rng = np.random.default_rng(0)
+    eng = NumpyLinearEngine((2, 2, 1), 3, seed=0)
+    seen_batches = []
+    orig = eng.train_batch
+
+    def spy(x, y, lr):
+        seen_batches.append(np.asarray(y).copy())
+        return orig(x, y, lr)
+
+    eng.train_batch = spy
+    buf = LatentReplayBuffer((4,), capacity=30, bits=32)
+    learner = ContinualLearner(eng, LearnerConfig(epochs=3, minibatch_size=16, new_per_class=10), buf)
+    x0, y0 = rng.normal(size=(40, 4)).astype(np.float32), np.repeat([0, 1], 20)
+    learner.deploy(x0, y0)
+    seen_batches.clear()
+    x1, y1 = rng.normal(size=(200, 4)).astype(np.float32), np.full(200, 2)
+    learner.train_experience(x1, y1, 1)
+    per_epoch = np.concatenate(seen_batches)
+    assert (per_epoch == 2).sum() == 3 * 10  # 10 new patterns per epoch, 3 epochs
+    assert (per_epoch != 2).sum() == 3 * 30  # the whole buffer every epoch
+    assert 10 < learner.consolidator.past[2] <= 30  # distinct new patterns used + 0 replayed of class 2
+    with pytest.raises(ValueError, match="new_per_class"):
+        LearnerConfig(new_per_class=0)

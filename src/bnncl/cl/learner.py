@@ -19,8 +19,13 @@ near-equal chunks and minibatch ``b`` is new chunk ``b`` + replay chunk ``b``. S
 replayed pattern is used exactly once per epoch, each minibatch holds about ``minibatch_size``
 patterns, and ``mb_replay / mb_new ≈ R / N_new``.
 
-``cur[c]`` (the CWR* counts) = new patterns of class c + buffer patterns of class c replayed in the
-experience, each pattern counted once (not once per epoch), as the reference AR1* code does.
+With ``new_per_class`` set, each epoch uses a fresh random subset of at most that many new patterns
+per class (``N_new`` above is then the subset's size). An experience of one new class with thousands
+of patterns against a buffer of a few hundred per old class otherwise trains the head on a skewed
+class prior, and the new class takes over its look-alikes (measured on cifar10-b5: cat -> dog).
+
+``cur[c]`` (the CWR* counts) = new patterns of class c used in the experience + buffer patterns of
+class c replayed, each pattern counted once (not once per epoch), as the reference AR1* code does.
 After training, the buffer is offered the experience's latents (``buffer.add``).
 
 Deployment: a stream's base experience (``is_base``) either is trained like any other, or, with a
@@ -69,10 +74,16 @@ class LearnerConfig:
     minibatch_size: int = 128
     seed: int = 0
     batch_size_eval: int = 1024
+    new_per_class: int | None = None
+    """Cap on the new patterns of each class used per epoch (a fresh random subset every epoch), or
+    None to use all of them. A cap near the buffer's per-class share balances an experience of one
+    large new class against the replayed classes (see the module docstring)."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.new_per_class is not None and self.new_per_class < 1:
+            raise ValueError(f"new_per_class must be >= 1 or None, got {self.new_per_class}")
         if self.epochs < 1 or self.minibatch_size < 1 or self.batch_size_eval < 1:
             raise ValueError(
                 f"epochs, minibatch_size and batch_size_eval must be >= 1, got {self.epochs}, "
@@ -204,9 +215,13 @@ class ContinualLearner:
             self.engine.set_head(self.consolidator.begin_experience(present))
 
         losses: list[float] = []
+        used = np.zeros(len(new_y), dtype=bool)
         for epoch in range(cfg.epochs):
-            batches = mixed_minibatches(len(new_y), len(replay_y), cfg.minibatch_size, self._rng)
+            rows = self._epoch_rows(new_y)
+            used[rows] = True
+            batches = mixed_minibatches(len(rows), len(replay_y), cfg.minibatch_size, self._rng)
             for b, (ni, ri) in enumerate(batches):
+                ni = rows[ni]
                 x = np.concatenate([new_x[ni], replay_x[ri]])
                 y = np.concatenate([new_y[ni], replay_y[ri]])
                 loss = float(self.engine.train_batch(x, y, cfg.lr))
@@ -216,7 +231,7 @@ class ContinualLearner:
 
         if self.consolidator is not None:
             n = self.engine.num_classes
-            cur = np.bincount(labels, minlength=n) + np.bincount(replay_y, minlength=n)
+            cur = np.bincount(new_y[used], minlength=n) + np.bincount(replay_y, minlength=n)
             self.consolidator.end_experience(self.engine.get_head(), present, cur)
             self.engine.set_head(self.consolidator.consolidated_head())
         if self.buffer is not None:
@@ -224,6 +239,14 @@ class ContinualLearner:
         self.seen_classes.update(int(c) for c in np.unique(labels))
         mean_loss = float(np.mean(losses)) if losses else None
         return TrainStats(len(labels), len(replay_y), mean_loss, time.perf_counter() - start)
+
+    def _epoch_rows(self, labels: np.ndarray) -> np.ndarray:
+        """Rows of the new patterns used in one epoch: all, or at most ``new_per_class`` per class."""
+        cap = self.config.new_per_class
+        if cap is None:
+            return np.arange(len(labels))
+        parts = [self._rng.permutation(np.flatnonzero(labels == c))[:cap] for c in np.unique(labels)]
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
     def predict(self, latents: np.ndarray) -> np.ndarray:
         """Predicted classes (restricted to the seen classes) with the engine's current head."""

@@ -125,7 +125,8 @@ class LearnerSession:
         self.image_shape = tuple(self.engine.image_shape)
         self.buffer = LatentReplayBuffer(tuple(self.engine.latent_shape), settings.buffer, settings.lr_bits,
                                          "class_balanced", settings.seed)
-        cfg = LearnerConfig("cwr_star", settings.epochs, settings.lr, settings.minibatch, settings.seed)
+        cfg = LearnerConfig("cwr_star", settings.epochs, settings.lr, settings.minibatch, settings.seed,
+                            new_per_class=settings.new_per_class)
         self.learner = ContinualLearner(self.engine, cfg, self.buffer)
         self.classes: list[str] = list(self.model_class_names[:capacity])
         self.position: dict[str, Any] = {}
