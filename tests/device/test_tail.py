@@ -16,25 +16,10 @@ from bnncl.cl.engine import Engine  # noqa: E402
 from bnncl.cl.learner import ContinualLearner, LearnerConfig  # noqa: E402
 from bnncl.nn.backbones import Backbone, BackboneConfig  # noqa: E402
 from bnncl.nn.reference_engine import TorchEngine  # noqa: E402
+from toy_backbones import CFG, make_model
 
-CFG = BackboneConfig("tiny", (12, 12, 1), 8, ((8, 1), (16, 2), (16, 1)), 4, binary_latents=("block1",),
-                     mean=(0.5,), std=(0.25,))
 CFG_REAL = BackboneConfig("tiny-real", (8, 8, 2), 8, ((8, 1), (16, 2), (16, 1)), 3, mean=(0.5, 0.5),
                           std=(0.25, 0.25))
-
-
-def make_model(cfg: BackboneConfig = CFG, seed: int = 0) -> Backbone:
-    """A backbone with non-trivial parameters and batch-norm statistics."""
-    torch.manual_seed(seed)
-    m = Backbone(cfg)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.normal_(0, 0.5)
-                mod.running_var.uniform_(0.5, 2.0)
-    return m.eval()
 
 
 def params_of(m: Backbone) -> dict[str, np.ndarray]:

@@ -10,26 +10,12 @@ import torch.nn.functional as F
 from bnncl.cl.engine import Engine
 from bnncl.device.quantize import quantize
 from bnncl.nn.augment import to_input
-from bnncl.nn.backbones import Backbone, BackboneConfig
+from bnncl.nn.backbones import BackboneConfig
 from bnncl.nn.checkpoint import save_model
 from bnncl.nn.quantizers import uniform_quantize
 from bnncl.nn.reference_engine import GradQuantize, TorchEngine
 
-CFG = BackboneConfig("tiny", (12, 12, 1), 8, ((8, 1), (16, 2), (16, 1)), 4, binary_latents=("block1",),
-                     mean=(0.5,), std=(0.25,))
-
-
-def make_model(cfg: BackboneConfig = CFG, seed: int = 0) -> Backbone:
-    torch.manual_seed(seed)
-    m = Backbone(cfg)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.normal_(0, 0.5)
-                mod.running_var.uniform_(0.5, 2.0)
-    return m.eval()
+from toy_backbones import CFG, make_model
 
 
 def images(n: int, cfg: BackboneConfig = CFG, seed: int = 0) -> np.ndarray:
