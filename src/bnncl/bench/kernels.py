@@ -22,6 +22,7 @@ import numpy as np
 
 from bnncl.device import kernels
 from bnncl.bench.timing import best_time
+from bnncl.machine import cpu_model, cpuinfo_field
 from bnncl.device.bitpack import pack_signs
 from bnncl.device.kernels import native
 
@@ -43,18 +44,12 @@ CONV_SHAPES = [
 GEMM_SIZE = 1024
 
 
-def machine_info(clock_ghz: float | None = None) -> dict:
+def cpu_probe(clock_ghz: float | None = None) -> dict:
     """CPU model, nominal MHz (/proc/cpuinfo), measured clock and popcount instruction rate;
     with ``clock_ghz`` the limit uses that clock times the measured popcounts per cycle."""
     info: dict = {"platform": platform.platform(), "kernel_paths": kernels.available_paths(),
-                  "load_average_at_start": os.getloadavg()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for key, name in (("model name", "cpu_model"), ("cpu MHz", "cpuinfo_mhz")):
-            line = next(line for line in text.splitlines() if line.startswith(key))
-            info[name] = line.split(":", 1)[1].strip()
-    except (OSError, StopIteration):
-        pass
+                  "load_average_at_start": os.getloadavg(),
+                  "cpu_model": cpu_model(), "cpuinfo_mhz": cpuinfo_field("cpu MHz")}
     lib = native.load()
     if lib is None:
         return info
@@ -130,7 +125,7 @@ def run(threads_list: list[int], repeats: int, min_time: float, quick: bool,
         clock_ghz: float | None = None) -> dict:
     """Measure every shape at batch 1 and 32 (batch 1 only with ``quick``) and the GEMM."""
     torch = _torch()
-    info = machine_info(clock_ghz)
+    info = cpu_probe(clock_ghz)
     limit = info.get("popcount_limit_bits_per_second_per_thread")
     rng = np.random.default_rng(0)
     shapes = CONV_SHAPES[::3] if quick else CONV_SHAPES
