@@ -86,13 +86,10 @@ def build_engine(cfg: RunConfig, spec: ProtocolSpec, num_classes: int) -> Engine
 
 
 def _check_latent_bits(cfg: RunConfig, engine: Engine) -> None:
-    split = getattr(engine, "split", None)
-    binary = getattr(engine, "binary_split", None)
-    if binary is None and hasattr(engine, "tail"):
-        binary = getattr(engine.tail, "binary_split", None)
-    if cfg.lr_bits == 1 and binary is False:
+    """Refuse 1-bit replay where the latents are real-valued (it would silently keep only their signs)."""
+    if cfg.lr_bits == 1 and getattr(engine, "binary_split", True) is False:
         raise BnnclError(
-            f"--lr-bits 1 needs a binary latent-replay layer, but the split {split!r} for --tail-blocks "
+            f"--lr-bits 1 needs a binary latent-replay layer, but the split {getattr(engine, 'split', '?')!r} for --tail-blocks "
             f"{cfg.tail_blocks} is real-valued; use the model's binary split or --lr-bits 8/32"
         )
 

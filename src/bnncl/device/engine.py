@@ -60,6 +60,7 @@ class DeviceEngine:
         self.latent_shape = tuple(tail.latent_shape)
         self.head_dim = tail.head_dim
         self.split = tail.split
+        self.binary_split = tail.binary_split  # the LR latents are exactly ±1 (1-bit replay is exact)
 
     # -- constructors --------------------------------------------------------------------------
     @classmethod

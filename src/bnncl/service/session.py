@@ -119,7 +119,7 @@ class LearnerSession:
                 num_classes=capacity)
         except ValueError as exc:
             raise BnnclError(f"{model_path}: cannot build the device engine ({exc})") from None
-        if settings.lr_bits == 1 and not getattr(self.engine.tail, "binary_split", False):
+        if settings.lr_bits == 1 and not self.engine.binary_split:
             raise BnnclError(f"--lr-bits 1 needs a binary latent-replay layer; the split {self.engine.split!r} of "
                              f"--tail-blocks {settings.tail_blocks} is real-valued (use --lr-bits 8 or 32)")
         self.image_shape = tuple(self.engine.image_shape)
