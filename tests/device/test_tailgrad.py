@@ -76,3 +76,22 @@ def test_wgrad_chunks_large_codes() -> None:
         s, _ = tailgrad.wgrad_minus(tailgrad.patterns(xp, 1, path), codes, 2**24 - 1, path)
         full = (codes.sum(axis=0)[None, :] - 2 * s).reshape(9, 64, 16)[:, :16].reshape(144, 16)
         assert np.array_equal(full, (cols.astype(np.int64).T @ codes)), path
+
+
+@pytest.mark.parametrize("groups", [1, 3, 4, 7])
+def test_wgrad_any_group_count_and_zero_runs(groups) -> None:
+    """Groups not a multiple of the 4 the kernel shares a code load between; long runs of pattern 0
+    (sent to dummy rows) and of one repeated pattern; ragged output tile (o = 19)."""
+    rng = np.random.default_rng(groups)
+    npos, o = 301, 19
+    pat = rng.integers(0, 256, size=(groups, npos), dtype=np.uint8)
+    pat[:, 20:90] = 0
+    pat[:, 150:200] = 255
+    codes = rng.integers(0, 2**16, size=(npos, o))
+    want_s, want_ones = tailgrad.wgrad_minus(pat, codes, 2**16 - 1, "numpy")
+    bits = np.unpackbits(pat[:, :, None], axis=2, bitorder="little").transpose(0, 2, 1).reshape(8 * groups, npos)
+    assert np.array_equal(want_s, bits.astype(np.int64) @ codes)
+    for path in PATHS:
+        s, ones = tailgrad.wgrad_minus(pat, codes, 2**16 - 1, path)
+        assert np.array_equal(s, want_s), path
+        assert np.array_equal(ones, want_ones), path
