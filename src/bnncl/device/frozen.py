@@ -12,6 +12,11 @@ Pipeline per chunk of images (uint8 NHWC):
   ``sign(t)`` at a binary split), RPReLU, and the packed signs of ``output + b`` for the next block;
 * global average pooling and the float32 head.
 
+On every native kernel path the stem epilogue and the whole block loop run as ONE C call per chunk
+(:class:`kernels.forward.ForwardPlan`, ``fused=True``, the default): the same operations in the same
+order, so the same bits and floats as the per-layer path above (``fused=False``, kept as its oracle),
+without the per-layer call overhead that dominated batch 1.
+
 Everything is float32 channels-last; the differences from torch are float rounding of the fused
 transforms and, with ``stem="int8"``, the stem weight rounding (measured: ``benchmarks/inference.md``).
 """
@@ -27,6 +32,7 @@ import numpy as np
 
 from bnncl.device import kernels
 from bnncl.device.bitpack import WORD_DTYPE, unpack_signs, words_for
+from bnncl.device.kernels import forward as one_call
 from bnncl.device.kernels.epilogue import block_epilogue, native_epilogue
 from bnncl.device.kernels.im2col import im2col3x3_u8, reference_im2col3x3
 from bnncl.device.kernels.prepacked import PackedBinaryConv
@@ -95,15 +101,18 @@ class FrozenEngine:
     rounding); ``stem="int8"`` with the int8 weights (integer conv, exact sums; its weight rounding
     changes downstream signs, see ``benchmarks/inference.md`` for the measured agreement).
     ``tune_heap`` applies :func:`keep_heap_pages` (process-wide glibc malloc thresholds) once.
+    ``fused=True`` runs the stem epilogue and all blocks in one C call per chunk on native kernel paths
+    (bit-identical to ``fused=False``, the per-layer path).
     """
 
     def __init__(self, model: DeviceModel, threads: int = 1, chunk: int = DEFAULT_CHUNK,
-                 stem: str = "float32", tune_heap: bool = True) -> None:
+                 stem: str = "float32", tune_heap: bool = True, fused: bool = True) -> None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads: expected an integer >= 1, got {threads!r}")
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"chunk: expected an integer >= 1, got {chunk!r}")
-        self.model, self.threads, self.chunk = model, threads, chunk
+        self.model, self.threads, self.chunk, self.fused = model, threads, chunk, bool(fused)
+        self._plan: one_call.ForwardPlan | None = None
         if tune_heap and sys.platform.startswith("linux"):
             keep_heap_pages()
         self.arch = model.architecture
@@ -137,6 +146,22 @@ class FrozenEngine:
                 conv=PackedBinaryConv(t[p + "weight"], g["in_channels"], g["stride"], 1, t[p + "scale"],
                                       t[p + "bias"])))
         self._head_t = np.ascontiguousarray(t["head.weight"].T)
+        self._geometry = block_geometry(self.arch)
+
+    def plan(self) -> one_call.ForwardPlan | None:
+        """The one-call forward plan (built on first use), or None when it does not apply: ``fused=False``,
+        the ``numpy`` kernel path, or no C core."""
+        if not self.fused or kernels.active_path() == "numpy" or not one_call.available():
+            return None
+        if self._plan is None:
+            h, w, _ = self.input_shape
+            self._plan = one_call.ForwardPlan(
+                (h, w, self._stem_w.shape[1]), (self._stem_scale, self._stem_bias, *self._stem_act),
+                [b.weight for b in self.blocks],
+                [(g["in_channels"], g["out_channels"], g["stride"], g["in_h"], g["in_w"], b.binary_input)
+                 for g, b in zip(self._geometry, self.blocks)],
+                [(b.scale, b.bias, b.input_bias, *b.act) for b in self.blocks])
+        return self._plan
 
     # -- stages (one chunk, no input checks) ------------------------------------------------
     def run_stem(self, images: np.ndarray, pack: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
@@ -227,6 +252,16 @@ class FrozenEngine:
     # -- internals -------------------------------------------------------------------------
     def _run(self, images: np.ndarray, stop: int, pack_last: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Activations at split index ``stop`` and (``pack_last``) the packed signs of ``z + b[stop]``."""
+        plan = self.plan()
+        if plan is None:
+            return self.run_layers(images, stop, pack_last)
+        n, h, w, _ = images.shape
+        acc = (im2col3x3_u8(images, self.threads) @ self._stem_w).reshape(n, h, w, -1)
+        return plan.run(acc, stop, pack_last, self.threads, kernels.active_path())
+
+    def run_layers(self, images: np.ndarray, stop: int, pack_last: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`_run` stage by stage (stem, then one conv + one epilogue call per block): the oracle of
+        the one-call path, and the path on ``numpy``."""
         x, bits = self.run_stem(images, pack=stop > 0 or pack_last)
         for i in range(stop):
             x, bits = self.run_block(i, x, bits, pack=i + 1 < stop or pack_last)

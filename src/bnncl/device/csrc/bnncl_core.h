@@ -81,4 +81,53 @@ int64_t bnncl_popcnt_probe(int64_t iters, int *bits);
 int64_t bnncl_clock_probe(int64_t iters);
 void bnncl_pack_signs_f32(const float *x, int64_t rows, int64_t c, uint64_t *out, int threads);
 
+/* ---- internals shared by core.c, epilogue.c, kern_avx512.c and forward.c (not loaded from Python) ---- */
+
+/* Geometry of one convolution call (core.c). */
+typedef struct {
+    const uint64_t *x;
+    int64_t h, wd, wc, kh, kw, cin, stride, pad, ho, wo, kk;
+    const uint32_t *img; /* cin % 32 == 0: zero-padded input in 32-bit units, else NULL */
+    int64_t hp, wp, u;   /* padded height, width, 32-bit units per pixel */
+} bnncl_conv_geom;
+
+bnncl_panel_fn bnncl_panel_for(int path); /* NULL when the path is unsupported */
+int64_t bnncl_block_rows(int64_t m, int threads);
+void bnncl_im2col_rows32(const bnncl_conv_geom *g, int64_t r0, int64_t rows, uint64_t *buf);
+void bnncl_im2col_rows(const bnncl_conv_geom *g, int64_t r0, int64_t rows, uint64_t *buf);
+
+/* Direct convolution (AVX-512, cin % 32 == 0): no im2col; each output pixel's receptive field is
+ * read from the zero-padded input in 32-bit units, the weights are [panel][q][NB] uint32 with
+ * q = (ky * kw + kx) * u + j the j-th 32-bit unit of tap (ky, kx).  INT32 and FLOAT outputs, the same
+ * integers and float operations as the panel kernels (bit-identical results). */
+typedef struct {
+    const uint32_t *img;  /* (batch, hp, wp, u) */
+    int64_t hp, wp, u, stride, ho, wo;
+    int64_t nq;           /* kh * kw * u */
+    const int64_t *toff;  /* offset of unit q from the receptive field's first unit */
+    const uint32_t *wd;   /* [ceil(o / NB)][nq][NB], 64-byte aligned */
+} bnncl_direct;
+
+uint32_t *bnncl_direct_weights(const uint64_t *wt, int64_t o, int64_t kh, int64_t kw, int64_t cin);
+void bnncl_direct_offsets(int64_t kh, int64_t kw, int64_t wp, int64_t u, int64_t *toff);
+#if defined(__x86_64__)
+void bnncl_direct_avx512(const bnncl_direct *d, int64_t r0, int64_t rows, const bnncl_epi *e);
+#endif
+
+/* What bnncl_weights_prepack returns: both weight layouts, built once (free both and the struct). */
+typedef struct {
+    uint64_t *panels; /* panel kernels */
+    uint32_t *direct; /* direct kernel, NULL unless cin % 32 == 0 */
+} bnncl_prepacked;
+
+/* One output pixel of the fused block epilogue (epilogue.c). */
+typedef struct {
+    int64_t ho, wo, o, h, w, cin, stride, nw;
+    const float *mul, *addmap, *src, *src_bias, *shift_in, *slope, *shift_out, *next_bias;
+} bnncl_epi_args;
+
+void bnncl_epi_pixel(const bnncl_epi_args *a, int64_t b, int64_t oy, int64_t ox, float *y, float *sc,
+                     uint64_t *bits, int use_avx512);
+int bnncl_epi_use_avx512(int requested);
+
 #endif

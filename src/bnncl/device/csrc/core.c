@@ -28,7 +28,7 @@ int bnncl_supported_paths(void) {
     return mask;
 }
 
-static bnncl_panel_fn panel_fn(int path) {
+bnncl_panel_fn bnncl_panel_for(int path) {
     if (path < 0 || !(bnncl_supported_paths() & (1 << path))) return NULL;
     switch (path) {
     case BNNCL_PATH_SCALAR: return bnncl_panel_scalar;
@@ -75,7 +75,7 @@ static uint64_t *make_panels(const uint64_t *rows, int64_t n, int64_t kk, int64_
     return p;
 }
 
-static int64_t block_rows(int64_t m, int threads) {
+int64_t bnncl_block_rows(int64_t m, int threads) {
     int64_t per = (m + threads - 1) / threads;
     int64_t mb = ((per + 11) / 12) * 12;
     if (mb > 96) mb = 96;
@@ -92,14 +92,14 @@ static int clamp_threads(int threads) {
 
 int bnncl_gemm(const uint64_t *a, const uint64_t *b, int64_t m, int64_t n, int64_t w, int64_t k,
                int32_t *out, int threads, int path) {
-    bnncl_panel_fn fn = panel_fn(path);
+    bnncl_panel_fn fn = bnncl_panel_for(path);
     if (!fn) return 1;
     int64_t np;
     uint64_t *panels = make_panels(b, n, w, &np);
     if (!panels) return 2;
     bnncl_epi e = {BNNCL_OUT_INT32, k, n, NULL, NULL, NULL, NULL, out, n};
     threads = clamp_threads(threads);
-    int64_t mb = block_rows(m, threads);
+    int64_t mb = bnncl_block_rows(m, threads);
     int64_t nblocks = (m + mb - 1) / mb;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t blk = 0; blk < nblocks; ++blk) {
@@ -111,12 +111,7 @@ int bnncl_gemm(const uint64_t *a, const uint64_t *b, int64_t m, int64_t n, int64
     return 0;
 }
 
-typedef struct {
-    const uint64_t *x;
-    int64_t h, wd, wc, kh, kw, cin, stride, pad, ho, wo, kk;
-    const uint32_t *img; /* cin % 32 == 0: zero-padded input in 32-bit units, else NULL */
-    int64_t hp, wp, u;   /* padded height, width, 32-bit units per pixel */
-} conv_geom;
+typedef bnncl_conv_geom conv_geom;
 
 /* Zero-padded copy of the input in 32-bit units (cin % 32 == 0): padded taps become plain
  * reads of zero pixels and each kernel row of a receptive field is one contiguous run. */
@@ -136,7 +131,7 @@ static uint32_t *padded_image(const conv_geom *g, int64_t batch) {
 }
 
 /* Fast im2col from the padded image: KH contiguous runs of KW*u 32-bit units per row. */
-static void im2col_rows32(const conv_geom *g, int64_t r0, int64_t rows, uint64_t *buf) {
+void bnncl_im2col_rows32(const conv_geom *g, int64_t r0, int64_t rows, uint64_t *buf) {
     const int64_t run = g->kw * g->u, len32 = g->kh * run;
     for (int64_t r = 0; r < rows; ++r) {
         int64_t pix = r0 + r;
@@ -151,7 +146,7 @@ static void im2col_rows32(const conv_geom *g, int64_t r0, int64_t rows, uint64_t
 
 /* Packed im2col of output pixels [r0, r0 + rows): each row is the bit stream of the
  * KH*KW*cin input bits of the receptive field; out-of-image taps stay 0 (= +1). */
-static void im2col_rows(const conv_geom *g, int64_t r0, int64_t rows, uint64_t *buf) {
+void bnncl_im2col_rows(const conv_geom *g, int64_t r0, int64_t rows, uint64_t *buf) {
     memset(buf, 0, (size_t)(rows * g->kk * 8));
     for (int64_t r = 0; r < rows; ++r) {
         int64_t pix = r0 + r;
@@ -204,10 +199,45 @@ static uint64_t *conv_panels(const uint64_t *wt, int64_t o, int64_t kh, int64_t 
     return panels;
 }
 
+/* Weights of the direct kernel (cin % 32 == 0): wd[p][(t * u + j)][c] = unit j of tap t of channel
+ * p * NB + c (zero for padding channels), 64-byte aligned. */
+uint32_t *bnncl_direct_weights(const uint64_t *wt, int64_t o, int64_t kh, int64_t kw, int64_t cin) {
+    int64_t u = cin / 32, wc = (cin + 63) / 64, nq = kh * kw * u, np = (o + BNNCL_NB - 1) / BNNCL_NB;
+    size_t bytes = (size_t)(np * nq * BNNCL_NB * 4);
+    uint32_t *wd = (uint32_t *)aligned_alloc(64, ((bytes + 63) / 64) * 64 + 64);
+    if (!wd) return NULL;
+    memset(wd, 0, bytes);
+    for (int64_t c = 0; c < o; ++c)
+        for (int64_t t = 0; t < kh * kw; ++t) {
+            const uint32_t *src = (const uint32_t *)(wt + (c * kh * kw + t) * wc);
+            for (int64_t j = 0; j < u; ++j)
+                wd[((c / BNNCL_NB) * nq + t * u + j) * BNNCL_NB + c % BNNCL_NB] = src[j];
+        }
+    return wd;
+}
+
+void bnncl_direct_offsets(int64_t kh, int64_t kw, int64_t wp, int64_t u, int64_t *toff) {
+    for (int64_t ky = 0; ky < kh; ++ky)
+        for (int64_t kx = 0; kx < kw; ++kx)
+            for (int64_t j = 0; j < u; ++j) toff[(ky * kw + kx) * u + j] = (ky * wp + kx) * u + j;
+}
+
+/* The AVX-512 direct kernel applies (path, cin, output mode). */
+static int use_direct(int path, int64_t cin, int mode) {
+#if defined(__x86_64__)
+    return path == BNNCL_PATH_AVX512 && cin % 32 == 0 && cin > 0 && mode != BNNCL_OUT_BITS;
+#else
+    (void)path; (void)cin; (void)mode;
+    return 0;
+#endif
+}
+
+typedef bnncl_prepacked prepacked;
+
 static int conv_run(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int64_t wc,
-                    const uint64_t *panels, int64_t o, int64_t kh, int64_t kw, int64_t cin, int64_t stride,
-                    int64_t pad, int mode, const float *scale, const float *bias, const float *thr,
-                    const uint8_t *flip, void *out, int threads, bnncl_panel_fn fn) {
+                    const uint64_t *panels, const uint32_t *direct, int64_t o, int64_t kh, int64_t kw,
+                    int64_t cin, int64_t stride, int64_t pad, int mode, const float *scale, const float *bias,
+                    const float *thr, const uint8_t *flip, void *out, int threads, bnncl_panel_fn fn) {
     conv_geom g = {x, h, wd, wc, kh, kw, cin, stride, pad, 0, 0, 0, NULL, h + 2 * pad, wd + 2 * pad, cin / 32};
     g.ho = (h + 2 * pad - kh) / stride + 1;
     g.wo = (wd + 2 * pad - kw) / stride + 1;
@@ -219,6 +249,7 @@ static int conv_run(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int
     int64_t np = (o + BNNCL_NB - 1) / BNNCL_NB, padded = np * BNNCL_NB;
     float *sc = (float *)calloc((size_t)padded * 2, sizeof(float));
     int32_t *st = (int32_t *)calloc((size_t)padded * 2, sizeof(int32_t));
+    int64_t *toff = NULL;
     uint32_t *img = NULL;
     int rc = 2;
     if (!sc || !st) goto done;
@@ -226,6 +257,13 @@ static int conv_run(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int
         img = padded_image(&g, batch);
         if (!img) goto done;
         g.img = img;
+    }
+    bnncl_direct dd = {img, g.hp, g.wp, g.u, stride, g.ho, g.wo, kh * kw * g.u, NULL, direct};
+    if (direct) {
+        toff = (int64_t *)malloc((size_t)dd.nq * sizeof(int64_t));
+        if (!toff) goto done;
+        bnncl_direct_offsets(kh, kw, g.wp, g.u, toff);
+        dd.toff = toff;
     }
 
     bnncl_epi e = {mode, k, o, sc, sc + padded, st, st + padded, out, o};
@@ -239,24 +277,30 @@ static int conv_run(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int
     }
 
     threads = clamp_threads(threads);
-    int64_t mb = block_rows(m, threads);
+    int64_t mb = bnncl_block_rows(m, threads);
     int64_t nblocks = (m + mb - 1) / mb;
     int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        uint64_t *buf = (uint64_t *)aligned_alloc(64, (size_t)(((mb * g.kk * 8) / 64 + 1) * 64));
-        if (!buf) {
+        uint64_t *buf = direct ? NULL : (uint64_t *)aligned_alloc(64, (size_t)(((mb * g.kk * 8) / 64 + 1) * 64));
+        if (!buf && !direct) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(static)
         for (int64_t blk = 0; blk < nblocks; ++blk) {
-            if (!buf) continue;
             int64_t r0 = blk * mb, rows = m - r0 < mb ? m - r0 : mb;
+#if defined(__x86_64__)
+            if (direct) {
+                bnncl_direct_avx512(&dd, r0, rows, &e);
+                continue;
+            }
+#endif
+            if (!buf) continue;
             if (g.img)
-                im2col_rows32(&g, r0, rows, buf);
+                bnncl_im2col_rows32(&g, r0, rows, buf);
             else
-                im2col_rows(&g, r0, rows, buf);
+                bnncl_im2col_rows(&g, r0, rows, buf);
             for (int64_t p = 0; p < np; ++p)
                 fn(buf, rows, g.kk, panels + p * g.kk * BNNCL_NB, p * BNNCL_NB, r0, &e);
         }
@@ -264,6 +308,7 @@ static int conv_run(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int
     }
     rc = failed ? 2 : 0;
 done:
+    free(toff);
     free(img);
     free(sc);
     free(st);
@@ -274,34 +319,59 @@ int bnncl_conv2d(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int64_
                  const uint64_t *wt, int64_t o, int64_t kh, int64_t kw, int64_t cin, int64_t stride,
                  int64_t pad, int mode, const float *scale, const float *bias, const float *thr,
                  const uint8_t *flip, void *out, int threads, int path) {
-    bnncl_panel_fn fn = panel_fn(path);
+    bnncl_panel_fn fn = bnncl_panel_for(path);
     if (!fn) return 1;
     if (batch * ((h + 2 * pad - kh) / stride + 1) * ((wd + 2 * pad - kw) / stride + 1) <= 0 || o <= 0) return 0;
     int64_t np;
-    uint64_t *panels = conv_panels(wt, o, kh, kw, cin, &np);
-    if (!panels) return 2;
-    int rc = conv_run(x, batch, h, wd, wc, panels, o, kh, kw, cin, stride, pad, mode, scale, bias, thr, flip,
-                      out, threads, fn);
+    uint64_t *panels = NULL;
+    uint32_t *direct = NULL;
+    if (use_direct(path, cin, mode)) {
+        direct = bnncl_direct_weights(wt, o, kh, kw, cin);
+        if (!direct) return 2;
+    } else {
+        panels = conv_panels(wt, o, kh, kw, cin, &np);
+        if (!panels) return 2;
+    }
+    int rc = conv_run(x, batch, h, wd, wc, panels, direct, o, kh, kw, cin, stride, pad, mode, scale, bias, thr,
+                      flip, out, threads, fn);
     free(panels);
+    free(direct);
     return rc;
 }
 
-/* Pre-packed weights: the panels of bnncl_conv2d built once (free with bnncl_weights_free). */
+/* Pre-packed weights: the panels of bnncl_conv2d (and the direct kernel's layout when cin % 32 == 0)
+ * built once (free with bnncl_weights_free). */
 void *bnncl_weights_prepack(const uint64_t *wt, int64_t o, int64_t kh, int64_t kw, int64_t cin) {
     int64_t np;
-    return conv_panels(wt, o, kh, kw, cin, &np);
+    prepacked *pp = (prepacked *)calloc(1, sizeof(prepacked));
+    if (!pp) return NULL;
+    pp->panels = conv_panels(wt, o, kh, kw, cin, &np);
+    if (pp->panels && cin % 32 == 0) pp->direct = bnncl_direct_weights(wt, o, kh, kw, cin);
+    if (!pp->panels || (cin % 32 == 0 && !pp->direct)) {
+        bnncl_weights_free(pp);
+        return NULL;
+    }
+    return pp;
 }
 
-void bnncl_weights_free(void *panels) { free(panels); }
+void bnncl_weights_free(void *handle) {
+    prepacked *pp = (prepacked *)handle;
+    if (!pp) return;
+    free(pp->panels);
+    free(pp->direct);
+    free(pp);
+}
 
 /* bnncl_conv2d with weights from bnncl_weights_prepack (same o, kh, kw, cin). */
 int bnncl_conv2d_prepacked(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int64_t wc,
-                           const void *panels, int64_t o, int64_t kh, int64_t kw, int64_t cin, int64_t stride,
+                           const void *handle, int64_t o, int64_t kh, int64_t kw, int64_t cin, int64_t stride,
                            int64_t pad, int mode, const float *scale, const float *bias, const float *thr,
                            const uint8_t *flip, void *out, int threads, int path) {
-    bnncl_panel_fn fn = panel_fn(path);
+    bnncl_panel_fn fn = bnncl_panel_for(path);
     if (!fn) return 1;
-    return conv_run(x, batch, h, wd, wc, (const uint64_t *)panels, o, kh, kw, cin, stride, pad, mode, scale, bias,
+    const prepacked *pp = (const prepacked *)handle;
+    const uint32_t *direct = use_direct(path, cin, mode) ? pp->direct : NULL;
+    return conv_run(x, batch, h, wd, wc, pp->panels, direct, o, kh, kw, cin, stride, pad, mode, scale, bias,
                     thr, flip, out, threads, fn);
 }
 

@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bnncl_core.h"
+
 #if defined(__x86_64__)
 #include <emmintrin.h>
 #endif
@@ -45,10 +47,7 @@ static void pack_row(const float *v, const float *nb, int64_t o, uint64_t *out) 
     }
 }
 
-typedef struct {
-    int64_t ho, wo, o, h, w, cin, stride, nw;
-    const float *mul, *addmap, *src, *src_bias, *shift_in, *slope, *shift_out, *next_bias;
-} epi_args;
+typedef bnncl_epi_args epi_args;
 
 /* One output pixel (row r). Local restrict pointers: with -fno-strict-aliasing the compiler
  * would otherwise reload every pointer after each float store and not vectorize. */
@@ -143,6 +142,29 @@ __attribute__((target("avx512f"))) static void epi_row_avx512(const epi_args *a,
 }
 #endif
 
+int bnncl_epi_use_avx512(int requested) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return requested && __builtin_cpu_supports("avx512f");
+#else
+    (void)requested;
+    return 0;
+#endif
+}
+
+/* One pixel (for the one-call forward, forward.c); use_avx512 from bnncl_epi_use_avx512. */
+void bnncl_epi_pixel(const bnncl_epi_args *a, int64_t b, int64_t oy, int64_t ox, float *y, float *sc,
+                     uint64_t *bits, int use_avx512) {
+#if defined(__x86_64__)
+    if (use_avx512) {
+        epi_row_avx512(a, b, oy, ox, y, sc, bits);
+        return;
+    }
+#endif
+    (void)use_avx512;
+    epi_row(a, b, oy, ox, y, sc, bits);
+}
+
 void bnncl_block_epilogue(float *y, int64_t n, int64_t ho, int64_t wo, int64_t o, const float *mul,
                           const float *addmap, const float *src, int64_t h, int64_t w, int64_t cin,
                           int64_t stride, const float *src_bias, const float *shift_in,
@@ -152,12 +174,7 @@ void bnncl_block_epilogue(float *y, int64_t n, int64_t ho, int64_t wo, int64_t o
                         shift_in, slope, shift_out, next_bias};
     const int64_t lines = n * ho; /* image rows; pixel index r = line * wo + ox (no division per pixel) */
     if (threads < 1) threads = 1;
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    use_avx512 = use_avx512 && __builtin_cpu_supports("avx512f");
-#else
-    use_avx512 = 0;
-#endif
+    use_avx512 = bnncl_epi_use_avx512(use_avx512);
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         float *sc = (float *)malloc((size_t)(cin > 0 ? cin : 1) * sizeof(float));
