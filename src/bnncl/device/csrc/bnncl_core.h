@@ -100,12 +100,28 @@ void bnncl_im2col_rows(const bnncl_conv_geom *g, int64_t r0, int64_t rows, uint6
  * read from the zero-padded input in 32-bit units, the weights are [panel][q][NB] uint32 with
  * q = (ky * kw + kx) * u + j the j-th 32-bit unit of tap (ky, kx).  INT32 and FLOAT outputs, the same
  * integers and float operations as the panel kernels (bit-identical results). */
+enum { BNNCL_OUT_BLOCK = 3 }; /* direct kernel only: FLOAT + the fused block epilogue below */
+
+/* Block epilogue fused into the direct kernel (forward.c; o % 32 == 0): per output pixel, after
+ * y = scale * dot + bias, the operations of the block epilogue (epilogue.c) in the same order:
+ * y += shortcut(src) (2x2 average pool at stride 2, channels repeated; of sign(src + src_bias) when
+ * src_bias), RPReLU, store y, and the signs of y + next_bias, one uint32 unit per 32 channels, at
+ * unit ((b * bhp + y + boff) * bwp + x + boff) * bu + c / 32 of bits (units o / 32 .. bu - 1 zeroed). */
+typedef struct {
+    const float *src;
+    int64_t h, w, cin, stride;
+    const float *src_bias, *shift_in, *slope, *shift_out, *next_bias;
+    uint32_t *bits; /* NULL: no signs */
+    int64_t bhp, bwp, bu, boff;
+} bnncl_block_epi;
+
 typedef struct {
     const uint32_t *img;  /* (batch, hp, wp, u) */
     int64_t hp, wp, u, stride, ho, wo;
     int64_t nq;           /* kh * kw * u */
     const int64_t *toff;  /* offset of unit q from the receptive field's first unit */
     const uint32_t *wd;   /* [ceil(o / NB)][nq][NB], 64-byte aligned */
+    const bnncl_block_epi *be; /* BNNCL_OUT_BLOCK mode of the epi */
 } bnncl_direct;
 
 uint32_t *bnncl_direct_weights(const uint64_t *wt, int64_t o, int64_t kh, int64_t kw, int64_t cin);

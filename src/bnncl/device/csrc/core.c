@@ -258,7 +258,7 @@ static int conv_run(const uint64_t *x, int64_t batch, int64_t h, int64_t wd, int
         if (!img) goto done;
         g.img = img;
     }
-    bnncl_direct dd = {img, g.hp, g.wp, g.u, stride, g.ho, g.wo, kh * kw * g.u, NULL, direct};
+    bnncl_direct dd = {img, g.hp, g.wp, g.u, stride, g.ho, g.wo, kh * kw * g.u, NULL, direct, NULL};
     if (direct) {
         toff = (int64_t *)malloc((size_t)dd.nq * sizeof(int64_t));
         if (!toff) goto done;

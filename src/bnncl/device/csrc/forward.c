@@ -189,22 +189,27 @@ static int reserve(fwd_plan *p, int64_t n, int threads) {
     return 0;
 }
 
-/* Store the packed signs of pixel (b, y, x) (row r) and, in the padded layout, zero the border
- * units that belong to this pixel (left / right border pixel of its row, top / bottom border rows
- * with the row's first pixel), so that a reused buffer never needs a full clear. */
+/* In the padded layout, zero the border units that belong to pixel (b, y, x): the left / right border
+ * pixel of its row, and the top / bottom border rows with the row's first pixel; so a reused buffer
+ * never needs a full clear. */
+static inline void zero_border(const bits_dst *d, int64_t b, int64_t y, int64_t x) {
+    const int64_t u = d->u, wp = d->wp;
+    uint32_t *img = d->img + b * d->hp * wp * u;
+    if (x == 0) {
+        memset(img + (y + 1) * wp * u, 0, (size_t)u * 4);
+        if (y == 0) memset(img, 0, (size_t)(wp * u) * 4);
+        if (y == d->h - 1) memset(img + (d->hp - 1) * wp * u, 0, (size_t)(wp * u) * 4);
+    }
+    if (x == d->w - 1) memset(img + ((y + 1) * wp + wp - 1) * u, 0, (size_t)u * 4);
+}
+
+/* Store the packed signs of pixel (b, y, x) (row r). */
 static inline void store_bits(const bits_dst *d, int64_t b, int64_t y, int64_t x, int64_t r, const uint64_t *bits) {
     if (d->kind == 1) {
         memcpy(d->words + r * d->nw, bits, (size_t)d->nw * 8);
     } else if (d->kind == 2) {
-        const int64_t u = d->u, wp = d->wp;
-        uint32_t *img = d->img + b * d->hp * wp * u;
-        memcpy(img + ((y + 1) * wp + x + 1) * u, bits, (size_t)u * 4);
-        if (x == 0) {
-            memset(img + (y + 1) * wp * u, 0, (size_t)u * 4);
-            if (y == 0) memset(img, 0, (size_t)(wp * u) * 4);
-            if (y == d->h - 1) memset(img + (d->hp - 1) * wp * u, 0, (size_t)(wp * u) * 4);
-        }
-        if (x == d->w - 1) memset(img + ((y + 1) * wp + wp - 1) * u, 0, (size_t)u * 4);
+        memcpy(d->img + ((b * d->hp + y + 1) * d->wp + x + 1) * d->u, bits, (size_t)d->u * 4);
+        zero_border(d, b, y, x);
     }
 }
 
@@ -298,8 +303,18 @@ int bnncl_fwd_run(void *handle, float *acc, int64_t n, int64_t stop, int pack_la
                                  bk->ho, bk->wo, bk->kk, bk->padded ? in : NULL, bk->hp, bk->wp, bk->u};
             bnncl_epi e = {BNNCL_OUT_FLOAT, bk->k, bk->o, bk->scale, bk->bias, NULL, NULL, y, bk->o};
             bnncl_direct dd = {in, bk->hp, bk->wp, bk->u, bk->stride, bk->ho, bk->wo, 9 * bk->u, bk->toff,
-                               bk->direct};
+                               bk->direct, NULL};
             const int use_direct = direct_ok && bk->direct != NULL;
+            /* the direct kernel runs the whole block epilogue in its registers when o % 32 == 0 */
+            const int fused_epi = use_direct && bk->o % 32 == 0;
+            bnncl_block_epi be = {xprev, bk->h, bk->w, bk->cin, bk->stride, a.src_bias, bk->shift_in, bk->slope,
+                                  bk->shift_out, a.next_bias, NULL, 0, 0, 0, 0};
+            if (d.kind == 1) {
+                be.bits = (uint32_t *)d.words, be.bhp = bk->ho, be.bwp = bk->wo, be.bu = 2 * bk->nw, be.boff = 0;
+            } else if (d.kind == 2) {
+                be.bits = d.img, be.bhp = d.hp, be.bwp = d.wp, be.bu = d.u, be.boff = 1;
+            }
+            if (fused_epi) e.mode = BNNCL_OUT_BLOCK, dd.be = &be;
             const int64_t m = n * bk->ho * bk->wo, np = (bk->o + BNNCL_NB - 1) / BNNCL_NB;
             const int64_t mb = bnncl_block_rows(m, threads), nblk = (m + mb - 1) / mb;
 #pragma omp for schedule(static)
@@ -321,8 +336,12 @@ int bnncl_fwd_run(void *handle, float *acc, int64_t n, int64_t stop, int pack_la
                 }
                 int64_t ox = r0 % bk->wo, oy = (r0 / bk->wo) % bk->ho, b = r0 / (bk->wo * bk->ho);
                 for (int64_t r = r0; r < r0 + rows; ++r) {
-                    bnncl_epi_pixel(&a, b, oy, ox, y + r * bk->o, sc, d.kind ? tb : NULL, epi512);
-                    if (d.kind) store_bits(&d, b, oy, ox, r, tb);
+                    if (fused_epi) {
+                        if (d.kind == 2 && (ox == 0 || ox == bk->wo - 1)) zero_border(&d, b, oy, ox);
+                    } else {
+                        bnncl_epi_pixel(&a, b, oy, ox, y + r * bk->o, sc, d.kind ? tb : NULL, epi512);
+                        if (d.kind) store_bits(&d, b, oy, ox, r, tb);
+                    }
                     if (++ox == bk->wo) {
                         ox = 0;
                         if (++oy == bk->ho) oy = 0, ++b;

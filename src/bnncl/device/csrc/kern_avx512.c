@@ -115,8 +115,58 @@ TGT void bnncl_panel_avx512(const uint64_t *a, int64_t rows, int64_t kk, const u
 #define BNNCL_DIRECT_R4 4 /* rows per tile, 64-channel tiles (measured: 5 and 6 spill) */
 #endif
 
-static INL TGT void dtile(int R, int NC, int MODE, const uint32_t *const *bp, const int64_t *toff, int64_t nq,
-                          const uint32_t *w, int64_t row, int64_t col0, int64_t ncols, const bnncl_epi *e) {
+/* Per-row pointers of a tile: input field, shortcut source, sign units (BLOCK mode). */
+typedef struct {
+    const uint32_t *const *bp;
+    const float *const *sp;
+    uint32_t *const *dp;
+} drows;
+
+static INL TGT __m512 sgn_ps(__m512 s, __m512 sb) {
+    const __m512 one = _mm512_set1_ps(1.0f), mone = _mm512_set1_ps(-1.0f);
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(_mm512_add_ps(s, sb), _mm512_setzero_ps(), _CMP_LT_OQ), one, mone);
+}
+
+/* The fused block epilogue of R rows x 16 channels at c (vector v of the tile); returns nothing, stores
+ * y and collects the sign masks in m[i]. */
+static INL TGT void block_epi16(int R, const bnncl_epi *e, const bnncl_block_epi *be, const drows *rp,
+                                __m512i acc[12][4], int v, int64_t row, int64_t c, __mmask16 m[12]) {
+    const __m512i kv = _mm512_set1_epi32((int32_t)e->k);
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512 sv = _mm512_loadu_ps(e->scale + c), bv = _mm512_loadu_ps(e->bias + c);
+    const __m512 si = _mm512_loadu_ps(be->shift_in + c), sl = _mm512_loadu_ps(be->slope + c);
+    const __m512 so = _mm512_loadu_ps(be->shift_out + c);
+    const __m512 nb = be->bits ? _mm512_loadu_ps(be->next_bias + c) : zero;
+    const int64_t cs = c % be->cin, cin = be->cin, wc = be->w * be->cin;
+    const __m512 sbv = be->src_bias ? _mm512_loadu_ps(be->src_bias + cs) : zero;
+#pragma GCC unroll 12
+    for (int i = 0; i < R; ++i) {
+        __m512i d = _mm512_sub_epi32(kv, _mm512_add_epi32(acc[i][v], acc[i][v]));
+        __m512 y = _mm512_add_ps(_mm512_mul_ps(sv, _mm512_cvtepi32_ps(d)), bv);
+        const float *s = rp->sp[i] + cs;
+        __m512 sc;
+        if (be->stride == 2) {
+            __m512 a00 = _mm512_loadu_ps(s), a01 = _mm512_loadu_ps(s + cin);
+            __m512 a10 = _mm512_loadu_ps(s + wc), a11 = _mm512_loadu_ps(s + wc + cin);
+            if (be->src_bias) a00 = sgn_ps(a00, sbv), a01 = sgn_ps(a01, sbv), a10 = sgn_ps(a10, sbv), a11 = sgn_ps(a11, sbv);
+            sc = _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(a00, a01), _mm512_add_ps(a10, a11)), _mm512_set1_ps(0.25f));
+        } else {
+            sc = _mm512_loadu_ps(s);
+            if (be->src_bias) sc = sgn_ps(sc, sbv);
+        }
+        y = _mm512_add_ps(y, sc);
+        __m512 t = _mm512_sub_ps(y, si);
+        t = _mm512_mask_mul_ps(t, _mm512_cmp_ps_mask(t, zero, _CMP_LT_OQ), t, sl);
+        y = _mm512_add_ps(t, so);
+        _mm512_storeu_ps((float *)e->out + (row + i) * e->out_stride + c, y);
+        m[i] = _mm512_cmp_ps_mask(_mm512_add_ps(y, nb), zero, _CMP_LT_OQ);
+    }
+}
+
+static INL TGT void dtile(int R, int NC, int MODE, const drows *rp, const int64_t *toff, int64_t nq,
+                          const uint32_t *w, int64_t row, int64_t col0, int64_t ncols, const bnncl_epi *e,
+                          const bnncl_block_epi *be) {
+    const uint32_t *const *bp = rp->bp;
     __m512i acc[12][4];
     const uint32_t *w2 = w + nq * BNNCL_NB; /* second panel (NC == 4) */
 #pragma GCC unroll 12
@@ -138,6 +188,26 @@ static INL TGT void dtile(int R, int NC, int MODE, const uint32_t *const *bp, co
                 acc[i][3] = _mm512_add_epi32(acc[i][3], _mm512_popcnt_epi32(_mm512_xor_si512(av, w3v)));
             }
         }
+    }
+    if (MODE == BNNCL_OUT_BLOCK) {
+        /* ncols % 32 == 0 here: full vectors */
+#pragma GCC unroll 2
+        for (int h = 0; h < NC / 2; ++h) {
+            __mmask16 lo[12], hi[12];
+            block_epi16(R, e, be, rp, acc, 2 * h, row, col0 + 32 * h, lo);
+            block_epi16(R, e, be, rp, acc, 2 * h + 1, row, col0 + 32 * h + 16, hi);
+            if (be->bits) {
+                const int64_t unit = col0 / 32 + h, last = (col0 + 32 * h + 32) == e->ncols;
+#pragma GCC unroll 12
+                for (int i = 0; i < R; ++i) {
+                    rp->dp[i][unit] = (uint32_t)lo[i] | ((uint32_t)hi[i] << 16);
+                    if (last)
+                        for (int64_t z = unit + 1; z < be->bu; ++z) rp->dp[i][z] = 0;
+                }
+            }
+        }
+        (void)ncols;
+        return;
     }
     const __m512i kv = _mm512_set1_epi32((int32_t)e->k);
 #pragma GCC unroll 4
@@ -161,28 +231,33 @@ static INL TGT void dtile(int R, int NC, int MODE, const uint32_t *const *bp, co
     (void)ncols;
 }
 
+#define DTILE_AT(RR, NC, r)                                                                       \
+    do {                                                                                          \
+        drows sub = {rp->bp + (r), rp->sp ? rp->sp + (r) : NULL, rp->dp ? rp->dp + (r) : NULL};   \
+        dtile(RR, NC, MODE, &sub, d->toff, d->nq, w, r0 + (r), col0, ncols, e, d->be);            \
+    } while (0)
+
 #define DTILES(NC, RMAX)                                                                          \
     do {                                                                                          \
         int64_t r = 0;                                                                            \
-        for (; r + RMAX <= rows; r += RMAX) dtile(RMAX, NC, MODE, bp + r, d->toff, d->nq, w, r0 + r, col0, ncols, e); \
-        const uint32_t *const *br = bp + r;                                                       \
+        for (; r + RMAX <= rows; r += RMAX) DTILE_AT(RMAX, NC, r);                                \
         switch (rows - r) {                                                                       \
-        case 11: if (RMAX > 11) dtile(11 < RMAX ? 11 : 1, NC, MODE, br, d->toff, d->nq, w, r0 + r, col0, ncols, e); break; \
-        case 10: if (RMAX > 10) dtile(10 < RMAX ? 10 : 1, NC, MODE, br, d->toff, d->nq, w, r0 + r, col0, ncols, e); break; \
-        case 9: if (RMAX > 9) dtile(9 < RMAX ? 9 : 1, NC, MODE, br, d->toff, d->nq, w, r0 + r, col0, ncols, e); break; \
-        case 8: if (RMAX > 8) dtile(8 < RMAX ? 8 : 1, NC, MODE, br, d->toff, d->nq, w, r0 + r, col0, ncols, e); break; \
-        case 7: if (RMAX > 7) dtile(7 < RMAX ? 7 : 1, NC, MODE, br, d->toff, d->nq, w, r0 + r, col0, ncols, e); break; \
-        case 6: if (RMAX > 6) dtile(6 < RMAX ? 6 : 1, NC, MODE, br, d->toff, d->nq, w, r0 + r, col0, ncols, e); break; \
-        case 5: dtile(5, NC, MODE, br, d->toff, d->nq, w, r0 + r, col0, ncols, e); break;         \
-        case 4: dtile(4, NC, MODE, br, d->toff, d->nq, w, r0 + r, col0, ncols, e); break;         \
-        case 3: dtile(3, NC, MODE, br, d->toff, d->nq, w, r0 + r, col0, ncols, e); break;         \
-        case 2: dtile(2, NC, MODE, br, d->toff, d->nq, w, r0 + r, col0, ncols, e); break;         \
-        case 1: dtile(1, NC, MODE, br, d->toff, d->nq, w, r0 + r, col0, ncols, e); break;         \
+        case 11: if (RMAX > 11) DTILE_AT(11 < RMAX ? 11 : 1, NC, r); break;                       \
+        case 10: if (RMAX > 10) DTILE_AT(10 < RMAX ? 10 : 1, NC, r); break;                       \
+        case 9: if (RMAX > 9) DTILE_AT(9 < RMAX ? 9 : 1, NC, r); break;                           \
+        case 8: if (RMAX > 8) DTILE_AT(8 < RMAX ? 8 : 1, NC, r); break;                           \
+        case 7: if (RMAX > 7) DTILE_AT(7 < RMAX ? 7 : 1, NC, r); break;                           \
+        case 6: if (RMAX > 6) DTILE_AT(6 < RMAX ? 6 : 1, NC, r); break;                           \
+        case 5: if (RMAX > 5) DTILE_AT(5 < RMAX ? 5 : 1, NC, r); break;                           \
+        case 4: if (RMAX > 4) DTILE_AT(4 < RMAX ? 4 : 1, NC, r); break;                           \
+        case 3: DTILE_AT(3, NC, r); break;                                                        \
+        case 2: DTILE_AT(2, NC, r); break;                                                        \
+        case 1: DTILE_AT(1, NC, r); break;                                                        \
         default: break;                                                                           \
         }                                                                                         \
     } while (0)
 
-static INL TGT void direct_rows(int MODE, const bnncl_direct *d, const uint32_t *const *bp, int64_t r0,
+static INL TGT void direct_rows(int MODE, const bnncl_direct *d, const drows *rp, int64_t r0,
                                 int64_t rows, const bnncl_epi *e) {
     const int64_t np = (e->ncols + BNNCL_NB - 1) / BNNCL_NB;
     for (int64_t p = 0; p < np;) {
@@ -198,25 +273,35 @@ static INL TGT void direct_rows(int MODE, const bnncl_direct *d, const uint32_t 
     }
 }
 
-/* Output pixels [r0, r0 + rows) of a direct convolution (INT32 or FLOAT mode of e). */
+/* Output pixels [r0, r0 + rows) of a direct convolution (INT32, FLOAT or BLOCK mode of e). */
 TGT void bnncl_direct_avx512(const bnncl_direct *d, int64_t r0, int64_t rows, const bnncl_epi *e) {
     enum { CHUNK = 96 };
     const uint32_t *bp[CHUNK];
+    const float *sp[CHUNK];
+    uint32_t *dp[CHUNK];
+    const bnncl_block_epi *be = e->mode == BNNCL_OUT_BLOCK ? d->be : NULL;
     for (int64_t c0 = 0; c0 < rows; c0 += CHUNK) {
         int64_t n = rows - c0 < CHUNK ? rows - c0 : CHUNK;
         int64_t pix = r0 + c0;
         int64_t ox = pix % d->wo, oy = (pix / d->wo) % d->ho, b = pix / (d->wo * d->ho);
         for (int64_t i = 0; i < n; ++i) {
             bp[i] = d->img + ((b * d->hp + oy * d->stride) * d->wp + ox * d->stride) * d->u;
+            if (be) {
+                sp[i] = be->src + ((b * be->h + oy * be->stride) * be->w + ox * be->stride) * be->cin;
+                dp[i] = be->bits ? be->bits + ((b * be->bhp + oy + be->boff) * be->bwp + ox + be->boff) * be->bu : NULL;
+            }
             if (++ox == d->wo) {
                 ox = 0;
                 if (++oy == d->ho) oy = 0, ++b;
             }
         }
-        if (e->mode == BNNCL_OUT_FLOAT)
-            direct_rows(BNNCL_OUT_FLOAT, d, bp, r0 + c0, n, e);
+        drows rp = {bp, be ? sp : NULL, be ? dp : NULL};
+        if (e->mode == BNNCL_OUT_BLOCK)
+            direct_rows(BNNCL_OUT_BLOCK, d, &rp, r0 + c0, n, e);
+        else if (e->mode == BNNCL_OUT_FLOAT)
+            direct_rows(BNNCL_OUT_FLOAT, d, &rp, r0 + c0, n, e);
         else
-            direct_rows(BNNCL_OUT_INT32, d, bp, r0 + c0, n, e);
+            direct_rows(BNNCL_OUT_INT32, d, &rp, r0 + c0, n, e);
     }
 }
 #endif
