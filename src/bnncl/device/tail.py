@@ -37,24 +37,29 @@ gradient goes through sign by the clipped STE. Plain SGD, optional momentum (off
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from bnncl.device import kernels
-from bnncl.device.kernels import tailgrad
 from bnncl.device.bitpack import pack_signs, unpack_signs
-from bnncl.device.quantize import FLOAT_BITS, QTensor, check_bits, fake_quantize, quantize
+from bnncl.device.kernels import tailfwd, tailgrad
+from bnncl.device.kernels.tailfwd import QParams
+from bnncl.device.quantize import (
+    FLOAT_BITS,
+    QTensor,
+    check_bits,
+    fake_quantize,
+    quantize,
+)
 from bnncl.device.tail_layers import (
     col2im,
     conv_out_hw,
     im2col_pm1,
-    pack_mask,
     pm1_weight_grad,
-    shortcut,
     shortcut_backward,
-    unpack_mask,
 )
 
 BN_EPS = 1e-5
@@ -222,7 +227,7 @@ class TailTrainer:
     def _make_block(self, i: int, params: Mapping[str, np.ndarray], arch: Mapping[str, Any]) -> _Block:
         cin, cout, stride, _, _ = block_shapes(arch)[i]
         p = f"blocks.{i}."
-        get = lambda k, s: self._param(params, p + k, s)  # noqa: E731
+        get = lambda k, s: self._param(params, p + k, s)
         w = get("conv.weight", (cout, cin, 3, 3)).transpose(0, 2, 3, 1)  # OIHW -> OHWI
         gamma, beta = get("bn.weight", (cout,)), get("bn.bias", (cout,))
         mean, var = get("bn.running_mean", (cout,)), get("bn.running_var", (cout,))
@@ -253,33 +258,31 @@ class TailTrainer:
             raise ValueError("latents contain NaN or inf")
         return x.astype(np.float32, copy=False)
 
-    def _block_forward(self, blk: _Block, x: np.ndarray, cache: list | None) -> np.ndarray:
-        if blk.skip_sign:
-            t = x
-        else:
-            t = x + blk.move_bias
-        xb_packed = kernels.pack_signs_f32(np.ascontiguousarray(t, dtype=np.float32), threads=self.threads)
+    def _block_forward(self, blk: _Block, x: np.ndarray, q: QParams, cache: list | None,
+                       path: str) -> tuple[np.ndarray, QParams]:
+        """``x``: the block input before its ``Q_f`` (``q``), a fresh C-contiguous float32 array that is
+        quantized in place; returns the block output before its ``Q_f`` and that quantizer."""
+        xb_packed, ste = tailfwd.fwd_input(x, q, None if blk.skip_sign else blk.move_bias,
+                                           cache is not None and not blk.skip_sign, path)
         dot = kernels.binary_conv2d_int32(xb_packed, blk.w_packed, blk.cin, blk.stride, 1, threads=self.threads)
-        y = dot.astype(np.float32) * blk.scale
-        if blk.binary_input:
-            xs = x if blk.skip_sign else np.where(t < 0, np.float32(-1.0), np.float32(1.0))
-        else:
-            xs = x
-        z = (y * blk.bn_a + blk.bn_c) + shortcut(xs, blk.stride, blk.repeat)
-        pre = z - blk.shift_in
-        pos = pre > 0
-        out = np.where(pos, pre, pre * blk.slope) + blk.shift_out
-        out = fake_quantize(out, self.qf)
+        out, pos, (lo, hi) = tailfwd.fwd_out(
+            dot, None if blk.binary_input else x, xb_packed if blk.binary_input else None, x.shape, blk.stride,
+            blk.scale, blk.bn_a, blk.bn_c, blk.shift_in, blk.slope, blk.shift_out, path)
         if cache is not None:
-            ste = None if blk.skip_sign else pack_mask(np.abs(t) <= 1)
-            cache.append((xb_packed, ste, pack_mask(pos), x.shape))
-        return out
+            cache.append((xb_packed, ste, pos, x.shape))
+        return out, QParams.of(lo, hi, self.qf)
 
     def _forward(self, latents: np.ndarray, caches: list | None) -> tuple[np.ndarray, QTensor]:
-        x = fake_quantize(self._check_latents(latents), self.qf)
-        for blk in self._blocks:
-            x = self._block_forward(blk, x, caches)
-        feats = quantize(x.mean(axis=(1, 2), dtype=np.float32) if self._blocks else x, self.qf)
+        x = self._check_latents(latents)
+        if not self._blocks:
+            feats = quantize(fake_quantize(x, self.qf), self.qf)
+        else:
+            path = kernels.active_path()
+            x = np.array(x, dtype=np.float32, order="C", copy=True)
+            q = QParams.of(*tailfwd.minmax(x, path), self.qf)
+            for blk in self._blocks:
+                x, q = self._block_forward(blk, x, q, caches, path)
+            feats = quantize(tailfwd.gap(x, q, path), self.qf)
         logits = feats.dequantize() @ self._head_f.T
         return logits.astype(np.float32, copy=False), feats
 
@@ -318,76 +321,87 @@ class TailTrainer:
             df = fake_quantize(dlogits @ self._head_f, self.qb)
             last = self._blocks[-1]
             h, w = self._out_hw(last, caches[-1][3])
-            shape = (n, h, w, last.cout)
-            d = np.broadcast_to((df / np.float32(h * w))[:, None, None, :], shape)
-            d = fake_quantize(np.ascontiguousarray(d), self.qb)
+            # Q_b of the (N, H, W, C) broadcast of df / (H W) = the broadcast of Q_b of the (N, C) array
+            # (same min/max, same values): kept per image, broadcast over H*W by the kernels
+            d: tuple = (fake_quantize(df / np.float32(h * w), self.qb), h * w, tailfwd.OFF)
+            path = kernels.active_path()
             for j in range(len(self._blocks) - 1, -1, -1):
-                grads[j], d = self._block_backward(self._blocks[j], caches[j], d, need_dx=j > 0)
+                grads[j], d = self._block_backward(self._blocks[j], caches[j], d, j > 0, path)
         return loss, grads, g_head
 
     @staticmethod
     def _out_hw(blk: _Block, in_shape: tuple[int, ...]) -> tuple[int, int]:
         return conv_out_hw(in_shape[1], in_shape[2], 3, blk.stride, 1)
 
-    def _block_backward(self, blk: _Block, cache: tuple, dout: np.ndarray,
-                        need_dx: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        xb_packed, ste, pos_mask, in_shape = cache
-        pos = unpack_mask(pos_mask)
-        dz = np.where(pos, dout, dout * blk.slope).astype(np.float32)
-        dy_q = quantize(dz * blk.bn_a, self.qb)
-        n, ho, wo, _ = dy_q.shape
+    def _block_backward(self, blk: _Block, cache: tuple, dsrc: tuple, need_dx: bool,
+                        path: str) -> tuple[np.ndarray, tuple | None]:
+        """``dsrc = (dout, bcast, q)``: the gradient at the block output is ``Q_b(dout)`` by ``q``,
+        ``dout`` (P, O) or, with ``bcast = H*W``, one row per image. Returns the latent weight gradient
+        and the same triple for the block input (None without ``need_dx``)."""
+        if self.qb == FLOAT_BITS:
+            return self._block_backward_float(blk, cache, dsrc, need_dx)
+        xb_packed, ste, pos, in_shape = cache
+        dout, bcast, qd = dsrc
+        n, ho, wo = (in_shape[0], *self._out_hw(blk, in_shape))
         p = n * ho * wo
-        path = kernels.active_path()
-        if self.qb != FLOAT_BITS:
-            g = self._weight_grad_codes(blk, xb_packed, dy_q, p, path)
-            dy = None
-        else:
-            dy = dy_q.dequantize()
-            xb = unpack_signs(xb_packed, blk.cin, np.int8)
-            cols = im2col_pm1(xb, 3, blk.stride, 1)  # (P, 9*I) ±1
-            g = pm1_weight_grad(cols, dy.reshape(p, blk.cout)).T  # (O, 9*I): sum_p xb * dy
-        w_neg = blk.w_values < 0
-        sw = np.where(w_neg, np.float32(-1.0), np.float32(1.0)).reshape(blk.cout, -1)
+        v, (lo, hi) = tailfwd.bwd_v(dout, bcast, qd, pos, blk.slope, blk.bn_a, path)
+        dy_q = QTensor(np.empty(0, np.uint16), lo, hi, self.qb)  # range only: the codes are ctile
+        ctile, colsum, dt = tailfwd.bwd_codes(v, lo, hi, self.qb, blk.scale, need_dx, path)
+        g = self._weight_grad_codes(blk, xb_packed, dy_q, ctile, colsum, p, path)
+        dw = self._latent_grad(blk, g)
+        if not need_dx:
+            return dw, None
+        wpat = tailgrad.weight_patterns((blk.w_values < 0).reshape(blk.cout, -1))
+        dcols = tailgrad.dgrad(dt, wpat, path, self.threads)
+        dxb = tailgrad.col2im(dcols, in_shape, blk.stride, path)
+        dx, (lo2, hi2) = tailfwd.bwd_dx(dxb, dout, bcast, qd, pos, blk.slope, blk.stride, ste, blk.binary_input, path)
+        return dw, (dx, 0, QParams.of(lo2, hi2, self.qb))
+
+    def _latent_grad(self, blk: _Block, g: np.ndarray) -> np.ndarray:
+        """``s G + (sum_k sign(W) G) / n * sgn(W)`` at ``q_b`` (identity STE + the mean|W| scale)."""
+        sw = np.where(blk.w_values < 0, np.float32(-1.0), np.float32(1.0)).reshape(blk.cout, -1)
         k = sw.shape[1]
         dscale = (sw * g).sum(axis=1, dtype=np.float32)
         dw = blk.scale[:, None] * g + (dscale / np.float32(k))[:, None] * _sgn0(blk.w_values.reshape(blk.cout, -1))
-        dw = fake_quantize(dw.reshape(blk.weight.shape), self.qb)
+        return fake_quantize(dw.reshape(blk.weight.shape), self.qb)
+
+    def _block_backward_float(self, blk: _Block, cache: tuple, dsrc: tuple,
+                              need_dx: bool) -> tuple[np.ndarray, tuple | None]:
+        """``q_b = 32``: float32 GEMMs with a ±1 operand (NumPy + BLAS)."""
+        xb_packed, ste, pos_bits, in_shape = cache
+        dout, bcast, _ = dsrc  # no quantization at 32 bits
+        n, ho, wo = (in_shape[0], *self._out_hw(blk, in_shape))
+        p = n * ho * wo
+        d = np.repeat(dout, bcast, axis=0) if bcast else dout.reshape(p, blk.cout)
+        pos = tailfwd.unpack_bits(pos_bits, blk.cout).reshape(p, blk.cout)
+        dz = np.where(pos, d, d * blk.slope).astype(np.float32)
+        dy = dz * blk.bn_a
+        xb = unpack_signs(xb_packed, blk.cin, np.int8)
+        cols = im2col_pm1(xb, 3, blk.stride, 1)  # (P, 9*I) ±1
+        g = pm1_weight_grad(cols, dy).T  # (O, 9*I): sum_p xb * dy
+        dw = self._latent_grad(blk, g)
         if not need_dx:
             return dw, None
-        if dy is None:
-            dy = dy_q.dequantize()
-        dys = dy.reshape(p, blk.cout) * blk.scale
-        if self.qb != FLOAT_BITS:  # signed sums by tables of sign(W) bits (kernels/tailgrad.py)
-            wpat = tailgrad.weight_patterns(w_neg.reshape(blk.cout, -1))
-            dcols = tailgrad.dgrad(tailgrad.dgrad_operand(dys), wpat, path, self.threads)
-            dxb = tailgrad.col2im(dcols, in_shape, blk.stride, path)
-        else:
-            dxb = col2im(dys @ sw, in_shape, 3, blk.stride, 1)  # real x ±1: signed sums
-        dxs = shortcut_backward(dz, blk.stride, blk.repeat)
-        mask = unpack_mask(ste)
-        if blk.binary_input:
-            dx = (dxb + dxs) * mask
-        else:
-            dx = dxb * mask + dxs
-        return dw, fake_quantize(dx.astype(np.float32), self.qb)
+        sw = np.where(blk.w_values < 0, np.float32(-1.0), np.float32(1.0)).reshape(blk.cout, -1)
+        dxb = col2im((dy * blk.scale) @ sw, in_shape, 3, blk.stride, 1)  # real x ±1: signed sums
+        dxs = shortcut_backward(dz.reshape(n, ho, wo, blk.cout), blk.stride, blk.repeat)
+        mask = tailfwd.unpack_bits(ste, blk.cin)
+        dx = (dxb + dxs) * mask if blk.binary_input else dxb * mask + dxs
+        return dw, (dx.astype(np.float32).reshape(-1, blk.cin), 0, tailfwd.OFF)
 
-    def _weight_grad_codes(self, blk: _Block, xb_packed: np.ndarray, dy_q: QTensor, p: int,
-                           path: str) -> np.ndarray:
+    def _weight_grad_codes(self, blk: _Block, xb_packed: np.ndarray, dy_q: QTensor, ctile: np.ndarray,
+                           colsum: np.ndarray, p: int, path: str) -> np.ndarray:
         """``G (O, 9*I) = sum_p xb[p, k] * dy[p, o]`` as exact integer sums of the ``q_b`` codes:
         ``dy = lo + c / s`` gives ``G = lo * sum_p xb + (sum_p xb * c) / s``, and ``sum_p xb * c =
-        sum_p c - 2 * (sum of c where xb = -1)``: additions only (``tailgrad.wgrad_minus``)."""
+        sum_p c - 2 * (sum of c where xb = -1)``: additions only (``tailgrad.wgrad_minus_tiled``)."""
         o, cin = blk.cout, blk.cin
         nb = xb_packed.shape[-1] * 64  # bits per tap
         pat = tailgrad.patterns(xb_packed, blk.stride, path)
-        if dy_q.constant:
-            codes = np.zeros((p, o), dtype=np.int32)
-        else:
-            codes = dy_q.codes.reshape(p, o)
-        s_minus, ones = tailgrad.wgrad_minus(pat, codes, (1 << dy_q.bits) - 1, path, self.threads)
-        total = codes.sum(axis=0, dtype=np.int64)[None, :] - 2 * s_minus  # (9 * nb, O)
+        s_minus, ones = tailgrad.wgrad_minus_tiled(pat, ctile, o, (1 << dy_q.bits) - 1, path, self.threads)
+        total = colsum[None, :] - 2 * s_minus  # (9 * nb, O)
         total = total.reshape(9, nb, o)[:, :cin].reshape(9 * cin, o)
-        colsum = (p - 2 * ones).reshape(9, nb)[:, :cin].reshape(-1)
-        g = np.float64(dy_q.lo) * colsum[:, None]
+        ones_sum = (p - 2 * ones).reshape(9, nb)[:, :cin].reshape(-1)
+        g = np.float64(dy_q.lo) * ones_sum[:, None]
         if not dy_q.constant:
             g = g + total / np.float64(dy_q.scale)
         return g.astype(np.float32).T

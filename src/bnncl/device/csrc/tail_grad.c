@@ -151,10 +151,11 @@ static upd_fn wgrad_fn(int path, red_fn *red) {
     return upd_scalar;
 }
 
-/* pat: [ngroups][npos] bytes; codes: [npos][o] int32 (each in [0, maxcode]);
- * out: [ngroups * 8][o] int64 (overwritten); ones: [ngroups * 8] int64, positions with the bit set.  Returns 0, 1 (path unsupported) or 2 (no memory). */
-int bnncl_tail_wgrad(const uint8_t *pat, int64_t ngroups, int64_t npos, const int32_t *codes, int64_t o,
-                     int64_t maxcode, int64_t *out, int64_t *ones, int threads, int path) {
+/* Weight gradient with the codes given tile-major: ctile [ceil(o / 16)][npos][16] int32, lanes past o
+ * zero (as bnncl_tail_bwd_codes writes them).  The row loads are aligned: a ctile not 64-byte aligned
+ * is copied first. */
+int bnncl_tail_wgrad_tiled(const uint8_t *pat, int64_t ngroups, int64_t npos, const int32_t *ctile_in, int64_t o,
+                           int64_t maxcode, int64_t *out, int64_t *ones, int threads, int path) {
     red_fn red;
     upd_fn upd = wgrad_fn(path, &red);
     if (!upd) return 1;
@@ -164,15 +165,13 @@ int bnncl_tail_wgrad(const uint8_t *pat, int64_t ngroups, int64_t npos, const in
     if (chunk < 1) chunk = 1;
     if (chunk > npos) chunk = npos > 0 ? npos : 1;
     memset(out, 0, (size_t)(ngroups * 8 * o) * sizeof(int64_t));
-    int32_t *ctile = aligned_alloc(64, (size_t)(ntiles * (npos > 0 ? npos : 1) * LANES) * sizeof(int32_t));
-    if (!ctile) return 2;
-    for (int64_t t = 0; t < ntiles; ++t) { /* codes, tile-major [tile][p][16], zero-padded lanes */
-        const int64_t o0 = t * LANES, lanes = o - o0 < LANES ? o - o0 : LANES;
-        int32_t *dst = ctile + t * npos * LANES;
-        for (int64_t p = 0; p < npos; ++p) {
-            for (int64_t l = 0; l < lanes; ++l) dst[p * LANES + l] = codes[p * o + o0 + l];
-            for (int64_t l = lanes; l < LANES; ++l) dst[p * LANES + l] = 0;
-        }
+    const int32_t *ctile = ctile_in;
+    int32_t *copy = NULL;
+    if (((uintptr_t)ctile_in & 63) != 0) {
+        copy = aligned_alloc(64, (size_t)(ntiles * (npos > 0 ? npos : 1) * LANES) * sizeof(int32_t));
+        if (!copy) return 2;
+        memcpy(copy, ctile_in, (size_t)(ntiles * npos * LANES) * sizeof(int32_t));
+        ctile = copy;
     }
     int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
@@ -213,8 +212,31 @@ int bnncl_tail_wgrad(const uint8_t *pat, int64_t ngroups, int64_t npos, const in
         }
         free(tab);
     }
-    free(ctile);
+    free(copy);
     return failed ? 2 : 0;
+}
+
+/* pat: [ngroups][npos] bytes; codes: [npos][o] int32 (each in [0, maxcode]);
+ * out: [ngroups * 8][o] int64 (overwritten); ones: [ngroups * 8] int64, positions with the bit set.
+ * Returns 0, 1 (path unsupported) or 2 (no memory). */
+int bnncl_tail_wgrad(const uint8_t *pat, int64_t ngroups, int64_t npos, const int32_t *codes, int64_t o,
+                     int64_t maxcode, int64_t *out, int64_t *ones, int threads, int path) {
+    red_fn red;
+    if (!wgrad_fn(path, &red)) return 1;
+    const int64_t ntiles = (o + LANES - 1) / LANES;
+    int32_t *ctile = aligned_alloc(64, (size_t)(ntiles * (npos > 0 ? npos : 1) * LANES) * sizeof(int32_t));
+    if (!ctile) return 2;
+    for (int64_t t = 0; t < ntiles; ++t) { /* codes, tile-major [tile][p][16], zero-padded lanes */
+        const int64_t o0 = t * LANES, lanes = o - o0 < LANES ? o - o0 : LANES;
+        int32_t *dst = ctile + t * npos * LANES;
+        for (int64_t p = 0; p < npos; ++p) {
+            for (int64_t l = 0; l < lanes; ++l) dst[p * LANES + l] = codes[p * o + o0 + l];
+            for (int64_t l = lanes; l < LANES; ++l) dst[p * LANES + l] = 0;
+        }
+    }
+    const int rc = bnncl_tail_wgrad_tiled(pat, ngroups, npos, ctile, o, maxcode, out, ones, threads, path);
+    free(ctile);
+    return rc;
 }
 
 /* ---------------- input gradient: signed-subset tables over 8 output channels ---------------- */

@@ -2,7 +2,7 @@
 
 * :func:`patterns`: the bytes of the implicit 3x3 im2col of packed ±1 maps, ``[tap * wb + byte][p]``
   (+1 padding = byte 0). Byte ``g`` bit ``j`` is tap ``g // wb``, channel ``8 * (g % wb) + j``.
-* :func:`wgrad_minus`: exact integers ``S[g*8+j, o] = sum_{p: bit set} c[p, o]`` (bit set = ``x = -1``)
+* :func:`wgrad_minus` (:func:`wgrad_minus_tiled`: codes already tile-major): exact integers ``S[g*8+j, o] = sum_{p: bit set} c[p, o]`` (bit set = ``x = -1``)
   and ``ones[g*8+j]`` = positions with the bit set, so ``sum_p x[p, k] c[p, o] = sum_p c[p, o] - 2 S``
   and ``sum_p x[p, k] = P - 2 ones``: additions only (per-pattern tables, "four Russians").
 * :func:`dgrad`: float32 ``D[k, p] = sum_o d[p, o] * s[o, k]`` for ``s`` = ±1 given as bits
@@ -35,6 +35,8 @@ def _lib() -> ctypes.CDLL:
     if not _ready:
         lib.bnncl_tail_wgrad.restype = _int
         lib.bnncl_tail_wgrad.argtypes = [_p, _i64, _i64, _p, _i64, _i64, _p, _p, _int, _int]
+        lib.bnncl_tail_wgrad_tiled.restype = _int
+        lib.bnncl_tail_wgrad_tiled.argtypes = [_p, _i64, _i64, _p, _i64, _i64, _p, _p, _int, _int]
         lib.bnncl_tail_dgrad.restype = _int
         lib.bnncl_tail_dgrad.argtypes = [_p, _i64, _i64, _p, _i64, _p, _int, _int]
         lib.bnncl_tail_patterns.restype = None
@@ -91,6 +93,27 @@ def wgrad_minus(pat: np.ndarray, codes: np.ndarray, maxcode: int, path: str,
     rc = _lib().bnncl_tail_wgrad(pat.ctypes.data, g, npos, c.ctypes.data, o, int(maxcode), out.ctypes.data,
                                  ones.ctypes.data, threads, native.PATH_IDS[path])
     _check(rc, "tail_wgrad")
+    return out, ones
+
+
+def wgrad_minus_tiled(pat: np.ndarray, ctile: np.ndarray, o: int, maxcode: int, path: str,
+                      threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`wgrad_minus` with the codes tile-major: ``ctile`` (ceil(O / 16), P, 16) int32, lanes past
+    ``O`` zero (``tailfwd.bwd_codes`` writes them so; no (P, O) copy)."""
+    ntiles, npos, lanes = ctile.shape
+    if lanes != LANES or ntiles != (o + LANES - 1) // LANES or pat.shape[1] != npos:
+        raise ValueError(f"wgrad_minus_tiled: codes {ctile.shape} do not fit {o} outputs and patterns {pat.shape}")
+    if path == "numpy":
+        codes = ctile.transpose(1, 0, 2).reshape(npos, ntiles * LANES)[:, :o]
+        return wgrad_minus(pat, codes, maxcode, path, threads)
+    g = pat.shape[0]
+    pat = np.ascontiguousarray(pat)
+    ct = np.ascontiguousarray(ctile, dtype=np.int32)
+    out = np.empty((8 * g, o), dtype=np.int64)
+    ones = np.empty(8 * g, dtype=np.int64)
+    rc = _lib().bnncl_tail_wgrad_tiled(pat.ctypes.data, g, npos, ct.ctypes.data, o, int(maxcode), out.ctypes.data,
+                                       ones.ctypes.data, threads, native.PATH_IDS[path])
+    _check(rc, "tail_wgrad_tiled")
     return out, ones
 
 
