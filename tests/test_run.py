@@ -62,3 +62,37 @@ def test_cli_bad_arguments_give_one_line(args, message, tmp_path):
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln]
     assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_config_for_layers_user_over_protocol_over_defaults():
+    from dataclasses import fields
+
+    from bnncl.data.protocols import PROTOCOLS
+    from bnncl.experiment import NO_CAP, config_for
+    from bnncl.settings import LearningSettings
+
+    known = {f.name for f in fields(LearningSettings)}
+    for spec in PROTOCOLS.values():
+        assert set(spec.settings) <= known, f"{spec.name}: settings must be LearningSettings fields"
+        config_for(spec.name).validate()
+    tuned = config_for("cifar10-b5")
+    assert (tuned.epochs, tuned.lr, tuned.new_per_class) == (16, 0.2, 300)
+    assert tuned.qb == LearningSettings.qb  # untouched settings keep the global default
+    mine = config_for("cifar10-b5", epochs=3, lr=None, new_per_class=NO_CAP)
+    assert (mine.epochs, mine.lr, mine.new_per_class) == (3, 0.2, None)
+    assert config_for().epochs == LearningSettings.epochs and config_for().new_per_class is None
+
+
+@pytest.mark.parametrize("text,expected", [("all", 0), ("ALL", 0), ("300", 300)])
+def test_new_per_class_flag(text, expected):
+    from bnncl.cli import build_parser
+
+    assert build_parser().parse_args(["run", "--new-per-class", text]).new_per_class == expected
+
+
+def test_new_per_class_flag_rejects_nonsense(capsys):
+    from bnncl.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--new-per-class", "0"])
+    assert "expected a positive integer or 'all'" in capsys.readouterr().err

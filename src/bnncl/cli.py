@@ -21,6 +21,32 @@ def _classes(text: str) -> list[int]:
     return out
 
 
+def _cap(text: str) -> int:
+    """``--new-per-class``: a positive count, or ``all`` (no cap, even where the protocol sets one)."""
+    from bnncl.experiment import NO_CAP
+
+    if text.strip().lower() == "all":
+        return NO_CAP
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
+    return value
+
+
+def _tuned(name: str) -> str:
+    """Help text of a learning setting's default: the global one, then the protocols that tune it."""
+    from bnncl.data.protocols import PROTOCOLS
+    from bnncl.settings import LearningSettings
+
+    base = getattr(LearningSettings, name)
+    parts = ["all" if base is None else str(base)]
+    parts += [f"{p.name}: {p.settings[name]}" for p in PROTOCOLS.values() if name in p.settings]
+    return "; ".join(parts)
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from bnncl.data import load_dataset
     from bnncl.nn.backbones import CONFIGS
@@ -89,14 +115,14 @@ def _run_one(cfg, label: str, quiet: bool = False) -> dict:
 def _cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bnncl.experiment import RunConfig, compare_configs, write_results
+    from bnncl.experiment import compare_configs, config_for, write_results
     from bnncl.report.plots import plot_accuracy
     from bnncl.report.tables import comparison_markdown
 
-    cfg = RunConfig(protocol=args.protocol, engine=args.engine, tail_blocks=args.tail_blocks, qf=args.qf,
-                    qb=args.qb, qw=args.qw, lr_bits=args.lr_bits, buffer=args.buffer, strategy=args.strategy,
-                    epochs=args.epochs, lr=args.lr, seed=args.seed, threads=args.threads, model=args.model,
-                    new_per_class=args.new_per_class)
+    cfg = config_for(args.protocol, engine=args.engine, tail_blocks=args.tail_blocks, qf=args.qf,
+                     qb=args.qb, qw=args.qw, lr_bits=args.lr_bits, buffer=args.buffer, strategy=args.strategy,
+                     epochs=args.epochs, lr=args.lr, seed=args.seed, threads=args.threads, model=args.model,
+                     new_per_class=args.new_per_class)
     out = Path(args.out)
     if not args.compare:
         result = _run_one(cfg, f"{cfg.protocol} on the {cfg.engine} engine", args.quiet)
@@ -199,11 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-bits", type=int, default=1, choices=[1, 8, 32], help="bits per stored latent")
     p.add_argument("--buffer", type=int, default=1500, help="replay buffer capacity (patterns)")
     p.add_argument("--strategy", default="cwr_star", choices=["cwr_star", "cwr", "naive", "joint"])
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate of the tail and head")
+    p.add_argument("--epochs", type=int, default=None, help=f"epochs per experience (default {_tuned('epochs')})")
+    p.add_argument("--lr", type=float, default=None, help=f"SGD learning rate of the tail and head (default {_tuned('lr')})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--new-per-class", type=int, default=None,
-                   help="use at most this many new patterns per class per epoch (fresh subset each epoch)")
+    p.add_argument("--new-per-class", type=_cap, default=None,
+                   help="use at most this many new patterns per class per epoch (fresh subset each epoch), "
+                        f"or 'all' (default {_tuned('new_per_class')})")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default=None, help="model file (default: the protocol's shipped model)")
     p.add_argument("--compare", action="store_true", help="device vs fp32 tail vs fp32 network vs naive vs joint")

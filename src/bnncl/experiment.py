@@ -53,6 +53,21 @@ class RunConfig(LearningSettings):
 
 EngineBuilder = Callable[[RunConfig, ProtocolSpec, int], Engine]
 
+NO_CAP = 0
+"""``new_per_class`` value a caller passes to :func:`config_for` to ask for no cap explicitly."""
+
+
+def config_for(protocol: str = "fmnist-b5", **given: Any) -> RunConfig:
+    """The run config of ``protocol``: what the caller gives (``None`` = not given) over the protocol's
+    tuned settings (:attr:`ProtocolSpec.settings`) over the :class:`LearningSettings` defaults.
+
+    ``new_per_class=NO_CAP`` asks for all new patterns even where the protocol caps them."""
+    spec = get_protocol(protocol)
+    values = dict(spec.settings) | {k: v for k, v in given.items() if v is not None}
+    if values.get("new_per_class") == NO_CAP:
+        values["new_per_class"] = None
+    return RunConfig(protocol=protocol, **values)
+
 
 def _model_file(cfg: RunConfig, spec: ProtocolSpec, suffix: str) -> Path:
     from bnncl.assets import model_path

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bnncl.atomic import replace_file
-from bnncl.experiment import RunConfig, run_protocol
+from bnncl.experiment import RunConfig, config_for, run_protocol
 
 BITS = (4, 8, 16, 32)
 GRIDS = ("qfqb", "lrbits", "buffer", "tail")
@@ -92,13 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", default="device", choices=["device", "torch"])
     parser.add_argument("--what", default="qfqb,lrbits,buffer,tail", help=f"comma list of {GRIDS}")
     parser.add_argument("--seeds", default="0", help="comma list, e.g. 0,1,2")
-    parser.add_argument("--epochs", type=int, default=RunConfig.epochs)
-    parser.add_argument("--lr", type=float, default=RunConfig.lr)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the protocol's (bnncl run --help)")
+    parser.add_argument("--lr", type=float, default=None, help="default: the protocol's (bnncl run --help)")
     parser.add_argument("--tail-blocks", type=int, default=RunConfig.tail_blocks)
     parser.add_argument("--out", default="benchmarks/sweeps")
     args = parser.parse_args(argv)
-    base = RunConfig(protocol=args.protocol, engine=args.engine, epochs=args.epochs, lr=args.lr,
-                     tail_blocks=args.tail_blocks)
+    base = config_for(args.protocol, engine=args.engine, epochs=args.epochs, lr=args.lr,
+                      tail_blocks=args.tail_blocks)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -32,6 +32,9 @@ class ProtocolSpec:
     description: str
     build_stream: Callable[[np.ndarray, int], Stream]
     pretrained_base: bool  # the first experience is the host-pretrained base: deployed, not trained
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    """Learning settings tuned for this protocol (``LearningSettings`` field -> value), used where the
+    user sets none; measured in benchmarks/README.md."""
 
     def load(self) -> tuple[ImageDataset, ImageDataset]:
         """``(train, test)`` datasets of the protocol."""
@@ -56,7 +59,10 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                      "Fashion-MNIST (full release): base classes 0-4 pretrained, then 5..9 one per experience",
                      _b5, True),
         ProtocolSpec("cifar10-b5", "cifar10", "cifar10-b5",
-                     "CIFAR-10: base classes 0-4 pretrained, then 5..9 one per experience", _b5, True),
+                     "CIFAR-10: base classes 0-4 pretrained, then 5..9 one per experience", _b5, True,
+                     # 5000 images of one new class against 300 replayed per old class: a fresh subset of
+                     # 300 new patterns per epoch, and more (and larger) steps than Fashion-MNIST needs
+                     {"new_per_class": 300, "epochs": 16, "lr": 0.2}),
         ProtocolSpec("cifar10-ni", "cifar10", "cifar10-b5",
                      "CIFAR-10: all classes, 8 experiences of new instances under shifts", _ni8, False),
     )
