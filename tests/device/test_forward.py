@@ -88,12 +88,28 @@ def test_plan_argument_errors():
         pytest.skip("no shipped .bnn models")
     plan = FrozenEngine(dm).plan()
     h, w, c = plan.stem_shape
-    with pytest.raises(ValueError, match="acc"):
-        plan.run(np.zeros((1, h, w, c), np.float64), 1, False, 1, "scalar")
+    ic = plan.image_shape[2]
+    with pytest.raises(ValueError, match="images"):
+        plan.run(np.zeros((1, h, w, ic), np.float32), 1, False, 1, "scalar")
+    with pytest.raises(ValueError, match="images"):
+        plan.run(np.zeros((1, h + 1, w, ic), np.uint8), 1, False, 1, "scalar")
+    images = np.zeros((1, h, w, ic), np.uint8)
     with pytest.raises(ValueError, match="stop"):
-        plan.run(np.zeros((1, h, w, c), np.float32), plan.nblocks + 1, False, 1, "scalar")
+        plan.run(images, plan.nblocks + 1, False, 1, "scalar")
     with pytest.raises(ValueError, match="stop"):
-        plan.run(np.zeros((1, h, w, c), np.float32), plan.nblocks, True, 1, "scalar")
+        plan.run(images, plan.nblocks, True, 1, "scalar")
+    stem = (np.zeros(c), np.zeros((h, w, c)), np.zeros(c), np.ones(c), np.zeros(c))
     with pytest.raises(ValueError, match="block 0"):
-        forward.ForwardPlan((h, w, c), (np.zeros(c), np.zeros((h, w, c)), np.zeros(c), np.ones(c), np.zeros(c)),
-                            [np.zeros((8, 3, 3, 1), np.uint64)], [(c + 1, 8, 1, h, w, 0)], [[np.zeros(8)] * 6])
+        forward.ForwardPlan((h, w, c), ic, np.zeros((9 * ic, c)), stem, [np.zeros((8, 3, 3, 1), np.uint64)],
+                            [(c + 1, 8, 1, h, w, 0)], [[np.zeros(8)] * 6])
+    with pytest.raises(ValueError, match="stem_w"):
+        forward.ForwardPlan((h, w, c), ic, np.zeros((9 * ic + 1, c)), stem, [], [], [])
+
+
+@pytest.mark.skipif(not MODELS, reason="no shipped .bnn models")
+def test_int8_stem_one_call_equals_per_layer(path):
+    dm = DeviceModel.load(MODELS[-1])
+    images = _images(dm, 3, seed=9)
+    fused, layers = FrozenEngine(dm, stem="int8"), FrozenEngine(dm, stem="int8", fused=False)
+    assert np.array_equal(fused.logits(images), layers.logits(images))
+    assert np.array_equal(fused.latents(images, packed=True), layers.latents(images, packed=True))

@@ -139,6 +139,25 @@ def test_stem_im2col_equals_its_numpy_oracle(path):
     assert np.array_equal(im2col3x3_u8(x, threads=2), reference_im2col3x3(x))
 
 
+@pytest.mark.parametrize("n,h,w,c,o", [(2, 5, 7, 3, 32), (1, 28, 28, 1, 32), (3, 4, 9, 3, 48), (2, 6, 5, 2, 8),
+                                       (1, 3, 3, 3, 64), (1, 4, 4, 1, 80), (2, 9, 10, 3, 16)])
+def test_stem_conv_equals_its_numpy_oracle(path, n, h, w, c, o):
+    """Fixed summation order: every path (AVX-512 tiles, generic C, NumPy) gives the same floats, and
+    they are close to the GEMM of the patch matrix."""
+    from bnncl.device.kernels.im2col import reference_im2col3x3, reference_stem_conv3x3, stem_conv3x3_u8
+
+    rng = np.random.default_rng(n * 100 + o)
+    x = rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
+    wt = rng.normal(size=(9 * c, o)).astype(np.float32)
+    ref = reference_stem_conv3x3(x, wt)
+    assert np.array_equal(stem_conv3x3_u8(x, wt, threads=2), ref)
+    assert np.array_equal(stem_conv3x3_u8(x[:1], wt), ref[:1])  # batch-independent
+    gemm = (reference_im2col3x3(x, np.float64) @ wt.astype(np.float64)).reshape(ref.shape)
+    np.testing.assert_allclose(ref, gemm, rtol=1e-5, atol=1e-3)
+    with pytest.raises(ValueError, match="w:"):
+        stem_conv3x3_u8(x, wt[1:])
+
+
 def test_prepacked_conv_equals_binary_conv2d(path):
     from bnncl.device import kernels
     from bnncl.device.kernels.prepacked import PackedBinaryConv

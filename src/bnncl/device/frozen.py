@@ -3,7 +3,8 @@
 Pipeline per chunk of images (uint8 NHWC):
 
 * stem: 3x3 conv of the raw pixels (zero padding) with the weights that fold in the input
-  normalisation, float32 (default) or int8 (integer sums, exact in the float32 GEMM below 2^24),
+  normalisation, float32 (default) or int8 (integer sums, exact in float32 below 2^24), summed in a
+  fixed order (:func:`kernels.im2col.stem_conv3x3_u8`: the same result on every path and batch size),
   minus the precomputed border correction ``conv(255 * mean, zero padding)`` that makes it equal
   to torch's conv of the *normalised*, zero-padded input; fused batch norm; RPReLU;
 * binary block: binary conv of the packed signs of ``t = x + b`` with the fused ``mean|W| * BN``
@@ -12,7 +13,7 @@ Pipeline per chunk of images (uint8 NHWC):
   ``sign(t)`` at a binary split), RPReLU, and the packed signs of ``output + b`` for the next block;
 * global average pooling and the float32 head.
 
-On every native kernel path the stem epilogue and the whole block loop run as ONE C call per chunk
+On every native kernel path the stem and the whole block loop run as ONE C call per chunk
 (:class:`kernels.forward.ForwardPlan`, ``fused=True``, the default): the same operations in the same
 order, so the same bits and floats as the per-layer path above (``fused=False``, kept as its oracle),
 without the per-layer call overhead that dominated batch 1.
@@ -34,7 +35,7 @@ from bnncl.device import kernels
 from bnncl.device.bitpack import WORD_DTYPE, unpack_signs, words_for
 from bnncl.device.kernels import forward as one_call
 from bnncl.device.kernels.epilogue import block_epilogue, native_epilogue
-from bnncl.device.kernels.im2col import im2col3x3_u8, reference_im2col3x3
+from bnncl.device.kernels.im2col import reference_im2col3x3, stem_conv3x3_u8
 from bnncl.device.kernels.prepacked import PackedBinaryConv
 from bnncl.device.modelfile import DeviceModel, block_geometry, split_index
 
@@ -101,7 +102,7 @@ class FrozenEngine:
     rounding); ``stem="int8"`` with the int8 weights (integer conv, exact sums; its weight rounding
     changes downstream signs, see ``benchmarks/inference.md`` for the measured agreement).
     ``tune_heap`` applies :func:`keep_heap_pages` (process-wide glibc malloc thresholds) once.
-    ``fused=True`` runs the stem epilogue and all blocks in one C call per chunk on native kernel paths
+    ``fused=True`` runs the stem and all blocks in one C call per chunk on native kernel paths
     (bit-identical to ``fused=False``, the per-layer path).
     """
 
@@ -121,7 +122,7 @@ class FrozenEngine:
         if stem not in STEM_PRECISIONS:
             raise ValueError(f"stem: expected one of {', '.join(STEM_PRECISIONS)}, got {stem!r}")
         self.stem_precision = stem
-        # stem: weights as a float32 (C*9, O) GEMM operand in the im2col column order
+        # stem: weights as float32 (C*9, O) in the im2col column order
         if stem == "int8":
             wq, scale = t["stem.weight"], t["stem.weight_scale"].astype(np.float64) * t["stem.scale"]
         else:
@@ -154,9 +155,9 @@ class FrozenEngine:
         if not self.fused or kernels.active_path() == "numpy" or not one_call.available():
             return None
         if self._plan is None:
-            h, w, _ = self.input_shape
+            h, w, c = self.input_shape
             self._plan = one_call.ForwardPlan(
-                (h, w, self._stem_w.shape[1]), (self._stem_scale, self._stem_bias, *self._stem_act),
+                (h, w, self._stem_w.shape[1]), c, self._stem_w, (self._stem_scale, self._stem_bias, *self._stem_act),
                 [b.weight for b in self.blocks],
                 [(g["in_channels"], g["out_channels"], g["stride"], g["in_h"], g["in_w"], b.binary_input)
                  for g, b in zip(self._geometry, self.blocks)],
@@ -167,8 +168,7 @@ class FrozenEngine:
     def run_stem(self, images: np.ndarray, pack: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Stem on uint8 (N, H, W, C): float32 (N, H, W, stem_channels) and, with ``pack``, the packed
         signs of ``x + b`` for block 0."""
-        n, h, w, _ = images.shape
-        acc = (im2col3x3_u8(images, self.threads) @ self._stem_w).reshape(n, h, w, -1)
+        acc = stem_conv3x3_u8(images, self._stem_w, self.threads)
         bits = block_epilogue(acc, self._stem_act, mul=self._stem_scale, addmap=self._stem_bias,
                               next_bias=self._next_bias(0, pack), threads=self.threads)
         return acc, bits
@@ -255,9 +255,7 @@ class FrozenEngine:
         plan = self.plan()
         if plan is None:
             return self.run_layers(images, stop, pack_last)
-        n, h, w, _ = images.shape
-        acc = (im2col3x3_u8(images, self.threads) @ self._stem_w).reshape(n, h, w, -1)
-        return plan.run(acc, stop, pack_last, self.threads, kernels.active_path())
+        return plan.run(images, stop, pack_last, self.threads, kernels.active_path())
 
     def run_layers(self, images: np.ndarray, stop: int, pack_last: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`_run` stage by stage (stem, then one conv + one epilogue call per block): the oracle of

@@ -146,4 +146,11 @@ void bnncl_epi_pixel(const bnncl_epi_args *a, int64_t b, int64_t oy, int64_t ox,
                      uint64_t *bits, int use_avx512);
 int bnncl_epi_use_avx512(int requested);
 
+/* The float32 stem conv (im2col_u8.c): zero-padded float copy of uint8 images, and lines
+ * [l0, l1) (line = b * h + y) of the conv from it; acc: oc floats of scratch (generic variant). */
+void bnncl_stem_pad_u8(const uint8_t *x, int64_t n, int64_t h, int64_t w, int64_t c, float *xp);
+void bnncl_stem_lines(const float *xp, int64_t h, int64_t w, int64_t c, const float *wt, int64_t oc,
+                      int64_t l0, int64_t l1, float *out, float *acc, int use_avx512);
+int bnncl_stem_avx512_ok(int64_t oc);
+
 #endif

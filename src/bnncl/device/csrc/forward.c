@@ -35,8 +35,10 @@ typedef struct {
 typedef struct {
     int64_t nblocks;
     fwd_block *blk;
-    int64_t sh, sw, sc; /* stem output geometry */
+    int64_t sh, sw, sc, ic; /* stem output geometry, input channels */
+    const float *stem_w;    /* (9 * ic, sc), borrowed */
     const float *stem_mul, *stem_addmap, *stem_act[3];
+    float *xpad;            /* zero-padded float copy of the images */
     /* scratch, grown on demand */
     int64_t cap;          /* images */
     int64_t act_len;      /* floats per image, max over block outputs */
@@ -63,6 +65,8 @@ static void free_scratch(fwd_plan *p) {
     free(p->act[1]);
     free(p->in[0]);
     free(p->in[1]);
+    free(p->xpad);
+    p->xpad = NULL;
     p->act[0] = p->act[1] = NULL;
     p->in[0] = p->in[1] = NULL;
     p->cap = 0;
@@ -99,18 +103,20 @@ static void *aligned(size_t bytes) { return aligned_alloc(64, ((bytes + 63) / 64
 /* A plan for nblocks blocks.  geom: per block (cin, o, stride, h, w, binary_input); weights: per block
  * the packed (o, 3, 3, words) weights; vecs: per block (scale, bias, input_bias, shift_in, slope,
  * shift_out) float32 pointers, borrowed for the plan's lifetime except scale and bias (copied);
- * stem: (mul, addmap, shift_in, slope, shift_out) for the stem output (sh, sw, sc).  NULL when out
- * of memory. */
+ * stem: (weights (9 * ic, sc) in im2col column order, mul, addmap, shift_in, slope, shift_out) for
+ * uint8 images (sh, sw, ic) and the stem output (sh, sw, sc), borrowed.  NULL when out of memory. */
 void *bnncl_fwd_new(int64_t nblocks, const int64_t *geom, const uint64_t *const *weights,
-                    const float *const *vecs, int64_t sh, int64_t sw, int64_t sc, const float *const *stem) {
+                    const float *const *vecs, int64_t sh, int64_t sw, int64_t sc, int64_t ic,
+                    const float *const *stem) {
     fwd_plan *p = (fwd_plan *)calloc(1, sizeof(fwd_plan));
     if (!p) return NULL;
     p->nblocks = nblocks;
     p->blk = (fwd_block *)calloc((size_t)(nblocks > 0 ? nblocks : 1), sizeof(fwd_block));
     if (!p->blk) goto fail;
-    p->sh = sh, p->sw = sw, p->sc = sc;
-    p->stem_mul = stem[0], p->stem_addmap = stem[1];
-    p->stem_act[0] = stem[2], p->stem_act[1] = stem[3], p->stem_act[2] = stem[4];
+    p->sh = sh, p->sw = sw, p->sc = sc, p->ic = ic;
+    p->stem_w = stem[0], p->stem_mul = stem[1], p->stem_addmap = stem[2];
+    p->stem_act[0] = stem[3], p->stem_act[1] = stem[4], p->stem_act[2] = stem[5];
+    p->sc_len = sc;
     p->act_len = sh * sw * sc;
     for (int64_t i = 0; i < nblocks; ++i) {
         fwd_block *b = &p->blk[i];
@@ -163,7 +169,11 @@ static int reserve(fwd_plan *p, int64_t n, int threads) {
             free(p->in[j]);
             p->act[j] = (float *)aligned((size_t)(n * p->act_len) * sizeof(float));
             p->in[j] = (uint32_t *)aligned((size_t)(n * p->in_len + 2) * sizeof(uint32_t));
-            if (!p->act[j] || !p->in[j]) {
+            if (j == 0) {
+                free(p->xpad);
+                p->xpad = (float *)aligned((size_t)(n * (p->sh + 2) * (p->sw + 2) * p->ic) * sizeof(float));
+            }
+            if (!p->act[j] || !p->in[j] || !p->xpad) {
                 free_scratch(p);
                 return 2;
             }
@@ -238,11 +248,11 @@ static int thread_id(void) {
 #endif
 }
 
-/* Run the stem epilogue (in place on acc, float32 (n, sh, sw, sc)) and blocks [0, stop).  The output
- * of block stop - 1 (or acc when stop == 0) is written to out_x (unless stop == 0, where acc is the
- * output); with pack_last, the packed signs of output + input_bias[stop] go to out_bits
- * (n, ho, wo, words).  path: BNNCL_PATH_*.  Returns 0, 1 (path unsupported), 2 (out of memory). */
-int bnncl_fwd_run(void *handle, float *acc, int64_t n, int64_t stop, int pack_last, float *out_x,
+/* Run the stem (conv of the uint8 images (n, sh, sw, ic) + its epilogue) and blocks [0, stop).  The
+ * activations at split stop (the stem output when stop == 0) are written to out_x; with pack_last,
+ * the packed signs of output + input_bias[stop] go to out_bits (n, ho, wo, words).  path:
+ * BNNCL_PATH_*.  Returns 0, 1 (path unsupported), 2 (out of memory), 3 (bad stop). */
+int bnncl_fwd_run(void *handle, const uint8_t *images, int64_t n, int64_t stop, int pack_last, float *out_x,
                   uint64_t *out_bits, int threads, int path) {
     fwd_plan *p = (fwd_plan *)handle;
     bnncl_panel_fn fn = bnncl_panel_for(path);
@@ -261,6 +271,8 @@ int bnncl_fwd_run(void *handle, float *acc, int64_t n, int64_t stop, int pack_la
     const int direct_ok = 0;
 #endif
     const int pack_stem = stop > 0 || pack_last;
+    const int stem512 = path == BNNCL_PATH_AVX512 && bnncl_stem_avx512_ok(p->sc);
+    float *acc = stop == 0 ? out_x : p->act[1]; /* the stem output */
 
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
@@ -275,10 +287,14 @@ int bnncl_fwd_run(void *handle, float *acc, int64_t n, int64_t stop, int pack_la
                                 p->stem_act[0], p->stem_act[1], p->stem_act[2], nb0};
             bits_dst d = dst_for(p, 0, stop, pack_last, out_bits, p->in[0], p->sh, p->sw, p->sc);
             if (!nb0) d.kind = 0;
-            const int64_t lines = n * p->sh;
+            const int64_t lines = n * p->sh, img = p->sh * p->sw * p->ic;
+            const int64_t pimg = (p->sh + 2) * (p->sw + 2) * p->ic;
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < n; ++b) bnncl_stem_pad_u8(images + b * img, 1, p->sh, p->sw, p->ic, p->xpad + b * pimg);
 #pragma omp for schedule(static)
             for (int64_t line = 0; line < lines; ++line) {
                 int64_t b = line / p->sh, y = line % p->sh;
+                bnncl_stem_lines(p->xpad, p->sh, p->sw, p->ic, p->stem_w, p->sc, line, line + 1, acc, sc, stem512);
                 for (int64_t x = 0; x < p->sw; ++x) {
                     int64_t r = line * p->sw + x;
                     bnncl_epi_pixel(&a, b, y, x, acc + r * p->sc, sc, d.kind ? tb : NULL, epi512);

@@ -32,7 +32,7 @@ def _lib() -> ctypes.CDLL | None:
     if lib is None or not hasattr(lib, "bnncl_fwd_run"):
         return None
     lib.bnncl_fwd_new.restype = _p
-    lib.bnncl_fwd_new.argtypes = [_i64, _p, _p, _p, _i64, _i64, _i64, _p]
+    lib.bnncl_fwd_new.argtypes = [_i64, _p, _p, _p, _i64, _i64, _i64, _i64, _p]
     lib.bnncl_fwd_free.restype = None
     lib.bnncl_fwd_free.argtypes = [_p]
     lib.bnncl_fwd_run.restype = _int
@@ -59,14 +59,16 @@ def _addresses(arrays: Sequence[np.ndarray]) -> np.ndarray:
 class ForwardPlan:
     """The frozen forward of one network as a C plan.
 
-    ``stem_shape`` (H, W, C) of the stem output; ``stem_vecs`` = (mul (C,), addmap (H, W, C), shift_in,
-    slope, shift_out).  Per block: ``weights[i]`` packed (O, 3, 3, words) uint64, ``geoms[i]`` =
+    ``stem_shape`` (H, W, C) of the stem output, ``in_channels`` of the uint8 images (H, W, in_channels);
+    ``stem_w`` float32 (9 * in_channels, C) in im2col column order; ``stem_vecs`` = (mul (C,),
+    addmap (H, W, C), shift_in, slope, shift_out).  Per block: ``weights[i]`` packed (O, 3, 3, words) uint64, ``geoms[i]`` =
     (in_channels, out_channels, stride, in_h, in_w, binary_input), ``vecs[i]`` = (scale, bias,
     input_bias, shift_in, slope, shift_out), each (C,) float32 (input_bias of the block's input
     channels, the others of its output channels).  The plan keeps references to the arrays it borrows.
     """
 
-    def __init__(self, stem_shape: tuple[int, int, int], stem_vecs: Sequence[np.ndarray],
+    def __init__(self, stem_shape: tuple[int, int, int], in_channels: int, stem_w: np.ndarray,
+                 stem_vecs: Sequence[np.ndarray],
                  weights: Sequence[np.ndarray], geoms: Sequence[Sequence[int]],
                  vecs: Sequence[Sequence[np.ndarray]]) -> None:
         lib = _lib()
@@ -75,9 +77,10 @@ class ForwardPlan:
         if not (len(weights) == len(geoms) == len(vecs)):
             raise ValueError("weights, geoms and vecs: expected one entry per block")
         sh, sw, sc = (int(v) for v in stem_shape)
+        ic = int(in_channels)
         mul, addmap, *act = stem_vecs
-        self._stem = [_f32(mul, (sc,), "stem mul"), _f32(addmap, (sh, sw, sc), "stem addmap")] + \
-            [_f32(a, (sc,), "stem act") for a in act]
+        self._stem = [_f32(stem_w, (9 * ic, sc), "stem_w"), _f32(mul, (sc,), "stem mul"),
+                      _f32(addmap, (sh, sw, sc), "stem addmap")] + [_f32(a, (sc,), "stem act") for a in act]
         keep: list[np.ndarray] = list(self._stem)
         self.out_shapes: list[tuple[int, int, int]] = []
         geom_rows, wptrs, vptrs = [], [], []
@@ -99,10 +102,11 @@ class ForwardPlan:
             h, w, c = (in_h + 2 - 3) // stride + 1, (in_w + 2 - 3) // stride + 1, o
             self.out_shapes.append((h, w, c))
         self.stem_shape = (sh, sw, sc)
+        self.image_shape = (sh, sw, ic)
         self.nblocks = len(weights)
         geom = np.asarray(geom_rows, dtype=np.int64).reshape(-1, 6)
         wa, va, sa = _addresses(wptrs), _addresses(vptrs), _addresses(self._stem)
-        handle = lib.bnncl_fwd_new(self.nblocks, geom.ctypes.data, wa.ctypes.data, va.ctypes.data, sh, sw, sc,
+        handle = lib.bnncl_fwd_new(self.nblocks, geom.ctypes.data, wa.ctypes.data, va.ctypes.data, sh, sw, sc, ic,
                                    sa.ctypes.data)
         if not handle:
             raise MemoryError("ForwardPlan: out of memory building the plan")
@@ -112,26 +116,25 @@ class ForwardPlan:
         self._lock = threading.Lock()  # the scratch is shared; ctypes releases the GIL during the call
         weakref.finalize(self, lib.bnncl_fwd_free, handle)
 
-    def run(self, acc: np.ndarray, stop: int, pack_last: bool, threads: int, path: str
+    def run(self, images: np.ndarray, stop: int, pack_last: bool, threads: int, path: str
             ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Stem epilogue (in place on ``acc``, the float32 (N, H, W, C) stem GEMM output, C-contiguous) and
-        blocks ``0 .. stop - 1``: the activations at split ``stop`` (``acc`` itself when ``stop`` is 0) and,
+        """Stem (:func:`~bnncl.device.kernels.im2col.stem_conv3x3_u8` + its epilogue) on uint8 ``images``
+        (N, H, W, C) C-contiguous, and blocks ``0 .. stop - 1``: the activations at split ``stop`` and,
         with ``pack_last``, the packed signs of ``x + input_bias[stop]`` (uint64 (N, H, W, words))."""
-        if not (isinstance(acc, np.ndarray) and acc.dtype == np.float32 and acc.flags.c_contiguous
-                and acc.shape[1:] == self.stem_shape):
-            raise ValueError(f"acc: expected a C-contiguous float32 array (N, {', '.join(map(str, self.stem_shape))})")
+        if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.flags.c_contiguous
+                and images.shape[1:] == self.image_shape):
+            raise ValueError(f"images: expected a C-contiguous uint8 array (N, {', '.join(map(str, self.image_shape))})")
         if not 0 <= stop <= self.nblocks or (pack_last and stop >= self.nblocks):
             raise ValueError(f"stop: expected 0..{self.nblocks} (below {self.nblocks} with pack_last), got {stop}")
-        n = acc.shape[0]
-        x = acc if stop == 0 else np.empty((n, *self.out_shapes[stop - 1]), np.float32)
+        n = images.shape[0]
+        x = np.empty((n, *(self.out_shapes[stop - 1] if stop else self.stem_shape)), np.float32)
         bits = None
         if pack_last:
             h, w, c = x.shape[1:]
             bits = np.empty((n, h, w, words_for(c)), WORD_DTYPE)
         with self._lock:
-            rc = self._run(self._handle, acc.ctypes.data, n, stop, int(pack_last),
-                           None if stop == 0 else x.ctypes.data, None if bits is None else bits.ctypes.data,
-                           threads, native.PATH_IDS[path])
+            rc = self._run(self._handle, images.ctypes.data, n, stop, int(pack_last), x.ctypes.data,
+                           None if bits is None else bits.ctypes.data, threads, native.PATH_IDS[path])
         if rc == 1:
             raise RuntimeError(f"ForwardPlan: kernel path {path!r} not supported by this CPU")
         if rc != 0:
