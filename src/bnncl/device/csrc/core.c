@@ -120,13 +120,19 @@ static uint32_t *padded_image(const conv_geom *g, int64_t batch) {
     uint32_t *img = (uint32_t *)calloc((size_t)n + 1, 4);
     if (!img) return NULL;
     const uint32_t *x32 = (const uint32_t *)g->x;
+    const int64_t u = g->u, step = 2 * g->wc;
     for (int64_t b = 0; b < batch; ++b)
-        for (int64_t y = 0; y < g->h; ++y)
-            for (int64_t xx = 0; xx < g->wd; ++xx) {
-                uint32_t *dst = img + ((b * g->hp + y + g->pad) * g->wp + xx + g->pad) * g->u;
-                const uint32_t *src = x32 + ((b * g->h + y) * g->wd + xx) * 2 * g->wc;
-                for (int64_t i = 0; i < g->u; ++i) dst[i] = src[i];
+        for (int64_t y = 0; y < g->h; ++y) {
+            uint32_t *dst = img + ((b * g->hp + y + g->pad) * g->wp + g->pad) * u;
+            const uint32_t *src = x32 + (b * g->h + y) * g->wd * step;
+            if (u == step) { /* whole words: one run per image row */
+                memcpy(dst, src, (size_t)(g->wd * u) * 4);
+            } else if (u == 1) { /* (a per-pixel loop would become a memcpy call per pixel) */
+                for (int64_t xx = 0; xx < g->wd; ++xx) dst[xx] = src[xx * step];
+            } else {
+                for (int64_t xx = 0; xx < g->wd; ++xx) memcpy(dst + xx * u, src + xx * step, (size_t)u * 4);
             }
+        }
     return img;
 }
 
