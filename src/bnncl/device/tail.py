@@ -352,8 +352,7 @@ class TailTrainer:
         if not need_dx:
             return dw, None
         wpat = tailgrad.weight_patterns((blk.w_values < 0).reshape(blk.cout, -1))
-        dcols = tailgrad.dgrad(dt, wpat, path, self.threads)
-        dxb = tailgrad.col2im(dcols, in_shape, blk.stride, path)
+        dxb = tailgrad.dgrad_col2im(dt, wpat, in_shape, blk.stride, path, self.threads)
         dx, (lo2, hi2) = tailfwd.bwd_dx(dxb, dout, bcast, qd, pos, blk.slope, blk.stride, ste, blk.binary_input, path)
         return dw, (dx, 0, QParams.of(lo2, hi2, self.qb))
 

@@ -14,11 +14,16 @@
  * 11.4 -> 5.6 ms per fmnist 7x7x128 block at batch 128 (benchmarks/learning.md).
  *
  * Input gradient, float (bnncl_tail_dgrad): D[k][p] = sum_o d[o][p] * s[o][k], s = +-1 from the
- * sign bits of W (bit 1 = -1).  Per 8 output channels (group g) and 16 positions, the 256 signed
- * sums T_g[q] = (((0 +- d[o0]) +- d[o1]) ... +- d[o7]) are built (bit j of q set = subtract), then
- * D[k] = ((T_0[w(k,0)] + T_1[w(k,1)]) + ...) + T_G-1[w(k,G-1)].  Lanes are positions, every lane
+ * sign bits of W (bit 1 = -1).  Per 4 output channels (nibble h) and 16 positions, the 16 signed
+ * sums T_h[q] = (((0 +- d[o0]) +- d[o1]) +- d[o2]) +- d[o3] are built (bit j of q set = subtract), then
+ * D[k] = ((T_0[w(k,0)] + T_1[w(k,1)]) + ...) + T_H-1[w(k,H-1)].  (4-bit tables: all of them, 1 KB
+ * each, stay in L1; 8-bit tables, 256 KB at 128 channels, were L2-bound and measured slower.)  Lanes are positions, every lane
  * does the same float32 operations in the same order (no FMA), so every variant and the NumPy
  * oracle (kernels/tailgrad.py) agree bit for bit.
+ *
+ * bnncl_tail_dgrad_col2im: the same sums, each block of 16 positions added into dx (the col2im) as soon
+ * as it is computed: no (9 c) x P buffer; the order of the additions into a dx element is then
+ * (position chunk, tap) instead of tap order (the oracle follows it).
  *
  * bnncl_tail_patterns: the byte patterns of the implicit 3x3 im2col of packed +-1 bits (padding +1 =
  * pattern 0), laid out [tap * wb + byte][p]; bnncl_tail_col2im: the tap-ordered scatter-add adjoint.
@@ -241,13 +246,17 @@ int bnncl_tail_wgrad(const uint8_t *pat, int64_t ngroups, int64_t npos, const in
 
 /* ---------------- input gradient: signed-subset tables over 8 output channels ---------------- */
 
+/* nibble h of the sign(W) pattern row w (h = 0 .. 2 ngroups - 1): channels 4h .. 4h + 3 */
+static inline int64_t nib(const uint8_t *w, int64_t h) { return (w[h >> 1] >> ((h & 1) * 4)) & 15; }
+
 static void dgrad_block_scalar(const float *dT, int64_t npos, int64_t p0, int64_t ngroups, const uint8_t *wpat,
-                               int64_t k, float *tab, float *out) {
-    for (int64_t g = 0; g < ngroups; ++g) {
-        float *t = tab + g * 256 * LANES;
+                               int64_t k, float *tab, float *out, int64_t ostride) {
+    const int64_t nh = 2 * ngroups;
+    for (int64_t g = 0; g < nh; ++g) {
+        float *t = tab + g * 16 * LANES;
         for (int l = 0; l < LANES; ++l) t[l] = 0.0f;
-        for (int j = 0; j < 8; ++j) {
-            const float *d = dT + (g * 8 + j) * npos + p0;
+        for (int j = 0; j < 4; ++j) {
+            const float *d = dT + (g * 4 + j) * npos + p0;
             const int n = 1 << j;
             for (int q = 0; q < n; ++q)
                 for (int l = 0; l < LANES; ++l) {
@@ -260,24 +269,25 @@ static void dgrad_block_scalar(const float *dT, int64_t npos, int64_t p0, int64_
     for (int64_t kk = 0; kk < k; ++kk) {
         const uint8_t *w = wpat + kk * ngroups;
         float acc[LANES];
-        for (int l = 0; l < LANES; ++l) acc[l] = tab[(int64_t)w[0] * LANES + l];
-        for (int64_t g = 1; g < ngroups; ++g) {
-            const float *t = tab + (g * 256 + w[g]) * LANES;
+        for (int l = 0; l < LANES; ++l) acc[l] = tab[nib(w, 0) * LANES + l];
+        for (int64_t g = 1; g < nh; ++g) {
+            const float *t = tab + (g * 16 + nib(w, g)) * LANES;
             for (int l = 0; l < LANES; ++l) acc[l] += t[l];
         }
-        float *dst = out + kk * npos + p0;
+        float *dst = out + kk * ostride;
         for (int l = 0; l < LANES; ++l) dst[l] = acc[l];
     }
 }
 
 #if defined(__x86_64__)
 static T512 void dgrad_block_avx512(const float *dT, int64_t npos, int64_t p0, int64_t ngroups,
-                                    const uint8_t *wpat, int64_t k, float *tab, float *out) {
-    for (int64_t g = 0; g < ngroups; ++g) {
-        float *t = tab + g * 256 * LANES;
+                                    const uint8_t *wpat, int64_t k, float *tab, float *out, int64_t ostride) {
+    const int64_t nh = 2 * ngroups;
+    for (int64_t g = 0; g < nh; ++g) {
+        float *t = tab + g * 16 * LANES;
         _mm512_store_ps(t, _mm512_setzero_ps());
-        for (int j = 0; j < 8; ++j) {
-            const __m512 d = _mm512_loadu_ps(dT + (g * 8 + j) * npos + p0);
+        for (int j = 0; j < 4; ++j) {
+            const __m512 d = _mm512_loadu_ps(dT + (g * 4 + j) * npos + p0);
             const int n = 1 << j;
             for (int q = 0; q < n; ++q) {
                 __m512 a = _mm512_load_ps(t + q * LANES);
@@ -289,36 +299,37 @@ static T512 void dgrad_block_avx512(const float *dT, int64_t npos, int64_t p0, i
     int64_t kk = 0;
     for (; kk + 4 <= k; kk += 4) { /* 4 independent chains */
         const uint8_t *w0 = wpat + kk * ngroups, *w1 = w0 + ngroups, *w2 = w1 + ngroups, *w3 = w2 + ngroups;
-        __m512 a0 = _mm512_load_ps(tab + (int64_t)w0[0] * LANES), a1 = _mm512_load_ps(tab + (int64_t)w1[0] * LANES);
-        __m512 a2 = _mm512_load_ps(tab + (int64_t)w2[0] * LANES), a3 = _mm512_load_ps(tab + (int64_t)w3[0] * LANES);
-        for (int64_t g = 1; g < ngroups; ++g) {
-            const float *t = tab + g * 256 * LANES;
-            a0 = _mm512_add_ps(a0, _mm512_load_ps(t + (int64_t)w0[g] * LANES));
-            a1 = _mm512_add_ps(a1, _mm512_load_ps(t + (int64_t)w1[g] * LANES));
-            a2 = _mm512_add_ps(a2, _mm512_load_ps(t + (int64_t)w2[g] * LANES));
-            a3 = _mm512_add_ps(a3, _mm512_load_ps(t + (int64_t)w3[g] * LANES));
+        __m512 a0 = _mm512_load_ps(tab + nib(w0, 0) * LANES), a1 = _mm512_load_ps(tab + nib(w1, 0) * LANES);
+        __m512 a2 = _mm512_load_ps(tab + nib(w2, 0) * LANES), a3 = _mm512_load_ps(tab + nib(w3, 0) * LANES);
+        for (int64_t g = 1; g < nh; ++g) {
+            const float *t = tab + g * 16 * LANES;
+            a0 = _mm512_add_ps(a0, _mm512_load_ps(t + nib(w0, g) * LANES));
+            a1 = _mm512_add_ps(a1, _mm512_load_ps(t + nib(w1, g) * LANES));
+            a2 = _mm512_add_ps(a2, _mm512_load_ps(t + nib(w2, g) * LANES));
+            a3 = _mm512_add_ps(a3, _mm512_load_ps(t + nib(w3, g) * LANES));
         }
-        _mm512_storeu_ps(out + kk * npos + p0, a0);
-        _mm512_storeu_ps(out + (kk + 1) * npos + p0, a1);
-        _mm512_storeu_ps(out + (kk + 2) * npos + p0, a2);
-        _mm512_storeu_ps(out + (kk + 3) * npos + p0, a3);
+        _mm512_storeu_ps(out + (kk) * ostride, a0);
+        _mm512_storeu_ps(out + (kk + 1) * ostride, a1);
+        _mm512_storeu_ps(out + (kk + 2) * ostride, a2);
+        _mm512_storeu_ps(out + (kk + 3) * ostride, a3);
     }
     for (; kk < k; ++kk) {
         const uint8_t *w = wpat + kk * ngroups;
-        __m512 a = _mm512_load_ps(tab + (int64_t)w[0] * LANES);
-        for (int64_t g = 1; g < ngroups; ++g) a = _mm512_add_ps(a, _mm512_load_ps(tab + (g * 256 + w[g]) * LANES));
-        _mm512_storeu_ps(out + kk * npos + p0, a);
+        __m512 a = _mm512_load_ps(tab + nib(w, 0) * LANES);
+        for (int64_t g = 1; g < nh; ++g) a = _mm512_add_ps(a, _mm512_load_ps(tab + (g * 16 + nib(w, g)) * LANES));
+        _mm512_storeu_ps(out + kk * ostride, a);
     }
 }
 
 static T256 void dgrad_block_avx2(const float *dT, int64_t npos, int64_t p0, int64_t ngroups,
-                                  const uint8_t *wpat, int64_t k, float *tab, float *out) {
-    for (int64_t g = 0; g < ngroups; ++g) {
-        float *t = tab + g * 256 * LANES;
+                                  const uint8_t *wpat, int64_t k, float *tab, float *out, int64_t ostride) {
+    const int64_t nh = 2 * ngroups;
+    for (int64_t g = 0; g < nh; ++g) {
+        float *t = tab + g * 16 * LANES;
         _mm256_store_ps(t, _mm256_setzero_ps());
         _mm256_store_ps(t + 8, _mm256_setzero_ps());
-        for (int j = 0; j < 8; ++j) {
-            const float *dp = dT + (g * 8 + j) * npos + p0;
+        for (int j = 0; j < 4; ++j) {
+            const float *dp = dT + (g * 4 + j) * npos + p0;
             const __m256 d0 = _mm256_loadu_ps(dp), d1 = _mm256_loadu_ps(dp + 8);
             const int n = 1 << j;
             for (int q = 0; q < n; ++q) {
@@ -333,26 +344,27 @@ static T256 void dgrad_block_avx2(const float *dT, int64_t npos, int64_t p0, int
     for (int64_t kk = 0; kk < k; kk += 2) {
         const int two = kk + 1 < k;
         const uint8_t *w0 = wpat + kk * ngroups, *w1 = two ? w0 + ngroups : w0;
-        __m256 a0 = _mm256_load_ps(tab + (int64_t)w0[0] * LANES), a1 = _mm256_load_ps(tab + (int64_t)w0[0] * LANES + 8);
-        __m256 b0 = _mm256_load_ps(tab + (int64_t)w1[0] * LANES), b1 = _mm256_load_ps(tab + (int64_t)w1[0] * LANES + 8);
-        for (int64_t g = 1; g < ngroups; ++g) {
-            const float *t = tab + g * 256 * LANES;
-            a0 = _mm256_add_ps(a0, _mm256_load_ps(t + (int64_t)w0[g] * LANES));
-            a1 = _mm256_add_ps(a1, _mm256_load_ps(t + (int64_t)w0[g] * LANES + 8));
-            b0 = _mm256_add_ps(b0, _mm256_load_ps(t + (int64_t)w1[g] * LANES));
-            b1 = _mm256_add_ps(b1, _mm256_load_ps(t + (int64_t)w1[g] * LANES + 8));
+        __m256 a0 = _mm256_load_ps(tab + nib(w0, 0) * LANES), a1 = _mm256_load_ps(tab + nib(w0, 0) * LANES + 8);
+        __m256 b0 = _mm256_load_ps(tab + nib(w1, 0) * LANES), b1 = _mm256_load_ps(tab + nib(w1, 0) * LANES + 8);
+        for (int64_t g = 1; g < nh; ++g) {
+            const float *t = tab + g * 16 * LANES;
+            a0 = _mm256_add_ps(a0, _mm256_load_ps(t + nib(w0, g) * LANES));
+            a1 = _mm256_add_ps(a1, _mm256_load_ps(t + nib(w0, g) * LANES + 8));
+            b0 = _mm256_add_ps(b0, _mm256_load_ps(t + nib(w1, g) * LANES));
+            b1 = _mm256_add_ps(b1, _mm256_load_ps(t + nib(w1, g) * LANES + 8));
         }
-        _mm256_storeu_ps(out + kk * npos + p0, a0);
-        _mm256_storeu_ps(out + kk * npos + p0 + 8, a1);
+        _mm256_storeu_ps(out + kk * ostride, a0);
+        _mm256_storeu_ps(out + kk * ostride + 8, a1);
         if (two) {
-            _mm256_storeu_ps(out + (kk + 1) * npos + p0, b0);
-            _mm256_storeu_ps(out + (kk + 1) * npos + p0 + 8, b1);
+            _mm256_storeu_ps(out + (kk + 1) * ostride, b0);
+            _mm256_storeu_ps(out + (kk + 1) * ostride + 8, b1);
         }
     }
 }
 #endif
 
-typedef void (*dgrad_fn)(const float *, int64_t, int64_t, int64_t, const uint8_t *, int64_t, float *, float *);
+typedef void (*dgrad_fn)(const float *, int64_t, int64_t, int64_t, const uint8_t *, int64_t, float *, float *,
+                         int64_t);
 
 /* dT: [ngroups*8][npos] float32 with npos a multiple of 16 (zero-padded); wpat: [k][ngroups] bytes;
  * out: [k][npos] float32. */
@@ -369,15 +381,152 @@ int bnncl_tail_dgrad(const float *dT, int64_t npos, int64_t ngroups, const uint8
     int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        float *tab = aligned_alloc(64, (size_t)(ngroups * 256 * LANES) * sizeof(float));
+        float *tab = aligned_alloc(64, (size_t)(ngroups * 32 * LANES) * sizeof(float));
         if (!tab) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(static)
         for (int64_t p0 = 0; p0 < npos; p0 += LANES)
-            if (tab) fn(dT, npos, p0, ngroups, wpat, k, tab, out);
+            if (tab) fn(dT, npos, p0, ngroups, wpat, k, tab, out + p0, npos);
         free(tab);
+    }
+    return failed ? 2 : 0;
+}
+
+/* ---------------- input gradient with the col2im fused ---------------- */
+
+/* The 9 * c sums of one block of 16 positions (buf [k][16], lane = position p0 + lane) are added into
+ * dx straight away: chunk after chunk, inside a chunk tap after tap.  So every dx element receives its
+ * (up to 9) contributions ordered by (position chunk, tap), from 0: the order the NumPy oracle
+ * (tailgrad.dgrad_col2im) uses.  Only lanes in [plo, phi) are scattered (a thread's images). */
+typedef struct {
+    int64_t b, h, w, c, stride, ho, wo;
+} dx_geom;
+
+static void scatter_scalar(const float *buf, int64_t p0, int64_t plo, int64_t phi, const dx_geom *G, float *dx) {
+    const int64_t c = G->c;
+    for (int64_t tap = 0; tap < 9; ++tap) {
+        const int64_t ky = tap / 3, kx = tap % 3;
+        for (int l = 0; l < LANES; ++l) {
+            const int64_t p = p0 + l;
+            if (p < plo || p >= phi) continue;
+            const int64_t n = p / (G->ho * G->wo), r = p % (G->ho * G->wo), i = r / G->wo, j = r % G->wo;
+            const int64_t iy = i * G->stride + ky - 1, ix = j * G->stride + kx - 1;
+            if (iy < 0 || iy >= G->h || ix < 0 || ix >= G->w) continue;
+            float *d = dx + ((n * G->h + iy) * G->w + ix) * c;
+            const float *src = buf + tap * c * LANES + l;
+            for (int64_t ci = 0; ci < c; ++ci) d[ci] += src[ci * LANES];
+        }
+    }
+}
+
+#if defined(__x86_64__)
+/* 16 x 16 float transpose: r[i] lane j -> r[j] lane i */
+static inline T512 void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int j = 0; j < 4; ++j) {
+        t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+        t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
+        t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+        t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+    }
+    for (int j = 0; j < 4; ++j) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+        r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
+        r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+        r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xdd);
+    }
+}
+
+/* c % 16 == 0: 16 channels x 16 positions transposed in registers, one 16-channel add per position */
+static T512 void scatter_avx512(const float *buf, int64_t p0, int64_t plo, int64_t phi, const dx_geom *G, float *dx) {
+    const int64_t c = G->c;
+    int64_t base[LANES], ii[LANES], jj[LANES];
+    int ok[LANES];
+    for (int l = 0; l < LANES; ++l) {
+        const int64_t p = p0 + l;
+        ok[l] = p >= plo && p < phi;
+        const int64_t n = p / (G->ho * G->wo), r = p % (G->ho * G->wo);
+        ii[l] = r / G->wo;
+        jj[l] = r % G->wo;
+        base[l] = n * G->h;
+    }
+    for (int64_t tap = 0; tap < 9; ++tap) {
+        const int64_t ky = tap / 3, kx = tap % 3;
+        float *dst[LANES];
+        for (int l = 0; l < LANES; ++l) {
+            const int64_t iy = ii[l] * G->stride + ky - 1, ix = jj[l] * G->stride + kx - 1;
+            dst[l] = ok[l] && iy >= 0 && iy < G->h && ix >= 0 && ix < G->w ? dx + ((base[l] + iy) * G->w + ix) * c
+                                                                            : NULL;
+        }
+        for (int64_t c0 = 0; c0 < c; c0 += 16) {
+            __m512 r[16];
+            const float *src = buf + (tap * c + c0) * LANES;
+            for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(src + i * LANES);
+            transpose16(r);
+            for (int l = 0; l < LANES; ++l)
+                if (dst[l]) _mm512_storeu_ps(dst[l] + c0, _mm512_add_ps(_mm512_loadu_ps(dst[l] + c0), r[l]));
+        }
+    }
+}
+#endif
+
+/* dT, ngroups, wpat, k = 9 * c as bnncl_tail_dgrad (npos = dT's row length, a multiple of 16, >= b*ho*wo);
+ * dx (b, h, w, c) float32 is overwritten with the col2im of D in (chunk, tap) order. */
+int bnncl_tail_dgrad_col2im(const float *dT, int64_t npos, int64_t ngroups, const uint8_t *wpat, int64_t k,
+                            int64_t b, int64_t h, int64_t w, int64_t c, int64_t stride, float *dx, int threads,
+                            int path) {
+    if (path < 0 || !(bnncl_supported_paths() & (1 << path))) return 1;
+    if (npos % LANES || k != 9 * c) return 3;
+    dgrad_fn fn = dgrad_block_scalar;
+    void (*scatter)(const float *, int64_t, int64_t, int64_t, const dx_geom *, float *) = scatter_scalar;
+#if defined(__x86_64__)
+    if (path == BNNCL_PATH_AVX512) {
+        fn = dgrad_block_avx512;
+        if (c % 16 == 0) scatter = scatter_avx512;
+    }
+    if (path == BNNCL_PATH_AVX2) fn = dgrad_block_avx2;
+#endif
+    const dx_geom G = {b, h, w, c, stride, (h - 1) / stride + 1, (w - 1) / stride + 1};
+    const int64_t howo = G.ho * G.wo, real = b * howo;
+    if (real > npos) return 3;
+    memset(dx, 0, (size_t)(b * h * w * c) * sizeof(float));
+    if (threads < 1) threads = 1;
+    if (threads > b) threads = b > 0 ? (int)b : 1;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        int tid = 0, nt = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        /* this thread's images [n0, n1): every dx element it writes belongs to them */
+        const int64_t n0 = b * tid / nt, n1 = b * (tid + 1) / nt, plo = n0 * howo, phi = n1 * howo;
+        float *tab = aligned_alloc(64, (size_t)(ngroups * 32 * LANES) * sizeof(float));
+        float *buf = aligned_alloc(64, (size_t)(k * LANES) * sizeof(float));
+        if (!tab || !buf) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            for (int64_t p0 = plo / LANES * LANES; p0 < phi; p0 += LANES) {
+                fn(dT, npos, p0, ngroups, wpat, k, tab, buf, LANES);
+                scatter(buf, p0, plo, phi, &G, dx);
+            }
+        }
+        free(tab);
+        free(buf);
     }
     return failed ? 2 : 0;
 }
