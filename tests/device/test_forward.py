@@ -113,3 +113,13 @@ def test_int8_stem_one_call_equals_per_layer(path):
     fused, layers = FrozenEngine(dm, stem="int8"), FrozenEngine(dm, stem="int8", fused=False)
     assert np.array_equal(fused.logits(images), layers.logits(images))
     assert np.array_equal(fused.latents(images, packed=True), layers.latents(images, packed=True))
+
+
+@pytest.mark.skipif(not MODELS, reason="no shipped .bnn models")
+@pytest.mark.parametrize("model_file", MODELS, ids=[m.stem for m in MODELS])
+def test_every_split_binary(path, model_file):
+    """Every block fed sign(x + b) (its conv and its shortcut): packed latents at every split, 32-channel
+    outputs packed into 64-bit words (the upper half zero), the binary shortcut at stride 1 and 2."""
+    dm = DeviceModel.load(model_file)
+    dm.architecture["binary_latents"] = [f"block{i}" for i in range(len(dm.architecture["blocks"]))]
+    _assert_same(FrozenEngine(dm), FrozenEngine(dm, fused=False), _images(dm, 3, seed=4))

@@ -149,8 +149,18 @@ int bnncl_epi_use_avx512(int requested);
 /* The float32 stem conv (im2col_u8.c): zero-padded float copy of uint8 images, and lines
  * [l0, l1) (line = b * h + y) of the conv from it; acc: oc floats of scratch (generic variant). */
 void bnncl_stem_pad_u8(const uint8_t *x, int64_t n, int64_t h, int64_t w, int64_t c, float *xp);
+/* The stem epilogue fused into the AVX-512 stem lines (forward.c; oc % 32 == 0): y = y * mul + addmap,
+ * RPReLU, and the signs of y + next_bias as uint32 units at ((b * bhp + y + boff) * bwp + x + boff) * bu
+ * (units oc / 32 .. bu - 1 zeroed), the operations of epilogue.c in the same order. */
+typedef struct {
+    int64_t w;
+    const float *mul, *addmap, *shift_in, *slope, *shift_out, *next_bias;
+    uint32_t *bits; /* NULL: no signs */
+    int64_t bhp, bwp, bu, boff;
+} bnncl_stem_epi;
+
 void bnncl_stem_lines(const float *xp, int64_t h, int64_t w, int64_t c, const float *wt, int64_t oc,
-                      int64_t l0, int64_t l1, float *out, float *acc, int use_avx512);
+                      int64_t l0, int64_t l1, float *out, float *acc, int use_avx512, const bnncl_stem_epi *se);
 int bnncl_stem_avx512_ok(int64_t oc);
 
 #endif

@@ -291,10 +291,24 @@ int bnncl_fwd_run(void *handle, const uint8_t *images, int64_t n, int64_t stop, 
             const int64_t pimg = (p->sh + 2) * (p->sw + 2) * p->ic;
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < n; ++b) bnncl_stem_pad_u8(images + b * img, 1, p->sh, p->sw, p->ic, p->xpad + b * pimg);
+            /* the AVX-512 stem lines run the epilogue in their registers when sc % 32 == 0 */
+            const int fused_epi = stem512 && p->sc % 32 == 0;
+            bnncl_stem_epi se = {p->sw, p->stem_mul, p->stem_addmap, p->stem_act[0], p->stem_act[1], p->stem_act[2],
+                                 nb0, NULL, 0, 0, 0, 0};
+            if (d.kind == 1) {
+                se.bits = (uint32_t *)d.words, se.bhp = p->sh, se.bwp = p->sw, se.bu = 2 * d.nw, se.boff = 0;
+            } else if (d.kind == 2) {
+                se.bits = d.img, se.bhp = d.hp, se.bwp = d.wp, se.bu = d.u, se.boff = 1;
+            }
 #pragma omp for schedule(static)
             for (int64_t line = 0; line < lines; ++line) {
                 int64_t b = line / p->sh, y = line % p->sh;
-                bnncl_stem_lines(p->xpad, p->sh, p->sw, p->ic, p->stem_w, p->sc, line, line + 1, acc, sc, stem512);
+                bnncl_stem_lines(p->xpad, p->sh, p->sw, p->ic, p->stem_w, p->sc, line, line + 1, acc, sc, stem512,
+                                 fused_epi ? &se : NULL);
+                if (fused_epi) {
+                    if (d.kind == 2) zero_border(&d, b, y, 0), zero_border(&d, b, y, p->sw - 1);
+                    continue;
+                }
                 for (int64_t x = 0; x < p->sw; ++x) {
                     int64_t r = line * p->sw + x;
                     bnncl_epi_pixel(&a, b, y, x, acc + r * p->sc, sc, d.kind ? tb : NULL, epi512);

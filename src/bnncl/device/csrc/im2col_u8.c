@@ -95,7 +95,8 @@ static void stem_line_generic(const float *xp, int64_t h, int64_t w, int64_t c, 
 /* AVX-512 (oc % 16 == 0, oc <= 64): tiles of up to 8 pixels of a line x oc channels in registers. */
 static inline __attribute__((always_inline)) STEM_TGT void stem_tile(int P, int NV, const float *xp, int64_t c,
                                                                      int64_t wp, const float *wt, int64_t oc,
-                                                                     float *out) {
+                                                                     float *out, const bnncl_stem_epi *se,
+                                                                     int64_t b, int64_t y, int64_t x0) {
     __m512 acc[STEM_P][4];
 #pragma GCC unroll 8
     for (int p = 0; p < P; ++p)
@@ -120,6 +121,35 @@ static inline __attribute__((always_inline)) STEM_TGT void stem_tile(int P, int 
             }
         }
     }
+    if (se) { /* the stem epilogue in registers: the operations of epilogue.c, same order */
+        const __m512 zero = _mm512_setzero_ps();
+        const float *am = se->addmap + (y * se->w + x0) * oc;
+        __mmask16 m[STEM_P][4];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+            const __m512 mul = _mm512_loadu_ps(se->mul + 16 * v), si = _mm512_loadu_ps(se->shift_in + 16 * v);
+            const __m512 sl = _mm512_loadu_ps(se->slope + 16 * v), so = _mm512_loadu_ps(se->shift_out + 16 * v);
+            const __m512 nb = se->bits ? _mm512_loadu_ps(se->next_bias + 16 * v) : zero;
+#pragma GCC unroll 8
+            for (int p = 0; p < P; ++p) {
+                __m512 t = _mm512_add_ps(_mm512_mul_ps(acc[p][v], mul), _mm512_loadu_ps(am + p * oc + 16 * v));
+                t = _mm512_sub_ps(t, si);
+                t = _mm512_mask_mul_ps(t, _mm512_cmp_ps_mask(t, zero, _CMP_LT_OQ), t, sl);
+                acc[p][v] = _mm512_add_ps(t, so);
+                m[p][v] = _mm512_cmp_ps_mask(_mm512_add_ps(acc[p][v], nb), zero, _CMP_LT_OQ);
+            }
+        }
+        if (se->bits) { /* oc % 32 == 0: one uint32 unit per 32 channels */
+#pragma GCC unroll 8
+            for (int p = 0; p < P; ++p) {
+                uint32_t *d = se->bits + ((b * se->bhp + y + se->boff) * se->bwp + x0 + p + se->boff) * se->bu;
+                int64_t unit = 0;
+#pragma GCC unroll 2
+                for (int v = 0; v + 1 < NV; v += 2) d[unit++] = (uint32_t)m[p][v] | ((uint32_t)m[p][v + 1] << 16);
+                for (; unit < se->bu; ++unit) d[unit] = 0;
+            }
+        }
+    }
 #pragma GCC unroll 8
     for (int p = 0; p < P; ++p)
 #pragma GCC unroll 4
@@ -129,21 +159,21 @@ static inline __attribute__((always_inline)) STEM_TGT void stem_tile(int P, int 
 #define STEM_TILES(NV)                                                                            \
     do {                                                                                          \
         int64_t x = 0;                                                                            \
-        for (; x + STEM_P <= w; x += STEM_P) stem_tile(STEM_P, NV, src + x * c, c, wp, wt, oc, dst + x * oc); \
+        for (; x + STEM_P <= w; x += STEM_P) stem_tile(STEM_P, NV, src + x * c, c, wp, wt, oc, dst + x * oc, se, b, y, x); \
         switch (w - x) {                                                                          \
-        case 7: stem_tile(7, NV, src + x * c, c, wp, wt, oc, dst + x * oc); break;                \
-        case 6: stem_tile(6, NV, src + x * c, c, wp, wt, oc, dst + x * oc); break;                \
-        case 5: stem_tile(5, NV, src + x * c, c, wp, wt, oc, dst + x * oc); break;                \
-        case 4: stem_tile(4, NV, src + x * c, c, wp, wt, oc, dst + x * oc); break;                \
-        case 3: stem_tile(3, NV, src + x * c, c, wp, wt, oc, dst + x * oc); break;                \
-        case 2: stem_tile(2, NV, src + x * c, c, wp, wt, oc, dst + x * oc); break;                \
-        case 1: stem_tile(1, NV, src + x * c, c, wp, wt, oc, dst + x * oc); break;                \
+        case 7: stem_tile(7, NV, src + x * c, c, wp, wt, oc, dst + x * oc, se, b, y, x); break;                \
+        case 6: stem_tile(6, NV, src + x * c, c, wp, wt, oc, dst + x * oc, se, b, y, x); break;                \
+        case 5: stem_tile(5, NV, src + x * c, c, wp, wt, oc, dst + x * oc, se, b, y, x); break;                \
+        case 4: stem_tile(4, NV, src + x * c, c, wp, wt, oc, dst + x * oc, se, b, y, x); break;                \
+        case 3: stem_tile(3, NV, src + x * c, c, wp, wt, oc, dst + x * oc, se, b, y, x); break;                \
+        case 2: stem_tile(2, NV, src + x * c, c, wp, wt, oc, dst + x * oc, se, b, y, x); break;                \
+        case 1: stem_tile(1, NV, src + x * c, c, wp, wt, oc, dst + x * oc, se, b, y, x); break;                \
         default: break;                                                                           \
         }                                                                                         \
     } while (0)
 
 static STEM_TGT void stem_line_avx512(const float *xp, int64_t h, int64_t w, int64_t c, const float *wt,
-                                      int64_t oc, int64_t b, int64_t y, float *out) {
+                                      int64_t oc, int64_t b, int64_t y, float *out, const bnncl_stem_epi *se) {
     const int64_t wp = w + 2;
     const float *src = xp + (b * (h + 2) + y) * wp * c;
     float *dst = out + (b * h + y) * w * oc;
@@ -168,12 +198,12 @@ int bnncl_stem_avx512_ok(int64_t oc) {
 
 /* The stem conv of lines [l0, l1) (line = b * h + y) from the padded copy xp; acc: oc floats of scratch. */
 void bnncl_stem_lines(const float *xp, int64_t h, int64_t w, int64_t c, const float *wt, int64_t oc,
-                      int64_t l0, int64_t l1, float *out, float *acc, int use_avx512) {
+                      int64_t l0, int64_t l1, float *out, float *acc, int use_avx512, const bnncl_stem_epi *se) {
     for (int64_t line = l0; line < l1; ++line) {
         int64_t b = line / h, y = line % h;
 #if defined(__x86_64__)
         if (use_avx512) {
-            stem_line_avx512(xp, h, w, c, wt, oc, b, y, out);
+            stem_line_avx512(xp, h, w, c, wt, oc, b, y, out, se);
             continue;
         }
 #endif
@@ -207,7 +237,7 @@ int bnncl_stem_conv3x3_u8(const uint8_t *x, int64_t n, int64_t h, int64_t w, int
         }
 #pragma omp for schedule(static)
         for (int64_t line = 0; line < lines; ++line)
-            if (acc) bnncl_stem_lines(xp, h, w, c, wt, oc, line, line + 1, out, acc, use512);
+            if (acc) bnncl_stem_lines(xp, h, w, c, wt, oc, line, line + 1, out, acc, use512, NULL);
         free(acc);
     }
     free(xp);
