@@ -5,10 +5,11 @@
 For each shipped architecture (the pretrained model in ``bnncl/assets/models`` when present, else a
 randomly initialised one: timing does not depend on the weights):
 
-* bnncl: :class:`bnncl.device.frozen.FrozenEngine` on uint8 images (normalisation folded), timed in
-  a subprocess that cannot import torch (binary kernels and epilogues at ``threads``; NumPy's BLAS,
-  used only by the small stem GEMM, single-threaded: ``OPENBLAS_NUM_THREADS=1``), which also reports
-  its peak RSS (``VmHWM``; see :func:`peak_rss_bytes`) and a per-layer time breakdown;
+* bnncl: :class:`bnncl.device.frozen.FrozenEngine` on uint8 images (normalisation folded; the stem and
+  all binary blocks in one C call, ``fused=True``), timed in a subprocess that cannot import torch
+  (C kernels at ``threads``; NumPy's BLAS, used only by the tiny head, single-threaded:
+  ``OPENBLAS_NUM_THREADS=1``), which also times the per-layer path (``fused=False``) interleaved with
+  it, and reports its peak RSS (``VmHWM``; see :func:`peak_rss_bytes`) and a per-stage breakdown;
 * torch float32 twin (``cfg.float_twin()``, random init) and torch BNN (the fake-quantized
   ``Backbone``), eval mode, ``inference_mode``, channels_last, on normalised float input,
   ``torch.set_num_threads(threads)``, measured in the same run.
@@ -58,19 +59,32 @@ raise SystemExit(worker_main(sys.argv[1:]))
 
 
 def _engine_breakdown(engine: Any, images: np.ndarray, rounds: int, min_time: float) -> dict[str, float]:
-    """Seconds per image of each stage of the fused pipeline: stem (+ pack), and per block the binary
-    conv (``block{i}.conv``: the pre-packed binary conv with fused BN) and the rest
-    (``block{i}.epilogue``: fused shortcut + RPReLU + sign-pack, and the Python call overhead)."""
+    """Seconds per image of each stage of the one-call forward: ``stem`` (C stem conv + its epilogue
+    + sign-pack), ``block{i}`` (binary conv with the fused block epilogue; the increment of the one C call
+    when it stops one block later), ``gap+head`` (NumPy), and ``python`` (the rest of ``logits``: input
+    checks, chunking, output arrays, ctypes).  Without the one-call path (``numpy`` kernels): the
+    per-layer stages ``stem`` and ``block{i}``."""
+    from bnncl.device import kernels
+
     b = len(images)
-    out = {"stem": best_time(lambda: engine.run_stem(images), rounds, min_time) / b}
-    x, bits = engine.run_stem(images)
-    for i, blk in enumerate(engine.blocks):
-        total = best_time(lambda: engine.run_block(i, x, bits), rounds, min_time) / b
-        conv = best_time(lambda: blk.conv(bits, engine.threads), rounds, min_time) / b
-        out[f"block{i}.conv"] = conv
-        out[f"block{i}.epilogue"] = max(total - conv, 0.0)
-        x, bits = engine.run_block(i, x, bits)
+    plan, path = engine.plan(), kernels.active_path()
+    out: dict[str, float] = {}
+    if plan is None:
+        out["stem"] = best_time(lambda: engine.run_stem(images), rounds, min_time) / b
+        x, bits = engine.run_stem(images)
+        for i in range(len(engine.blocks)):
+            out[f"block{i}"] = best_time(lambda: engine.run_block(i, x, bits), rounds, min_time) / b
+            x, bits = engine.run_block(i, x, bits)
+    else:
+        cumulative = [best_time(lambda: plan.run(images, stop, False, engine.threads, path), rounds, min_time) / b
+                      for stop in range(len(engine.blocks) + 1)]
+        out["stem"] = cumulative[0]
+        for i in range(len(engine.blocks)):
+            out[f"block{i}"] = max(cumulative[i + 1] - cumulative[i], 0.0)
+        x = plan.run(images, len(engine.blocks), False, engine.threads, path)[0]
     out["gap+head"] = best_time(lambda: engine.head(x), rounds, min_time) / b
+    total = best_time(lambda: engine.logits(images), rounds, min_time) / b
+    out["python"] = max(total - sum(out.values()), 0.0)
     return out
 
 
@@ -110,25 +124,36 @@ def worker_main(argv: list[str]) -> int:
     engine = FrozenEngine(dm, threads=args.threads)
     rng = np.random.default_rng(0)
     res: dict[str, Any] = {"kernel_path": kernels.active_path(), "threads": args.threads, "latency": {},
-                           "breakdown": {}}
-    for batch in [int(b) for b in args.batches.split(",")]:
-        images = rng.integers(0, 256, (batch, *dm.architecture["input_shape"]), dtype=np.uint8)
+                           "latency_per_layer": {}, "breakdown": {}}
+    batches = {int(b): rng.integers(0, 256, (int(b), *dm.architecture["input_shape"]), dtype=np.uint8)
+               for b in args.batches.split(",")}
+    for batch, images in batches.items():
         res["latency"][str(batch)] = best_time(lambda: engine.logits(images), args.rounds, args.min_time) / batch
         res["breakdown"][str(batch)] = _engine_breakdown(engine, images, args.rounds, args.min_time / 4)
+    res["peak_rss_bytes"] = peak_rss_bytes()  # the engine alone (before the per-layer engine below)
+    layers = FrozenEngine(dm, threads=args.threads, fused=False)  # the per-layer path (its oracle)
+    for batch, images in batches.items():  # per-layer, then the one-call path again: best of both rounds
+        res["latency_per_layer"][str(batch)] = best_time(lambda: layers.logits(images), args.rounds,
+                                                         args.min_time) / batch
+        again = best_time(lambda: engine.logits(images), args.rounds, args.min_time) / batch
+        res["latency"][str(batch)] = min(res["latency"][str(batch)], again)
     res["torch_imported"] = "torch" in sys.modules
-    res["peak_rss_bytes"] = peak_rss_bytes()
     res["getrusage_maxrss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps(res))
     return 0
 
 
-def run_worker(model_file: str, threads: int, batches: list[int], rounds: int, min_time: float) -> dict[str, Any]:
-    """Run :func:`worker_main` in a fresh interpreter without torch; returns its JSON.
+def run_worker(model_file: str, threads: int, batches: list[int], rounds: int, min_time: float,
+               src: str | None = None) -> dict[str, Any]:
+    """Run :func:`worker_main` in a fresh interpreter without torch; returns its JSON.  ``src``: the
+    ``src`` folder of another bnncl checkout (with its C core built) to time instead, e.g. a baseline.
 
-    OpenBLAS stays single-threaded: the stem GEMM is small, and a second BLAS thread pool next to
+    OpenBLAS stays single-threaded: the matrices are small, and a second BLAS thread pool next to
     the OpenMP one stalled for milliseconds on the shared 2-core machine."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS=str(threads),
                OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    if src is not None:
+        env["PYTHONPATH"] = str(Path(src).resolve())
     cmd = [sys.executable, "-c", _NO_TORCH, model_file, "--threads", str(threads),
            "--batches", ",".join(map(str, batches)), "--rounds", str(rounds), "--min-time", str(min_time)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -180,8 +205,11 @@ def _torch_latency(model: Any, cfg: Any, batch: int, threads: int, rounds: int, 
         return best_time(lambda: model(x), rounds, min_time) / batch
 
 
-def run(threads_list: list[int], batches: list[int], rounds: int, min_time: float) -> dict[str, Any]:
-    """The full report (JSON-able)."""
+def run(threads_list: list[int], batches: list[int], rounds: int, min_time: float,
+        baseline: str | None = None) -> dict[str, Any]:
+    """The full report (JSON-able).  The bnncl worker runs before and after the torch timings (best of
+    both: the machine may be shared); ``baseline``: ``src`` folder of another checkout, timed in the
+    same run (``baseline_us``)."""
     import torch
 
     report: dict[str, Any] = {"machine": {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
@@ -195,18 +223,27 @@ def run(threads_list: list[int], batches: list[int], rounds: int, min_time: floa
                                                      "file_bytes": Path(path).stat().st_size}
             for threads in threads_list:
                 dev = run_worker(path, threads, batches, rounds, min_time)
+                base = run_worker(path, threads, batches, rounds, min_time, src=baseline) if baseline else None
                 report["breakdown"][f"{arch}/t{threads}"] = dev["breakdown"]
                 report["peak_rss"][f"{arch}/t{threads}"] = dev["peak_rss_bytes"]
                 report["machine"]["kernel_path"] = dev["kernel_path"]
                 assert not dev["torch_imported"]
+                fp32s = {batch: _torch_latency(twin, cfg, batch, threads, rounds, min_time) for batch in batches}
+                tbnns = {batch: _torch_latency(bnn, cfg, batch, threads, rounds, min_time) for batch in batches}
+                again = run_worker(path, threads, batches, rounds, min_time)
+                for key in ("latency", "latency_per_layer"):
+                    dev[key] = {b: min(v, again[key][b]) for b, v in dev[key].items()}
                 for batch in batches:
-                    fp32 = _torch_latency(twin, cfg, batch, threads, rounds, min_time)
-                    tbnn = _torch_latency(bnn, cfg, batch, threads, rounds, min_time)
+                    fp32, tbnn = fp32s[batch], tbnns[batch]
                     ours = dev["latency"][str(batch)]
                     report["rows"].append({
                         "model": cfg.name, "batch": batch, "threads": threads, "bnncl_us": ours * 1e6,
+                        "bnncl_per_layer_us": dev["latency_per_layer"][str(batch)] * 1e6,
                         "torch_fp32_us": fp32 * 1e6, "torch_bnn_us": tbnn * 1e6,
                         "speedup_vs_fp32": fp32 / ours, "speedup_vs_torch_bnn": tbnn / ours})
+                    if base is not None:
+                        b_us = base["latency"][str(batch)] * 1e6
+                        report["rows"][-1].update(baseline_us=b_us, baseline_speedup_vs_fp32=fp32 * 1e6 / b_us)
     return report
 
 
@@ -260,13 +297,20 @@ def agreement(arch: str, model_path: str | None = None, paths: list[str] | None 
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """Latency table + per-layer breakdown as markdown."""
-    lines = ["| model | batch | threads | bnncl µs/img | torch fp32 twin µs/img | torch BNN µs/img | "
-             "vs fp32 | vs torch BNN |", "|---|---|---|---|---|---|---|---|"]
+    """Latency table (+ the baseline's, when timed) + per-stage breakdown as markdown."""
+    lines = ["| model | batch | threads | bnncl µs/img | (per-layer path) | torch fp32 twin µs/img | "
+             "torch BNN µs/img | vs fp32 | vs torch BNN |", "|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['model']} | {r['batch']} | {r['threads']} | {r['bnncl_us']:.0f} | "
+                     f"{r.get('bnncl_per_layer_us', float('nan')):.0f} | "
                      f"{r['torch_fp32_us']:.0f} | {r['torch_bnn_us']:.0f} | {r['speedup_vs_fp32']:.1f}x | "
                      f"{r['speedup_vs_torch_bnn']:.1f}x |")
+    if any("baseline_us" in r for r in report["rows"]):
+        lines += ["", "| model | batch | threads | baseline µs/img | baseline vs fp32 | bnncl µs/img | vs fp32 |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['batch']} | {r['threads']} | {r['baseline_us']:.0f} | "
+                  f"{r['baseline_speedup_vs_fp32']:.1f}x | {r['bnncl_us']:.0f} | {r['speedup_vs_fp32']:.1f}x |"
+                  for r in report["rows"] if "baseline_us" in r]
     lines += ["", "Peak RSS of the torch-free inference process: " + ", ".join(
         f"{k} {v / 2**20:.0f} MiB" for k, v in report["peak_rss"].items()), ""]
     for key, per_batch in report["breakdown"].items():
@@ -284,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     ap.add_argument("--rounds", type=int, default=5, help="timing rounds, best kept (default 5)")
     ap.add_argument("--quick", action="store_true", help="short rounds (smoke run)")
+    ap.add_argument("--baseline", metavar="SRC", default=None,
+                    help="also time the engine of another checkout (its src/ folder, C core built) in the same run")
     ap.add_argument("--agreement", nargs="*", metavar="ARCH=MODEL", default=None,
                     help="instead of timing: agreement with torch on the real test set, per kernel path "
                          "(fmnist / cifar; default the shipped models, or ARCH=PATH of a host model)")
@@ -309,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--threads: expected comma-separated integers >= 1, got {args.threads!r}")
     if args.rounds < 1:
         ap.error(f"--rounds: expected an integer >= 1, got {args.rounds}")
-    report = run(threads, [1, 32], args.rounds, 0.02 if args.quick else 0.3)
+    report = run(threads, [1, 32], args.rounds, 0.02 if args.quick else 0.3, args.baseline)
     m = report["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, kernel path {m.get('kernel_path')}, "
           f"load average {m['load_average_at_start']}")
