@@ -177,3 +177,40 @@ def test_minmax_on_every_path() -> None:
     x = _x((1001,), 4)
     for path in PATHS:
         assert tailfwd.minmax(x, path) == (x.min(), x.max())
+
+
+@pytest.mark.parametrize("constant", [False, True])
+@pytest.mark.parametrize("cin", [8, 70, 128])
+def test_latent_grad_on_every_path(cin, constant) -> None:
+    """From the weight-gradient kernel's integer sums to dW: oracle = the dense definition (float64
+    G, then s G + (sum_k sign(W) G) / K sgn(W)) within float32 rounding; every C path bit for bit."""
+    from bnncl.device.kernels import tailgrad
+    from bnncl.device.quantize import _scale
+    from bnncl.device.tail_layers import im2col_pm1
+
+    rng = np.random.default_rng(cin + constant)
+    b, h, w, o = 2, 5, 4, 24
+    x = rng.choice(np.array([-1, 1], np.int8), size=(b, h, w, cin))
+    npos = b * h * w
+    lo, hi = np.float32(-3e-3), np.float32(-3e-3 if constant else 5e-3)
+    codes = np.zeros((npos, o), np.int64) if constant else rng.integers(0, 2**16, size=(npos, o))
+    s = np.float32(0.0) if constant else _scale(lo, hi, 16)
+    full = np.zeros((npos, 32), np.int32)
+    full[:, :o] = codes
+    ctile = np.ascontiguousarray(full.reshape(npos, 2, 16).transpose(1, 0, 2))
+    pat = tailgrad.patterns(pack_signs(x.astype(np.float32)), 1, "numpy")
+    s_minus, ones = tailgrad.wgrad_minus_tiled(pat, ctile, o, 2**16 - 1, "numpy")
+    colsum = codes.sum(axis=0)
+    wv = rng.standard_normal((o, 9 * cin)).astype(np.float32)
+    wv[0, :5] = 0.0
+    wscale = np.abs(wv).mean(axis=1).astype(np.float32)
+    ref, ref_mm = tailfwd.latent_grad(s_minus, ones, colsum, npos, cin, lo, s, constant, wv, wscale, "numpy")
+    cols = im2col_pm1(x, 3, 1, 1).astype(np.float64)
+    dy = np.full((npos, o), np.float64(lo)) if constant else np.float64(lo) + codes / np.float64(s)
+    g = (cols.T @ dy).T  # (O, K)
+    plain = wscale[:, None] * g + ((np.where(wv < 0, -g, g)).sum(axis=1) / (9 * cin))[:, None] * np.sign(wv)
+    np.testing.assert_allclose(ref, plain, rtol=1e-4, atol=1e-5 * np.abs(plain).max())
+    assert ref_mm == (ref.min(), ref.max())
+    for path in PATHS:
+        got, mm = tailfwd.latent_grad(s_minus, ones, colsum, npos, cin, lo, s, constant, wv, wscale, path)
+        assert _same(got, ref) and mm == ref_mm, path

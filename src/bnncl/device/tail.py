@@ -50,6 +50,7 @@ from bnncl.device.kernels.tailfwd import QParams
 from bnncl.device.quantize import (
     FLOAT_BITS,
     QTensor,
+    _scale,
     check_bits,
     fake_quantize,
     quantize,
@@ -345,10 +346,16 @@ class TailTrainer:
         n, ho, wo = (in_shape[0], *self._out_hw(blk, in_shape))
         p = n * ho * wo
         v, (lo, hi) = tailfwd.bwd_v(dout, bcast, qd, pos, blk.slope, blk.bn_a, path)
-        dy_q = QTensor(np.empty(0, np.uint16), lo, hi, self.qb)  # range only: the codes are ctile
         ctile, colsum, dt = tailfwd.bwd_codes(v, lo, hi, self.qb, blk.scale, need_dx, path)
-        g = self._weight_grad_codes(blk, xb_packed, dy_q, ctile, colsum, p, path)
-        dw = self._latent_grad(blk, g)
+        # G = sum_p xb * dy as exact integer sums of the q_b codes c (dy = lo + c / s): G = lo * sum_p xb
+        # + (sum_p c - 2 * sum of c where xb = -1) / s; additions only (tailgrad.wgrad_minus_tiled)
+        pat = tailgrad.patterns(xb_packed, blk.stride, path)
+        s_minus, ones = tailgrad.wgrad_minus_tiled(pat, ctile, blk.cout, (1 << self.qb) - 1, path, self.threads)
+        constant = not hi > lo
+        s = np.float32(0.0) if constant else _scale(lo, hi, self.qb)
+        dw, _ = tailfwd.latent_grad(s_minus, ones, colsum, p, blk.cin, lo, s, constant,
+                                    blk.w_values.reshape(blk.cout, -1), blk.scale, path)
+        dw = fake_quantize(dw.reshape(blk.weight.shape), self.qb)
         if not need_dx:
             return dw, None
         wpat = tailgrad.weight_patterns((blk.w_values < 0).reshape(blk.cout, -1))
@@ -387,23 +394,6 @@ class TailTrainer:
         mask = tailfwd.unpack_bits(ste, blk.cin)
         dx = (dxb + dxs) * mask if blk.binary_input else dxb * mask + dxs
         return dw, (dx.astype(np.float32).reshape(-1, blk.cin), 0, tailfwd.OFF)
-
-    def _weight_grad_codes(self, blk: _Block, xb_packed: np.ndarray, dy_q: QTensor, ctile: np.ndarray,
-                           colsum: np.ndarray, p: int, path: str) -> np.ndarray:
-        """``G (O, 9*I) = sum_p xb[p, k] * dy[p, o]`` as exact integer sums of the ``q_b`` codes:
-        ``dy = lo + c / s`` gives ``G = lo * sum_p xb + (sum_p xb * c) / s``, and ``sum_p xb * c =
-        sum_p c - 2 * (sum of c where xb = -1)``: additions only (``tailgrad.wgrad_minus_tiled``)."""
-        o, cin = blk.cout, blk.cin
-        nb = xb_packed.shape[-1] * 64  # bits per tap
-        pat = tailgrad.patterns(xb_packed, blk.stride, path)
-        s_minus, ones = tailgrad.wgrad_minus_tiled(pat, ctile, o, (1 << dy_q.bits) - 1, path, self.threads)
-        total = colsum[None, :] - 2 * s_minus  # (9 * nb, O)
-        total = total.reshape(9, nb, o)[:, :cin].reshape(9 * cin, o)
-        ones_sum = (p - 2 * ones).reshape(9, nb)[:, :cin].reshape(-1)
-        g = np.float64(dy_q.lo) * ones_sum[:, None]
-        if not dy_q.constant:
-            g = g + total / np.float64(dy_q.scale)
-        return g.astype(np.float32).T
 
     def train_batch(self, latents: np.ndarray, labels: np.ndarray, lr: float) -> float:
         """One SGD step on the tail's conv latent weights and the head; returns the mean loss."""
