@@ -59,6 +59,26 @@ def _check_invariants(root: Path, names: list[str]) -> dict | None:
     return state.position
 
 
+def _progress(log: Path) -> int:
+    """Experiences reported in the (line-buffered) log so far."""
+    return sum(line.startswith("experience") for line in log.read_text().splitlines()) if log.exists() else 0
+
+
+def _wait_for_a_moment(proc: subprocess.Popen, log: Path, before: int, rng: random.Random, startup: float,
+                       per_exp: float) -> None:
+    """Sleep until a random moment of ``proc``'s life: inside its start-up (1 in 4), else a random fraction
+    of an experience after its 1st..3rd progress line. Tied to the process's progress rather than to wall
+    time, so a busy machine moves the moment along with the work instead of letting one run finish the
+    stream."""
+    steps = rng.randint(0, 3)
+    if steps == 0:
+        time.sleep(rng.uniform(0.0, startup))
+        return
+    while proc.poll() is None and _progress(log) < before + steps:
+        time.sleep(0.002)
+    time.sleep(rng.uniform(0.0, per_exp))
+
+
 def test_kill_learn_at_random_moments(tmp_path, model, kit):
     n_images = max(240, PER_EXPERIENCE * KILLS * 3)
     src = tmp_path / "src"
@@ -90,13 +110,14 @@ def test_kill_learn_at_random_moments(tmp_path, model, kit):
     finished = False
     log = tmp_path / "log.txt"
     while not finished:
+        before = _progress(log)
         with open(log, "a") as fh:
             proc = subprocess.Popen(_cmd(model, run, flags), stdout=fh, stderr=subprocess.STDOUT)
         if kills < KILLS:
-            # kill within the start-up + a few experiences: every phase gets hit (imports, load,
+            # kill in the start-up or within a few experiences: every phase gets hit (imports, load,
             # deploy, learning, the save, the moves)
             first = not (run / "state" / "CURRENT").exists()
-            time.sleep(rng.uniform(0.0, (deploy_startup if first else startup) + 3 * per_exp))
+            _wait_for_a_moment(proc, log, before, rng, deploy_startup if first else startup, per_exp)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()

@@ -36,7 +36,7 @@ import numpy as np
 from bnncl.data.imagefolder import decode_image
 from bnncl.errors import BnnclError, DataError
 from bnncl.service import inbox
-from bnncl.service.session import LearnerSession
+from bnncl.service.session import LearnerSession, Settings
 
 LOCK_NAME = "LEARNER.lock"
 
@@ -196,17 +196,17 @@ def learner_lock(state_dir: Path) -> Iterator[None]:
 
 
 SETTING_OPTIONS = (
-    ("--tail-blocks", int, "trainable binary blocks K (0..3; default 2)"),
-    ("--qf", int, "forward bits of the tail (default 8)"),
-    ("--qb", int, "backward/update bits (default 16)"),
-    ("--qw", int, "stored latent-weight bits (default 8)"),
-    ("--lr-bits", int, "bits per stored replay latent: 1, 8 or 32 (default 1)"),
-    ("--buffer", int, "replay buffer capacity in patterns (default 1500)"),
-    ("--epochs", int, "epochs per experience (default 4)"),
-    ("--lr", float, "learning rate (default 0.05)"),
-    ("--minibatch", int, "minibatch size (default 128)"),
-    ("--seed", int, "seed of every RNG (default 0)"),
-    ("--capacity", int, "head rows = most classes ever (default: the model's class names)"),
+    ("--tail-blocks", int, "trainable binary blocks K (0..3)"),
+    ("--qf", int, "forward bits of the tail"),
+    ("--qb", int, "backward/update bits"),
+    ("--qw", int, "stored latent-weight bits"),
+    ("--lr-bits", int, "bits per stored replay latent: 1, 8 or 32"),
+    ("--buffer", int, "replay buffer capacity in patterns"),
+    ("--epochs", int, "epochs per experience"),
+    ("--lr", float, "learning rate"),
+    ("--minibatch", int, "minibatch size"),
+    ("--seed", int, "seed of every RNG"),
+    ("--capacity", int, "head rows = most classes ever"),
 )
 
 
@@ -228,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="compute threads (default 1)")
     g = p.add_argument_group("deployment settings (fixed at the first start, kept in the state)")
     for flag, typ, text in SETTING_OPTIONS:
-        g.add_argument(flag, type=typ, default=None, help=text)
+        default = getattr(Settings, flag[2:].replace("-", "_"))
+        shown = "the number of the model's class names" if default is None else default
+        g.add_argument(flag, type=typ, default=None, help=f"{text} (default {shown})")
     return p
 
 
@@ -252,6 +254,8 @@ def one_line_warnings() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # a log or pipe gets each progress line as it happens
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         with one_line_warnings():
             return _learn(args)
