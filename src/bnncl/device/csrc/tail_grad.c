@@ -14,10 +14,10 @@
  * 11.4 -> 5.6 ms per fmnist 7x7x128 block at batch 128 (benchmarks/learning.md).
  *
  * Input gradient, float (bnncl_tail_dgrad): D[k][p] = sum_o d[o][p] * s[o][k], s = +-1 from the
- * sign bits of W (bit 1 = -1).  Per 4 output channels (nibble h) and 16 positions, the 16 signed
- * sums T_h[q] = (((0 +- d[o0]) +- d[o1]) +- d[o2]) +- d[o3] are built (bit j of q set = subtract), then
- * D[k] = ((T_0[w(k,0)] + T_1[w(k,1)]) + ...) + T_H-1[w(k,H-1)].  (4-bit tables: all of them, 1 KB
- * each, stay in L1; 8-bit tables, 256 KB at 128 channels, were L2-bound and measured slower.)  Lanes are positions, every lane
+ * sign bits of W (bit 1 = -1).  Per 8 output channels (group g) and 16 positions, the 256 signed
+ * sums T_g[q] = (((0 +- d[o0]) +- d[o1]) ... +- d[o7]) are built (bit j of q set = subtract), then
+ * D[k] = ((T_0[w(k,0)] + T_1[w(k,1)]) + ...) + T_G-1[w(k,G-1)].  (4-bit tables, which all stay in L1,
+ * were tried: twice the lookups, measured 35% slower.)  Lanes are positions, every lane
  * does the same float32 operations in the same order (no FMA), so every variant and the NumPy
  * oracle (kernels/tailgrad.py) agree bit for bit.
  *
@@ -246,17 +246,13 @@ int bnncl_tail_wgrad(const uint8_t *pat, int64_t ngroups, int64_t npos, const in
 
 /* ---------------- input gradient: signed-subset tables over 8 output channels ---------------- */
 
-/* nibble h of the sign(W) pattern row w (h = 0 .. 2 ngroups - 1): channels 4h .. 4h + 3 */
-static inline int64_t nib(const uint8_t *w, int64_t h) { return (w[h >> 1] >> ((h & 1) * 4)) & 15; }
-
 static void dgrad_block_scalar(const float *dT, int64_t npos, int64_t p0, int64_t ngroups, const uint8_t *wpat,
                                int64_t k, float *tab, float *out, int64_t ostride) {
-    const int64_t nh = 2 * ngroups;
-    for (int64_t g = 0; g < nh; ++g) {
-        float *t = tab + g * 16 * LANES;
+    for (int64_t g = 0; g < ngroups; ++g) {
+        float *t = tab + g * 256 * LANES;
         for (int l = 0; l < LANES; ++l) t[l] = 0.0f;
-        for (int j = 0; j < 4; ++j) {
-            const float *d = dT + (g * 4 + j) * npos + p0;
+        for (int j = 0; j < 8; ++j) {
+            const float *d = dT + (g * 8 + j) * npos + p0;
             const int n = 1 << j;
             for (int q = 0; q < n; ++q)
                 for (int l = 0; l < LANES; ++l) {
@@ -269,9 +265,9 @@ static void dgrad_block_scalar(const float *dT, int64_t npos, int64_t p0, int64_
     for (int64_t kk = 0; kk < k; ++kk) {
         const uint8_t *w = wpat + kk * ngroups;
         float acc[LANES];
-        for (int l = 0; l < LANES; ++l) acc[l] = tab[nib(w, 0) * LANES + l];
-        for (int64_t g = 1; g < nh; ++g) {
-            const float *t = tab + (g * 16 + nib(w, g)) * LANES;
+        for (int l = 0; l < LANES; ++l) acc[l] = tab[(int64_t)w[0] * LANES + l];
+        for (int64_t g = 1; g < ngroups; ++g) {
+            const float *t = tab + (g * 256 + w[g]) * LANES;
             for (int l = 0; l < LANES; ++l) acc[l] += t[l];
         }
         float *dst = out + kk * ostride;
@@ -282,12 +278,11 @@ static void dgrad_block_scalar(const float *dT, int64_t npos, int64_t p0, int64_
 #if defined(__x86_64__)
 static T512 void dgrad_block_avx512(const float *dT, int64_t npos, int64_t p0, int64_t ngroups,
                                     const uint8_t *wpat, int64_t k, float *tab, float *out, int64_t ostride) {
-    const int64_t nh = 2 * ngroups;
-    for (int64_t g = 0; g < nh; ++g) {
-        float *t = tab + g * 16 * LANES;
+    for (int64_t g = 0; g < ngroups; ++g) {
+        float *t = tab + g * 256 * LANES;
         _mm512_store_ps(t, _mm512_setzero_ps());
-        for (int j = 0; j < 4; ++j) {
-            const __m512 d = _mm512_loadu_ps(dT + (g * 4 + j) * npos + p0);
+        for (int j = 0; j < 8; ++j) {
+            const __m512 d = _mm512_loadu_ps(dT + (g * 8 + j) * npos + p0);
             const int n = 1 << j;
             for (int q = 0; q < n; ++q) {
                 __m512 a = _mm512_load_ps(t + q * LANES);
@@ -299,37 +294,36 @@ static T512 void dgrad_block_avx512(const float *dT, int64_t npos, int64_t p0, i
     int64_t kk = 0;
     for (; kk + 4 <= k; kk += 4) { /* 4 independent chains */
         const uint8_t *w0 = wpat + kk * ngroups, *w1 = w0 + ngroups, *w2 = w1 + ngroups, *w3 = w2 + ngroups;
-        __m512 a0 = _mm512_load_ps(tab + nib(w0, 0) * LANES), a1 = _mm512_load_ps(tab + nib(w1, 0) * LANES);
-        __m512 a2 = _mm512_load_ps(tab + nib(w2, 0) * LANES), a3 = _mm512_load_ps(tab + nib(w3, 0) * LANES);
-        for (int64_t g = 1; g < nh; ++g) {
-            const float *t = tab + g * 16 * LANES;
-            a0 = _mm512_add_ps(a0, _mm512_load_ps(t + nib(w0, g) * LANES));
-            a1 = _mm512_add_ps(a1, _mm512_load_ps(t + nib(w1, g) * LANES));
-            a2 = _mm512_add_ps(a2, _mm512_load_ps(t + nib(w2, g) * LANES));
-            a3 = _mm512_add_ps(a3, _mm512_load_ps(t + nib(w3, g) * LANES));
+        __m512 a0 = _mm512_load_ps(tab + (int64_t)w0[0] * LANES), a1 = _mm512_load_ps(tab + (int64_t)w1[0] * LANES);
+        __m512 a2 = _mm512_load_ps(tab + (int64_t)w2[0] * LANES), a3 = _mm512_load_ps(tab + (int64_t)w3[0] * LANES);
+        for (int64_t g = 1; g < ngroups; ++g) {
+            const float *t = tab + g * 256 * LANES;
+            a0 = _mm512_add_ps(a0, _mm512_load_ps(t + (int64_t)w0[g] * LANES));
+            a1 = _mm512_add_ps(a1, _mm512_load_ps(t + (int64_t)w1[g] * LANES));
+            a2 = _mm512_add_ps(a2, _mm512_load_ps(t + (int64_t)w2[g] * LANES));
+            a3 = _mm512_add_ps(a3, _mm512_load_ps(t + (int64_t)w3[g] * LANES));
         }
-        _mm512_storeu_ps(out + (kk) * ostride, a0);
+        _mm512_storeu_ps(out + kk * ostride, a0);
         _mm512_storeu_ps(out + (kk + 1) * ostride, a1);
         _mm512_storeu_ps(out + (kk + 2) * ostride, a2);
         _mm512_storeu_ps(out + (kk + 3) * ostride, a3);
     }
     for (; kk < k; ++kk) {
         const uint8_t *w = wpat + kk * ngroups;
-        __m512 a = _mm512_load_ps(tab + nib(w, 0) * LANES);
-        for (int64_t g = 1; g < nh; ++g) a = _mm512_add_ps(a, _mm512_load_ps(tab + (g * 16 + nib(w, g)) * LANES));
+        __m512 a = _mm512_load_ps(tab + (int64_t)w[0] * LANES);
+        for (int64_t g = 1; g < ngroups; ++g) a = _mm512_add_ps(a, _mm512_load_ps(tab + (g * 256 + w[g]) * LANES));
         _mm512_storeu_ps(out + kk * ostride, a);
     }
 }
 
 static T256 void dgrad_block_avx2(const float *dT, int64_t npos, int64_t p0, int64_t ngroups,
                                   const uint8_t *wpat, int64_t k, float *tab, float *out, int64_t ostride) {
-    const int64_t nh = 2 * ngroups;
-    for (int64_t g = 0; g < nh; ++g) {
-        float *t = tab + g * 16 * LANES;
+    for (int64_t g = 0; g < ngroups; ++g) {
+        float *t = tab + g * 256 * LANES;
         _mm256_store_ps(t, _mm256_setzero_ps());
         _mm256_store_ps(t + 8, _mm256_setzero_ps());
-        for (int j = 0; j < 4; ++j) {
-            const float *dp = dT + (g * 4 + j) * npos + p0;
+        for (int j = 0; j < 8; ++j) {
+            const float *dp = dT + (g * 8 + j) * npos + p0;
             const __m256 d0 = _mm256_loadu_ps(dp), d1 = _mm256_loadu_ps(dp + 8);
             const int n = 1 << j;
             for (int q = 0; q < n; ++q) {
@@ -344,14 +338,14 @@ static T256 void dgrad_block_avx2(const float *dT, int64_t npos, int64_t p0, int
     for (int64_t kk = 0; kk < k; kk += 2) {
         const int two = kk + 1 < k;
         const uint8_t *w0 = wpat + kk * ngroups, *w1 = two ? w0 + ngroups : w0;
-        __m256 a0 = _mm256_load_ps(tab + nib(w0, 0) * LANES), a1 = _mm256_load_ps(tab + nib(w0, 0) * LANES + 8);
-        __m256 b0 = _mm256_load_ps(tab + nib(w1, 0) * LANES), b1 = _mm256_load_ps(tab + nib(w1, 0) * LANES + 8);
-        for (int64_t g = 1; g < nh; ++g) {
-            const float *t = tab + g * 16 * LANES;
-            a0 = _mm256_add_ps(a0, _mm256_load_ps(t + nib(w0, g) * LANES));
-            a1 = _mm256_add_ps(a1, _mm256_load_ps(t + nib(w0, g) * LANES + 8));
-            b0 = _mm256_add_ps(b0, _mm256_load_ps(t + nib(w1, g) * LANES));
-            b1 = _mm256_add_ps(b1, _mm256_load_ps(t + nib(w1, g) * LANES + 8));
+        __m256 a0 = _mm256_load_ps(tab + (int64_t)w0[0] * LANES), a1 = _mm256_load_ps(tab + (int64_t)w0[0] * LANES + 8);
+        __m256 b0 = _mm256_load_ps(tab + (int64_t)w1[0] * LANES), b1 = _mm256_load_ps(tab + (int64_t)w1[0] * LANES + 8);
+        for (int64_t g = 1; g < ngroups; ++g) {
+            const float *t = tab + g * 256 * LANES;
+            a0 = _mm256_add_ps(a0, _mm256_load_ps(t + (int64_t)w0[g] * LANES));
+            a1 = _mm256_add_ps(a1, _mm256_load_ps(t + (int64_t)w0[g] * LANES + 8));
+            b0 = _mm256_add_ps(b0, _mm256_load_ps(t + (int64_t)w1[g] * LANES));
+            b1 = _mm256_add_ps(b1, _mm256_load_ps(t + (int64_t)w1[g] * LANES + 8));
         }
         _mm256_storeu_ps(out + kk * ostride, a0);
         _mm256_storeu_ps(out + kk * ostride + 8, a1);
@@ -381,7 +375,7 @@ int bnncl_tail_dgrad(const float *dT, int64_t npos, int64_t ngroups, const uint8
     int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        float *tab = aligned_alloc(64, (size_t)(ngroups * 32 * LANES) * sizeof(float));
+        float *tab = aligned_alloc(64, (size_t)(ngroups * 256 * LANES) * sizeof(float));
         if (!tab) {
 #pragma omp atomic write
             failed = 1;
@@ -514,7 +508,7 @@ int bnncl_tail_dgrad_col2im(const float *dT, int64_t npos, int64_t ngroups, cons
 #endif
         /* this thread's images [n0, n1): every dx element it writes belongs to them */
         const int64_t n0 = b * tid / nt, n1 = b * (tid + 1) / nt, plo = n0 * howo, phi = n1 * howo;
-        float *tab = aligned_alloc(64, (size_t)(ngroups * 32 * LANES) * sizeof(float));
+        float *tab = aligned_alloc(64, (size_t)(ngroups * 256 * LANES) * sizeof(float));
         float *buf = aligned_alloc(64, (size_t)(k * LANES) * sizeof(float));
         if (!tab || !buf) {
 #pragma omp atomic write

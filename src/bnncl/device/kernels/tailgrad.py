@@ -6,7 +6,7 @@
   and ``ones[g*8+j]`` = positions with the bit set, so ``sum_p x[p, k] c[p, o] = sum_p c[p, o] - 2 S``
   and ``sum_p x[p, k] = P - 2 ones``: additions only (per-pattern tables, "four Russians").
 * :func:`dgrad`: float32 ``D[k, p] = sum_o d[p, o] * s[o, k]`` for ``s`` = ±1 given as bits
-  (:func:`weight_patterns`), through tables of the 16 signed sums of 4 channels' ``d``; the
+  (:func:`weight_patterns`), through tables of the 256 signed sums of 8 channels' ``d``; the
   summation order is fixed (see the C file), so every path and the oracle agree bit for bit.
 * :func:`col2im`: tap-ordered scatter-add of ``D`` back to the (B, H, W, C) input;
 * :func:`dgrad_col2im`: both fused (each block of 16 positions is added into the input gradient as soon
@@ -154,12 +154,12 @@ def dgrad(d_t: np.ndarray, wpat: np.ndarray, path: str, threads: int = 1) -> np.
         _check(rc, "tail_dgrad")
         return out
     acc = None
-    for hi in range(2 * g):  # 4 channels (a nibble of the pattern byte) per table
+    for gi in range(g):
         t = np.zeros((1, npos), dtype=np.float32)
-        for j in range(4):
-            dj = d_t[4 * hi + j]
+        for j in range(8):
+            dj = d_t[8 * gi + j]
             t = np.concatenate([t + dj, t - dj])  # new index = old + (bit j) * 2^j; bit set = subtract
-        term = t[(wpat[:, hi // 2] >> (4 * (hi % 2))) & 15]
+        term = t[wpat[:, gi]]
         acc = term if acc is None else acc + term
     return acc
 
