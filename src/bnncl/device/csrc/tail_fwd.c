@@ -42,9 +42,22 @@
 
 /* rint under round-to-nearest-even, written so that every target vectorizes it the same way:
  * for 0 <= v < 2^23, (v + 2^23) - 2^23 is v rounded half-to-even; larger values are integers. */
+
+/* c ? a : b with both sides already computed, as integer bit operations: the AVX2 and baseline
+ * vectorizers, which have no masked float arithmetic, then keep it branch-free */
+INL float sel(int c, float a, float b) {
+    uint32_t ua, ub;
+    memcpy(&ua, &a, 4);
+    memcpy(&ub, &b, 4);
+    const uint32_t m = 0u - (uint32_t)(c != 0), r = (ua & m) | (ub & ~m);
+    float f;
+    memcpy(&f, &r, 4);
+    return f;
+}
+
 INL float rint_pos(float v) {
-    const float m = 8388608.0f;
-    return v < m ? (v + m) - m : v;
+    const float m = 8388608.0f, r = (v + m) - m;
+    return sel(v < m, r, v);
 }
 
 INL float quant(float x, float lo, float s) { return rint_pos((x - lo) * s) / s + lo; }
@@ -210,8 +223,8 @@ INL void fwd_out_body(const tail_fwd_out_args *A, float *mm, float *work) {
                     z[q] = ((y * ba[q] + bc[q]) + sc[q]) - shift_in[q];
                 }
                 for (int64_t q = 0; q < o; ++q) {
-                    const float pre = z[q];
-                    out[q] = (pre > 0.0f ? pre : pre * slope[q]) + shift_out[q];
+                    const float pre = z[q], alt = pre * slope[q]; /* loads outside the select: AVX2 if-converts */
+                    out[q] = sel(pre > 0.0f, pre, alt) + shift_out[q];
                 }
                 mm_add(&acc, out, o);
                 for (int64_t w = 0; w < nwo; ++w) {
@@ -268,13 +281,13 @@ INL void dz_row(const tail_dz_src *S, int64_t p, int64_t o, float *restrict dz, 
         expand_bits(S->pos[p * nwo + w], m, 1.0f, 0.0f);
         if (S->quantize) {
             for (int64_t k = 0; k < n; ++k) {
-                const float v = quant(d[c0 + k], lo, s);
-                dz[c0 + k] = m[k] != 0.0f ? v : v * slope[c0 + k];
+                const float v = quant(d[c0 + k], lo, s), alt = v * slope[c0 + k];
+                dz[c0 + k] = sel(m[k] != 0.0f, v, alt);
             }
         } else {
             for (int64_t k = 0; k < n; ++k) {
-                const float v = d[c0 + k];
-                dz[c0 + k] = m[k] != 0.0f ? v : v * slope[c0 + k];
+                const float v = d[c0 + k], alt = v * slope[c0 + k];
+                dz[c0 + k] = sel(m[k] != 0.0f, v, alt);
             }
         }
     }
