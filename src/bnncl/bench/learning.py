@@ -49,6 +49,12 @@ def _engines(k: int, threads: int):
     return dev, ref
 
 
+def _kernel_path() -> str:
+    from bnncl.device.kernels import active_path
+
+    return active_path()
+
+
 def _time_step(engine, lat: np.ndarray, y: np.ndarray, lr: float) -> float:
     t = time.perf_counter()
     engine.train_batch(lat, y, lr)
@@ -115,7 +121,8 @@ def run(ks: list[int], steps: int, experience: bool, threads: int, lr: float = 0
                     "load_avg": os.getloadavg()},
         "protocol": {"batch": BATCH, "new": NEW, "replay": REPLAY, "epochs": EPOCHS,
                      "steps_per_experience": STEPS_PER_EXPERIENCE, "experience_measured": experience},
-        "config": {"device": "8/16/8", "torch": "fp32", "threads": threads, "steps": steps},
+        "config": {"device": "8/16/8", "torch": "fp32", "threads": threads, "steps": steps,
+                   "kernel_path": _kernel_path()},
         "rows": rows,
     }
 

@@ -27,11 +27,20 @@ Quantization (DESIGN.md §1.5; ``Q_n`` = :func:`bnncl.device.quantize.quantize` 
   and the features at ``q_f``.
 
 Backward of a binary conv (STE): the weight gradient ``G = sum_p xb * dy`` uses additions and
-subtractions only (:func:`bnncl.device.tail_layers.pm1_weight_grad`: a GEMM with a ±1 operand, or
-optionally exact integer sums of the ±``q_b`` codes);
+subtractions only (at ``q_b < 32`` exact integer sums of the ``q_b`` codes, C kernel
+``tailgrad.wgrad_minus_tiled``; at 32 a float GEMM with a ±1 operand,
+:func:`bnncl.device.tail_layers.pm1_weight_grad`);
 the latent weight receives ``mean|W| * G + (sum_k sign(W) G) / n * sgn(W)`` (identity STE through sign,
 plus the gradient of the ``mean|W|`` scale, as torch autograd gives for ``bnncl.nn.layers``); the input
 gradient goes through sign by the clipped STE. Plain SGD, optional momentum (off by default).
+
+Execution: every step of a block is a C pass on the active kernel path, or its NumPy oracle on the
+``numpy`` path, bit for bit the same (:mod:`bnncl.device.kernels.tailfwd` for the element-wise chains
+— block input, block output, pooling, backward prologue/epilogue, latent weight gradient —,
+:mod:`bnncl.device.kernels.tailgrad` for the weight gradient and the input gradient with its col2im);
+quantizers that need a tensor's min/max get it from the pass that produced the tensor and are applied
+by the pass that reads it (:class:`bnncl.device.kernels.tailfwd.QParams`). ``q_b = 32`` keeps the
+NumPy + BLAS backward (:meth:`TailTrainer._block_backward_float`).
 """
 
 from __future__ import annotations
@@ -177,7 +186,8 @@ class TailTrainer:
     ``num_classes``: head capacity when larger than the pretrained head (new rows start at zero);
     ``head_classes``: the row of the larger head that each pretrained row goes to (default 0, 1, ...).
     ``exact_weight_grad``: kept for compatibility; at ``q_b < 32`` the weight gradient is always the
-    exact integer sum of the ``q_b`` codes (C kernel ``tailgrad.wgrad_minus``), at 32 it is float32.
+    exact integer sum of the ``q_b`` codes (C kernel ``tailgrad.wgrad_minus_tiled``), at 32 it is float32.
+    ``threads``: C core threads of the weight- and input-gradient kernels (and of the conv).
     """
 
     def __init__(self, architecture: Any, params: Mapping[str, np.ndarray], split: str, *, qf: int = 8,
