@@ -22,8 +22,7 @@
  *   bnncl_tail_bwd_codes   q_b codes of v, tile-major for the weight-gradient kernel, their column sums,
  *                          and the input-gradient operand (code / s + lo) * scale[o], transposed
  *   bnncl_tail_bwd_dx      dx = (dxb + dxs) * ste  or  dxb * ste + dxs, dxs = shortcut adjoint of dz; min/max
- *   bnncl_tail_latent_grad the conv's weight gradient G from the exact integer sums of tail_grad.c, then the
- *                          latent weight gradient s G + (sum_k sign(W) G) / K sgn(W); min/max
+ *   bnncl_tail_weight_g    the conv's weight gradient G (float32) from the exact integer sums of tail_grad.c
  */
 #include <math.h>
 #include <stdint.h>
@@ -402,7 +401,7 @@ INL void bwd_dx_body(const tail_dx_args *A, float *mm, float *work) {
 }
 
 /* ------------------------------------------------------------------------------------------------ */
-/* latent weight gradient from the exact integer sums                                               */
+/* the conv's weight gradient G from the exact integer sums                                          */
 
 typedef struct {
     const int64_t *s_minus; /* (9 * nb, o): sum of codes where the input bit is set */
@@ -411,45 +410,25 @@ typedef struct {
     int64_t npos, cin, nb, o;
     float lo, s;            /* dy = lo + code / s */
     int constant;
-    const float *w;         /* (o, 9 * cin) latent weights */
-    const float *wscale;    /* (o) mean |W| */
-    float *dw;              /* (o, 9 * cin) */
-} tail_lg_args;
+    float *g;               /* (9 * cin, o) */
+} tail_g_args;
 
-/* G[o][k] = (float)(lo * (P - 2 ones) + (colsum - 2 s_minus) / s) in double; dscale = sum_k sign(W) G in
- * 16 strided float32 lanes (lane l: k = l, l + 16, ... from +0), lanes summed in order;
- * dW = s_o G + (dscale / K) sgn(W), sgn(0) = 0. */
-INL void latent_grad_body(const tail_lg_args *A, float *mm, float *g) {
-    const int64_t o = A->o, cin = A->cin, nb = A->nb, kk = 9 * cin;
+/* G[k][o] = (float)(lo * (P - 2 ones) + (colsum - 2 s_minus) / s), in double (exact integers below 2^53,
+ * one rounding per operation as NumPy's float64 arithmetic) */
+INL void weight_g_body(const tail_g_args *A) {
+    const int64_t o = A->o, cin = A->cin, nb = A->nb;
     const double lo = (double)A->lo, s = (double)A->s;
-    mm_acc acc;
-    mm_init(&acc);
-    for (int64_t q = 0; q < o; ++q) {
-        for (int64_t tap = 0; tap < 9; ++tap)
-            for (int64_t ci = 0; ci < cin; ++ci) {
-                const int64_t r = tap * nb + ci;
-                double gd = lo * (double)(A->npos - 2 * A->ones[r]);
-                if (!A->constant) gd = gd + (double)(A->colsum[q] - 2 * A->s_minus[r * o + q]) / s;
-                g[tap * cin + ci] = (float)gd;
-            }
-        const float *restrict w = A->w + q * kk;
-        float lane[LANES];
-        for (int l = 0; l < LANES; ++l) lane[l] = 0.0f;
-        int64_t k = 0;
-        for (; k + LANES <= kk; k += LANES)
-            for (int l = 0; l < LANES; ++l) lane[l] = lane[l] + (w[k + l] < 0.0f ? -g[k + l] : g[k + l]);
-        for (int l = 0; k + l < kk; ++l) lane[l] = lane[l] + (w[k + l] < 0.0f ? -g[k + l] : g[k + l]);
-        float ds = lane[0];
-        for (int l = 1; l < LANES; ++l) ds = ds + lane[l];
-        const float f = ds / (float)kk, sc = A->wscale[q];
-        float *restrict dw = A->dw + q * kk;
-        for (int64_t j = 0; j < kk; ++j) {
-            const float sg = w[j] > 0.0f ? 1.0f : (w[j] < 0.0f ? -1.0f : 0.0f);
-            dw[j] = sc * g[j] + f * sg;
+    for (int64_t tap = 0; tap < 9; ++tap)
+        for (int64_t ci = 0; ci < cin; ++ci) {
+            const int64_t r = tap * nb + ci;
+            const double base = lo * (double)(A->npos - 2 * A->ones[r]);
+            const int64_t *restrict sm = A->s_minus + r * o;
+            float *restrict g = A->g + (tap * cin + ci) * o;
+            if (A->constant)
+                for (int64_t q = 0; q < o; ++q) g[q] = (float)base;
+            else
+                for (int64_t q = 0; q < o; ++q) g[q] = (float)(base + (double)(A->colsum[q] - 2 * sm[q]) / s);
         }
-        mm_add(&acc, dw, kk);
-    }
-    mm_out(&acc, mm);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -488,7 +467,7 @@ VARIANTS(bwd_codes,
           const float *scale, float *dT, int64_t dr, int64_t ds),
          bwd_codes_body(v, npos, o, cst, lo, s, ct, cs, scale, dT, dr, ds))
 VARIANTS(bwd_dx, (const tail_dx_args *A, float *mm, float *wk), bwd_dx_body(A, mm, wk))
-VARIANTS(latent_grad, (const tail_lg_args *A, float *mm, float *wk), latent_grad_body(A, mm, wk))
+VARIANTS(weight_g, (const tail_g_args *A), weight_g_body(A))
 
 /* ------------------------------------------------------------------------------------------------ */
 /* public entry points (ctypes); return 0, or 1 when the path is not supported                      */
@@ -559,14 +538,10 @@ int bnncl_tail_bwd_dx(const float *dxb, const float *dout, int64_t bcast, int qu
     return 0;
 }
 
-int bnncl_tail_latent_grad(const int64_t *s_minus, const int64_t *ones, const int64_t *colsum, int64_t npos,
-                           int64_t cin, int64_t nb, int64_t o, float lo, float s, int constant, const float *w,
-                           const float *wscale, float *dw, float *mm, int path) {
+int bnncl_tail_weight_g(const int64_t *s_minus, const int64_t *ones, const int64_t *colsum, int64_t npos,
+                        int64_t cin, int64_t nb, int64_t o, float lo, float s, int constant, float *g, int path) {
     if (!path_ok(path)) return 1;
-    tail_lg_args A = {s_minus, ones, colsum, npos, cin, nb, o, lo, s, constant, w, wscale, dw};
-    float *wk = malloc((size_t)(9 * cin) * sizeof(float));
-    if (!wk) return 2;
-    DISPATCH(latent_grad, path, (&A, mm, wk));
-    free(wk);
+    tail_g_args A = {s_minus, ones, colsum, npos, cin, nb, o, lo, s, constant, g};
+    DISPATCH(weight_g, path, (&A));
     return 0;
 }

@@ -21,9 +21,8 @@
  * does the same float32 operations in the same order (no FMA), so every variant and the NumPy
  * oracle (kernels/tailgrad.py) agree bit for bit.
  *
- * bnncl_tail_dgrad_col2im: the same sums, each block of 16 positions added into dx (the col2im) as soon
- * as it is computed: no (9 c) x P buffer; the order of the additions into a dx element is then
- * (position chunk, tap) instead of tap order (the oracle follows it).
+ * bnncl_tail_dgrad_col2im: both fused, bit for bit the same: each block of 16 positions goes to a small
+ * per-image staging area and an image's col2im runs when its last position is done (no (9 c) x P buffer).
  *
  * bnncl_tail_patterns: the byte patterns of the implicit 3x3 im2col of packed +-1 bits (padding +1 =
  * pattern 0), laid out [tap * wb + byte][p]; bnncl_tail_col2im: the tap-ordered scatter-add adjoint.
@@ -390,28 +389,23 @@ int bnncl_tail_dgrad(const float *dT, int64_t npos, int64_t ngroups, const uint8
 
 /* ---------------- input gradient with the col2im fused ---------------- */
 
-/* The 9 * c sums of one block of 16 positions (buf [k][16], lane = position p0 + lane) are added into
- * dx straight away: chunk after chunk, inside a chunk tap after tap.  So every dx element receives its
- * (up to 9) contributions ordered by (position chunk, tap), from 0: the order the NumPy oracle
- * (tailgrad.dgrad_col2im) uses.  Only lanes in [plo, phi) are scattered (a thread's images). */
+/* The sums of each block of 16 positions (buf [9 c][16], lane = position p0 + lane) are transposed into a
+ * per-image staging area [9 taps][ho * wo][c] (a ring of a few images); as soon as an image's last
+ * position is done, its col2im runs from the staging area, tap after tap from 0 — the same additions in
+ * the same order as bnncl_tail_col2im on the full (9 c) x P buffer, which is never built (29 MB at
+ * 128 x 7 x 7 x 128); the staging ring stays in L2. */
 typedef struct {
-    int64_t b, h, w, c, stride, ho, wo;
+    int64_t b, h, w, c, stride, ho, wo, nst;
 } dx_geom;
 
-static void scatter_scalar(const float *buf, int64_t p0, int64_t plo, int64_t phi, const dx_geom *G, float *dx) {
-    const int64_t c = G->c;
-    for (int64_t tap = 0; tap < 9; ++tap) {
-        const int64_t ky = tap / 3, kx = tap % 3;
-        for (int l = 0; l < LANES; ++l) {
-            const int64_t p = p0 + l;
-            if (p < plo || p >= phi) continue;
-            const int64_t n = p / (G->ho * G->wo), r = p % (G->ho * G->wo), i = r / G->wo, j = r % G->wo;
-            const int64_t iy = i * G->stride + ky - 1, ix = j * G->stride + kx - 1;
-            if (iy < 0 || iy >= G->h || ix < 0 || ix >= G->w) continue;
-            float *d = dx + ((n * G->h + iy) * G->w + ix) * c;
-            const float *src = buf + tap * c * LANES + l;
-            for (int64_t ci = 0; ci < c; ++ci) d[ci] += src[ci * LANES];
-        }
+static void stage_scalar(const float *buf, int64_t p0, int64_t plo, int64_t phi, const dx_geom *G, float *stage) {
+    const int64_t c = G->c, howo = G->ho * G->wo;
+    for (int l = 0; l < LANES; ++l) {
+        const int64_t p = p0 + l;
+        if (p < plo || p >= phi) continue;
+        float *dst = stage + (p / howo % G->nst) * 9 * howo * c + (p % howo) * c;
+        for (int64_t tap = 0; tap < 9; ++tap)
+            for (int64_t ci = 0; ci < c; ++ci) dst[tap * howo * c + ci] = buf[(tap * c + ci) * LANES + l];
     }
 }
 
@@ -443,59 +437,66 @@ static inline T512 void transpose16(__m512 r[16]) {
     }
 }
 
-/* c % 16 == 0: 16 channels x 16 positions transposed in registers, one 16-channel add per position */
-static T512 void scatter_avx512(const float *buf, int64_t p0, int64_t plo, int64_t phi, const dx_geom *G, float *dx) {
-    const int64_t c = G->c;
-    int64_t base[LANES], ii[LANES], jj[LANES];
-    int ok[LANES];
+/* c % 16 == 0: 16 channels x 16 positions transposed in registers, one 16-channel store per position */
+static T512 void stage_avx512(const float *buf, int64_t p0, int64_t plo, int64_t phi, const dx_geom *G, float *stage) {
+    const int64_t c = G->c, howo = G->ho * G->wo;
+    float *dst[LANES];
     for (int l = 0; l < LANES; ++l) {
         const int64_t p = p0 + l;
-        ok[l] = p >= plo && p < phi;
-        const int64_t n = p / (G->ho * G->wo), r = p % (G->ho * G->wo);
-        ii[l] = r / G->wo;
-        jj[l] = r % G->wo;
-        base[l] = n * G->h;
+        dst[l] = p >= plo && p < phi ? stage + (p / howo % G->nst) * 9 * howo * c + (p % howo) * c : NULL;
     }
-    for (int64_t tap = 0; tap < 9; ++tap) {
-        const int64_t ky = tap / 3, kx = tap % 3;
-        float *dst[LANES];
-        for (int l = 0; l < LANES; ++l) {
-            const int64_t iy = ii[l] * G->stride + ky - 1, ix = jj[l] * G->stride + kx - 1;
-            dst[l] = ok[l] && iy >= 0 && iy < G->h && ix >= 0 && ix < G->w ? dx + ((base[l] + iy) * G->w + ix) * c
-                                                                            : NULL;
-        }
+    for (int64_t tap = 0; tap < 9; ++tap)
         for (int64_t c0 = 0; c0 < c; c0 += 16) {
             __m512 r[16];
             const float *src = buf + (tap * c + c0) * LANES;
             for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(src + i * LANES);
             transpose16(r);
             for (int l = 0; l < LANES; ++l)
-                if (dst[l]) _mm512_storeu_ps(dst[l] + c0, _mm512_add_ps(_mm512_loadu_ps(dst[l] + c0), r[l]));
+                if (dst[l]) _mm512_storeu_ps(dst[l] + tap * howo * c + c0, r[l]);
         }
-    }
 }
 #endif
 
+/* col2im of one image from its staging area: dx (h, w, c) = sum over taps in (ky, kx) order, from 0 */
+static void col2im_image(const float *st, const dx_geom *G, float *dx) {
+    const int64_t c = G->c, howo = G->ho * G->wo;
+    memset(dx, 0, (size_t)(G->h * G->w * c) * sizeof(float));
+    for (int64_t tap = 0; tap < 9; ++tap) {
+        const int64_t ky = tap / 3, kx = tap % 3;
+        for (int64_t i = 0; i < G->ho; ++i) {
+            const int64_t iy = i * G->stride + ky - 1;
+            if (iy < 0 || iy >= G->h) continue;
+            for (int64_t j = 0; j < G->wo; ++j) {
+                const int64_t ix = j * G->stride + kx - 1;
+                if (ix < 0 || ix >= G->w) continue;
+                float *restrict d = dx + (iy * G->w + ix) * c;
+                const float *restrict s = st + (tap * howo + i * G->wo + j) * c;
+                for (int64_t ci = 0; ci < c; ++ci) d[ci] += s[ci];
+            }
+        }
+    }
+}
+
 /* dT, ngroups, wpat, k = 9 * c as bnncl_tail_dgrad (npos = dT's row length, a multiple of 16, >= b*ho*wo);
- * dx (b, h, w, c) float32 is overwritten with the col2im of D in (chunk, tap) order. */
+ * dx (b, h, w, c) float32 = bnncl_tail_col2im of bnncl_tail_dgrad's output, bit for bit. */
 int bnncl_tail_dgrad_col2im(const float *dT, int64_t npos, int64_t ngroups, const uint8_t *wpat, int64_t k,
                             int64_t b, int64_t h, int64_t w, int64_t c, int64_t stride, float *dx, int threads,
                             int path) {
     if (path < 0 || !(bnncl_supported_paths() & (1 << path))) return 1;
     if (npos % LANES || k != 9 * c) return 3;
     dgrad_fn fn = dgrad_block_scalar;
-    void (*scatter)(const float *, int64_t, int64_t, int64_t, const dx_geom *, float *) = scatter_scalar;
+    void (*stage_fn)(const float *, int64_t, int64_t, int64_t, const dx_geom *, float *) = stage_scalar;
 #if defined(__x86_64__)
     if (path == BNNCL_PATH_AVX512) {
         fn = dgrad_block_avx512;
-        if (c % 16 == 0) scatter = scatter_avx512;
+        if (c % 16 == 0) stage_fn = stage_avx512;
     }
     if (path == BNNCL_PATH_AVX2) fn = dgrad_block_avx2;
 #endif
-    const dx_geom G = {b, h, w, c, stride, (h - 1) / stride + 1, (w - 1) / stride + 1};
-    const int64_t howo = G.ho * G.wo, real = b * howo;
-    if (real > npos) return 3;
-    memset(dx, 0, (size_t)(b * h * w * c) * sizeof(float));
+    const int64_t ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1, howo = ho * wo;
+    /* images with a position in one block of 16: at most 16 / howo + 2 (ring size) */
+    const dx_geom G = {b, h, w, c, stride, ho, wo, LANES / (howo > 0 ? howo : 1) + 2};
+    if (b * howo > npos) return 3;
     if (threads < 1) threads = 1;
     if (threads > b) threads = b > 0 ? (int)b : 1;
     int failed = 0;
@@ -506,21 +507,27 @@ int bnncl_tail_dgrad_col2im(const float *dT, int64_t npos, int64_t ngroups, cons
         tid = omp_get_thread_num();
         nt = omp_get_num_threads();
 #endif
-        /* this thread's images [n0, n1): every dx element it writes belongs to them */
+        /* this thread's images [n0, n1) */
         const int64_t n0 = b * tid / nt, n1 = b * (tid + 1) / nt, plo = n0 * howo, phi = n1 * howo;
         float *tab = aligned_alloc(64, (size_t)(ngroups * 256 * LANES) * sizeof(float));
         float *buf = aligned_alloc(64, (size_t)(k * LANES) * sizeof(float));
-        if (!tab || !buf) {
+        float *stage = malloc((size_t)(G.nst * 9 * howo * c) * sizeof(float));
+        if (!tab || !buf || !stage) {
 #pragma omp atomic write
             failed = 1;
         } else {
+            int64_t next = n0; /* next image to finish */
             for (int64_t p0 = plo / LANES * LANES; p0 < phi; p0 += LANES) {
                 fn(dT, npos, p0, ngroups, wpat, k, tab, buf, LANES);
-                scatter(buf, p0, plo, phi, &G, dx);
+                stage_fn(buf, p0, plo, phi, &G, stage);
+                const int64_t done = p0 + LANES < phi ? p0 + LANES : phi;
+                for (; next < n1 && (next + 1) * howo <= done; ++next)
+                    col2im_image(stage + next % G.nst * 9 * howo * c, &G, dx + next * h * w * c);
             }
         }
         free(tab);
         free(buf);
+        free(stage);
     }
     return failed ? 2 : 0;
 }

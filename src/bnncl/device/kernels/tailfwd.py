@@ -15,9 +15,8 @@ in the same order, so every path agrees bit for bit (``tests/device/test_tailfwd
 * :func:`bwd_codes`: the ``q_b`` codes of ``v`` tile-major for :func:`tailgrad.wgrad_minus_tiled`,
   their column sums, and the input-gradient operand ``(code / s + lo) * scale`` transposed
   (the layout :func:`tailgrad.dgrad` reads);
-* :func:`latent_grad`: ``G = lo * (P - 2 ones) + (colsum - 2 S) / s`` (float64, then float32) from the exact
-  integer sums of :func:`tailgrad.wgrad_minus_tiled`, then ``dW = mean|W| G + (sum_k sign(W) G) / K sgn(W)``
-  (the sum in 16 strided float32 lanes, the lanes added in order);
+* :func:`weight_g`: the conv's weight gradient ``G = lo * (P - 2 ones) + (colsum - 2 S) / s`` (float64,
+  then float32) from the exact integer sums of :func:`tailgrad.wgrad_minus_tiled`;
 * :func:`bwd_dx`: ``dx = (dxb + dxs) * ste`` (binary shortcut input) or ``dxb * ste + dxs``, ``dxs`` the
   shortcut adjoint of ``dz`` (copies summed in order, 2x2 pool: a quarter each); min/max.
 
@@ -54,7 +53,7 @@ def _lib() -> ctypes.CDLL:
             "bnncl_tail_gap": [_p, _i64, _i64, _i64, _int, _f, _f, _p, _int],
             "bnncl_tail_bwd_v": [_p, _i64, _int, _f, _f, _p, _p, _i64, _i64, _p, _p, _p, _int],
             "bnncl_tail_bwd_codes": [_p, _i64, _i64, _int, _f, _f, _p, _p, _p, _p, _i64, _i64, _int],
-            "bnncl_tail_latent_grad": [_p, _p, _p, _i64, _i64, _i64, _i64, _f, _f, _int, _p, _p, _p, _p, _int],
+            "bnncl_tail_weight_g": [_p, _p, _p, _i64, _i64, _i64, _i64, _f, _f, _int, _p, _int],
             "bnncl_tail_bwd_dx": [_p, _p, _i64, _int, _f, _f, _p, _p, _i64, _i64, _i64, _i64, _i64, _i64, _p, _int,
                                   _p, _p, _int],
         }
@@ -294,12 +293,11 @@ def bwd_dx(dxb: np.ndarray, dout: np.ndarray, bcast: int, q: QParams, pos: np.nd
     return dx, (mm[0], mm[1])
 
 
-def latent_grad(s_minus: np.ndarray, ones: np.ndarray, colsum: np.ndarray, npos: int, cin: int, lo: np.float32,
-                s: np.float32, constant: bool, w: np.ndarray, wscale: np.ndarray,
-                path: str) -> tuple[np.ndarray, tuple[np.float32, np.float32]]:
-    """``s_minus`` (9 nb, O) int64, ``ones`` (9 nb,), ``colsum`` (O,) from the weight-gradient kernel
-    (``nb`` bits per tap >= ``cin``); ``w`` (O, 9 cin) latent weights, ``wscale`` (O,) mean|W|. Returns
-    ``dW`` (O, 9 cin) float32 (not quantized) and its (min, max)."""
+def weight_g(s_minus: np.ndarray, ones: np.ndarray, colsum: np.ndarray, npos: int, cin: int, lo: np.float32,
+             s: np.float32, constant: bool, path: str) -> np.ndarray:
+    """The conv's weight gradient ``G`` (9 cin, O) float32 from the weight-gradient kernel's integer sums:
+    ``s_minus`` (9 nb, O) int64, ``ones`` (9 nb,), ``colsum`` (O,) (``nb`` bits per tap >= ``cin``);
+    ``G = lo * (P - 2 ones) + (colsum - 2 s_minus) / s`` in float64, rounded once to float32."""
     o = colsum.shape[0]
     nb = ones.shape[0] // 9
     k = 9 * cin
@@ -309,29 +307,11 @@ def latent_grad(s_minus: np.ndarray, ones: np.ndarray, colsum: np.ndarray, npos:
         gd = np.float64(lo) * os_[:, None]
         if not constant:
             gd = gd + total / np.float64(s)
-        g = np.ascontiguousarray(gd.astype(np.float32).T)  # (O, K)
-        prod = np.where(w < 0, -g, g)
-        kp = k + (-k) % LANES
-        lanes = np.zeros((o, kp), dtype=np.float32)
-        lanes[:, :k] = prod
-        lanes = lanes.reshape(o, kp // LANES, LANES)
-        acc = np.zeros((o, LANES), dtype=np.float32)
-        for i in range(kp // LANES):
-            acc = acc + lanes[:, i]
-        ds = acc[:, 0]
-        for lane in range(1, LANES):
-            ds = ds + acc[:, lane]
-        sg = np.where(w > 0, np.float32(1.0), np.where(w < 0, np.float32(-1.0), np.float32(0.0)))
-        dw = wscale[:, None] * g + (ds / np.float32(k))[:, None] * sg
-        return dw, (np.float32(dw.min()), np.float32(dw.max()))
-    dw = np.empty((o, k), dtype=np.float32)
-    mm = np.empty(2, dtype=np.float32)
-    rc = _lib().bnncl_tail_latent_grad(np.ascontiguousarray(s_minus, dtype=np.int64).ctypes.data,
-                                       np.ascontiguousarray(ones, dtype=np.int64).ctypes.data,
-                                       np.ascontiguousarray(colsum, dtype=np.int64).ctypes.data, npos, cin, nb, o,
-                                       np.float32(lo), np.float32(s), int(constant),
-                                       np.ascontiguousarray(w, dtype=np.float32).ctypes.data,
-                                       np.ascontiguousarray(wscale, dtype=np.float32).ctypes.data, dw.ctypes.data,
-                                       mm.ctypes.data, native.PATH_IDS[path])
-    _check(rc, "tail_latent_grad")
-    return dw, (mm[0], mm[1])
+        return np.ascontiguousarray(np.broadcast_to(gd.astype(np.float32), (k, o)))
+    g = np.empty((k, o), dtype=np.float32)
+    rc = _lib().bnncl_tail_weight_g(np.ascontiguousarray(s_minus, dtype=np.int64).ctypes.data,
+                                    np.ascontiguousarray(ones, dtype=np.int64).ctypes.data,
+                                    np.ascontiguousarray(colsum, dtype=np.int64).ctypes.data, npos, cin, nb, o,
+                                    np.float32(lo), np.float32(s), int(constant), g.ctypes.data, native.PATH_IDS[path])
+    _check(rc, "tail_weight_g")
+    return g

@@ -9,9 +9,8 @@
   (:func:`weight_patterns`), through tables of the 256 signed sums of 8 channels' ``d``; the
   summation order is fixed (see the C file), so every path and the oracle agree bit for bit.
 * :func:`col2im`: tap-ordered scatter-add of ``D`` back to the (B, H, W, C) input;
-* :func:`dgrad_col2im`: both fused (each block of 16 positions is added into the input gradient as soon
-  as its sums are made: no (9 C) x P buffer), so a dx element sums its contributions in (position
-  chunk of 16, tap) order.
+* :func:`dgrad_col2im`: both fused (each block of 16 positions is staged per image and an image's col2im
+  runs as soon as its last position is done: no (9 C) x P buffer), the same additions in the same order.
 
 Every function takes ``path`` (``numpy`` = oracle, else a C core path as in
 :mod:`bnncl.device.kernels.dispatch`).
@@ -183,44 +182,17 @@ def col2im(cols: np.ndarray, shape: tuple[int, int, int, int], stride: int, path
     return outp[:, 1 : h + 1, 1 : w + 1]
 
 
-def _chunk_order_col2im(cols: np.ndarray, shape: tuple[int, int, int, int], stride: int) -> np.ndarray:
-    """col2im whose every output element sums its contributions from 0 in (position // 16, tap) order."""
-    b, h, w, c = shape
-    ho, wo = out_hw(h, w, stride)
-    npos = b * ho * wo
-    v = cols[:, :npos].reshape(9, c, npos)
-    n_i, y_i, x_i = np.meshgrid(np.arange(b), np.arange(h), np.arange(w), indexing="ij")
-    vals = np.zeros((b, h, w, 9, c), dtype=np.float32)
-    keys = np.full((b, h, w, 9), np.iinfo(np.int64).max, dtype=np.int64)
-    for tap in range(9):
-        ky, kx = divmod(tap, 3)
-        # input pixel (y, x) gets tap (ky, kx) from output (i, j) with i * stride + ky - 1 = y
-        iy, ix = y_i + 1 - ky, x_i + 1 - kx
-        ok = (iy % stride == 0) & (ix % stride == 0)
-        i, j = iy // stride, ix // stride
-        ok &= (i >= 0) & (i < ho) & (j >= 0) & (j < wo)
-        p = (n_i * ho + i) * wo + j
-        vals[..., tap, :][ok] = v[tap][:, p[ok]].T
-        keys[..., tap][ok] = (p[ok] // LANES) * 9 + tap
-    order = np.argsort(keys, axis=-1, kind="stable")
-    srt = np.take_along_axis(vals, order[..., None], axis=3)
-    acc = np.zeros((b, h, w, c), dtype=np.float32)
-    for t in range(9):
-        acc = acc + srt[..., t, :]
-    return acc
-
-
 def dgrad_col2im(d_t: np.ndarray, wpat: np.ndarray, shape: tuple[int, int, int, int], stride: int, path: str,
                  threads: int = 1) -> np.ndarray:
-    """:func:`dgrad` then the col2im to (B, H, W, C) float32, fused; each element's contributions summed
-    from 0 in (position chunk of 16, tap) order."""
+    """:func:`dgrad` then :func:`col2im` to (B, H, W, C) float32, fused in C (no (9 C) x P buffer), bit
+    for bit the same."""
     rows, npos = d_t.shape
     k, g = wpat.shape
     b, h, w, c = shape
     if rows != 8 * g or k != 9 * c:
         raise ValueError(f"dgrad_col2im: operand rows {rows}, patterns {wpat.shape}, channels {c} do not fit")
     if path == "numpy":
-        return _chunk_order_col2im(dgrad(d_t, wpat, path), shape, stride)
+        return col2im(dgrad(d_t, wpat, path), shape, stride, path)
     out = np.empty(shape, dtype=np.float32)
     rc = _lib().bnncl_tail_dgrad_col2im(np.ascontiguousarray(d_t).ctypes.data, npos, g,
                                         np.ascontiguousarray(wpat).ctypes.data, k, b, h, w, c, stride,
