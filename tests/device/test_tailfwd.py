@@ -204,7 +204,7 @@ def test_weight_g_on_every_path(cin, constant) -> None:
     ref = tailfwd.weight_g(s_minus, ones, colsum, npos, cin, lo, s, constant, "numpy")
     cols = im2col_pm1(x, 3, 1, 1).astype(np.float64)
     dy = np.full((npos, o), np.float64(lo)) if constant else np.float64(lo) + codes / np.float64(s)
-    plain = cols.T @ dy  # (K, O)
+    plain = (cols.T @ dy).T  # (O, K)
     np.testing.assert_allclose(ref, plain, rtol=1e-6, atol=1e-6 * np.abs(plain).max())
     for path in PATHS:
         assert _same(tailfwd.weight_g(s_minus, ones, colsum, npos, cin, lo, s, constant, path), ref), path

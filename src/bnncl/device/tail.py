@@ -363,8 +363,8 @@ class TailTrainer:
         s_minus, ones = tailgrad.wgrad_minus_tiled(pat, ctile, blk.cout, (1 << self.qb) - 1, path, self.threads)
         constant = not hi > lo
         s = np.float32(0.0) if constant else _scale(lo, hi, self.qb)
-        g = tailfwd.weight_g(s_minus, ones, colsum, p, blk.cin, lo, s, constant, path)  # (9 I, O)
-        dw = self._latent_grad(blk, g.T)
+        g = tailfwd.weight_g(s_minus, ones, colsum, p, blk.cin, lo, s, constant, path)  # (O, 9 I)
+        dw = self._latent_grad(blk, g)
         if not need_dx:
             return dw, None
         wpat = tailgrad.weight_patterns((blk.w_values < 0).reshape(blk.cout, -1))

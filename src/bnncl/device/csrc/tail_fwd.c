@@ -410,24 +410,24 @@ typedef struct {
     int64_t npos, cin, nb, o;
     float lo, s;            /* dy = lo + code / s */
     int constant;
-    float *g;               /* (9 * cin, o) */
+    float *g;               /* (o, 9 * cin) */
 } tail_g_args;
 
 /* G[k][o] = (float)(lo * (P - 2 ones) + (colsum - 2 s_minus) / s), in double (exact integers below 2^53,
  * one rounding per operation as NumPy's float64 arithmetic) */
 INL void weight_g_body(const tail_g_args *A) {
-    const int64_t o = A->o, cin = A->cin, nb = A->nb;
+    const int64_t o = A->o, cin = A->cin, nb = A->nb, kk = 9 * cin;
     const double lo = (double)A->lo, s = (double)A->s;
     for (int64_t tap = 0; tap < 9; ++tap)
         for (int64_t ci = 0; ci < cin; ++ci) {
-            const int64_t r = tap * nb + ci;
+            const int64_t r = tap * nb + ci, k = tap * cin + ci;
             const double base = lo * (double)(A->npos - 2 * A->ones[r]);
             const int64_t *restrict sm = A->s_minus + r * o;
-            float *restrict g = A->g + (tap * cin + ci) * o;
+            float *restrict g = A->g + k;
             if (A->constant)
-                for (int64_t q = 0; q < o; ++q) g[q] = (float)base;
+                for (int64_t q = 0; q < o; ++q) g[q * kk] = (float)base;
             else
-                for (int64_t q = 0; q < o; ++q) g[q] = (float)(base + (double)(A->colsum[q] - 2 * sm[q]) / s);
+                for (int64_t q = 0; q < o; ++q) g[q * kk] = (float)(base + (double)(A->colsum[q] - 2 * sm[q]) / s);
         }
 }
 

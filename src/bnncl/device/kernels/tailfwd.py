@@ -295,7 +295,7 @@ def bwd_dx(dxb: np.ndarray, dout: np.ndarray, bcast: int, q: QParams, pos: np.nd
 
 def weight_g(s_minus: np.ndarray, ones: np.ndarray, colsum: np.ndarray, npos: int, cin: int, lo: np.float32,
              s: np.float32, constant: bool, path: str) -> np.ndarray:
-    """The conv's weight gradient ``G`` (9 cin, O) float32 from the weight-gradient kernel's integer sums:
+    """The conv's weight gradient ``G`` (O, 9 cin) float32 from the weight-gradient kernel's integer sums:
     ``s_minus`` (9 nb, O) int64, ``ones`` (9 nb,), ``colsum`` (O,) (``nb`` bits per tap >= ``cin``);
     ``G = lo * (P - 2 ones) + (colsum - 2 s_minus) / s`` in float64, rounded once to float32."""
     o = colsum.shape[0]
@@ -307,8 +307,8 @@ def weight_g(s_minus: np.ndarray, ones: np.ndarray, colsum: np.ndarray, npos: in
         gd = np.float64(lo) * os_[:, None]
         if not constant:
             gd = gd + total / np.float64(s)
-        return np.ascontiguousarray(np.broadcast_to(gd.astype(np.float32), (k, o)))
-    g = np.empty((k, o), dtype=np.float32)
+        return np.ascontiguousarray(np.broadcast_to(gd.astype(np.float32), (k, o)).T)
+    g = np.empty((o, k), dtype=np.float32)
     rc = _lib().bnncl_tail_weight_g(np.ascontiguousarray(s_minus, dtype=np.int64).ctypes.data,
                                     np.ascontiguousarray(ones, dtype=np.int64).ctypes.data,
                                     np.ascontiguousarray(colsum, dtype=np.int64).ctypes.data, npos, cin, nb, o,
