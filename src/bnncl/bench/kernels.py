@@ -145,7 +145,9 @@ def run(threads_list: list[int], repeats: int, min_time: float, quick: bool,
         "kernel_path": kernels.active_path(),
         "torch_version": getattr(torch, "__version__", None),
         "op_count": "2 ops per binary MAC (XNOR + popcount-add), as 2 flops per float MAC",
-        "bnncl_conv_op": "binary_conv2d: packed NHWC input, 3x3, padding 1, fused float32 scale/bias output",
+        "bnncl_conv_op": "binary_conv2d: packed NHWC input, 3x3, padding 1, fused float32 scale/bias output; "
+                         "per call: weights re-laid-out, input copied zero-padded; avx512 path with cin % 32 == 0: "
+                         "direct kernel (32-bit taps read from the padded input, no im2col), else im2col + panels",
         "torch_conv_op": "torch.nn.functional.conv2d float32, channels_last, with bias; torch.matmul for GEMM",
         "limit": "bits per popcount instruction x measured instructions/s (probe) x threads",
         "results": results,
