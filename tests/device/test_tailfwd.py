@@ -208,3 +208,21 @@ def test_weight_g_on_every_path(cin, constant) -> None:
     np.testing.assert_allclose(ref, plain, rtol=1e-6, atol=1e-6 * np.abs(plain).max())
     for path in PATHS:
         assert _same(tailfwd.weight_g(s_minus, ones, colsum, npos, cin, lo, s, constant, path), ref), path
+
+
+@pytest.mark.parametrize("k", [5, 72, 130, 630, 1152])
+def test_latent_grad_equals_numpy_on_every_path(k) -> None:
+    """The C pass replicates NumPy's pairwise float32 row sum: bit for bit the NumPy expression (the
+    oracle), zeros and signed zeros in W and G included."""
+    rng = np.random.default_rng(k)
+    o = 9
+    g = (rng.standard_normal((o, k)) * np.float32(1e-3)).astype(np.float32)
+    w = rng.standard_normal((o, k)).astype(np.float32)
+    w[0, : k // 2] = 0.0
+    w[1, :3] = -0.0
+    g[2] = -0.0
+    g[3, ::2] = 0.0
+    wscale = np.abs(w).mean(axis=1).astype(np.float32)
+    ref = tailfwd.latent_grad(g, w, wscale, "numpy")
+    for path in PATHS:
+        assert _same(tailfwd.latent_grad(g, w, wscale, path), ref), path

@@ -364,7 +364,8 @@ class TailTrainer:
         constant = not hi > lo
         s = np.float32(0.0) if constant else _scale(lo, hi, self.qb)
         g = tailfwd.weight_g(s_minus, ones, colsum, p, blk.cin, lo, s, constant, path)  # (O, 9 I)
-        dw = self._latent_grad(blk, g)
+        dw = tailfwd.latent_grad(g, blk.w_values.reshape(blk.cout, -1), blk.scale, path)
+        dw = fake_quantize(dw.reshape(blk.weight.shape), self.qb)
         if not need_dx:
             return dw, None
         wpat = tailgrad.weight_patterns((blk.w_values < 0).reshape(blk.cout, -1))

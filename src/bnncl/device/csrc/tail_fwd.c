@@ -23,6 +23,8 @@
  *                          and the input-gradient operand (code / s + lo) * scale[o], transposed
  *   bnncl_tail_bwd_dx      dx = (dxb + dxs) * ste  or  dxb * ste + dxs, dxs = shortcut adjoint of dz; min/max
  *   bnncl_tail_weight_g    the conv's weight gradient G (float32) from the exact integer sums of tail_grad.c
+ *   bnncl_tail_latent_grad the latent weight gradient s G + (sum_k sign(W) G) / K sgn(W), the row sums in
+ *                          NumPy's own pairwise order (bit for bit what the NumPy expression gives)
  */
 #include <math.h>
 #include <stdint.h>
@@ -432,6 +434,53 @@ INL void weight_g_body(const tail_g_args *A) {
 }
 
 /* ------------------------------------------------------------------------------------------------ */
+/* latent weight gradient: NumPy's float32 sum, replicated                                           */
+
+/* NumPy's pairwise summation of a contiguous float32 row (numpy/_core/src/umath/loops_utils.h.src):
+ * blocks of <= 128 summed with 8 strided accumulators, larger rows split in two halves (a multiple of 8
+ * first); np.add.reduce starts from the identity 0 (so an all -0.0 row sums to +0.0). */
+static float np_pairwise(const float *a, int64_t n) {
+    if (n < 8) {
+        float r = -0.0f;
+        for (int64_t i = 0; i < n; ++i) r += a[i];
+        return r;
+    }
+    if (n <= 128) {
+        float r[8];
+        for (int j = 0; j < 8; ++j) r[j] = a[j];
+        int64_t i = 8;
+        for (; i < n - (n % 8); i += 8)
+            for (int j = 0; j < 8; ++j) r[j] += a[i + j];
+        float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; ++i) res += a[i];
+        return res;
+    }
+    int64_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return np_pairwise(a, n2) + np_pairwise(a + n2, n - n2);
+}
+
+static float np_row_sum(const float *a, int64_t n) {
+    /* recursion lives outside the always-inline bodies */
+    return 0.0f + np_pairwise(a, n);
+}
+
+/* dW = s_o G + ((sum_k sign(W) G) / K) sgn(W): sign(W) = -1 where W < 0 else 1, sgn(W) = np.sign (0 at 0) */
+INL void latent_grad_body(const float *g, const float *w, const float *wscale, int64_t o, int64_t kk, float *dw,
+                          float *prod) {
+    for (int64_t q = 0; q < o; ++q) {
+        const float *restrict gq = g + q * kk, *restrict wq = w + q * kk;
+        float *restrict dq = dw + q * kk;
+        for (int64_t j = 0; j < kk; ++j) prod[j] = sel(wq[j] < 0.0f, -gq[j], gq[j]);
+        const float f = np_row_sum(prod, kk) / (float)kk, sc = wscale[q];
+        for (int64_t j = 0; j < kk; ++j) {
+            const float sg = sel(wq[j] > 0.0f, 1.0f, sel(wq[j] < 0.0f, -1.0f, 0.0f));
+            dq[j] = sc * gq[j] + f * sg;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------ */
 /* the same bodies compiled for each target                                                         */
 
 #define VARIANTS(name, params, call)                 \
@@ -468,6 +517,9 @@ VARIANTS(bwd_codes,
          bwd_codes_body(v, npos, o, cst, lo, s, ct, cs, scale, dT, dr, ds))
 VARIANTS(bwd_dx, (const tail_dx_args *A, float *mm, float *wk), bwd_dx_body(A, mm, wk))
 VARIANTS(weight_g, (const tail_g_args *A), weight_g_body(A))
+VARIANTS(latent_grad,
+         (const float *g, const float *w, const float *ws, int64_t o, int64_t kk, float *dw, float *prod),
+         latent_grad_body(g, w, ws, o, kk, dw, prod))
 
 /* ------------------------------------------------------------------------------------------------ */
 /* public entry points (ctypes); return 0, or 1 when the path is not supported                      */
@@ -543,5 +595,15 @@ int bnncl_tail_weight_g(const int64_t *s_minus, const int64_t *ones, const int64
     if (!path_ok(path)) return 1;
     tail_g_args A = {s_minus, ones, colsum, npos, cin, nb, o, lo, s, constant, g};
     DISPATCH(weight_g, path, (&A));
+    return 0;
+}
+
+int bnncl_tail_latent_grad(const float *g, const float *w, const float *wscale, int64_t o, int64_t kk, float *dw,
+                           int path) {
+    if (!path_ok(path)) return 1;
+    float *prod = malloc((size_t)(kk > 0 ? kk : 1) * sizeof(float));
+    if (!prod) return 2;
+    DISPATCH(latent_grad, path, (g, w, wscale, o, kk, dw, prod));
+    free(prod);
     return 0;
 }

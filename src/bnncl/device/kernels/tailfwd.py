@@ -17,6 +17,8 @@ in the same order, so every path agrees bit for bit (``tests/device/test_tailfwd
   (the layout :func:`tailgrad.dgrad` reads);
 * :func:`weight_g`: the conv's weight gradient ``G = lo * (P - 2 ones) + (colsum - 2 S) / s`` (float64,
   then float32) from the exact integer sums of :func:`tailgrad.wgrad_minus_tiled`;
+* :func:`latent_grad`: ``dW = mean|W| G + (sum_k sign(W) G) / K sgn(W)`` (the C pass sums each row in
+  NumPy's own pairwise order, so it equals the NumPy expression bit for bit);
 * :func:`bwd_dx`: ``dx = (dxb + dxs) * ste`` (binary shortcut input) or ``dxb * ste + dxs``, ``dxs`` the
   shortcut adjoint of ``dz`` (copies summed in order, 2x2 pool: a quarter each); min/max.
 
@@ -54,6 +56,7 @@ def _lib() -> ctypes.CDLL:
             "bnncl_tail_bwd_v": [_p, _i64, _int, _f, _f, _p, _p, _i64, _i64, _p, _p, _p, _int],
             "bnncl_tail_bwd_codes": [_p, _i64, _i64, _int, _f, _f, _p, _p, _p, _p, _i64, _i64, _int],
             "bnncl_tail_weight_g": [_p, _p, _p, _i64, _i64, _i64, _i64, _f, _f, _int, _p, _int],
+            "bnncl_tail_latent_grad": [_p, _p, _p, _i64, _i64, _p, _int],
             "bnncl_tail_bwd_dx": [_p, _p, _i64, _int, _f, _f, _p, _p, _i64, _i64, _i64, _i64, _i64, _i64, _p, _int,
                                   _p, _p, _int],
         }
@@ -315,3 +318,20 @@ def weight_g(s_minus: np.ndarray, ones: np.ndarray, colsum: np.ndarray, npos: in
                                     np.float32(lo), np.float32(s), int(constant), g.ctypes.data, native.PATH_IDS[path])
     _check(rc, "tail_weight_g")
     return g
+
+
+def latent_grad(g: np.ndarray, w: np.ndarray, wscale: np.ndarray, path: str) -> np.ndarray:
+    """``g`` (O, K) float32 C-contiguous, ``w`` (O, K) latent weights, ``wscale`` (O,) mean|W| ->
+    ``dW = wscale G + (sum_k sign(W) G) / K sgn(W)`` (sign(0) = 1 in the sum, sgn(0) = 0), float32."""
+    o, k = g.shape
+    if path == "numpy":
+        sw = np.where(w < 0, np.float32(-1.0), np.float32(1.0))
+        dscale = (sw * g).sum(axis=1, dtype=np.float32)
+        return wscale[:, None] * g + (dscale / np.float32(k))[:, None] * np.sign(w).astype(np.float32)
+    dw = np.empty((o, k), dtype=np.float32)
+    rc = _lib().bnncl_tail_latent_grad(np.ascontiguousarray(g, dtype=np.float32).ctypes.data,
+                                       np.ascontiguousarray(w, dtype=np.float32).ctypes.data,
+                                       np.ascontiguousarray(wscale, dtype=np.float32).ctypes.data, o, k,
+                                       dw.ctypes.data, native.PATH_IDS[path])
+    _check(rc, "tail_latent_grad")
+    return dw
