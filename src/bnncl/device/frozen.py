@@ -149,10 +149,10 @@ class FrozenEngine:
         self._head_t = np.ascontiguousarray(t["head.weight"].T)
         self._geometry = block_geometry(self.arch)
 
-    def plan(self) -> one_call.ForwardPlan | None:
+    def plan(self, path: str | None = None) -> one_call.ForwardPlan | None:
         """The one-call forward plan (built on first use), or None when it does not apply: ``fused=False``,
-        the ``numpy`` kernel path, or no C core."""
-        if not self.fused or kernels.active_path() == "numpy" or not one_call.available():
+        the ``numpy`` kernel path (``path``, default the active one), or no C core."""
+        if not self.fused or (path or kernels.active_path()) == "numpy" or not one_call.available():
             return None
         if self._plan is None:
             h, w, c = self.input_shape
@@ -252,10 +252,11 @@ class FrozenEngine:
     # -- internals -------------------------------------------------------------------------
     def _run(self, images: np.ndarray, stop: int, pack_last: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Activations at split index ``stop`` and (``pack_last``) the packed signs of ``z + b[stop]``."""
-        plan = self.plan()
+        path = kernels.active_path()
+        plan = self.plan(path)
         if plan is None:
             return self.run_layers(images, stop, pack_last)
-        return plan.run(images, stop, pack_last, self.threads, kernels.active_path())
+        return plan.run(images, stop, pack_last, self.threads, path)
 
     def run_layers(self, images: np.ndarray, stop: int, pack_last: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`_run` stage by stage (stem, then one conv + one epilogue call per block): the oracle of

@@ -287,17 +287,27 @@ TGT void bnncl_direct_avx512(const bnncl_direct *d, int64_t r0, int64_t rows, co
         /* pointers advance by one output pixel along a line, recomputed at line starts */
         const int64_t bstep = d->stride * d->u;
         const uint32_t *bq = d->img + ((b * d->hp + oy * d->stride) * d->wp + ox * d->stride) * d->u;
+        const float *sq = NULL;
+        uint32_t *dq = NULL;
+        int64_t sstep = 0, dstep = 0;
+        if (be) {
+            sstep = be->stride * be->cin, dstep = be->bits ? be->bu : 0;
+            sq = be->src + ((b * be->h + oy * be->stride) * be->w + ox * be->stride) * be->cin;
+            dq = be->bits ? be->bits + ((b * be->bhp + oy + be->boff) * be->bwp + ox + be->boff) * be->bu : NULL;
+        }
         for (int64_t i = 0; i < n; ++i) {
-            bp[i] = bq;
+            bp[i] = bq, sp[i] = sq, dp[i] = dq;
             bq += bstep;
-            if (be) {
-                sp[i] = be->src + ((b * be->h + oy * be->stride) * be->w + ox * be->stride) * be->cin;
-                dp[i] = be->bits ? be->bits + ((b * be->bhp + oy + be->boff) * be->bwp + ox + be->boff) * be->bu : NULL;
-            }
+            if (sq) sq += sstep;
+            if (dq) dq += dstep;
             if (++ox == d->wo) {
                 ox = 0;
                 if (++oy == d->ho) oy = 0, ++b;
                 bq = d->img + (b * d->hp + oy * d->stride) * d->wp * d->u;
+                if (be) {
+                    sq = be->src + (b * be->h + oy * be->stride) * be->w * be->cin;
+                    dq = be->bits ? be->bits + ((b * be->bhp + oy + be->boff) * be->bwp + be->boff) * be->bu : NULL;
+                }
             }
         }
         drows rp = {bp, be ? sp : NULL, be ? dp : NULL};
