@@ -1,8 +1,9 @@
-"""A binary convolution whose weights are packed into the C core's panels once.
+"""A binary convolution whose weights are laid out for the C core's kernels once.
 
 :func:`bnncl.device.kernels.binary_conv2d` rebuilds the weight panels on every call (about 10 us,
-most of a batch-1 call on small maps).  :class:`PackedBinaryConv` builds them once and then calls
-``bnncl_conv2d_prepacked``; on the ``numpy`` path (or without the C core) it calls
+most of a batch-1 call on small maps).  :class:`PackedBinaryConv` builds them once (the panels of the
+im2col kernels and, for ``in_channels % 32 == 0``, the layout of the AVX-512 direct kernel) and then
+calls ``bnncl_conv2d_prepacked``; on the ``numpy`` path (or without the C core) it calls
 :func:`binary_conv2d`.  Same output as :func:`binary_conv2d` on every path.
 """
 
