@@ -115,3 +115,19 @@ def test_dgrad_col2im_fused_on_every_path(shape, threads) -> None:
     for path in PATHS:
         got = tailgrad.dgrad_col2im(dt, wpat, (b, h, w, c), stride, path, threads)
         assert np.array_equal(got, ref), path
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_wgrad_threads_equal_one_thread(threads) -> None:
+    rng = np.random.default_rng(threads)
+    pat = rng.integers(0, 256, size=(9, 500), dtype=np.uint8)
+    pat[:, :100] = 0
+    codes = rng.integers(0, 2**16, size=(500, 40)).astype(np.int32)
+    full = np.zeros((500, 48), np.int32)
+    full[:, :40] = codes
+    ctile = np.ascontiguousarray(full.reshape(500, 3, 16).transpose(1, 0, 2))
+    for path in PATHS:
+        one = tailgrad.wgrad_minus_tiled(pat, ctile, 40, 2**16 - 1, path, 1)
+        many = tailgrad.wgrad_minus_tiled(pat, ctile, 40, 2**16 - 1, path, threads)
+        assert all(np.array_equal(a, b) for a, b in zip(one, many)), path
+        assert all(np.array_equal(a, b) for a, b in zip(one, tailgrad.wgrad_minus(pat, codes, 2**16 - 1, "numpy")))
