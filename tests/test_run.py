@@ -96,3 +96,14 @@ def test_new_per_class_flag_rejects_nonsense(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--new-per-class", "0"])
     assert "expected a positive integer or 'all'" in capsys.readouterr().err
+
+
+def test_settings_line_names_the_resolved_settings():
+    from dataclasses import asdict
+
+    from bnncl.experiment import config_for
+    from bnncl.report.tables import settings_line
+
+    line = settings_line(asdict(config_for("cifar10-b5")))
+    assert "epochs 16" in line and "lr 0.2" in line and "new per class 300" in line and "8/16/8" in line
+    assert "new per class all" in settings_line(asdict(config_for()))

@@ -84,7 +84,7 @@ def _run_one(cfg, label: str, quiet: bool = False) -> dict:
     from tqdm import tqdm
 
     from bnncl.experiment import run_protocol
-    from bnncl.report.tables import experience_header, experience_row, summary_lines
+    from bnncl.report.tables import experience_header, experience_row, settings_line, summary_lines
 
     bars: dict[int, tqdm] = {}
 
@@ -105,6 +105,7 @@ def _run_one(cfg, label: str, quiet: bool = False) -> dict:
         print(experience_row(asdict(e)), flush=True)
 
     print(f"== {label}")
+    print(settings_line(asdict(cfg)))
     print(experience_header())
     result = run_protocol(cfg, on_batch, on_experience)
     for line in summary_lines(result):

@@ -9,6 +9,15 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def settings_line(config: dict[str, Any]) -> str:
+    """One line with the learning settings a run used (a ``RunConfig`` as a dict)."""
+    c = config
+    cap = "all" if c.get("new_per_class") is None else c["new_per_class"]
+    return (f"K={c['tail_blocks']} tail blocks, q_f/q_b/q_w {c['qf']}/{c['qb']}/{c['qw']}, LR {c['lr_bits']} bit, "
+            f"buffer {c['buffer']}, epochs {c['epochs']}, lr {c['lr']}, minibatch {c['minibatch']}, "
+            f"new per class {cap}, {c['strategy']}, seed {c['seed']}")
+
+
 def experience_header() -> str:
     """Header of the per-experience table printed while a run goes."""
     return f"{'exp':>3}  {'classes':<10}{'acc all %':>10}{'acc seen %':>11}{'train s':>9}{'new':>7}{'replay':>8}"
