@@ -123,3 +123,21 @@ def test_every_split_binary(path, model_file):
     dm = DeviceModel.load(model_file)
     dm.architecture["binary_latents"] = [f"block{i}" for i in range(len(dm.architecture["blocks"]))]
     _assert_same(FrozenEngine(dm), FrozenEngine(dm, fused=False), _images(dm, 3, seed=4))
+
+
+@pytest.mark.skipif(not MODELS, reason="no shipped .bnn models")
+@pytest.mark.parametrize("name", ["avx512", "avx2", "scalar"])
+def test_env_forced_path(monkeypatch, name):
+    """``BNNCL_KERNEL`` (read at every call) picks the kernels of the one C call too."""
+    from bnncl.device import kernels
+
+    if name not in kernels.available_paths():
+        pytest.skip(f"kernel path {name!r} not available here")
+    dm = DeviceModel.load(MODELS[-1])
+    images = _images(dm, 2, seed=7)
+    eng = FrozenEngine(dm)
+    with kernels.kernel_path(name):
+        ref = FrozenEngine(dm, fused=False).latents(images, packed=True)
+    monkeypatch.setenv("BNNCL_KERNEL", name)
+    assert kernels.active_path() == name
+    assert np.array_equal(eng.latents(images, packed=True), ref)
