@@ -93,3 +93,11 @@ def test_bad_bits_rejected(bad: object) -> None:
 def test_codes_on_grid_needs_a_grid() -> None:
     with pytest.raises(ValueError, match="no grid"):
         codes_on_grid(np.ones(2), QTensor(np.ones(2, np.float32), np.float32(0), np.float32(0), 32))
+
+
+def test_range_below_float32_resolution_is_one_level() -> None:
+    # s = 7 / 1.2e-38 overflows float32: both quantizers give the constant min (was NaN / 0)
+    x = np.array([1.1754944e-38, 0.0], dtype=np.float32)
+    q = quantize(x, 3)
+    assert q.constant and np.array_equal(q.dequantize(), np.zeros(2, np.float32))
+    np.testing.assert_array_equal(_torch_q(x, 3), np.zeros(2, np.float32))

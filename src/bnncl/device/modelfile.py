@@ -94,16 +94,23 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+MAX_SIDE = 4096  # input height / width a device model may declare
+MAX_INPUT_CHANNELS = 4  # grey, RGB, RGBA
+MAX_CHANNELS = 1 << 16  # stem / block channels and classes
+
+
 def _check_architecture(arch: Any) -> dict[str, Any]:
     if not isinstance(arch, dict) or not _ARCH_KEYS <= set(arch):
         got = sorted(arch) if isinstance(arch, dict) else type(arch).__name__
         raise ValueError(f"architecture: expected keys {sorted(_ARCH_KEYS)}, got {got}")
-    ints = lambda v: _is_int(v) and v > 0  # noqa: E731
+    ints = lambda v: _is_int(v) and 0 < v <= MAX_CHANNELS  # noqa: E731
     shape = arch["input_shape"]
-    if not (isinstance(shape, list) and len(shape) == 3 and all(ints(v) for v in shape)):
-        raise ValueError(f"architecture.input_shape: expected [H, W, C] of positive ints, got {shape!r}")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(v) for v in shape)
+            and 0 < shape[0] <= MAX_SIDE and 0 < shape[1] <= MAX_SIDE and 0 < shape[2] <= MAX_INPUT_CHANNELS):
+        raise ValueError(f"architecture.input_shape: expected [H, W, C] with 1 <= H, W <= {MAX_SIDE} and "
+                         f"1 <= C <= {MAX_INPUT_CHANNELS}, got {shape!r}")
     if not ints(arch["stem_channels"]) or not ints(arch["num_classes"]):
-        raise ValueError("architecture: stem_channels and num_classes must be positive ints")
+        raise ValueError(f"architecture: stem_channels and num_classes must be ints in [1, {MAX_CHANNELS}]")
     blocks = arch["blocks"]
     if not (isinstance(blocks, list) and blocks and all(
             isinstance(b, list) and len(b) == 2 and ints(b[0]) and ints(b[1]) and b[1] in (1, 2) for b in blocks)):

@@ -1,7 +1,8 @@
 """The device's uniform quantizer (DESIGN.md §1.5), NumPy only: tensors stored at their bit width.
 
 ``q(x) = round((x - min) * s) / s + min`` with ``s = (2^b - 1) / (max - min)``, per tensor, from the
-tensor's own min/max; a constant tensor (``max == min``, e.g. all zeros) is returned unchanged; 32 bits
+tensor's own min/max; a constant tensor (``max == min``, e.g. all zeros) is returned unchanged, and a
+range too small for float32 to hold ``s`` (it overflows) gives the constant ``min``; 32 bits
 means float32, no quantization. The arithmetic is float32 step by step in the order
 :func:`bnncl.nn.quantizers.uniform_quantize` uses (torch computes ``c / t`` for a Python scalar ``c``
 and a tensor ``t`` as ``reciprocal(t) * c``), so the de-quantized values agree bit for bit with the
@@ -44,6 +45,15 @@ def _scale(lo: np.float32, hi: np.float32, bits: int) -> np.float32:
     """``(2^b - 1) / (max - min)`` computed as torch does: ``reciprocal(max - min) * (2^b - 1)``."""
     with np.errstate(over="ignore", divide="ignore"):
         return np.float32(np.float32(1.0) / np.float32(hi - lo)) * np.float32(2.0**bits - 1.0)
+
+
+def grid_scale(lo: np.float32, hi: np.float32, bits: int) -> np.float32 | None:
+    """The grid's ``s`` for the range ``[lo, hi]`` at ``bits`` bits, or None when the tensor is one level:
+    constant (``hi <= lo``) or a range below float32 resolution (``s`` overflows)."""
+    if not hi > lo:
+        return None
+    s = _scale(lo, hi, bits)
+    return s if np.isfinite(s) else None
 
 
 @dataclass
@@ -102,9 +112,9 @@ def quantize(x: np.ndarray, bits: int) -> QTensor:
     if x.size == 0:
         return QTensor(np.zeros(x.shape, dtype=code_dtype(bits)), np.float32(0.0), np.float32(0.0), bits)
     lo, hi = np.float32(x.min()), np.float32(x.max())
-    if not hi > lo:
+    s = grid_scale(lo, hi, bits)
+    if s is None:
         return QTensor(np.zeros(x.shape, dtype=code_dtype(bits)), lo, lo, bits)
-    s = _scale(lo, hi, bits)
     codes = np.rint((x - lo) * s)
     return QTensor(codes.astype(code_dtype(bits)), lo, hi, bits)
 

@@ -64,6 +64,8 @@ class _UniformSTE(torch.autograd.Function):
         if hi <= lo:
             return x.clone()
         s = (2.0**bits - 1.0) / (hi - lo)
+        if not torch.isfinite(s):  # a range below float32 resolution: one level, as a constant tensor
+            return torch.full_like(x, lo.item())
         return torch.round((x - lo) * s) / s + lo
 
     @staticmethod
