@@ -57,7 +57,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                      _b5, True),
         ProtocolSpec("fmnist-full-b5", "fmnist", "fmnist-b5",
                      "Fashion-MNIST (full release): base classes 0-4 pretrained, then 5..9 one per experience",
-                     _b5, True),
+                     _b5, True, {"new_per_class": 600}),  # 6000 images per new class: 70.6% uncapped, 76.9% at 600
         ProtocolSpec("cifar10-b5", "cifar10", "cifar10-b5",
                      "CIFAR-10: base classes 0-4 pretrained, then 5..9 one per experience", _b5, True,
                      # 5000 images of one new class against 300 replayed per old class: a fresh subset of
