@@ -52,11 +52,14 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from bnncl.nn.backbones import CONFIGS
     from bnncl.nn.pretrain import PretrainSettings, pretrain
 
+    from dataclasses import replace
+
     train, test = load_dataset(args.data, "train"), load_dataset(args.data, "test")
-    config = CONFIGS[args.arch](binary=not args.float)
+    config = replace(CONFIGS[args.arch](binary=not args.float), stem_bits=args.stem_bits)
     settings = PretrainSettings(classes=args.classes, epochs=args.epochs, batch_size=args.batch_size,
                                 lr=args.lr, seed=args.seed, crop_pad=args.crop_pad, hflip=not args.no_flip,
-                                threads=args.threads, max_steps=args.max_steps)
+                                threads=args.threads, max_steps=args.max_steps, init=args.init,
+                                warmup_epochs=args.warmup_epochs)
     _, record = pretrain(train, test, config, settings, args.output, resume=args.resume, dataset_name=args.data,
                       progress=not args.no_progress)
     if record.get("test_accuracy") is not None:
@@ -207,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--float", action="store_true", help="train the float twin (fp32 network baseline)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up before the cosine decay (default 1)")
+    p.add_argument("--stem-bits", type=int, choices=[8, 32], default=32,
+                   help="8: train the stem fake-quantized as the int8 device stem (default 32: float stem)")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="start from this model's weights (same architecture and classes), e.g. to fine-tune "
+                        "a shipped model with --stem-bits 8")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT.ckpt")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-o", "--output", required=True)

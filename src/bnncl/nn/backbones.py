@@ -11,6 +11,10 @@ pooling). The tail for ``K`` trainable blocks starts at ``split_for_tail(K)``. A
 its conv and its shortcut, so a 1-bit latent replay at that point is exact (DESIGN.md §4 lesson).
 
 ``binary=False`` builds the float twin: the same code path with binarization switched off.
+
+``stem_bits=8`` runs the stem conv with the weights the int8 device stem uses (quantization-aware
+training): ``dequantize(int8(w / (255 std))) * 255 std`` per input channel, straight-through gradient
+(:func:`bnncl.nn.quantizers.fake_int8_stem_weight`); 32 (default) is the float stem.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import torch
 from torch import nn
 
 from bnncl.nn.layers import BinaryConv2d, LearnableBias, RPReLU
-from bnncl.nn.quantizers import SignQuantizer
+from bnncl.nn.quantizers import SignQuantizer, fake_int8_stem_weight
+
+STEM_BITS = (8, 32)
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,11 @@ class BackboneConfig:
     sign_gradient: str = "ste"
     mean: tuple[float, ...] = field(default=())  # input normalisation per channel, in [0, 1] units
     std: tuple[float, ...] = field(default=())
+    stem_bits: int = 32  # 8: the stem conv is fake-quantized as the int8 device stem (QAT)
 
     def __post_init__(self) -> None:
+        if self.stem_bits not in STEM_BITS:
+            raise ValueError(f"stem_bits must be one of {STEM_BITS}, got {self.stem_bits!r}")
         for s in self.binary_latents:
             if s not in self.split_names():
                 raise ValueError(f"binary latent split {s!r} is not one of {self.split_names()}")
@@ -68,6 +77,7 @@ class BackboneConfig:
         d["blocks"] = tuple(tuple(b) for b in d["blocks"])
         d["binary_latents"] = tuple(d["binary_latents"])
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        d.setdefault("stem_bits", 32)  # files written before quantization-aware stems
         return cls(**d)
 
 
@@ -110,6 +120,28 @@ class Shortcut(nn.Module):
         return x.repeat(1, self.repeat, 1, 1) if self.repeat > 1 else x
 
 
+class StemConv2d(nn.Conv2d):
+    """The stem's 3x3 conv (no bias); ``bits=8`` applies :func:`fake_int8_stem_weight` with the
+    normalisation ``std`` (all ones when the config has none)."""
+
+    def __init__(self, cin: int, cout: int, bits: int = 32, std: tuple[float, ...] = ()) -> None:
+        super().__init__(cin, cout, 3, 1, 1, bias=False)
+        self.bits = bits
+        self.std = tuple(float(s) for s in std) if std else (1.0,) * cin
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the forward uses (the dequantized int8 stem when ``bits == 8``)."""
+        return fake_int8_stem_weight(self.weight, self.std) if self.bits == 8 else self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bits == 8:
+            return self._conv_forward(x, self.effective_weight(), None)
+        return super().forward(x)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", int8 (fake-quantized)" if self.bits == 8 else "")
+
+
 class BinaryBlock(nn.Module):
     """``RPReLU(BN(conv3x3(sign(x + b))) + shortcut(x))``; ``binary_input`` feeds ``sign(x + b)`` to both."""
 
@@ -139,7 +171,7 @@ class Backbone(nn.Module):
         self.config = config
         h, w, c = config.input_shape
         self.stem = nn.Sequential(
-            nn.Conv2d(c, config.stem_channels, 3, 1, 1, bias=False),
+            StemConv2d(c, config.stem_channels, config.stem_bits, config.std),
             nn.BatchNorm2d(config.stem_channels),
             RPReLU(config.stem_channels),
         )

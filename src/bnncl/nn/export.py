@@ -30,6 +30,7 @@ from bnncl.device.modelfile import (
 from bnncl.errors import BnnclError, ModelFileError
 from bnncl.nn.backbones import Backbone, BackboneConfig
 from bnncl.nn.checkpoint import load_model, read_metadata
+from bnncl.nn.quantizers import dequantize_per_channel, fold_stem_weight, stem_int8
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -49,19 +50,18 @@ def _act(prefix: str, act: torch.nn.Module) -> dict[str, np.ndarray]:
 
 
 def _stem_tensors(model: Backbone) -> dict[str, np.ndarray]:
+    """Stem weights with ``1/(255 std)`` folded in, int8 by :func:`bnncl.nn.quantizers.stem_int8` (the
+    quantizer the host's ``stem_bits=8`` forward uses) plus a float32 copy: the folded float weights,
+    or for a ``stem_bits=8`` model the dequantized int8 weights (what that model was trained with)."""
     cfg = model.config
     conv, bn, act = model.stem
-    std = np.asarray(cfg.std, np.float64) * 255.0
-    w = _np(conv.weight).astype(np.float64) / std[None, :, None, None]  # fold 1/(255 std)
-    w = w.transpose(0, 2, 3, 1)  # (O, KH, KW, C)
-    wmax = np.abs(w).reshape(w.shape[0], -1).max(axis=1)
-    wscale = np.where(wmax > 0, wmax / 127.0, 1.0)
-    q = np.clip(np.round(w / wscale[:, None, None, None]), -127, 127).astype(np.int8)
+    q, wscale = stem_int8(conv.weight, cfg.std)
+    folded = dequantize_per_channel(q, wscale, torch.float64) if cfg.stem_bits == 8 else fold_stem_weight(conv.weight, cfg.std)
     alpha, beta = _bn_affine(bn)
     return {
-        "stem.weight": q,
-        "stem.weight_scale": wscale.astype(np.float32),
-        "stem.weight_float": w.astype(np.float32),
+        "stem.weight": np.ascontiguousarray(_np(q).transpose(0, 2, 3, 1)),  # (O, KH, KW, C)
+        "stem.weight_scale": _np(wscale).astype(np.float32),
+        "stem.weight_float": _np(folded).transpose(0, 2, 3, 1).astype(np.float32),
         "stem.input_offset": (np.asarray(cfg.mean, np.float64) * 255.0).astype(np.float32),
         "stem.scale": alpha.astype(np.float32),
         "stem.bias": beta.astype(np.float32),
@@ -97,8 +97,9 @@ def _layers(cfg: BackboneConfig, tail_blocks: int) -> list[dict[str, Any]]:
     h, w, c = cfg.input_shape
     arch = json.loads(cfg.to_json())
     layers: list[dict[str, Any]] = [{
-        "name": "stem", "kind": "conv3x3 + BN + RPReLU (int8; float32 copy)", "weight_bits": STEM_BITS,
-        "input_bits": 8,
+        "name": "stem", "kind": "conv3x3 + BN + RPReLU (int8; float32 copy)" if cfg.stem_bits != 8 else
+        "conv3x3 + BN + RPReLU (int8, quantization-aware trained; float32 copy = dequantized int8)",
+        "weight_bits": STEM_BITS, "input_bits": 8,
         "in_channels": c, "out_channels": cfg.stem_channels, "stride": 1, "input_hw": [h, w]}]
     n = len(cfg.blocks)
     for i, g in enumerate(block_geometry(arch)):

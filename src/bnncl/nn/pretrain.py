@@ -45,6 +45,7 @@ class PretrainSettings:
     hflip: bool = True
     threads: int | None = None
     max_steps: int | None = None  # stop early (tests, smoke runs)
+    init: str | None = None  # start from this model file's weights (same architecture; fine-tuning)
 
 
 @dataclass
@@ -114,6 +115,26 @@ def _machine() -> dict[str, Any]:
                              "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+_ARCH_FIELDS = ("input_shape", "stem_channels", "blocks", "binary", "binary_latents", "sign_gradient")
+
+
+def _init_from(path: str, config: BackboneConfig, num_classes: int) -> tuple[Backbone, BackboneConfig]:
+    """The model in ``path`` (for its weights) and the config to train: ``config``'s training options
+    (``stem_bits``) on the initial model's architecture and input normalisation (its weights were trained
+    with that mean/std).  A different architecture or class count is a user error."""
+    from bnncl.nn.export import load_host_model  # a model file or a pretraining checkpoint
+
+    init, _ = load_host_model(path)
+    icfg = init.config
+    diff = [f for f in _ARCH_FIELDS if getattr(icfg, f) != getattr(config, f)]
+    if icfg.num_classes != num_classes:
+        diff.append(f"num_classes ({icfg.num_classes} vs {num_classes} classes to train)")
+    if diff:
+        raise BnnclError(f"--init {path}: {icfg.name} does not match the {config.name} architecture to train "
+                         f"(differs in {', '.join(diff)})")
+    return init, replace(icfg, stem_bits=config.stem_bits)
+
+
 def pretrain(
     train: ImageDataset,
     test: ImageDataset,
@@ -144,11 +165,16 @@ def pretrain(
     if train.image_shape != config.input_shape:
         raise BnnclError(f"images are {train.image_shape}, the {config.name} backbone expects {config.input_shape}")
     y_tr, y_te = _remap(tr.labels, classes), _remap(te.labels, classes)
-    mean, std = dataset_stats(tr.images)
-    config = replace(config, num_classes=len(classes), mean=mean, std=std)
+    if settings.init:
+        init_model, config = _init_from(settings.init, config, len(classes))
+    else:
+        mean, std = dataset_stats(tr.images)
+        config = replace(config, num_classes=len(classes), mean=mean, std=std)
 
     torch.manual_seed(settings.seed)
     model = Backbone(config)
+    if settings.init:
+        model.load_state_dict(init_model.state_dict(), strict=True)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.dim() > 1 and "head" not in name else no_decay).append(p)

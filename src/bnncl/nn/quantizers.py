@@ -96,3 +96,58 @@ class UniformQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"precision={self.precision}"
+
+
+def int8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 (dim 0 = output channel): ``(q int8, scale)`` with
+    ``scale = max|w| / 127`` (1 for an all-zero channel) and ``q = clip(round(w / scale), -127, 127)``.
+
+    The one quantizer of the stem weights: the device export (``stem.weight`` / ``stem.weight_scale``)
+    and the host's fake-quantized stem (``stem_bits=8``) both call it.  Any float dtype; ``scale`` has
+    ``w``'s dtype and shape ``(O,)``.  No gradient (see :func:`fake_int8_per_channel`)."""
+    if not w.is_floating_point():
+        raise TypeError(f"int8_per_channel: expected a float tensor, got {w.dtype}")
+    w = w.detach()
+    wmax = w.abs().reshape(w.shape[0], -1).amax(dim=1)
+    scale = torch.where(wmax > 0, wmax / 127.0, torch.ones_like(wmax))
+    q = torch.clamp(torch.round(w / scale.view(-1, *([1] * (w.dim() - 1)))), -127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_per_channel(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``q * scale`` per output channel (dim 0), in ``dtype``."""
+    return (q.to(torch.float64) * scale.to(torch.float64).view(-1, *([1] * (q.dim() - 1)))).to(dtype)
+
+
+def fold_stem_weight(w: torch.Tensor, std: tuple[float, ...] | list[float]) -> torch.Tensor:
+    """The stem conv weight (O, C, KH, KW) with the input normalisation's ``1/(255 std)`` folded in per
+    input channel, in float64: the weights the device applies to ``pixel - 255 mean``."""
+    s = torch.as_tensor(std, dtype=torch.float64) * 255.0
+    return w.detach().to(torch.float64) / s.view(1, -1, 1, 1)
+
+
+def stem_int8(w: torch.Tensor, std: tuple[float, ...] | list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``int8_per_channel`` of the folded stem weight: ``(q (O, C, KH, KW) int8, scale (O,) float64)``."""
+    return int8_per_channel(fold_stem_weight(w, std))
+
+
+def fake_int8_stem_weight(w: torch.Tensor, std: tuple[float, ...] | list[float]) -> torch.Tensor:
+    """The stem weight as the int8 device stem applies it, back in the normalised-input domain:
+    ``dequantize(int8(w / (255 std))) * 255 std`` per input channel (computed in float64, returned in
+    ``w``'s dtype), with a straight-through (identity) gradient to ``w``."""
+    q, scale = stem_int8(w, std)
+    s = torch.as_tensor(std, dtype=torch.float64) * 255.0
+    w_eff = (dequantize_per_channel(q, scale, torch.float64) * s.view(1, -1, 1, 1)).to(w.dtype)
+    return _StraightThrough.apply(w, w_eff)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward ``value`` exactly (``w + (value - w).detach()`` would round in float32); gradient to ``w``."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, value: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None
