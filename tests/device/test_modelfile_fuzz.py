@@ -153,8 +153,12 @@ def runs(model: DeviceModel) -> np.ndarray:
     model.tail_parameters(man["tail_blocks"])
     for cout, stride in model.architecture["blocks"]:
         assert type(cout) is int and type(stride) is int
-    logits = FrozenEngine(model).logits(IMAGES)
-    assert logits.shape == (len(IMAGES), model.architecture["num_classes"]) and logits.dtype == np.float32
+    h, w, c = model.architecture["input_shape"]  # a forged manifest may declare another valid input size
+    images = IMAGES if IMAGES.shape[1:] == (h, w, c) else np.random.default_rng(0).integers(
+        0, 256, size=(2, h, w, c), dtype=np.uint8) if h * w * c <= 1 << 20 else None
+    if images is not None:
+        logits = FrozenEngine(model).logits(images)
+        assert logits.shape == (len(images), model.architecture["num_classes"]) and logits.dtype == np.float32
     model.split_for_tail(man["tail_blocks"])
     model.is_binary_split(model.lr_split)
     return logits
@@ -314,6 +318,7 @@ def rewrite(original, name: str, tensors: dict, meta: dict, manifest, fix: str) 
 )
 @example([(("checksum", "value"), "replace", None)], "tensors")  # the fix undoes the change: loads
 @example([(("architecture", "input_shape", 0), "huge", None)], "both")  # refused, not a NumPy error
+@example([(("architecture", "input_shape", 0), "replace", 2)], "both")  # another valid input size: runs
 def test_rewritten_manifest_values_are_refused_or_valid(original, changes, fix):
     manifest = copy.deepcopy(original["model"].manifest)
     for path, kind, new in changes:
