@@ -59,9 +59,9 @@ from bnncl.device.kernels.tailfwd import QParams
 from bnncl.device.quantize import (
     FLOAT_BITS,
     QTensor,
-    _scale,
     check_bits,
     fake_quantize,
+    grid_scale,
     quantize,
 )
 from bnncl.device.tail_layers import (
@@ -361,8 +361,9 @@ class TailTrainer:
         # + (sum_p c - 2 * sum of c where xb = -1) / s; additions only (tailgrad.wgrad_minus_tiled)
         pat = tailgrad.patterns(xb_packed, blk.stride, path)
         s_minus, ones = tailgrad.wgrad_minus_tiled(pat, ctile, blk.cout, (1 << self.qb) - 1, path, self.threads)
-        constant = not hi > lo
-        s = np.float32(0.0) if constant else _scale(lo, hi, self.qb)
+        grid = grid_scale(lo, hi, self.qb)
+        constant = grid is None
+        s = np.float32(0.0) if constant else grid
         g = tailfwd.weight_g(s_minus, ones, colsum, p, blk.cin, lo, s, constant, path)  # (O, 9 I)
         dw = tailfwd.latent_grad(g, blk.w_values.reshape(blk.cout, -1), blk.scale, path)
         dw = fake_quantize(dw.reshape(blk.weight.shape), self.qb)

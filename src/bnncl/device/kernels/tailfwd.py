@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 from bnncl.device.kernels import native
-from bnncl.device.quantize import FLOAT_BITS, _scale
+from bnncl.device.quantize import FLOAT_BITS, grid_scale
 
 LANES = 16
 _p, _i64, _int, _f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
@@ -89,9 +89,10 @@ class QParams(NamedTuple):
     @staticmethod
     def of(lo: float, hi: float, bits: int) -> QParams:
         lo, hi = np.float32(lo), np.float32(hi)
-        if bits == FLOAT_BITS or not hi > lo:
+        s = None if bits == FLOAT_BITS else grid_scale(lo, hi, bits)
+        if s is None:  # 32 bits, a constant tensor, or a range below float32 resolution
             return QParams(False, lo, np.float32(0.0))
-        return QParams(True, lo, _scale(lo, hi, bits))
+        return QParams(True, lo, s)
 
 
 OFF = QParams(False, np.float32(0.0), np.float32(0.0))
@@ -237,8 +238,9 @@ def bwd_codes(v: np.ndarray, lo: np.float32, hi: np.float32, bits: int, scale: n
     ``(code / s + lo) * scale[o]`` transposed, zero padded (``lo * scale`` for a constant ``v``)."""
     npos, o = v.shape
     lo, hi = np.float32(lo), np.float32(hi)
-    constant = not hi > lo
-    s = np.float32(0.0) if constant else _scale(lo, hi, bits)
+    grid = grid_scale(lo, hi, bits)
+    constant = grid is None  # constant, or a range below float32 resolution: every code 0
+    s = np.float32(0.0) if constant else grid
     ntiles = (o + LANES - 1) // LANES
     dt_rows, dt_cols = o + (-o) % 8, npos + (-npos) % LANES
     if path == "numpy":
