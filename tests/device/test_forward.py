@@ -86,7 +86,7 @@ def test_plan_argument_errors():
     dm = DeviceModel.load(MODELS[0]) if MODELS else None
     if dm is None:
         pytest.skip("no shipped .bnn models")
-    plan = FrozenEngine(dm).plan()
+    plan = FrozenEngine(dm).plan("scalar")  # a C path even where BNNCL_KERNEL=numpy is forced
     h, w, c = plan.stem_shape
     ic = plan.image_shape[2]
     with pytest.raises(ValueError, match="images"):
