@@ -5,8 +5,8 @@ at q_f/q_b/q_w = 8/16/8; reference: ``TorchEngine`` on the ``.safetensors`` chec
 ``torch.set_num_threads(1)``), and ``train_batch`` on a minibatch of 128 latents (each engine's own
 ``extract`` of the embedded training images) is timed, the two engines interleaved step by step in
 one process (median of ``--steps``). One experience of fmnist-b5 = 600 new + 1500 replayed latents,
-4 epochs at batch 128 = 4 * ceil(2100 / 128) = 68 steps; ``--experience`` also times one such
-experience end to end, otherwise the per-experience time is 68 x the median step. Memory: the stored
+the default epochs at batch 128 (8 * ceil(2100 / 128) = 136 steps); ``--experience`` also times one
+such experience end to end, otherwise the per-experience time is steps x the median step. Memory: the stored
 learning state (``memory_bytes()`` tail + head) and, for the device, the peak of Python-tracked
 (NumPy) allocations during one step (tracemalloc).
 
@@ -27,8 +27,10 @@ from importlib import resources
 
 import numpy as np
 
+from bnncl.settings import LearningSettings
+
 BATCH = 128
-NEW, REPLAY, EPOCHS = 600, 1500, 4
+NEW, REPLAY, EPOCHS = 600, 1500, LearningSettings.epochs
 STEPS_PER_EXPERIENCE = EPOCHS * math.ceil((NEW + REPLAY) / BATCH)
 
 
