@@ -48,11 +48,11 @@ def _tuned(name: str) -> str:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from bnncl.data import load_dataset
     from bnncl.nn.backbones import CONFIGS
     from bnncl.nn.pretrain import PretrainSettings, pretrain
-
-    from dataclasses import replace
 
     train, test = load_dataset(args.data, "train"), load_dataset(args.data, "test")
     config = replace(CONFIGS[args.arch](binary=not args.float), stem_bits=args.stem_bits)

@@ -17,8 +17,13 @@ from bnncl.nn.backbones import Backbone, BackboneConfig
 from bnncl.nn.checkpoint import load_model, save_model
 from bnncl.nn.export import build_device_model, export_model
 from bnncl.nn.pretrain import PretrainSettings, pretrain
-from bnncl.nn.quantizers import (dequantize_per_channel, fake_int8_stem_weight, fold_stem_weight,
-                                 int8_per_channel, stem_int8)
+from bnncl.nn.quantizers import (
+    dequantize_per_channel,
+    fake_int8_stem_weight,
+    fold_stem_weight,
+    int8_per_channel,
+    stem_int8,
+)
 
 ASSETS = Path(__file__).resolve().parents[2] / "src" / "bnncl" / "assets" / "models"
 TINY = BackboneConfig("tiny", (12, 12, 1), 8, ((8, 1), (16, 2)), 3, binary_latents=("block1",))
@@ -46,7 +51,7 @@ def test_int8_per_channel_round_trip(dtype, half_step):
     deq = dequantize_per_channel(q, scale, torch.float64)
     err = (deq - w.double()).abs().reshape(6, -1).amax(1)
     assert (err <= scale.double() * half_step).all()  # half a step (+ the dtype's own rounding)
-    q2, scale2 = int8_per_channel(deq)  # quantizing the dequantized weights is a fixed point
+    q2, _ = int8_per_channel(deq)  # quantizing the dequantized weights is a fixed point
     assert torch.equal(q2, q)
 
 
@@ -163,9 +168,8 @@ def test_finetuned_int8_stem_matches_torch_on_the_device(tmp_path, stem):
     train, test = _toy(300, 0), _toy(200, 1)
     s = PretrainSettings(classes=[0, 1, 2], epochs=1, batch_size=32, lr=5e-3, seed=1, crop_pad=1, threads=1)
     pretrain(train, test, TINY, s, tmp_path / "base.safetensors", progress=False, log=_quiet)
-    tuned, _ = pretrain(train, test, replace(TINY, stem_bits=8),
-                        replace(s, lr=1e-3, init=str(tmp_path / "base.safetensors")),
-                        tmp_path / "t.safetensors", progress=False, log=_quiet)
+    pretrain(train, test, replace(TINY, stem_bits=8), replace(s, lr=1e-3, init=str(tmp_path / "base.safetensors")),
+             tmp_path / "t.safetensors", progress=False, log=_quiet)
     model, info = load_model(tmp_path / "t.safetensors")
     eng = FrozenEngine(build_device_model(model, info), threads=1, stem=stem)
     with torch.no_grad():

@@ -56,7 +56,10 @@ def _stem_tensors(model: Backbone) -> dict[str, np.ndarray]:
     cfg = model.config
     conv, bn, act = model.stem
     q, wscale = stem_int8(conv.weight, cfg.std)
-    folded = dequantize_per_channel(q, wscale, torch.float64) if cfg.stem_bits == 8 else fold_stem_weight(conv.weight, cfg.std)
+    if cfg.stem_bits == 8:
+        folded = dequantize_per_channel(q, wscale, torch.float64)
+    else:
+        folded = fold_stem_weight(conv.weight, cfg.std)
     alpha, beta = _bn_affine(bn)
     return {
         "stem.weight": np.ascontiguousarray(_np(q).transpose(0, 2, 3, 1)),  # (O, KH, KW, C)

@@ -122,9 +122,9 @@ def _init_from(path: str, config: BackboneConfig, num_classes: int) -> tuple[Bac
     """The model in ``path`` (for its weights) and the config to train: ``config``'s training options
     (``stem_bits``) on the initial model's architecture and input normalisation (its weights were trained
     with that mean/std).  A different architecture or class count is a user error."""
-    from bnncl.nn.export import load_host_model  # a model file or a pretraining checkpoint
+    from bnncl.nn.export import load_host_model
 
-    init, _ = load_host_model(path)
+    init, _ = load_host_model(path)  # a model file or a pretraining checkpoint
     icfg = init.config
     diff = [f for f in _ARCH_FIELDS if getattr(icfg, f) != getattr(config, f)]
     if icfg.num_classes != num_classes:
