@@ -157,3 +157,20 @@ def test_info_lists_layers_bits_and_memory(bnn, capsys):
     assert d["memory_bytes"]["head float32"] == 3 * 32 * 4
     assert main([str(bnn), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["lr_split"] == "block2"
+
+
+def test_info_says_how_the_stem_was_trained(tmp_path):
+    import json as _json
+
+    from bnncl.assets import model_path
+    from bnncl.device.info import describe, format_info
+
+    model = DeviceModel.load(model_path("fmnist-b5", ".bnn"))
+    d = describe(model)
+    assert d["stem_trained_bits"] == 32 and "trained in float32" in format_info(d)
+    model.manifest["architecture"]["stem_bits"] = 8
+    assert "quantization-aware" in format_info(describe(model))
+    model.manifest["architecture"]["stem_bits"] = 4  # the validator (same on load) refuses it
+    with pytest.raises(ModelFileError, match="stem_bits"):
+        model.save(tmp_path / "bad.bnn")
+    _json.dumps(d)

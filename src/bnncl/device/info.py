@@ -41,6 +41,7 @@ def describe(model: DeviceModel) -> dict[str, Any]:
         "tail_blocks_stored": model.manifest["tail_blocks"], "memory_bytes": memory,
         "packed_binary_weight_bytes": packed, "total_bytes": sum(memory.values()),
         "input": model.manifest["input"], "checksum": model.manifest["checksum"]["value"],
+        "stem_trained_bits": int(model.architecture.get("stem_bits", 32)),
     }
 
 
@@ -56,6 +57,10 @@ def format_info(d: dict[str, Any]) -> str:
     lines.append(f"LR split: {d['lr_split']} (1-bit latents at {', '.join(d['binary_latents']) or 'none'}); "
                  f"raw parameters stored for the last {d['tail_blocks_stored']} blocks")
     lines.append(f"pretrained classes: {', '.join(d['classes'])}")
+    trained = d.get("stem_trained_bits", 32)
+    lines.append("stem: trained with its int8 weights (quantization-aware): the int8 stem matches the host model"
+                 if trained == 8 else "stem: trained in float32; the float32 stem is the one that matches the host "
+                 "model (the int8 stem loses some argmax agreement, benchmarks/inference.md)")
     lines.append("memory by component:")
     for label, n in d["memory_bytes"].items():
         lines.append(f"  {label:<56}{n:>12,} B")

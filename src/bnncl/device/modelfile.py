@@ -117,6 +117,8 @@ def _check_architecture(arch: Any) -> dict[str, Any]:
         raise ValueError(f"architecture.blocks: expected [[out_channels, stride 1|2], ...], got {blocks!r}")
     if arch["binary"] is not True:
         raise ValueError("architecture.binary: the device runs binary backbones only")
+    if arch.get("stem_bits", 32) not in (8, 32) or isinstance(arch.get("stem_bits"), bool):
+        raise ValueError(f"architecture.stem_bits: expected 8 (trained int8 stem) or 32, got {arch['stem_bits']!r}")
     c = shape[2]
     for key in ("mean", "std"):
         v = arch[key]
