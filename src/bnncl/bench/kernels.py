@@ -25,6 +25,7 @@ from bnncl.bench.timing import best_time
 from bnncl.machine import cpu_model, cpuinfo_field
 from bnncl.device.bitpack import pack_signs
 from bnncl.device.kernels import native
+from bnncl.device.kernels.prepacked import PackedBinaryConv
 
 # (name, H, W, Cin, Cout, stride); 3x3, padding 1
 CONV_SHAPES = [
@@ -95,15 +96,19 @@ def _bench_conv(shape, batch: int, threads: int, repeats: int, min_time: float, 
     ho, wo = (h + 2 - 3) // stride + 1, (w + 2 - 3) // stride + 1
     macs = batch * ho * wo * cout * 9 * cin
     t = best_time(lambda: kernels.binary_conv2d(x, wt, cin, stride, 1, scale, bias, threads=threads), repeats, min_time)
+    conv = PackedBinaryConv(wt, cin, stride, 1, scale, bias)  # weights laid out once, as the engine holds them
+    tp = best_time(lambda: conv(x, threads), repeats, min_time)
     row = {"op": "conv3x3", "shape": name, "batch": batch, "threads": threads, "binary_macs": macs,
-           "bnncl_seconds": t, "bnncl_ops_per_s": 2 * macs / t}
+           "bnncl_seconds": t, "bnncl_ops_per_s": 2 * macs / t,
+           "prepacked_seconds": tp, "prepacked_ops_per_s": 2 * macs / tp}
     if torch is not None:
         tx = torch.randn(batch, cin, h, w).to(memory_format=torch.channels_last)
         tw = torch.randn(cout, cin, 3, 3).to(memory_format=torch.channels_last)
         tb = torch.randn(cout)
         with torch.no_grad():
             tt = best_time(lambda: torch.nn.functional.conv2d(tx, tw, tb, stride=stride, padding=1), repeats, min_time)
-        row.update(torch_seconds=tt, torch_ops_per_s=2 * macs / tt, ratio_vs_torch_fp32=tt / t)
+        row.update(torch_seconds=tt, torch_ops_per_s=2 * macs / tt, ratio_vs_torch_fp32=tt / t,
+                   ratio_prepacked_vs_torch_fp32=tt / tp)
     return row
 
 
@@ -145,6 +150,8 @@ def run(threads_list: list[int], repeats: int, min_time: float, quick: bool,
         "kernel_path": kernels.active_path(),
         "torch_version": getattr(torch, "__version__", None),
         "op_count": "2 ops per binary MAC (XNOR + popcount-add), as 2 flops per float MAC",
+        "prepacked_conv_op": "PackedBinaryConv (the frozen engine's per-layer path): weights laid out once at "
+                             "construction, otherwise as binary_conv2d",
         "bnncl_conv_op": "binary_conv2d: packed NHWC input, 3x3, padding 1, fused float32 scale/bias output; "
                          "per call: weights re-laid-out, input copied zero-padded; avx512 path with cin % 32 == 0: "
                          "direct kernel (32-bit taps read from the padded input, no im2col), else im2col + panels",
@@ -157,13 +164,17 @@ def run(threads_list: list[int], repeats: int, min_time: float, quick: bool,
 def markdown(report: dict) -> str:
     """The results as a markdown table (GOP/s = 1e9 ops/s)."""
     has_torch = report["torch_version"] is not None
-    head = "| op | shape | batch | threads | bnncl GOP/s |" + (" torch fp32 GOP/s | ratio |" if has_torch else "")
+    head = "| op | shape | batch | threads | bnncl GOP/s | prepacked GOP/s |"
+    head += " torch fp32 GOP/s | ratio | prepacked ratio |" if has_torch else ""
     head += " limit fraction |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in report["results"]:
-        cells = [r["op"], r["shape"], str(r["batch"]), str(r["threads"]), f"{r['bnncl_ops_per_s'] / 1e9:.0f}"]
+        pre = r.get("prepacked_ops_per_s")
+        cells = [r["op"], r["shape"], str(r["batch"]), str(r["threads"]), f"{r['bnncl_ops_per_s'] / 1e9:.0f}",
+                 f"{pre / 1e9:.0f}" if pre else "-"]
         if has_torch:
-            cells += [f"{r['torch_ops_per_s'] / 1e9:.0f}", f"{r['ratio_vs_torch_fp32']:.1f}x"]
+            cells += [f"{r['torch_ops_per_s'] / 1e9:.0f}", f"{r['ratio_vs_torch_fp32']:.1f}x",
+                      f"{r['ratio_prepacked_vs_torch_fp32']:.1f}x" if pre else "-"]
         cells.append(f"{r['limit_fraction']:.2f}" if "limit_fraction" in r else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
