@@ -52,14 +52,11 @@ def native_epilogue() -> ctypes._CFuncPtr | None:
 
 @lru_cache(maxsize=1)
 def _fn() -> ctypes._CFuncPtr | None:
-    lib = native.load()
-    if lib is None or not hasattr(lib, "bnncl_block_epilogue"):
-        return None
-    f = lib.bnncl_block_epilogue
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    f.restype = None
-    f.argtypes = [p, i64, i64, i64, i64, p, p, p, i64, i64, i64, i64, p, p, p, p, p, p, ctypes.c_int, ctypes.c_int]
-    return f
+    p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib = native.bind({"bnncl_block_epilogue": (None, [p, i64, i64, i64, i64, p, p, p, i64, i64, i64, i64,
+                                                       p, p, p, p, p, p, c_int, c_int])},
+                      "block_epilogue", required=False)
+    return None if lib is None else lib.bnncl_block_epilogue
 
 
 def _f32(name: str, a: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:

@@ -28,16 +28,11 @@ _p, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 @lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
-    lib = native.load()
-    if lib is None or not hasattr(lib, "bnncl_fwd_run"):
-        return None
-    lib.bnncl_fwd_new.restype = _p
-    lib.bnncl_fwd_new.argtypes = [_i64, _p, _p, _p, _i64, _i64, _i64, _i64, _p]
-    lib.bnncl_fwd_free.restype = None
-    lib.bnncl_fwd_free.argtypes = [_p]
-    lib.bnncl_fwd_run.restype = _int
-    lib.bnncl_fwd_run.argtypes = [_p, _p, _i64, _i64, _int, _p, _p, _int, _int]
-    return lib
+    return native.bind({
+        "bnncl_fwd_new": (_p, [_i64, _p, _p, _p, _i64, _i64, _i64, _i64, _p]),
+        "bnncl_fwd_free": (None, [_p]),
+        "bnncl_fwd_run": (_int, [_p, _p, _i64, _i64, _int, _p, _p, _int, _int]),
+    }, "ForwardPlan", required=False)
 
 
 def available() -> bool:
@@ -135,8 +130,5 @@ class ForwardPlan:
         with self._lock:
             rc = self._run(self._handle, images.ctypes.data, n, stop, int(pack_last), x.ctypes.data,
                            None if bits is None else bits.ctypes.data, threads, native.PATH_IDS[path])
-        if rc == 1:
-            raise RuntimeError(f"ForwardPlan: kernel path {path!r} not supported by this CPU")
-        if rc != 0:
-            raise MemoryError("ForwardPlan: out of memory in the C core")
+        native.check(rc, f"ForwardPlan (kernel path {path!r})")
         return x, bits

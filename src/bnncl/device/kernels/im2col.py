@@ -49,14 +49,10 @@ def reference_stem_conv3x3(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _stem_fn() -> ctypes._CFuncPtr | None:
-    lib = native.load()
-    if lib is None or not hasattr(lib, "bnncl_stem_conv3x3_u8"):
-        return None
-    f = lib.bnncl_stem_conv3x3_u8
-    f.restype = ctypes.c_int
-    i64, p = ctypes.c_int64, ctypes.c_void_p
-    f.argtypes = [p, i64, i64, i64, i64, p, i64, p, ctypes.c_int, ctypes.c_int]
-    return f
+    i64, p, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    lib = native.bind({"bnncl_stem_conv3x3_u8": (c_int, [p, i64, i64, i64, i64, p, i64, p, c_int, c_int])},
+                      "stem_conv3x3_u8", required=False)
+    return None if lib is None else lib.bnncl_stem_conv3x3_u8
 
 
 def stem_conv3x3_u8(x: np.ndarray, w: np.ndarray, threads: int = 1) -> np.ndarray:
@@ -73,22 +69,18 @@ def stem_conv3x3_u8(x: np.ndarray, w: np.ndarray, threads: int = 1) -> np.ndarra
     x = np.ascontiguousarray(x)
     n, h, wd, c = x.shape
     out = np.empty((n, h, wd, w.shape[1]), np.float32)
-    if out.size and fn(x.ctypes.data, n, h, wd, c, w.ctypes.data, w.shape[1], out.ctypes.data, int(threads),
-                       native.PATH_IDS[path]):
-        raise MemoryError("stem_conv3x3_u8: out of memory in the C core")
+    if out.size:
+        native.check(fn(x.ctypes.data, n, h, wd, c, w.ctypes.data, w.shape[1], out.ctypes.data, int(threads),
+                        native.PATH_IDS[path]), "stem_conv3x3_u8")
     return out
 
 
 @lru_cache(maxsize=1)
 def _fn() -> ctypes._CFuncPtr | None:
-    lib = native.load()
-    if lib is None or not hasattr(lib, "bnncl_im2col3x3_u8"):
-        return None
-    f = lib.bnncl_im2col3x3_u8
-    f.restype = None
-    i64 = ctypes.c_int64
-    f.argtypes = [ctypes.c_void_p, i64, i64, i64, i64, ctypes.c_void_p, ctypes.c_int]
-    return f
+    i64, p = ctypes.c_int64, ctypes.c_void_p
+    lib = native.bind({"bnncl_im2col3x3_u8": (None, [p, i64, i64, i64, i64, p, ctypes.c_int])}, "im2col3x3_u8",
+                      required=False)
+    return None if lib is None else lib.bnncl_im2col3x3_u8
 
 
 def im2col3x3_u8(x: np.ndarray, threads: int = 1) -> np.ndarray:

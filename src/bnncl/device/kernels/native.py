@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -77,11 +78,33 @@ def _ptr(a: np.ndarray | None) -> int | None:
     return None if a is None else a.ctypes.data
 
 
-def _check(rc: int, what: str) -> None:
+def bind(signatures: Mapping[str, tuple[object, Sequence[object]]], what: str,
+         required: bool = True) -> ctypes.CDLL | None:
+    """The C core with the entry points ``name -> (restype, argtypes)`` typed. When the core is not built
+    or lacks one of them: a RuntimeError naming ``what``, or None if not ``required`` (the caller falls
+    back to NumPy). Callers cache the result."""
+    lib = load()
+    if lib is None or not all(hasattr(lib, name) for name in signatures):
+        if not required:
+            return None
+        raise RuntimeError(f"{what}: the C core is not built (or is older than this package)")
+    for name, (restype, argtypes) in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, list(argtypes)
+    return lib
+
+
+def check(rc: int, what: str) -> None:
+    """Raise for a C core return code: 1 = path not supported, 2 = out of memory, 3 = bad arguments."""
+    if rc == 0:
+        return
     if rc == 1:
         raise RuntimeError(f"{what}: kernel path not supported by this CPU")
-    if rc != 0:
+    if rc == 2:
         raise MemoryError(f"{what}: out of memory in the C core")
+    if rc == 3:
+        raise ValueError(f"{what}: arguments the C core refuses")
+    raise RuntimeError(f"{what}: C core error {rc}")
 
 
 def binary_gemm(a: np.ndarray, b: np.ndarray, k: int, threads: int = 1, path: str = "scalar") -> np.ndarray:
@@ -90,7 +113,7 @@ def binary_gemm(a: np.ndarray, b: np.ndarray, k: int, threads: int = 1, path: st
     if out.size:
         rc = load().bnncl_gemm(_ptr(a), _ptr(b), a.shape[0], b.shape[0], a.shape[1], k, _ptr(out),
                                threads, PATH_IDS[path])
-        _check(rc, "binary_gemm")
+        check(rc, "binary_gemm")
     return out
 
 
@@ -102,7 +125,7 @@ def _conv(x: np.ndarray, w: np.ndarray, s: ConvShape, mode: int, out: np.ndarray
         s.stride, s.padding, mode, _ptr(scale), _ptr(bias), _ptr(thr), _ptr(flip), _ptr(out), threads,
         PATH_IDS[path],
     )
-    _check(rc, "binary_conv2d")
+    check(rc, "binary_conv2d")
     return out
 
 

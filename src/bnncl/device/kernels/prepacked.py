@@ -23,18 +23,13 @@ from bnncl.device.kernels.dispatch import active_path
 
 @lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
-    lib = native.load()
-    if lib is None or not hasattr(lib, "bnncl_conv2d_prepacked"):
-        return None
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.bnncl_weights_prepack.restype = p
-    lib.bnncl_weights_prepack.argtypes = [p, i64, i64, i64, i64]
-    lib.bnncl_weights_free.restype = None
-    lib.bnncl_weights_free.argtypes = [p]
-    lib.bnncl_conv2d_prepacked.restype = c_int
-    lib.bnncl_conv2d_prepacked.argtypes = [p, i64, i64, i64, i64, p, i64, i64, i64, i64, i64, i64, c_int,
-                                           p, p, p, p, p, c_int, c_int]
-    return lib
+    return native.bind({
+        "bnncl_weights_prepack": (p, [p, i64, i64, i64, i64]),
+        "bnncl_weights_free": (None, [p]),
+        "bnncl_conv2d_prepacked": (c_int, [p, i64, i64, i64, i64, p, i64, i64, i64, i64, i64, i64, c_int,
+                                           p, p, p, p, p, c_int, c_int]),
+    }, "PackedBinaryConv", required=False)
 
 
 class PackedBinaryConv:
@@ -85,8 +80,5 @@ class PackedBinaryConv:
                 x.ctypes.data, b, h, w, self.words, self._panels, self.out_channels, self.kh, self.kw,
                 self.in_channels, self.stride, self.padding, 1, self.scale.ctypes.data, self.bias.ctypes.data,
                 None, None, out.ctypes.data, threads, native.PATH_IDS[path])
-            if rc == 1:
-                raise RuntimeError("PackedBinaryConv: kernel path not supported by this CPU")
-            if rc != 0:
-                raise MemoryError("PackedBinaryConv: out of memory in the C core")
+            native.check(rc, "PackedBinaryConv")
         return out

@@ -29,6 +29,7 @@ packed like :mod:`bnncl.device.bitpack` (uint64 words along channels, bit 1 = se
 from __future__ import annotations
 
 import ctypes
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -38,40 +39,25 @@ from bnncl.device.quantize import FLOAT_BITS, grid_scale
 
 LANES = 16
 _p, _i64, _int, _f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
-_ready = False
+
+_SIGNATURES = {
+    "bnncl_tail_minmax": (_int, [_p, _i64, _p, _int]),
+    "bnncl_tail_fwd_input": (_int, [_p, _i64, _i64, _int, _f, _f, _p, _p, _p, _int]),
+    "bnncl_tail_fwd_out": (_int, [_p, _i64, _i64, _i64, _i64, _p, _p, _i64, _i64, _i64, _i64, _p, _p, _p, _p, _p,
+                           _p, _p, _p, _p, _int]),
+    "bnncl_tail_gap": (_int, [_p, _i64, _i64, _i64, _int, _f, _f, _p, _int]),
+    "bnncl_tail_bwd_v": (_int, [_p, _i64, _int, _f, _f, _p, _p, _i64, _i64, _p, _p, _p, _int]),
+    "bnncl_tail_bwd_codes": (_int, [_p, _i64, _i64, _int, _f, _f, _p, _p, _p, _p, _i64, _i64, _int]),
+    "bnncl_tail_weight_g": (_int, [_p, _p, _p, _i64, _i64, _i64, _i64, _f, _f, _int, _p, _int]),
+    "bnncl_tail_latent_grad": (_int, [_p, _p, _p, _i64, _i64, _p, _int]),
+    "bnncl_tail_bwd_dx": (_int, [_p, _p, _i64, _int, _f, _f, _p, _p, _i64, _i64, _i64, _i64, _i64, _i64, _p, _int,
+                          _p, _p, _int]),
+}
 
 
+@lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL:
-    global _ready
-    lib = native.load()
-    if lib is None:
-        raise RuntimeError("tail kernels: the C core is not built")
-    if not _ready:
-        sig = {
-            "bnncl_tail_minmax": [_p, _i64, _p, _int],
-            "bnncl_tail_fwd_input": [_p, _i64, _i64, _int, _f, _f, _p, _p, _p, _int],
-            "bnncl_tail_fwd_out": [_p, _i64, _i64, _i64, _i64, _p, _p, _i64, _i64, _i64, _i64, _p, _p, _p, _p, _p,
-                                   _p, _p, _p, _p, _int],
-            "bnncl_tail_gap": [_p, _i64, _i64, _i64, _int, _f, _f, _p, _int],
-            "bnncl_tail_bwd_v": [_p, _i64, _int, _f, _f, _p, _p, _i64, _i64, _p, _p, _p, _int],
-            "bnncl_tail_bwd_codes": [_p, _i64, _i64, _int, _f, _f, _p, _p, _p, _p, _i64, _i64, _int],
-            "bnncl_tail_weight_g": [_p, _p, _p, _i64, _i64, _i64, _i64, _f, _f, _int, _p, _int],
-            "bnncl_tail_latent_grad": [_p, _p, _p, _i64, _i64, _p, _int],
-            "bnncl_tail_bwd_dx": [_p, _p, _i64, _int, _f, _f, _p, _p, _i64, _i64, _i64, _i64, _i64, _i64, _p, _int,
-                                  _p, _p, _int],
-        }
-        for name, args in sig.items():
-            fn = getattr(lib, name)
-            fn.restype, fn.argtypes = _int, args
-        _ready = True
-    return lib
-
-
-def _check(rc: int, what: str) -> None:
-    if rc == 1:
-        raise RuntimeError(f"{what}: kernel path not supported by this CPU")
-    if rc != 0:
-        raise RuntimeError(f"{what}: C core error {rc}")
+    return native.bind(_SIGNATURES, "tail kernels")
 
 
 def _ptr(a: np.ndarray | None) -> int | None:
@@ -125,7 +111,7 @@ def minmax(x: np.ndarray, path: str) -> tuple[np.float32, np.float32]:
     if path == "numpy" or x.size == 0:
         return (np.float32(x.min()), np.float32(x.max())) if x.size else (np.float32(0), np.float32(0))
     mm = np.empty(2, dtype=np.float32)
-    _check(_lib().bnncl_tail_minmax(x.ctypes.data, x.size, mm.ctypes.data, native.PATH_IDS[path]), "tail_minmax")
+    native.check(_lib().bnncl_tail_minmax(x.ctypes.data, x.size, mm.ctypes.data, native.PATH_IDS[path]), "tail_minmax")
     return mm[0], mm[1]
 
 
@@ -146,7 +132,7 @@ def fwd_input(x: np.ndarray, q: QParams, bias: np.ndarray | None, want_ste: bool
     b = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
     rc = _lib().bnncl_tail_fwd_input(x.ctypes.data, x.size // c, c, int(q.on), q.lo, q.s, _ptr(b), packed.ctypes.data,
                                      _ptr(ste), native.PATH_IDS[path])
-    _check(rc, "tail_fwd_input")
+    native.check(rc, "tail_fwd_input")
     return packed, ste
 
 
@@ -180,7 +166,7 @@ def fwd_out(dot: np.ndarray, xs: np.ndarray | None, xbits: np.ndarray | None, in
         np.ascontiguousarray(dot, dtype=np.int32).ctypes.data, b, ho, wo, o,
         _ptr(None if xs is None else np.ascontiguousarray(xs)), _ptr(None if xs is not None else xbits), h, w, cin,
         stride, *[v.ctypes.data for v in f32], out.ctypes.data, pos.ctypes.data, mm.ctypes.data, native.PATH_IDS[path])
-    _check(rc, "tail_fwd_out")
+    native.check(rc, "tail_fwd_out")
     return out, pos, (mm[0], mm[1])
 
 
@@ -196,7 +182,7 @@ def gap(x: np.ndarray, q: QParams, path: str) -> np.ndarray:
     f = np.empty((b, c), dtype=np.float32)
     rc = _lib().bnncl_tail_gap(np.ascontiguousarray(x).ctypes.data, b, h * w, c, int(q.on), q.lo, q.s, f.ctypes.data,
                                native.PATH_IDS[path])
-    _check(rc, "tail_gap")
+    native.check(rc, "tail_gap")
     return f
 
 
@@ -227,7 +213,7 @@ def bwd_v(dout: np.ndarray, bcast: int, q: QParams, pos: np.ndarray, slope: np.n
                                  np.ascontiguousarray(slope, dtype=np.float32).ctypes.data, npos, o,
                                  np.ascontiguousarray(a, dtype=np.float32).ctypes.data, v.ctypes.data, mm.ctypes.data,
                                  native.PATH_IDS[path])
-    _check(rc, "tail_bwd_v")
+    native.check(rc, "tail_bwd_v")
     return v, (mm[0], mm[1])
 
 
@@ -262,7 +248,7 @@ def bwd_codes(v: np.ndarray, lo: np.float32, hi: np.float32, bits: int, scale: n
                                      s, ctile.ctypes.data, colsum.ctypes.data,
                                      np.ascontiguousarray(scale, dtype=np.float32).ctypes.data, _ptr(dt), dt_rows,
                                      dt_cols, native.PATH_IDS[path])
-    _check(rc, "tail_bwd_codes")
+    native.check(rc, "tail_bwd_codes")
     return ctile, colsum, dt
 
 
@@ -294,7 +280,7 @@ def bwd_dx(dxb: np.ndarray, dout: np.ndarray, bcast: int, q: QParams, pos: np.nd
                                   np.ascontiguousarray(slope, dtype=np.float32).ctypes.data, b, h, w, cin, o, stride,
                                   np.ascontiguousarray(ste).ctypes.data, int(binary_input), dx.ctypes.data,
                                   mm.ctypes.data, native.PATH_IDS[path])
-    _check(rc, "tail_bwd_dx")
+    native.check(rc, "tail_bwd_dx")
     return dx, (mm[0], mm[1])
 
 
@@ -318,7 +304,7 @@ def weight_g(s_minus: np.ndarray, ones: np.ndarray, colsum: np.ndarray, npos: in
                                     np.ascontiguousarray(ones, dtype=np.int64).ctypes.data,
                                     np.ascontiguousarray(colsum, dtype=np.int64).ctypes.data, npos, cin, nb, o,
                                     np.float32(lo), np.float32(s), int(constant), g.ctypes.data, native.PATH_IDS[path])
-    _check(rc, "tail_weight_g")
+    native.check(rc, "tail_weight_g")
     return g
 
 
@@ -335,5 +321,5 @@ def latent_grad(g: np.ndarray, w: np.ndarray, wscale: np.ndarray, path: str) -> 
                                        np.ascontiguousarray(w, dtype=np.float32).ctypes.data,
                                        np.ascontiguousarray(wscale, dtype=np.float32).ctypes.data, o, k,
                                        dw.ctypes.data, native.PATH_IDS[path])
-    _check(rc, "tail_latent_grad")
+    native.check(rc, "tail_latent_grad")
     return dw

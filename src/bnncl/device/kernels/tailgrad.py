@@ -19,6 +19,7 @@ Every function takes ``path`` (``numpy`` = oracle, else a C core path as in
 from __future__ import annotations
 
 import ctypes
+from functools import lru_cache
 
 import numpy as np
 
@@ -26,36 +27,20 @@ from bnncl.device.kernels import native
 
 LANES = 16
 _p, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-_ready = False
+
+_SIGNATURES = {
+    "bnncl_tail_wgrad": (_int, [_p, _i64, _i64, _p, _i64, _i64, _p, _p, _int, _int]),
+    "bnncl_tail_wgrad_tiled": (_int, [_p, _i64, _i64, _p, _i64, _i64, _p, _p, _int, _int]),
+    "bnncl_tail_dgrad": (_int, [_p, _i64, _i64, _p, _i64, _p, _int, _int]),
+    "bnncl_tail_dgrad_col2im": (_int, [_p, _i64, _i64, _p, _i64, _i64, _i64, _i64, _i64, _i64, _p, _int, _int]),
+    "bnncl_tail_patterns": (None, [_p, _i64, _i64, _i64, _i64, _i64, _p]),
+    "bnncl_tail_col2im": (None, [_p, _i64, _i64, _i64, _i64, _i64, _i64, _p]),
+}
 
 
+@lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL:
-    global _ready
-    lib = native.load()
-    if lib is None:
-        raise RuntimeError("tail kernels: the C core is not built")
-    if not _ready:
-        lib.bnncl_tail_wgrad.restype = _int
-        lib.bnncl_tail_wgrad.argtypes = [_p, _i64, _i64, _p, _i64, _i64, _p, _p, _int, _int]
-        lib.bnncl_tail_wgrad_tiled.restype = _int
-        lib.bnncl_tail_wgrad_tiled.argtypes = [_p, _i64, _i64, _p, _i64, _i64, _p, _p, _int, _int]
-        lib.bnncl_tail_dgrad.restype = _int
-        lib.bnncl_tail_dgrad.argtypes = [_p, _i64, _i64, _p, _i64, _p, _int, _int]
-        lib.bnncl_tail_dgrad_col2im.restype = _int
-        lib.bnncl_tail_dgrad_col2im.argtypes = [_p, _i64, _i64, _p, _i64, _i64, _i64, _i64, _i64, _i64, _p, _int, _int]
-        lib.bnncl_tail_patterns.restype = None
-        lib.bnncl_tail_patterns.argtypes = [_p, _i64, _i64, _i64, _i64, _i64, _p]
-        lib.bnncl_tail_col2im.restype = None
-        lib.bnncl_tail_col2im.argtypes = [_p, _i64, _i64, _i64, _i64, _i64, _i64, _p]
-        _ready = True
-    return lib
-
-
-def _check(rc: int, what: str) -> None:
-    if rc == 1:
-        raise RuntimeError(f"{what}: kernel path not supported by this CPU")
-    if rc != 0:
-        raise RuntimeError(f"{what}: C core error {rc}")
+    return native.bind(_SIGNATURES, "tail kernels")
 
 
 def out_hw(h: int, w: int, stride: int) -> tuple[int, int]:
@@ -96,7 +81,7 @@ def wgrad_minus(pat: np.ndarray, codes: np.ndarray, maxcode: int, path: str,
     ones = np.empty(8 * g, dtype=np.int64)
     rc = _lib().bnncl_tail_wgrad(pat.ctypes.data, g, npos, c.ctypes.data, o, int(maxcode), out.ctypes.data,
                                  ones.ctypes.data, threads, native.PATH_IDS[path])
-    _check(rc, "tail_wgrad")
+    native.check(rc, "tail_wgrad")
     return out, ones
 
 
@@ -117,7 +102,7 @@ def wgrad_minus_tiled(pat: np.ndarray, ctile: np.ndarray, o: int, maxcode: int, 
     ones = np.empty(8 * g, dtype=np.int64)
     rc = _lib().bnncl_tail_wgrad_tiled(pat.ctypes.data, g, npos, ct.ctypes.data, o, int(maxcode), out.ctypes.data,
                                        ones.ctypes.data, threads, native.PATH_IDS[path])
-    _check(rc, "tail_wgrad_tiled")
+    native.check(rc, "tail_wgrad_tiled")
     return out, ones
 
 
@@ -150,7 +135,7 @@ def dgrad(d_t: np.ndarray, wpat: np.ndarray, path: str, threads: int = 1) -> np.
         out = np.empty((k, npos), dtype=np.float32)
         rc = _lib().bnncl_tail_dgrad(d_t.ctypes.data, npos, g, np.ascontiguousarray(wpat).ctypes.data, k,
                                      out.ctypes.data, threads, native.PATH_IDS[path])
-        _check(rc, "tail_dgrad")
+        native.check(rc, "tail_dgrad")
         return out
     acc = None
     for gi in range(g):
@@ -197,5 +182,5 @@ def dgrad_col2im(d_t: np.ndarray, wpat: np.ndarray, shape: tuple[int, int, int, 
     rc = _lib().bnncl_tail_dgrad_col2im(np.ascontiguousarray(d_t).ctypes.data, npos, g,
                                         np.ascontiguousarray(wpat).ctypes.data, k, b, h, w, c, stride,
                                         out.ctypes.data, threads, native.PATH_IDS[path])
-    _check(rc, "tail_dgrad_col2im")
+    native.check(rc, "tail_dgrad_col2im")
     return out
