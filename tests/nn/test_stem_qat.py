@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bnncl.data.dataset import ImageDataset
+from nn.test_pretrain import _toy  # tests/ is on the pytest pythonpath
 from bnncl.device.frozen import FrozenEngine
 from bnncl.device.modelfile import DeviceModel
 from bnncl.errors import BnnclError
@@ -116,16 +116,6 @@ def test_stem_bits_config_round_trip(tmp_path):
     t = dm.tensors
     deq = t["stem.weight"].astype(np.float64) * t["stem.weight_scale"].astype(np.float64)[:, None, None, None]
     np.testing.assert_allclose(t["stem.weight_float"], deq, rtol=1e-6)
-
-
-def _toy(n: int, seed: int) -> ImageDataset:
-    """Three classes told apart by which third of the image is bright."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, n)
-    images = rng.integers(0, 60, (n, 12, 12, 1)).astype(np.uint8)
-    for i, c in enumerate(labels):
-        images[i, 4 * c:4 * c + 4] += 150
-    return ImageDataset(images, labels, ("a", "b", "c"))
 
 
 def _quiet(msg: str) -> None:
