@@ -167,9 +167,9 @@ def test_info_says_how_the_stem_was_trained(tmp_path):
 
     model = DeviceModel.load(model_path("fmnist-b5", ".bnn"))
     d = describe(model)
-    assert d["stem_trained_bits"] == 32 and "trained in float32" in format_info(d)
-    model.manifest["architecture"]["stem_bits"] = 8
-    assert "quantization-aware" in format_info(describe(model))
+    assert d["stem_trained_bits"] == 8 and "quantization-aware" in format_info(d)  # the shipped models
+    model.manifest["architecture"]["stem_bits"] = 32
+    assert "trained in float32" in format_info(describe(model))
     model.manifest["architecture"]["stem_bits"] = 4  # the validator (same on load) refuses it
     with pytest.raises(ModelFileError, match="stem_bits"):
         model.save(tmp_path / "bad.bnn")

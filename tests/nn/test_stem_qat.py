@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from nn.test_pretrain import _toy  # tests/ is on the pytest pythonpath
+
 from bnncl.device.frozen import FrozenEngine
 from bnncl.device.modelfile import DeviceModel
 from bnncl.errors import BnnclError
@@ -24,6 +24,7 @@ from bnncl.nn.quantizers import (
     int8_per_channel,
     stem_int8,
 )
+from bnncl.nn.record import record_markdown
 
 ASSETS = Path(__file__).resolve().parents[2] / "src" / "bnncl" / "assets" / "models"
 TINY = BackboneConfig("tiny", (12, 12, 1), 8, ((8, 1), (16, 2)), 3, binary_latents=("block1",))
@@ -134,8 +135,14 @@ def test_init_loads_weights_and_checks_architecture(tmp_path):
     for name, p in base.named_parameters():
         assert torch.equal(dict(tuned.named_parameters())[name], p), name
     assert record["settings"]["init"] == str(tmp_path / "base.safetensors")
-    loaded, _ = load_model(tmp_path / "t.safetensors")
+    loaded, info = load_model(tmp_path / "t.safetensors")
     assert loaded.config.stem_bits == 8
+    # the fine-tuned model carries the base model's record; the record table chains both commands
+    assert info["init_record"]["history"] == load_model(tmp_path / "base.safetensors")[1]["history"]
+    table = record_markdown([tmp_path / "t.safetensors"])
+    assert "| 1 + 1 |" in table
+    assert "--epochs 1 --seed 1" in table and "-o base.safetensors" in table
+    assert f"--stem-bits 8 --init {tmp_path / 'base.safetensors'} --warmup-epochs 1 -o t.safetensors" in table
     other = BackboneConfig("tiny", (12, 12, 1), 8, ((8, 1), (32, 2)), 3, binary_latents=("block1",))
     with pytest.raises(BnnclError, match="--init .*blocks"):
         pretrain(train, test, other, s0, tmp_path / "x.safetensors", progress=False, log=_quiet)
@@ -171,14 +178,15 @@ def test_finetuned_int8_stem_matches_torch_on_the_device(tmp_path, stem):
     np.testing.assert_allclose(lg, ref, atol=1e-3 * np.abs(ref).max() + 1e-4)
 
 
-def test_shipped_export_keeps_the_int8_stem_bytes():
-    """``bnncl export`` of the shipped fmnist-b5 gives the shipped .bnn's stem tensors, byte for byte."""
-    src, shipped = ASSETS / "fmnist-b5.safetensors", ASSETS / "fmnist-b5.bnn"
-    if not (src.is_file() and shipped.is_file()):
-        pytest.skip("shipped fmnist-b5 model not present")
+@pytest.mark.parametrize("name", ["fmnist-b5", "cifar10-b5"])
+def test_shipped_bnn_is_the_export_of_the_shipped_int8_stem_model(name):
+    """The shipped BNNs are trained with the int8 device stem, and each shipped ``.bnn`` is ``bnncl
+    export`` of its host model, tensor for tensor, byte for byte."""
+    src, shipped = ASSETS / f"{name}.safetensors", ASSETS / f"{name}.bnn"
     model, info = load_model(src)
-    assert model.config.stem_bits == 32
+    assert model.config.stem_bits == 8
     dm, ship = build_device_model(model, info), DeviceModel.load(shipped)
-    for k in ("stem.weight", "stem.weight_scale", "stem.weight_float"):
-        a, b = dm.tensors[k], ship.tensors[k]
+    assert ship.architecture["stem_bits"] == 8 and sorted(dm.tensors) == sorted(ship.tensors)
+    for k, a in dm.tensors.items():
+        b = ship.tensors[k]
         assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), k

@@ -66,7 +66,7 @@ class DeviceEngine:
     @classmethod
     def from_device_model(cls, model: "DeviceModel", tail_blocks: int, *, qf: int = 8, qb: int = 16,
                           qw: int = 8, momentum: float = 0.0, threads: int = 1, num_classes: int | None = None,
-                          head_classes: Sequence[int] | None = None, stem: str = "float32") -> "DeviceEngine":
+                          head_classes: Sequence[int] | None = None, stem: str = "auto") -> "DeviceEngine":
         """Frozen forward + tail of a loaded :class:`~bnncl.device.modelfile.DeviceModel`.
 
         With ``num_classes`` larger than the pretrained head, ``head_classes`` defaults to the model's
@@ -79,6 +79,7 @@ class DeviceEngine:
         tail = TailTrainer(model.architecture, model.tail_parameters(tail_blocks), split, qf=qf, qb=qb, qw=qw,
                            momentum=momentum, threads=threads, num_classes=num_classes, head_classes=head_classes)
         fe = FrozenEngine(model, threads=threads, stem=stem)
+        stem = fe.stem_precision
         stop = len(model.architecture["blocks"]) - tail_blocks
         unused = {"stem.weight", "stem.weight_scale"} if stem == "float32" else {"stem.weight_float"}
         keep = lambda k: (k.startswith("stem.") and k not in unused) or any(  # noqa: E731

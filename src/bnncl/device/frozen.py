@@ -64,7 +64,18 @@ def keep_heap_pages(mmap_threshold: int = 64 << 20, trim_threshold: int = 256 <<
     ok = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
     _heap_tuned = ok
     return ok
-STEM_PRECISIONS = ("float32", "int8")
+STEM_PRECISIONS = ("auto", "float32", "int8")
+
+
+def resolve_stem(architecture: dict, stem: str = "auto") -> str:
+    """The stem precision to run: ``"auto"`` is the int8 stem for a model trained with it
+    (``stem_bits`` 8, quantization-aware) and the float32 stem otherwise (the one a float-trained stem
+    matches); ``"float32"`` and ``"int8"`` force one."""
+    if stem not in STEM_PRECISIONS:
+        raise ValueError(f"stem: expected one of {', '.join(STEM_PRECISIONS)}, got {stem!r}")
+    if stem != "auto":
+        return stem
+    return "int8" if architecture.get("stem_bits", 32) == 8 else "float32"
 
 
 @dataclass(frozen=True)
@@ -98,16 +109,17 @@ class FrozenEngine:
     """Inference on a device model: logits, split activations and 1-bit latents.
 
     ``threads`` goes to the binary kernels; ``chunk`` images are processed at a time (bounds memory).
-    ``stem="float32"`` (default) runs the stem with the float weights (matches torch to float
-    rounding); ``stem="int8"`` with the int8 weights (integer conv, exact sums; its weight rounding
-    changes downstream signs, see ``benchmarks/inference.md`` for the measured agreement).
+    ``stem="auto"`` (default, :func:`resolve_stem`) runs the int8 stem on a model trained with it and
+    the float32 stem otherwise; ``stem="float32"`` forces the float weights (matches a float-trained
+    stem to float rounding); ``stem="int8"`` the int8 weights (integer conv, exact sums; on a
+    float-trained stem its weight rounding changes downstream signs, ``benchmarks/inference.md``).
     ``tune_heap`` applies :func:`keep_heap_pages` (process-wide glibc malloc thresholds) once.
     ``fused=True`` runs the stem and all blocks in one C call per chunk on native kernel paths
     (bit-identical to ``fused=False``, the per-layer path).
     """
 
     def __init__(self, model: DeviceModel, threads: int = 1, chunk: int = DEFAULT_CHUNK,
-                 stem: str = "float32", tune_heap: bool = True, fused: bool = True) -> None:
+                 stem: str = "auto", tune_heap: bool = True, fused: bool = True) -> None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads: expected an integer >= 1, got {threads!r}")
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
@@ -119,9 +131,7 @@ class FrozenEngine:
         self.arch = model.architecture
         t = model.tensors
         self.input_shape = tuple(self.arch["input_shape"])
-        if stem not in STEM_PRECISIONS:
-            raise ValueError(f"stem: expected one of {', '.join(STEM_PRECISIONS)}, got {stem!r}")
-        self.stem_precision = stem
+        stem = self.stem_precision = resolve_stem(self.arch, stem)
         # stem: weights as float32 (C*9, O) in the im2col column order
         if stem == "int8":
             wq, scale = t["stem.weight"], t["stem.weight_scale"].astype(np.float64) * t["stem.scale"]

@@ -10,7 +10,7 @@ from bnncl.device.modelfile import DeviceModel
 
 #: Component of each tensor, by name prefix (first match wins).
 COMPONENTS = (
-    ("stem.weight_float", "stem float32 weights (default stem)"),
+    ("stem.weight_float", "stem float32 weights (float-trained stem)"),
     ("stem.", "stem int8 + per-channel"),
     ("fused.blocks.", "binary blocks (packed weights + fused per-channel)"),
     ("blocks.", "tail raw parameters (8-bit latent weights + float32)"),
@@ -58,8 +58,8 @@ def format_info(d: dict[str, Any]) -> str:
                  f"raw parameters stored for the last {d['tail_blocks_stored']} blocks")
     lines.append(f"pretrained classes: {', '.join(d['classes'])}")
     trained = d.get("stem_trained_bits", 32)
-    lines.append("stem: trained with its int8 weights (quantization-aware): the int8 stem matches the host model"
-                 if trained == 8 else "stem: trained in float32; the float32 stem is the one that matches the host "
+    lines.append("stem: trained with its int8 weights (quantization-aware): the engine runs the int8 stem, which matches the host model"
+                 if trained == 8 else "stem: trained in float32; the engine runs the float32 stem, the one that matches the host "
                  "model (the int8 stem loses some argmax agreement, benchmarks/inference.md)")
     lines.append("memory by component:")
     for label, n in d["memory_bytes"].items():

@@ -11,9 +11,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,13 +119,15 @@ def _machine() -> dict[str, Any]:
 _ARCH_FIELDS = ("input_shape", "stem_channels", "blocks", "binary", "binary_latents", "sign_gradient")
 
 
-def _init_from(path: str, config: BackboneConfig, num_classes: int) -> tuple[Backbone, BackboneConfig]:
-    """The model in ``path`` (for its weights) and the config to train: ``config``'s training options
-    (``stem_bits``) on the initial model's architecture and input normalisation (its weights were trained
-    with that mean/std).  A different architecture or class count is a user error."""
+def _init_from(path: str, config: BackboneConfig,
+               num_classes: int) -> tuple[Backbone, BackboneConfig, dict[str, Any]]:
+    """The model in ``path`` (for its weights), the config to train (``config``'s training options,
+    ``stem_bits``, on the initial model's architecture and input normalisation: its weights were trained
+    with that mean/std) and the initial model's training record.  A different architecture or class
+    count is a user error."""
     from bnncl.nn.export import load_host_model
 
-    init, _ = load_host_model(path)  # a model file or a pretraining checkpoint
+    init, init_record = load_host_model(path)  # a model file or a pretraining checkpoint
     icfg = init.config
     diff = [f for f in _ARCH_FIELDS if getattr(icfg, f) != getattr(config, f)]
     if icfg.num_classes != num_classes:
@@ -132,7 +135,7 @@ def _init_from(path: str, config: BackboneConfig, num_classes: int) -> tuple[Bac
     if diff:
         raise BnnclError(f"--init {path}: {icfg.name} does not match the {config.name} architecture to train "
                          f"(differs in {', '.join(diff)})")
-    return init, replace(icfg, stem_bits=config.stem_bits)
+    return init, replace(icfg, stem_bits=config.stem_bits), init_record
 
 
 def pretrain(
@@ -165,8 +168,9 @@ def pretrain(
     if train.image_shape != config.input_shape:
         raise BnnclError(f"images are {train.image_shape}, the {config.name} backbone expects {config.input_shape}")
     y_tr, y_te = _remap(tr.labels, classes), _remap(te.labels, classes)
+    init_record: dict[str, Any] = {}
     if settings.init:
-        init_model, config = _init_from(settings.init, config, len(classes))
+        init_model, config, init_record = _init_from(settings.init, config, len(classes))
     else:
         mean, std = dataset_stats(tr.images)
         config = replace(config, num_classes=len(classes), mean=mean, std=std)
@@ -257,6 +261,8 @@ def pretrain(
         "test_accuracy": history[-1]["test_accuracy"] if history else None,
         "train_seconds": round(elapsed, 1), "world_size": ddp.world, "machine": _machine(),
     }
+    if init_record.get("history") is not None:
+        record["init_record"] = init_record  # the model fine-tuned from: its whole training record
     if ddp.main:
         save_model(model, output, record)
     return model, record

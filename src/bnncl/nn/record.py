@@ -12,7 +12,16 @@ from bnncl.nn.checkpoint import load_model
 from bnncl.nn.summary import summarize
 
 
-def pretrain_command(info: dict, arch: str, binary: bool, output: str) -> str:
+def training_chain(info: dict) -> list[dict]:
+    """The records a model was trained through, oldest first: a fine-tuned model (``--init``) carries
+    the record of the model it started from as ``init_record``."""
+    chain = [info]
+    while isinstance(chain[0].get("init_record"), dict):
+        chain.insert(0, chain[0]["init_record"])
+    return chain
+
+
+def pretrain_command(info: dict, arch: str, binary: bool, output: str, stem_bits: int = 32) -> str:
     """The ``bnncl pretrain`` command line that produced a model, from its recorded settings."""
     st = info["settings"]
     cls = st["classes"]
@@ -26,6 +35,10 @@ def pretrain_command(info: dict, arch: str, binary: bool, output: str) -> str:
         parts.append(f"--threads {st['threads']}")
     if not binary:
         parts.append("--float")
+    if stem_bits != 32:
+        parts.append(f"--stem-bits {stem_bits}")
+    if st.get("init"):
+        parts.append(f"--init {st['init']} --warmup-epochs {st.get('warmup_epochs', 1.0):g}")
     parts.append(f"-o {output}")
     return " ".join(parts)
 
@@ -43,10 +56,18 @@ def record_markdown(paths: list[Path]) -> str:
         by = ", ".join(f"{b}-bit {n:,}" for b, n in s.bytes_by_bits().items())
         m = info.get("machine", {})
         machine = f"{m.get('cpu', '?')}, {m.get('torch_threads', '?')} torch thread(s), world size {info.get('world_size', 1)}"
+        chain = training_chain(info)
+        epochs = " + ".join(str(len(r["history"])) for r in chain)
+        minutes = sum(r["train_seconds"] for r in chain) / 60
         rows.append(f"| `{path.name}` ({cfg.name}) | {100 * info['test_accuracy']:.2f}% on classes {info['classes']} "
-                    f"| {len(info['history'])} | {info['settings']['seed']} | {info['train_seconds'] / 60:.1f} min | {machine} "
+                    f"| {epochs} | {info['settings']['seed']} | {minutes:.1f} min | {machine} "
                     f"| {s.params:,} | {s.bytes:,} ({by}) | {4 * s.params:,} |")
-        commands.append(f"# {path.name}\n{pretrain_command(info, arch, cfg.binary, path.name)}")
+        lines = []
+        for i, r in enumerate(chain):
+            last = i == len(chain) - 1
+            out = path.name if last else Path(chain[i + 1]["settings"]["init"]).name
+            lines.append(pretrain_command(r, arch, cfg.binary, out, cfg.stem_bits if last else 32))
+        commands.append(f"# {path.name}\n" + "\n".join(lines))
     return "\n".join(rows) + "\n\n```sh\n" + "\n".join(commands) + "\n```\n"
 
 
