@@ -1,6 +1,7 @@
 """`bnncl bench kernels` records both conv timings (per-call and prepacked) and renders them."""
 
 import numpy as np
+import pytest
 
 from bnncl.bench import kernels as bench
 
@@ -14,3 +15,23 @@ def test_conv_case_has_per_call_and_prepacked_figures():
     row["limit_fraction"] = 0.5
     table = bench.markdown({"torch_version": None, "results": [row]})
     assert "prepacked GOP/s" in table.splitlines()[0] and "toy 6x6" in table
+
+
+def test_learning_bench_sizes_one_experience_by_the_protocol():
+    from bnncl.bench.learning import experience_shape
+
+    assert experience_shape("fmnist-b5") == (600, 8, 0.05)
+    assert experience_shape("cifar10-b5") == (300, 16, 0.2)
+    assert experience_shape("fmnist-full-b5")[0] == 600
+    with pytest.raises(SystemExit, match="cifar10-ni"):
+        experience_shape("cifar10-ni")
+
+
+def test_learning_bench_times_both_engines_on_the_embedded_protocol():
+    from bnncl.bench.learning import run
+
+    res = run([0, 1], steps=1, experience=False, threads=1, protocol="fmnist-b5")
+    assert res["protocol"]["steps_per_experience"] == 8 * 17
+    for row in res["rows"]:
+        assert row["device_step_ms"] > 0 and row["torch_step_ms"] > 0
+        assert row["device_state_bytes"] < row["torch_state_bytes"]

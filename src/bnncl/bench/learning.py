@@ -1,16 +1,18 @@
 """Time to learn on the device vs the torch fp32 reference (issue 4 target: >= 5x faster per experience).
 
-For K = tail blocks, both engines are built from the shipped fmnist-b5 model (device: the ``.bnn`` file
-at q_f/q_b/q_w = 8/16/8; reference: ``TorchEngine`` on the ``.safetensors`` checkpoint, fp32,
+For K = tail blocks, both engines are built from the protocol's shipped model (device: the ``.bnn``
+file at q_f/q_b/q_w = 8/16/8; reference: ``TorchEngine`` on the ``.safetensors`` checkpoint, fp32,
 ``torch.set_num_threads(1)``), and ``train_batch`` on a minibatch of 128 latents (each engine's own
-``extract`` of the embedded training images) is timed, the two engines interleaved step by step in
-one process (median of ``--steps``). One experience of fmnist-b5 = 600 new + 1500 replayed latents,
-the default epochs at batch 128 (8 * ceil(2100 / 128) = 136 steps); ``--experience`` also times one
-such experience end to end, otherwise the per-experience time is steps x the median step. Memory: the stored
-learning state (``memory_bytes()`` tail + head) and, for the device, the peak of Python-tracked
-(NumPy) allocations during one step (tracemalloc).
+``extract`` of the protocol's training images) is timed, the two engines interleaved step by step in
+one process (median of ``--steps``). One experience = the protocol's new patterns per epoch (600 on
+fmnist-b5, the 300-per-class cap on cifar10-b5) + 1500 replayed latents, at the protocol's epochs and
+batch 128 (fmnist-b5: 8 * ceil(2100 / 128) = 136 steps; cifar10-b5: 16 * ceil(1800 / 128) = 240);
+``--experience`` also times one such experience end to end, otherwise the per-experience time is steps
+x the median step. Memory: the stored learning state (``memory_bytes()`` tail + head) and, for the
+device, the peak of Python-tracked (NumPy) allocations during one step (tracemalloc).
 
-``python -m bnncl.bench.learning [--ks 0,1,2,3] [--steps 7] [--experience] [--threads 1] [--json PATH]``
+``python -m bnncl.bench.learning [--protocol fmnist-b5] [--ks 0,1,2,3] [--steps 7] [--experience]
+[--threads 1] [--json PATH]``
 """
 
 from __future__ import annotations
@@ -27,24 +29,36 @@ from importlib import resources
 
 import numpy as np
 
-from bnncl.settings import LearningSettings
-
-BATCH = 128
-NEW, REPLAY, EPOCHS = 600, 1500, LearningSettings.epochs
-STEPS_PER_EXPERIENCE = EPOCHS * math.ceil((NEW + REPLAY) / BATCH)
+BATCH, REPLAY = 128, 1500
+#: new patterns of one experience per epoch, where the protocol does not cap them (fmnist-b5's subset)
+UNCAPPED_NEW = {"fmnist-b5": 600}
 
 
-def _model_paths() -> tuple[str, str]:
-    base = resources.files("bnncl.assets") / "models"
-    return str(base / "fmnist-b5.bnn"), str(base / "fmnist-b5.safetensors")
+def experience_shape(protocol: str) -> tuple[int, int, float]:
+    """``(new patterns per epoch, epochs, lr)`` of one experience of ``protocol`` at its tuned settings."""
+    from bnncl.experiment import config_for
+
+    cfg = config_for(protocol)
+    new = cfg.new_per_class or UNCAPPED_NEW.get(protocol)
+    if new is None:
+        raise SystemExit(f"--protocol {protocol}: expected a protocol with a known experience size "
+                         f"({', '.join(sorted(UNCAPPED_NEW))} or one that caps new patterns per class)")
+    return new, cfg.epochs, cfg.lr
 
 
-def _engines(k: int, threads: int):
+def _model_paths(protocol: str) -> tuple[str, str]:
+    from bnncl.data.protocols import get_protocol
+
+    base, name = resources.files("bnncl.assets") / "models", get_protocol(protocol).model
+    return str(base / f"{name}.bnn"), str(base / f"{name}.safetensors")
+
+
+def _engines(protocol: str, k: int, threads: int):
     from bnncl.device.engine import DeviceEngine
     from bnncl.device.modelfile import DeviceModel
     from bnncl.nn.reference_engine import TorchEngine
 
-    bnn, st = _model_paths()
+    bnn, st = _model_paths(protocol)
     dev = DeviceEngine.from_model_file(bnn, k, qf=8, qb=16, qw=8, num_classes=10, threads=threads)
     classes = DeviceModel.load(bnn).pretrained_classes
     ref = TorchEngine.from_checkpoint(st, k, qf=32, qb=32, qw=32, num_classes=10, head_classes=classes)
@@ -63,10 +77,10 @@ def _time_step(engine, lat: np.ndarray, y: np.ndarray, lr: float) -> float:
     return time.perf_counter() - t
 
 
-def _experience(engine, lat: np.ndarray, y: np.ndarray, lr: float, seed: int = 0) -> float:
+def _experience(engine, lat: np.ndarray, y: np.ndarray, lr: float, epochs: int, seed: int = 0) -> float:
     rng = np.random.default_rng(seed)
     t = time.perf_counter()
-    for _ in range(EPOCHS):
+    for _ in range(epochs):
         order = rng.permutation(len(lat))
         for i in range(0, len(lat), BATCH):
             idx = order[i : i + BATCH]
@@ -74,17 +88,19 @@ def _experience(engine, lat: np.ndarray, y: np.ndarray, lr: float, seed: int = 0
     return time.perf_counter() - t
 
 
-def run(ks: list[int], steps: int, experience: bool, threads: int, lr: float = 0.05) -> dict:
+def run(ks: list[int], steps: int, experience: bool, threads: int, protocol: str = "fmnist-b5") -> dict:
     import torch
 
-    from bnncl.data.embedded import load_embedded
+    from bnncl.data.protocols import get_protocol
 
+    new, epochs, lr = experience_shape(protocol)
+    steps_per_experience = epochs * math.ceil((new + REPLAY) / BATCH)
     torch.set_num_threads(1)
-    data = load_embedded("train")
+    data, _ = get_protocol(protocol).load()
     rows = []
     for k in ks:
-        dev, ref = _engines(k, threads)
-        n = NEW + REPLAY if experience else BATCH
+        dev, ref = _engines(protocol, k, threads)
+        n = new + REPLAY if experience else BATCH
         imgs, labels = data.images[:n], np.asarray(data.labels[:n], dtype=np.int64)
         lat_d, lat_r = dev.extract(imgs), ref.extract(imgs)
         yb = labels[:BATCH]
@@ -108,11 +124,11 @@ def run(ks: list[int], steps: int, experience: bool, threads: int, lr: float = 0
         }
         row["step_ratio"] = row["torch_step_ms"] / row["device_step_ms"]
         if experience:
-            row["device_experience_s"] = _experience(dev, lat_d, labels, lr)
-            row["torch_experience_s"] = _experience(ref, lat_r, labels, lr)
+            row["device_experience_s"] = _experience(dev, lat_d, labels, lr, epochs)
+            row["torch_experience_s"] = _experience(ref, lat_r, labels, lr, epochs)
         else:
-            row["device_experience_s"] = STEPS_PER_EXPERIENCE * row["device_step_ms"] / 1e3
-            row["torch_experience_s"] = STEPS_PER_EXPERIENCE * row["torch_step_ms"] / 1e3
+            row["device_experience_s"] = steps_per_experience * row["device_step_ms"] / 1e3
+            row["torch_experience_s"] = steps_per_experience * row["torch_step_ms"] / 1e3
         row["experience_ratio"] = row["torch_experience_s"] / row["device_experience_s"]
         rows.append(row)
         print(f"K={k}: device {row['device_step_ms']:.1f} ms/step, torch {row['torch_step_ms']:.1f} ms/step "
@@ -121,8 +137,8 @@ def run(ks: list[int], steps: int, experience: bool, threads: int, lr: float = 0
     return {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "load_avg": os.getloadavg()},
-        "protocol": {"batch": BATCH, "new": NEW, "replay": REPLAY, "epochs": EPOCHS,
-                     "steps_per_experience": STEPS_PER_EXPERIENCE, "experience_measured": experience},
+        "protocol": {"name": protocol, "batch": BATCH, "new": new, "replay": REPLAY, "epochs": epochs, "lr": lr,
+                     "steps_per_experience": steps_per_experience, "experience_measured": experience},
         "config": {"device": "8/16/8", "torch": "fp32", "threads": threads, "steps": steps,
                    "kernel_path": _kernel_path()},
         "rows": rows,
@@ -131,13 +147,14 @@ def run(ks: list[int], steps: int, experience: bool, threads: int, lr: float = 0
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bnncl.bench.learning", description=__doc__.splitlines()[0])
+    ap.add_argument("--protocol", default="fmnist-b5", help="fmnist-b5 (embedded data) or cifar10-b5")
     ap.add_argument("--ks", default="0,1,2,3", help="tail blocks to measure (comma list)")
     ap.add_argument("--steps", type=int, default=7, help="timed train_batch calls per engine and K")
     ap.add_argument("--experience", action="store_true", help="also time one full experience end to end")
     ap.add_argument("--threads", type=int, default=1, help="C core threads of the device engine")
     ap.add_argument("--json", default=None, help="write the results here")
     a = ap.parse_args(argv)
-    res = run([int(k) for k in a.ks.split(",")], a.steps, a.experience, a.threads)
+    res = run([int(k) for k in a.ks.split(",")], a.steps, a.experience, a.threads, a.protocol)
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump(res, f, indent=2)

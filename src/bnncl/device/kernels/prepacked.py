@@ -46,6 +46,8 @@ class PackedBinaryConv:
         self.scale = checks.per_channel("scale", scale, self.out_channels, np.float32)
         self.bias = checks.per_channel("bias", bias, self.out_channels, np.float32)
         self._panels: int | None = None
+        # fixed call arguments, converted once (a batch-1 call on a small map is a few us of work)
+        self._scale_p, self._bias_p = self.scale.ctypes.data, self.bias.ctypes.data
         lib = _lib()
         if lib is not None:
             handle = lib.bnncl_weights_prepack(w.ctypes.data, self.out_channels, self.kh, self.kw, self.in_channels)
@@ -78,7 +80,7 @@ class PackedBinaryConv:
         if out.size:
             rc = _lib().bnncl_conv2d_prepacked(
                 x.ctypes.data, b, h, w, self.words, self._panels, self.out_channels, self.kh, self.kw,
-                self.in_channels, self.stride, self.padding, 1, self.scale.ctypes.data, self.bias.ctypes.data,
+                self.in_channels, self.stride, self.padding, 1, self._scale_p, self._bias_p,
                 None, None, out.ctypes.data, threads, native.PATH_IDS[path])
             native.check(rc, "PackedBinaryConv")
         return out
