@@ -102,6 +102,12 @@ def test_plan_argument_errors():
     with pytest.raises(ValueError, match="block 0"):
         forward.ForwardPlan((h, w, c), ic, np.zeros((9 * ic, c)), stem, [np.zeros((8, 3, 3, 1), np.uint64)],
                             [(c + 1, 8, 1, h, w, 0)], [[np.zeros(8)] * 6])
+    with pytest.raises(ValueError, match="even input size"):  # the shortcut's 2x2 pool would read past the map
+        forward.ForwardPlan((h + 1, w, c), ic, np.zeros((9 * ic, c)), (stem[0], np.zeros((h + 1, w, c)), *stem[2:]),
+                            [np.zeros((c, 3, 3, 1), np.uint64)], [(c, c, 2, h + 1, w, 0)], [[np.zeros(c)] * 6])
+    with pytest.raises(ValueError, match="multiple of"):
+        forward.ForwardPlan((h, w, c), ic, np.zeros((9 * ic, c)), stem, [np.zeros((c + 8, 3, 3, 1), np.uint64)],
+                            [(c, c + 8, 1, h, w, 0)], [[np.zeros(c)] * 2 + [np.zeros(c)] + [np.zeros(c + 8)] * 3])
     with pytest.raises(ValueError, match="stem_w"):
         forward.ForwardPlan((h, w, c), ic, np.zeros((9 * ic + 1, c)), stem, [], [], [])
 

@@ -1,6 +1,8 @@
 /* Dispatch, weight panels, packed im2col and the threaded drivers of the bnncl C core. */
+#ifndef BNNCL_NO_PYTHON /* defined by the cross-architecture check (tests/native), which has no Python */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#endif
 
 #include <math.h>
 #include <stdlib.h>
@@ -397,6 +399,7 @@ void bnncl_pack_signs_f32(const float *x, int64_t rows, int64_t c, uint64_t *out
     }
 }
 
+#ifndef BNNCL_NO_PYTHON
 /* A minimal extension module so the build produces an importable .so; the kernels are
  * plain C functions loaded with ctypes. */
 static struct PyModuleDef bnncl_core_module = {
@@ -405,3 +408,4 @@ static struct PyModuleDef bnncl_core_module = {
     NULL, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__bnncl_core(void) { return PyModule_Create(&bnncl_core_module); }
+#endif

@@ -104,7 +104,9 @@ static void *aligned(size_t bytes) { return aligned_alloc(64, ((bytes + 63) / 64
  * the packed (o, 3, 3, words) weights; vecs: per block (scale, bias, input_bias, shift_in, slope,
  * shift_out) float32 pointers, borrowed for the plan's lifetime except scale and bias (copied);
  * stem: (weights (9 * ic, sc) in im2col column order, mul, addmap, shift_in, slope, shift_out) for
- * uint8 images (sh, sw, ic) and the stem output (sh, sw, sc), borrowed.  NULL when out of memory. */
+ * uint8 images (sh, sw, ic) and the stem output (sh, sw, sc), borrowed.  NULL when out of memory or
+ * when a block's shortcut geometry is invalid (out channels not a multiple of in channels, odd size at
+ * stride 2). */
 void *bnncl_fwd_new(int64_t nblocks, const int64_t *geom, const uint64_t *const *weights,
                     const float *const *vecs, int64_t sh, int64_t sw, int64_t sc, int64_t ic,
                     const float *const *stem) {
@@ -122,6 +124,10 @@ void *bnncl_fwd_new(int64_t nblocks, const int64_t *geom, const uint64_t *const 
         fwd_block *b = &p->blk[i];
         const int64_t *g = geom + 6 * i;
         b->cin = g[0], b->o = g[1], b->stride = g[2], b->h = g[3], b->w = g[4], b->binary_input = (int)g[5];
+        /* the shortcut's geometry (the caller validates it too): reads stay inside the input */
+        if (b->cin < 1 || b->o % b->cin || (b->stride != 1 && b->stride != 2) ||
+            (b->stride == 2 && (b->h % 2 || b->w % 2)))
+            goto fail;
         b->ho = (b->h + 2 - 3) / b->stride + 1;
         b->wo = (b->w + 2 - 3) / b->stride + 1;
         b->k = 9 * b->cin;
@@ -345,6 +351,7 @@ int bnncl_fwd_run(void *handle, const uint8_t *images, int64_t n, int64_t stop, 
                 be.bits = d.img, be.bhp = d.hp, be.bwp = d.wp, be.bu = d.u, be.boff = 1;
             }
             if (fused_epi) e.mode = BNNCL_OUT_BLOCK, dd.be = &be;
+            (void)dd; /* read by the AVX-512 direct kernel only (x86-64 builds) */
             const int64_t m = n * bk->ho * bk->wo, np = (bk->o + BNNCL_NB - 1) / BNNCL_NB;
             const int64_t mb = bnncl_block_rows(m, threads), nblk = (m + mb - 1) / mb;
 #pragma omp for schedule(static)

@@ -543,6 +543,7 @@ int bnncl_tail_fwd_out(const int32_t *dot, int64_t b, int64_t ho, int64_t wo, in
                        const float *shift_out, float *out, uint64_t *pos, float *mm, int path) {
     if (!path_ok(path)) return 1;
     if (o % cin || (stride != 1 && stride != 2)) return 3;
+    if (ho * stride > h || wo * stride > w) return 3; /* the shortcut reads input pixels up to stride * o{y,x} + stride - 1 */
     tail_fwd_out_args A = {dot, b, ho, wo, o, xs, xbits, h, w, cin, stride, scale, a, c, shift_in, slope,
                            shift_out, out, pos};
     float *wk = malloc((size_t)(6 * cin + 2 * o) * sizeof(float));
@@ -580,6 +581,7 @@ int bnncl_tail_bwd_dx(const float *dxb, const float *dout, int64_t bcast, int qu
                       int64_t stride, const uint64_t *ste, int binary_input, float *dx, float *mm, int path) {
     if (!path_ok(path)) return 1;
     if (o % cin || (stride != 1 && stride != 2)) return 3;
+    if (stride == 2 && (h % 2 || w % 2)) return 3; /* the shortcut adjoint would write past the input */
     const int64_t ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1;
     tail_dx_args A = {dxb, {dout, bcast, quantize, qlo, qs, pos, slope}, b, h, w, cin, o, stride, ho, wo, ste,
                       binary_input, dx};

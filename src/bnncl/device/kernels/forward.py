@@ -84,6 +84,9 @@ class ForwardPlan:
             cin, o, stride, in_h, in_w, binary_input = (int(x) for x in g)
             if (cin, in_h, in_w) != (c, h, w) or stride not in (1, 2) or o < 1:
                 raise ValueError(f"block {i}: geometry {tuple(g)} does not follow the previous stage {(h, w, c)}")
+            if o % cin or (stride == 2 and (in_h % 2 or in_w % 2)):
+                raise ValueError(f"block {i}: geometry {tuple(g)}: the shortcut needs out_channels a multiple of "
+                                 "in_channels and, at stride 2, an even input size")
             wt = np.ascontiguousarray(wt)
             if wt.dtype != WORD_DTYPE or wt.shape != (o, 3, 3, words_for(cin)):
                 raise ValueError(f"block {i}: weights: expected uint64 {(o, 3, 3, words_for(cin))}")
