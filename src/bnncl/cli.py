@@ -124,7 +124,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from bnncl.report.tables import comparison_markdown
 
     cfg = config_for(args.protocol, engine=args.engine, tail_blocks=args.tail_blocks, qf=args.qf,
-                     qb=args.qb, qw=args.qw, lr_bits=args.lr_bits, buffer=args.buffer, strategy=args.strategy,
+                     qb=args.qb, qw=args.qw, qw_rounding=args.qw_rounding, lr_bits=args.lr_bits, buffer=args.buffer,
+                     strategy=args.strategy,
                      epochs=args.epochs, lr=args.lr, seed=args.seed, threads=args.threads, model=args.model,
                      new_per_class=args.new_per_class)
     out = Path(args.out)
@@ -232,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qf", type=int, default=8, help="forward bits of the tail (32 = float)")
     p.add_argument("--qb", type=int, default=16, help="gradient/update bits of the tail")
     p.add_argument("--qw", type=int, default=8, help="storage bits of the tail's latent weights")
+    p.add_argument("--qw-rounding", default="stochastic", choices=["stochastic", "nearest"],
+                   help="re-quantization of the latent weights after each update (default stochastic: small "
+                        "updates survive on average; nearest drops those below half a step)")
     p.add_argument("--lr-bits", type=int, default=1, choices=[1, 8, 32], help="bits per stored latent")
     p.add_argument("--buffer", type=int, default=1500, help="replay buffer capacity (patterns)")
     p.add_argument("--strategy", default="cwr_star", choices=["cwr_star", "cwr", "naive", "joint"])

@@ -88,7 +88,8 @@ def build_engine(cfg: RunConfig, spec: ProtocolSpec, num_classes: int) -> Engine
         from bnncl.device.engine import DeviceEngine
 
         return DeviceEngine.from_model_file(_model_file(cfg, spec, ".bnn"), cfg.tail_blocks, qf=cfg.qf, qb=cfg.qb,
-                                            qw=cfg.qw, threads=cfg.threads, num_classes=num_classes)
+                                            qw=cfg.qw, threads=cfg.threads, num_classes=num_classes,
+                                            weight_rounding=cfg.qw_rounding, rounding_seed=cfg.seed)
     import torch
 
     from bnncl.nn.checkpoint import load_model
@@ -97,7 +98,7 @@ def build_engine(cfg: RunConfig, spec: ProtocolSpec, num_classes: int) -> Engine
     torch.set_num_threads(cfg.threads)
     model, info = load_model(_model_file(cfg, spec, ".safetensors"))
     return TorchEngine(model, cfg.tail_blocks, qf=cfg.qf, qb=cfg.qb, qw=cfg.qw, num_classes=num_classes,
-                       head_classes=info.get("classes"))
+                       head_classes=info.get("classes"), weight_rounding=cfg.qw_rounding, rounding_seed=cfg.seed)
 
 
 def _check_latent_bits(cfg: RunConfig, engine: Engine) -> None:

@@ -16,6 +16,7 @@ class LearningSettings:
     qf: int = 8  # forward bits of the tail (32 = float)
     qb: int = 16  # gradient / update bits
     qw: int = 8  # storage bits of the tail's latent weights
+    qw_rounding: str = "stochastic"  # re-quantization of the latent weights after an update (or "nearest")
     lr_bits: int = 1  # bits per stored latent (1, 8, 32)
     buffer: int = 1500  # replay capacity (patterns)
     epochs: int = 8  # fmnist-b5: 79.0% at 8, 76.6% at 4 (benchmarks/README.md)
@@ -29,6 +30,8 @@ class LearningSettings:
         for name in ("qf", "qb", "qw"):
             if not 1 <= getattr(self, name) <= 32:
                 raise BnnclError(f"--{name} must be in [1, 32] bits, got {getattr(self, name)}")
+        if self.qw_rounding not in ("stochastic", "nearest"):
+            raise BnnclError(f"--qw-rounding must be stochastic or nearest, got {self.qw_rounding!r}")
         if self.lr_bits not in (1, 8, 32):
             raise BnnclError(f"--lr-bits must be 1, 8 or 32, got {self.lr_bits}")
         if not 0 <= self.tail_blocks <= 3:

@@ -101,3 +101,49 @@ def test_range_below_float32_resolution_is_one_level() -> None:
     q = quantize(x, 3)
     assert q.constant and np.array_equal(q.dequantize(), np.zeros(2, np.float32))
     np.testing.assert_array_equal(_torch_q(x, 3), np.zeros(2, np.float32))
+
+
+def test_requantize_update_nearest_is_quantize_of_the_clipped_update():
+    from bnncl.device.quantize import requantize_update
+
+    rng = np.random.default_rng(0)
+    w = quantize(rng.standard_normal((64, 9)).astype(np.float32), 8).dequantize()
+    new = w - np.float32(0.01) * rng.standard_normal(w.shape).astype(np.float32)
+    got = requantize_update(new, w.min(), w.max(), 8)
+    ref = quantize(np.clip(new, w.min(), w.max()), 8)
+    assert np.array_equal(got.codes, ref.codes) and (got.lo, got.hi) == (ref.lo, ref.hi)
+    with pytest.raises(ValueError, match="float32"):
+        requantize_update(new, w.min(), w.max(), 32)
+
+
+def test_stochastic_rounding_keeps_small_updates_on_average_on_a_fixed_grid():
+    from bnncl.device.quantize import requantize_update, rounding_noise
+
+    rng = np.random.default_rng(1)
+    q = quantize(rng.uniform(-1, 1, 4096).astype(np.float32), 8)
+    w = q.dequantize()
+    delta = np.float32(0.2 * q.step)  # a fifth of a step: nearest rounding drops every such update
+    keep_ends = np.full(w.shape, delta)
+    keep_ends[[w.argmin(), w.argmax()]] = 0  # (the extremes stay: nearest rounding's grid follows them)
+    assert np.array_equal(requantize_update(w - keep_ends, q.lo, q.hi, 8).dequantize(), w)
+    means = np.zeros_like(w, dtype=np.float64)
+    for step in range(200):
+        r = requantize_update(w - delta, q.lo, q.hi, 8, rounding_noise(7, step, 0, w.shape))
+        assert (r.lo, r.hi) == (q.lo, q.hi) and r.codes.dtype == np.uint8  # the grid stays put
+        means += r.dequantize() / 200
+    inner = (w > q.lo + q.step) & (w < q.hi - q.step)  # away from the clipped ends
+    # unbiased: the mean moved by delta (to 0.1 step over 200 draws per weight, averaged over weights)
+    assert abs(float(np.mean((w - means)[inner])) - float(delta)) < 0.01 * q.step
+
+
+def test_rounding_noise_is_a_function_of_seed_step_and_tensor():
+    from bnncl.device.quantize import check_rounding, rounding_noise
+
+    a = rounding_noise(3, 10, 1, (5, 7))
+    assert a.dtype == np.float32 and a.shape == (5, 7) and 0 <= a.min() and a.max() < 1
+    assert np.array_equal(a, rounding_noise(3, 10, 1, (5, 7)))
+    assert not np.array_equal(a, rounding_noise(3, 11, 1, (5, 7)))
+    assert not np.array_equal(a, rounding_noise(3, 10, 0, (5, 7)))
+    assert not np.array_equal(a, rounding_noise(4, 10, 1, (5, 7)))
+    with pytest.raises(ValueError, match="weight_rounding"):
+        check_rounding("up")

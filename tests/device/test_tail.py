@@ -165,20 +165,25 @@ def test_fp32_momentum_equals_torch() -> None:
     assert tt.memory_breakdown()["tail_momentum"] > 0
 
 
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
 @pytest.mark.parametrize("cfg", [CFG, CFG_REAL], ids=["binary-split", "real-split"])
 @pytest.mark.parametrize("k", [0, 1, 2, 3])
-def test_hybrid_8_16_8_agrees_with_torch_fake_quant(cfg: BackboneConfig, k: int) -> None:
-    """Stated tolerance (5 steps at lr 0.5): loss within 1e-3 at every step; >= 99% of the conv weight
+def test_hybrid_8_16_8_agrees_with_torch_fake_quant(cfg: BackboneConfig, k: int, rounding: str) -> None:
+    """Stated tolerance (5 steps at lr 0.5): loss within 2e-3 at every step; >= 99% of the conv weight
     codes equal and all within 1 LSB; head within 2e-3; logits within 0.05. The engines compute the
     same quantized arithmetic; what differs is float32 summation order (GAP, BN, matmuls), which now
     and then moves a value across an 8-bit rounding boundary (1 LSB of an activation), and the
-    difference then propagates (measured in docs/tail-training.md)."""
-    _, te, tt = pair(k, (8, 16, 8), cfg=cfg)
+    difference then propagates (measured in docs/tail-training.md). Stochastic rounding of the weight
+    update draws the same noise in both engines; a value that differs by an ulp then lands on another
+    code a little more often than with nearest rounding: over noise seeds 0-6 (K = 3, real split) the
+    worst loss difference was 1.4e-3 at the 5th step (seed 5, whose head then differs by 2e-3 in one
+    element; >= 99.1% of the codes equal), 2e-4 or less for the other seeds. Seed 0 here."""
+    _, te, tt = pair(k, (8, 16, 8), cfg=cfg, weight_rounding=rounding, rounding_seed=0)
     lat = te.extract(images(32, cfg))
     y = np.random.default_rng(2).integers(0, cfg.num_classes, 32)
     for _ in range(5):
         l_t, l_d = te.train_batch(lat, y, 0.5), tt.train_batch(lat, y, 0.5)
-        assert abs(l_t - l_d) < 1e-3
+        assert abs(l_t - l_d) < 2e-3
     for name, q in tt.conv_qtensors().items():
         dev = q.codes.astype(np.int64)
         ref = codes_on_grid(te.conv_weights()[name].transpose(0, 2, 3, 1), q)
@@ -305,8 +310,9 @@ def test_state_round_trip_reset_and_head() -> None:
     deployed = tt.logits(lat)
     tt.train_batch(lat, y, 1.0)
     state, head = tt.tail_state(), tt.get_head()
-    assert {k.rsplit(".", 1)[-1] for k in state} == {"codes", "range"}
+    assert {k.rsplit(".", 1)[-1] for k in state} == {"codes", "range", "updates"}
     assert state["blocks.1.conv.weight.codes"].shape == (16, 8, 3, 3)
+    assert state["updates"].tolist() == [1]  # positions the stochastic-rounding noise after a resume
     trained = tt.logits(lat)
     tt.reset()
     np.testing.assert_array_equal(tt.logits(lat), deployed)
@@ -320,6 +326,8 @@ def test_state_round_trip_reset_and_head() -> None:
         tt.load_tail_state({})
     with pytest.raises(ValueError, match="unexpected"):
         tt.load_tail_state({**state, "blocks.9.conv.weight": np.zeros(1)})
+    with pytest.raises(ValueError, match="updates"):
+        tt.load_tail_state({**state, "updates": np.array([-1])})
     with pytest.raises(ValueError, match="head"):
         tt.set_head(np.zeros((3, 16)))
 

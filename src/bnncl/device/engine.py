@@ -66,7 +66,8 @@ class DeviceEngine:
     @classmethod
     def from_device_model(cls, model: "DeviceModel", tail_blocks: int, *, qf: int = 8, qb: int = 16,
                           qw: int = 8, momentum: float = 0.0, threads: int = 1, num_classes: int | None = None,
-                          head_classes: Sequence[int] | None = None, stem: str = "auto") -> "DeviceEngine":
+                          head_classes: Sequence[int] | None = None, stem: str = "auto",
+                          weight_rounding: str = "stochastic", rounding_seed: int = 0) -> "DeviceEngine":
         """Frozen forward + tail of a loaded :class:`~bnncl.device.modelfile.DeviceModel`.
 
         With ``num_classes`` larger than the pretrained head, ``head_classes`` defaults to the model's
@@ -77,7 +78,8 @@ class DeviceEngine:
         if num_classes is not None and head_classes is None:
             head_classes = model.pretrained_classes
         tail = TailTrainer(model.architecture, model.tail_parameters(tail_blocks), split, qf=qf, qb=qb, qw=qw,
-                           momentum=momentum, threads=threads, num_classes=num_classes, head_classes=head_classes)
+                           momentum=momentum, threads=threads, num_classes=num_classes, head_classes=head_classes,
+                           weight_rounding=weight_rounding, rounding_seed=rounding_seed)
         fe = FrozenEngine(model, threads=threads, stem=stem)
         stem = fe.stem_precision
         stop = len(model.architecture["blocks"]) - tail_blocks

@@ -130,3 +130,42 @@ def codes_on_grid(x: np.ndarray, like: QTensor) -> np.ndarray:
     if like.bits == FLOAT_BITS or like.constant:
         raise ValueError("codes_on_grid: the reference tensor has no grid (float32 or constant)")
     return np.rint((np.asarray(x, dtype=np.float64) - float(like.lo)) * float(like.scale))
+
+
+#: How the latent weights are re-quantized after an update (``--qw-rounding``).
+WEIGHT_ROUNDINGS = ("stochastic", "nearest")
+
+
+def check_rounding(rounding: object) -> str:
+    """``rounding`` if it is one of :data:`WEIGHT_ROUNDINGS` (one-line ValueError otherwise)."""
+    if rounding not in WEIGHT_ROUNDINGS:
+        raise ValueError(f"weight_rounding: expected one of {', '.join(WEIGHT_ROUNDINGS)}, got {rounding!r}")
+    return str(rounding)
+
+
+def rounding_noise(seed: int, step: int, index: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Uniform [0, 1) float32 noise for stochastic rounding, a pure function of ``(seed, step, index)``
+    (the update step and the tensor), so a run resumed from saved state draws what it would have drawn."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(step), int(index)]).random(shape, dtype=np.float32)
+
+
+def requantize_update(new: np.ndarray, lo: np.float32, hi: np.float32, bits: int,
+                      noise: np.ndarray | None = None) -> QTensor:
+    """Updated latent weights ``new`` stored at ``bits`` (DESIGN.md §1.5): clipped to ``[lo, hi]``, the
+    range the weights had before the update, then re-quantized.
+
+    ``noise=None`` rounds to nearest (:func:`quantize` of the clipped values): an update smaller than
+    half a code step is lost, so at ``q_w = 8`` most SGD steps leave most weights where they were.
+    With ``noise`` (uniform [0, 1), :func:`rounding_noise`) the codes are ``floor((x - lo) s + noise)``
+    on the grid of ``[lo, hi]``: stochastic rounding, whose expected value is ``x``, so small updates
+    survive on average (Gupta et al. 2015, "Deep learning with limited numerical precision")."""
+    if check_bits("bits", bits) == FLOAT_BITS:
+        raise ValueError("bits: float32 weights are not re-quantized (expected 1..24)")
+    lo, hi = np.float32(lo), np.float32(hi)
+    new = np.clip(np.asarray(new, dtype=np.float32), lo, hi)
+    s = grid_scale(lo, hi, bits)
+    if noise is None or s is None:
+        return quantize(new, bits)
+    codes = np.floor((new - lo) * s + noise)
+    np.clip(codes, 0, 2**bits - 1, out=codes)
+    return QTensor(codes.astype(code_dtype(bits)), lo, hi, bits)

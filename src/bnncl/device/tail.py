@@ -60,9 +60,12 @@ from bnncl.device.quantize import (
     FLOAT_BITS,
     QTensor,
     check_bits,
+    check_rounding,
     fake_quantize,
     grid_scale,
     quantize,
+    requantize_update,
+    rounding_noise,
 )
 from bnncl.device.tail_layers import (
     col2im,
@@ -188,11 +191,15 @@ class TailTrainer:
     ``exact_weight_grad``: kept for compatibility; at ``q_b < 32`` the weight gradient is always the
     exact integer sum of the ``q_b`` codes (C kernel ``tailgrad.wgrad_minus_tiled``), at 32 it is float32.
     ``threads``: C core threads of the weight- and input-gradient kernels (and of the conv).
+    ``weight_rounding``: how the latent weights return to ``q_w`` bits after each update,
+    ``"stochastic"`` (default) or ``"nearest"`` (:func:`~bnncl.device.quantize.requantize_update`);
+    the noise is a function of ``rounding_seed``, the update count and the block.
     """
 
     def __init__(self, architecture: Any, params: Mapping[str, np.ndarray], split: str, *, qf: int = 8,
                  qb: int = 16, qw: int = 8, momentum: float = 0.0, threads: int = 1,
-                 num_classes: int | None = None, head_classes: Any = None, exact_weight_grad: bool = False) -> None:
+                 num_classes: int | None = None, head_classes: Any = None, exact_weight_grad: bool = False,
+                 weight_rounding: str = "stochastic", rounding_seed: int = 0) -> None:
         arch = architecture_dict(architecture)
         if arch["binary"] is not True:
             raise ValueError("architecture: the device tail trains binary backbones only (binary=True)")
@@ -201,6 +208,8 @@ class TailTrainer:
                              f"{arch['sign_gradient']!r}")
         self.arch = arch
         self.qf, self.qb, self.qw = check_bits("qf", qf), check_bits("qb", qb), check_bits("qw", qw)
+        self.weight_rounding, self.rounding_seed = check_rounding(weight_rounding), int(rounding_seed)
+        self.updates = 0  # SGD steps taken (the stochastic-rounding noise stream's position)
         if not (np.isfinite(momentum) and 0.0 <= momentum < 1.0):
             raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)
@@ -414,14 +423,21 @@ class TailTrainer:
             return 0.0
         loss, grads, g_head = self.gradients(latents, labels)
         lr32 = np.float32(lr)
-        for blk, g in zip(self._blocks, grads):
+        for j, (blk, g) in enumerate(zip(self._blocks, grads)):
             step = self._momentum_step(blk, "velocity", g)
             w = blk.w_values
             new = w - lr32 * step
-            if self.qw != FLOAT_BITS:  # stored at q_w: keep the range the codes had (DESIGN.md §1.5)
-                new = np.clip(new, w.min(), w.max())
-            blk.weight = quantize(new, self.qw)
+            if self.qw == FLOAT_BITS:
+                blk.weight = quantize(new, self.qw)
+            else:  # stored at q_w: keep the range the codes had (DESIGN.md §1.5)
+                if self.weight_rounding == "nearest":  # the grid follows the values' min/max
+                    blk.weight = requantize_update(new, w.min(), w.max(), self.qw)
+                else:  # a fixed grid, the stored range; noise drawn in torch's (O, I, KH, KW) order
+                    noise = rounding_noise(self.rounding_seed, self.updates, j,
+                                           (blk.cout, blk.cin, 3, 3)).transpose(0, 2, 3, 1)
+                    blk.weight = requantize_update(new, blk.weight.lo, blk.weight.hi, self.qw, noise)
             blk.refresh()
+        self.updates += 1
         step = self._momentum_step(self, "_head_velocity", g_head)
         self._head = quantize(self._head.dequantize() - lr32 * step, self.qb)
         self._refresh_head()
@@ -459,8 +475,9 @@ class TailTrainer:
 
     def tail_state(self) -> dict[str, np.ndarray]:
         """Conv latent weights as stored: ``.codes`` (O, I, KH, KW) + ``.range`` (min, max), or float32
-        ``blocks.{i}.conv.weight`` at ``q_w = 32``."""
-        out: dict[str, np.ndarray] = {}
+        ``blocks.{i}.conv.weight`` at ``q_w = 32``; ``updates`` (the SGD step count, which positions the
+        stochastic-rounding noise, so a resumed run continues the same stream)."""
+        out: dict[str, np.ndarray] = {"updates": np.array([self.updates], dtype=np.int64)}
         for b in self._blocks:
             name = f"blocks.{b.index}.conv.weight"
             if self.qw == FLOAT_BITS:
@@ -487,10 +504,14 @@ class TailTrainer:
                 new.append(quantize(np.ascontiguousarray(w.transpose(0, 2, 3, 1)), self.qw))
             else:
                 raise ValueError(f"tail state: missing {name!r} (or its .codes/.range)")
+        updates = np.asarray(state.get("updates", np.zeros(1, np.int64)))
+        if updates.shape != (1,) or not np.issubdtype(updates.dtype, np.integer) or updates[0] < 0:
+            raise ValueError(f"tail state updates: expected one non-negative integer, got {updates!r}")
         known = {f"blocks.{b.index}.conv.weight{s}" for b in self._blocks for s in ("", ".codes", ".range")}
-        extra = set(state) - known
+        extra = set(state) - known - {"updates"}
         if extra:
             raise ValueError(f"tail state: unexpected keys {sorted(extra)[:5]}")
+        self.updates = int(updates[0])
         for b, q in zip(self._blocks, new):
             b.weight, b.velocity = q, None
             b.refresh()

@@ -10,7 +10,9 @@ The tail (last K blocks + GAP + head) is the backbone's own modules, run in eval
   :class:`GradQuantize` (identity forward, quantizes the incoming gradient) sits at every forward
   quantization point and at each conv output; parameter gradients are quantized before the update;
 * storage: conv latent weights re-quantized at ``qw`` after each update (clipped to the range they had
-  before it; no clipping at ``qw = 32``), the head at ``qb`` (not clipped).
+  before it; no clipping at ``qw = 32``) by the device's own
+  :func:`~bnncl.device.quantize.requantize_update` (stochastic rounding by default, the same noise
+  stream as the device trainer), the head at ``qb`` (not clipped).
 
 Trainable: the tail's conv latent weights and the head; bias before sign, batch norm (running
 statistics, eval mode) and RPReLU stay frozen, as on the device. Plain SGD (optional momentum).
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bnncl.device.quantize import QTensor, check_bits
+from bnncl.device.quantize import QTensor, check_bits, check_rounding, requantize_update, rounding_noise
 from bnncl.device.tail import expand_head, split_latent_shape
 from bnncl.nn.augment import to_input
 from bnncl.nn.backbones import Backbone
@@ -59,8 +61,11 @@ class TorchEngine:
     """
 
     def __init__(self, model: Backbone, tail_blocks: int, *, qf: int = 32, qb: int = 32, qw: int = 32,
-                 momentum: float = 0.0, num_classes: int | None = None, head_classes: Any = None) -> None:
+                 momentum: float = 0.0, num_classes: int | None = None, head_classes: Any = None,
+                 weight_rounding: str = "stochastic", rounding_seed: int = 0) -> None:
         self.qf, self.qb, self.qw = check_bits("qf", qf), check_bits("qb", qb), check_bits("qw", qw)
+        self.weight_rounding, self.rounding_seed = check_rounding(weight_rounding), int(rounding_seed)
+        self.updates = 0
         if not (np.isfinite(momentum) and 0.0 <= momentum < 1.0):
             raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)
@@ -88,11 +93,14 @@ class TorchEngine:
         self._mean = tuple(cfg.mean) if cfg.mean else (0.0,) * c
         self._std = tuple(cfg.std) if cfg.std else (1.0,) * c
         with torch.no_grad():
+            # the q_w grid of each conv (its float range; stochastic rounding keeps it fixed)
+            self._ranges = [(np.float32(w.min()), np.float32(w.max())) for w in self._weights]
             for w in self._weights:
                 w.copy_(uniform_quantize(w, self.qw))
             self._head.copy_(uniform_quantize(self._head, self.qb))
         self._velocity: list[torch.Tensor | None] = [None] * (len(self._weights) + 1)
         self._deployed = self._snapshot()
+        self._deployed_ranges = list(self._ranges)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, tail_blocks: int, **kwargs) -> "TorchEngine":
@@ -176,9 +184,17 @@ class TorchEngine:
             for i, (w, g) in enumerate(zip(self._weights, grads)):
                 step = self._step(i, torch.from_numpy(g))
                 new = w - lr * step
+                if self.qw < 32 and self.weight_rounding == "stochastic":  # fixed grid, as the device
+                    noise = rounding_noise(self.rounding_seed, self.updates, i, tuple(w.shape))  # (O, I, KH, KW)
+                    q = requantize_update(new.detach().numpy(), *self._ranges[i], self.qw, noise)
+                    w.copy_(torch.from_numpy(q.dequantize()))
+                    self._ranges[i] = (q.lo, q.hi)
+                    continue
                 if self.qw < 32:
                     new = torch.clamp(new, w.min(), w.max())
                 w.copy_(uniform_quantize(new, self.qw))
+                self._ranges[i] = (np.float32(w.min()), np.float32(w.max()))
+            self.updates += 1
             step = self._step(len(self._weights), torch.from_numpy(g_head))
             self._head.copy_(uniform_quantize(self._head - lr * step, self.qb))
         return loss
@@ -209,37 +225,49 @@ class TorchEngine:
         return {f"blocks.{self.start + j}.conv.weight": w.detach().numpy().copy() for j, w in enumerate(self._weights)}
 
     def tail_state(self) -> dict[str, np.ndarray]:
-        return self.conv_weights()
+        ranges = {f"blocks.{self.start + j}.conv.weight.range": np.array(r, dtype=np.float32)
+                  for j, r in enumerate(self._ranges)}
+        return self.conv_weights() | ranges | {"updates": np.array([self.updates], dtype=np.int64)}
 
     def load_tail_state(self, state: dict[str, np.ndarray]) -> None:
-        new = []
+        """Conv weights from :meth:`tail_state` (float values + range) or from the device's (codes +
+        range): stored values are taken as they are; float values without a range are re-quantized."""
+        new, ranges = [], []
         for j, w in enumerate(self._weights):
             name = f"blocks.{self.start + j}.conv.weight"
+            rng = np.asarray(state[name + ".range"], np.float32) if name + ".range" in state else None
             if name in state:
                 a = np.asarray(state[name], dtype=np.float32)
-            elif name + ".codes" in state and name + ".range" in state:
-                codes, rng = np.asarray(state[name + ".codes"]), np.asarray(state[name + ".range"], np.float32)
-                a = QTensor(codes, rng[0], rng[1], self.qw if self.qw < 32 else 8).dequantize()
+            elif name + ".codes" in state and rng is not None:
+                a = QTensor(np.asarray(state[name + ".codes"]), rng[0], rng[1], self.qw if self.qw < 32 else 8).dequantize()
             else:
                 raise ValueError(f"tail state: missing {name!r}")
             if a.shape != tuple(w.shape):
                 raise ValueError(f"tail state {name}: expected shape {tuple(w.shape)}, got {a.shape}")
+            if rng is None or rng.shape != (2,) or self.qw == 32:
+                a = uniform_quantize(torch.from_numpy(a), self.qw).numpy()
+                rng = np.array([a.min(), a.max()], np.float32)
             new.append(a)
+            ranges.append((np.float32(rng[0]), np.float32(rng[1])))
         with torch.no_grad():
             for w, a in zip(self._weights, new):
-                w.copy_(uniform_quantize(torch.from_numpy(a), self.qw))
+                w.copy_(torch.from_numpy(a))
+        self._ranges = ranges
         self._velocity = [None] * len(self._velocity)
+        self.updates = int(np.asarray(state.get("updates", [0])).reshape(-1)[0])
 
     def _snapshot(self) -> list[torch.Tensor]:
         return [w.detach().clone() for w in self._weights] + [self._head.detach().clone()]
 
     def mark_deployed(self) -> None:
         self._deployed = self._snapshot()
+        self._deployed_ranges = list(self._ranges)
 
     def reset_tail(self) -> None:
         with torch.no_grad():
             for p, saved in zip(self._weights + [self._head], self._deployed):
                 p.copy_(saved)
+        self._ranges = list(self._deployed_ranges)
         self._velocity = [None] * len(self._velocity)
 
     def memory_bytes(self) -> dict[str, int]:

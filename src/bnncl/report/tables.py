@@ -13,7 +13,8 @@ def settings_line(config: dict[str, Any]) -> str:
     """One line with the learning settings a run used (a ``RunConfig`` as a dict)."""
     c = config
     cap = "all" if c.get("new_per_class") is None else c["new_per_class"]
-    return (f"K={c['tail_blocks']} tail blocks, q_f/q_b/q_w {c['qf']}/{c['qb']}/{c['qw']}, LR {c['lr_bits']} bit, "
+    qw = f"{c['qw']}" if c["qw"] == 32 else f"{c['qw']} ({c.get('qw_rounding', 'nearest')} rounding)"
+    return (f"K={c['tail_blocks']} tail blocks, q_f/q_b/q_w {c['qf']}/{c['qb']}/{qw}, LR {c['lr_bits']} bit, "
             f"buffer {c['buffer']}, epochs {c['epochs']}, lr {c['lr']}, minibatch {c['minibatch']}, "
             f"new per class {cap}, {c['strategy']}, seed {c['seed']}")
 

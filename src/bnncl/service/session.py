@@ -116,7 +116,7 @@ class LearnerSession:
         try:
             self.engine = DeviceEngine.from_device_model(
                 model, settings.tail_blocks, qf=settings.qf, qb=settings.qb, qw=settings.qw, threads=threads,
-                num_classes=capacity)
+                num_classes=capacity, weight_rounding=settings.qw_rounding, rounding_seed=settings.seed)
         except ValueError as exc:
             raise BnnclError(f"{model_path}: cannot build the device engine ({exc})") from None
         if settings.lr_bits == 1 and not self.engine.binary_split:
