@@ -158,16 +158,43 @@ def test_stem_conv_equals_its_numpy_oracle(path, n, h, w, c, o):
         stem_conv3x3_u8(x, wt[1:])
 
 
-def test_prepacked_conv_equals_binary_conv2d(path):
+@pytest.mark.parametrize("call", ["fast", "ctypes"])
+def test_prepacked_conv_equals_binary_conv2d(path, call, monkeypatch):
+    """Both ways into the C call agree with binary_conv2d: the extension module's fast call and the
+    ctypes binding (used where the module lacks it)."""
     from bnncl.device import kernels
+    from bnncl.device.kernels import prepacked
     from bnncl.device.kernels.prepacked import PackedBinaryConv
 
+    if call == "ctypes":
+        monkeypatch.setattr(prepacked, "_fast_call", lambda: None)
     rng = np.random.default_rng(9)
-    for cin, o, stride, b in [(70, 33, 1, 1), (64, 40, 2, 3), (3, 5, 1, 2)]:
+    for cin, o, stride, b in [(70, 33, 1, 1), (64, 40, 2, 3), (3, 5, 1, 2), (32, 32, 2, 1)]:
         w = pack_signs(rng.normal(size=(o, 3, 3, cin)))
         x = pack_signs(rng.normal(size=(b, 6, 8, cin)))
         scale, bias = rng.normal(size=o).astype(np.float32), rng.normal(size=o).astype(np.float32)
         conv = PackedBinaryConv(w, cin, stride, 1, scale, bias)
         assert np.array_equal(conv(x, threads=2), kernels.binary_conv2d(x, w, cin, stride, 1, scale, bias))
+        assert np.array_equal(conv(np.asfortranarray(x)), conv(x))  # any layout in, C-contiguous to the kernel
     with pytest.raises(ValueError, match="x_packed"):
         conv(x[..., :0])
+
+
+def test_prepacked_fast_call_checks_its_buffers():
+    from bnncl.device.kernels import prepacked
+
+    fast = prepacked._fast_call()
+    if fast is None:
+        pytest.skip("the C core's extension module has no conv2d_prepacked")
+    conv = prepacked.PackedBinaryConv(np.zeros((8, 3, 3, 1), np.uint64), 8, 1, 1, np.ones(8, np.float32),
+                                      np.zeros(8, np.float32))
+    x, out = np.zeros((1, 4, 4, 1), np.uint64), np.zeros((1, 4, 4, 8), np.float32)
+    args = (1, 4, 4, 1, 8, 3, 3, 8, 1, 1, conv._scale_p, conv._bias_p, 1, 0)
+    assert fast(conv._panels, x, out, *args) == 0 and np.all(out == 9 * 8)  # all +1: dot = K
+    assert fast(conv._panels, x, out[:, :2], *args) == 3  # output buffer too small: refused
+    with pytest.raises(ValueError, match="geometry"):
+        fast(conv._panels, x, out, *args[:1], 0, *args[2:])
+    with pytest.raises(TypeError):
+        fast(conv._panels, x, out)
+    with pytest.raises(ValueError, match="contiguous"):
+        fast(conv._panels, x, out[..., ::2], *args)

@@ -400,12 +400,60 @@ void bnncl_pack_signs_f32(const float *x, int64_t rows, int64_t c, uint64_t *out
 }
 
 #ifndef BNNCL_NO_PYTHON
-/* A minimal extension module so the build produces an importable .so; the kernels are
- * plain C functions loaded with ctypes. */
+/* The kernels are plain C functions loaded with ctypes.  One entry point is also a Python function:
+ * conv2d_prepacked, the per-layer call of a prepacked binary conv (PackedBinaryConv), where a batch-1
+ * call on a small map is a few microseconds of work and ctypes' argument conversion (17 arguments,
+ * two array addresses) cost as much again.  Arguments: handle, x (C-contiguous uint64 buffer), out
+ * (writable C-contiguous float32 buffer), then batch, h, w, words, o, kh, kw, cin, stride, pad, the
+ * scale and bias addresses, threads, path.  Returns the C return code; the GIL is released while the
+ * kernel runs. */
+static PyObject *py_conv2d_prepacked(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 17) {
+        PyErr_SetString(PyExc_TypeError, "conv2d_prepacked: expected 17 arguments");
+        return NULL;
+    }
+    void *handle = PyLong_AsVoidPtr(args[0]);
+    int64_t v[10];
+    for (int i = 0; i < 10; ++i) v[i] = PyLong_AsLongLong(args[3 + i]);
+    const float *scale = (const float *)PyLong_AsVoidPtr(args[13]), *bias = (const float *)PyLong_AsVoidPtr(args[14]);
+    long threads = PyLong_AsLong(args[15]), path = PyLong_AsLong(args[16]);
+    if (PyErr_Occurred()) return NULL;
+    const int64_t batch = v[0], h = v[1], wd = v[2], wc = v[3], o = v[4], kh = v[5], kw = v[6], cin = v[7],
+                  stride = v[8], pad = v[9];
+    if (!handle || batch < 0 || h < 1 || wd < 1 || wc < 1 || o < 1 || kh < 1 || kw < 1 || stride < 1 || pad < 0 ||
+        h + 2 * pad < kh || wd + 2 * pad < kw) {
+        PyErr_SetString(PyExc_ValueError, "conv2d_prepacked: bad geometry");
+        return NULL;
+    }
+    const int64_t ho = (h + 2 * pad - kh) / stride + 1, wo = (wd + 2 * pad - kw) / stride + 1;
+    Py_buffer xb, ob;
+    if (PyObject_GetBuffer(args[1], &xb, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (PyObject_GetBuffer(args[2], &ob, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&xb);
+        return NULL;
+    }
+    int rc = 3;
+    if (xb.len >= batch * h * wd * wc * 8 && ob.len >= batch * ho * wo * o * 4) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = bnncl_conv2d_prepacked((const uint64_t *)xb.buf, batch, h, wd, wc, handle, o, kh, kw, cin, stride, pad,
+                                    BNNCL_OUT_FLOAT, scale, bias, NULL, NULL, ob.buf, (int)threads, (int)path);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&xb);
+    return PyLong_FromLong(rc);
+}
+
+static PyMethodDef bnncl_core_methods[] = {
+    {"conv2d_prepacked", (PyCFunction)(void (*)(void))py_conv2d_prepacked, METH_FASTCALL,
+     "Prepacked binary conv with float output (see PackedBinaryConv); returns the C return code."},
+    {NULL, NULL, 0, NULL}};
+
 static struct PyModuleDef bnncl_core_module = {
     PyModuleDef_HEAD_INIT, "_bnncl_core",
     "bnncl C core: plain C kernels, loaded with ctypes (see bnncl.device.kernels.native).", -1,
-    NULL, NULL, NULL, NULL, NULL};
+    bnncl_core_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__bnncl_core(void) { return PyModule_Create(&bnncl_core_module); }
 #endif

@@ -26,10 +26,16 @@ class KernelPathError(BnnclError, ValueError):
     """An unknown kernel path, or one this CPU (or this build) cannot run."""
 
 
+_ordered: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
 def available_paths() -> list[str]:
     """Paths this machine can run, best first; ``numpy`` is always available."""
-    native_paths = set(native.supported_paths())
-    return [p for p in ALL_PATHS if p in native_paths] + ["numpy"]
+    native_paths = tuple(native.supported_paths())
+    best = _ordered.get(native_paths)
+    if best is None:  # (every kernel call asks: the ordering is computed once per set of C paths)
+        best = _ordered[native_paths] = tuple(p for p in ALL_PATHS if p in native_paths) + ("numpy",)
+    return list(best)
 
 
 def _validate(name: str, source: str) -> str:
@@ -70,7 +76,7 @@ def active_path() -> str:
     env = os.environ.get(ENV_VAR, "").strip()
     if env and env.lower() != "auto":
         return _validate(env, ENV_VAR)
-    best = available_paths()[0]
+    best = (_ordered.get(tuple(native.supported_paths())) or available_paths())[0]
     if best == "numpy" and not _warned:
         _warned = True
         warnings.warn("bnncl C core not built: binary kernels fall back to NumPy (slow)", RuntimeWarning, stacklevel=3)
