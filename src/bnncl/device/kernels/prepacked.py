@@ -85,16 +85,19 @@ class PackedBinaryConv:
             raise ValueError(f"x_packed: expected a uint64 array (B, H, W, {self.words})")
         x = np.ascontiguousarray(x_packed)
         b, h, w, _ = x.shape
-        ho, wo = self.out_hw(h, w)
+        ho = (h + 2 * self.padding - self.kh) // self.stride + 1  # (out_hw, inlined: this is the hot path)
+        wo = (w + 2 * self.padding - self.kw) // self.stride + 1
         if ho < 1 or wo < 1:
             raise ValueError(f"x_packed: image {h}x{w} is smaller than the {self.kh}x{self.kw} kernel")
-        threads = checks.positive_int("threads", threads)
+        if type(threads) is not int or threads < 1:
+            threads = checks.positive_int("threads", threads)
         out = np.empty((b, ho, wo, self.out_channels), np.float32)
         fast = _fast_call()
         if out.size and fast is not None:
             rc = fast(self._panels, x, out, b, h, w, self.words, self.out_channels, self.kh, self.kw, self.in_channels,
                       self.stride, self.padding, self._scale_p, self._bias_p, threads, native.PATH_IDS[path])
-            native.check(rc, "PackedBinaryConv")
+            if rc:
+                native.check(rc, "PackedBinaryConv")
         elif out.size:
             rc = _lib().bnncl_conv2d_prepacked(
                 x.ctypes.data, b, h, w, self.words, self._panels, self.out_channels, self.kh, self.kw,
