@@ -226,6 +226,7 @@ def test_options_that_contradict_the_deployed_settings(tmp_path, model, state, k
     ("not-a-model", "not a valid bnncl device model"),
     ("no-incoming", "--incoming"),
     ("bad-setting", "--lr-bits must be 1, 8 or 32"),
+    ("bad-rounding", "--qw-rounding must be stochastic or nearest"),
     ("lr1-real-split", "--lr-bits 1 needs a binary latent-replay layer"),
     ("other-model-no-base", "give --base DIR"),
 ])
@@ -242,6 +243,8 @@ def test_bad_arguments_at_deployment(tmp_path, model, case, message, capsys):
         inc = tmp_path / "nope"
     elif case == "bad-setting":
         extra = ["--lr-bits", "4"]
+    elif case == "bad-rounding":
+        extra = ["--qw-rounding", "up"]
     elif case == "lr1-real-split":
         extra = ["--tail-blocks", "0", "--lr-bits", "1"]
     else:

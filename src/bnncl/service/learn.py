@@ -200,6 +200,7 @@ SETTING_OPTIONS = (
     ("--qf", int, "forward bits of the tail"),
     ("--qb", int, "backward/update bits"),
     ("--qw", int, "stored latent-weight bits"),
+    ("--qw-rounding", str, "latent-weight update rounding: stochastic or nearest"),
     ("--lr-bits", int, "bits per stored replay latent: 1, 8 or 32"),
     ("--buffer", int, "replay buffer capacity in patterns"),
     ("--epochs", int, "epochs per experience"),
