@@ -260,7 +260,7 @@ def agreement(arch: str, model_path: str | None = None, paths: list[str] | None 
 
     from bnncl import data
     from bnncl.device import kernels
-    from bnncl.device.frozen import FrozenEngine
+    from bnncl.device.frozen import FrozenEngine, resolve_stem
     from bnncl.nn.augment import to_input
     from bnncl.nn.export import build_device_model, load_host_model
 
@@ -283,18 +283,21 @@ def agreement(arch: str, model_path: str | None = None, paths: list[str] | None 
     acc = lambda lg: float((classes[lg.argmax(1)] == labels[:len(lg)])[seen[:len(lg)]].mean())  # noqa: E731
     out: dict[str, Any] = {"model": path, "split": dm.lr_split, "images": len(images),
                            "torch_accuracy_pretrained_classes": acc(ref_logits), "paths": {}}
+    default = resolve_stem(dm.architecture)  # the stem the engine runs for this model
+    other = "float32" if default == "int8" else "int8"
+    out["default_stem"] = default
     for kp in paths or kernels.available_paths():
-        for stem in ("float32", "int8"):
-            if stem == "int8" and kp != kernels.available_paths()[0]:
-                continue
+        # every path with the default stem; the other stem on the best path, for comparison
+        for stem in (default, other) if kp == kernels.available_paths()[0] else (default,):
             n = oracle_images if kp == "numpy" else len(images)
             with kernels.kernel_path(kp):
                 eng = FrozenEngine(dm, threads=2, stem=stem)
                 lg, lat = eng.logits(images[:n]), eng.latents(images[:n])
-            row = {"images": n, "argmax_equal": float((lg.argmax(1) == ref_logits[:n].argmax(1)).mean()),
+            row = {"images": n, "stem": stem,
+                   "argmax_equal": float((lg.argmax(1) == ref_logits[:n].argmax(1)).mean()),
                    "latent_elements_equal": float((lat == ref_lat[:n]).mean()),
                    "max_abs_logit_diff": float(np.abs(lg - ref_logits[:n]).max()), "accuracy": acc(lg)}
-            out["paths"][kp if stem == "float32" else f"{kp} (int8 stem)"] = row
+            out["paths"][kp if stem == default else f"{kp} ({stem} stem)"] = row
             log(f"{arch} {kp} stem {stem}: {row}")
     return out
 
