@@ -138,3 +138,16 @@ def test_watch_mode_learns_what_arrives(tmp_path, model, state, kit, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         loop.run(once=False, poll=0.01)
     assert session.position["images_learned"] == 3
+
+
+def test_settings_of_a_state_from_before_qw_rounding_keep_round_to_nearest():
+    """A state deployed before ``--qw-rounding`` existed trained with round-to-nearest: reading its
+    settings says so (and resuming it keeps it); new states record their choice."""
+    from dataclasses import asdict
+
+    from bnncl.service.session import Settings
+
+    old = {k: v for k, v in asdict(Settings()).items() if k != "qw_rounding"}
+    assert Settings.from_dict(old).qw_rounding == "nearest"
+    assert Settings.from_dict(asdict(Settings())).qw_rounding == "stochastic"
+    assert Settings.from_dict(asdict(Settings(qw_rounding="nearest"))).qw_rounding == "nearest"

@@ -58,7 +58,10 @@ class Settings(LearningSettings):
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Settings":
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        values = {k: v for k, v in d.items() if k in names}
+        if "qw" in values and "qw_rounding" not in values:
+            values["qw_rounding"] = "nearest"  # a state deployed before the setting existed rounded to nearest
+        return cls(**values)
 
 
 def _shipped_fmnist_sha() -> str | None:
