@@ -195,6 +195,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bnncl.device.quantize import WEIGHT_ROUNDINGS
+
     parser = argparse.ArgumentParser(prog="bnncl", description="On-device continual learning with binary neural networks.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -233,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qf", type=int, default=8, help="forward bits of the tail (32 = float)")
     p.add_argument("--qb", type=int, default=16, help="gradient/update bits of the tail")
     p.add_argument("--qw", type=int, default=8, help="storage bits of the tail's latent weights")
-    p.add_argument("--qw-rounding", default="stochastic", choices=["stochastic", "nearest"],
+    p.add_argument("--qw-rounding", default=WEIGHT_ROUNDINGS[0], choices=WEIGHT_ROUNDINGS,
                    help="re-quantization of the latent weights after each update (default stochastic: small "
                         "updates survive on average; nearest drops those below half a step)")
     p.add_argument("--lr-bits", type=int, default=1, choices=[1, 8, 32], help="bits per stored latent")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from bnncl.device.quantize import WEIGHT_ROUNDINGS
 from bnncl.errors import BnnclError
 
 
@@ -30,8 +31,8 @@ class LearningSettings:
         for name in ("qf", "qb", "qw"):
             if not 1 <= getattr(self, name) <= 32:
                 raise BnnclError(f"--{name} must be in [1, 32] bits, got {getattr(self, name)}")
-        if self.qw_rounding not in ("stochastic", "nearest"):
-            raise BnnclError(f"--qw-rounding must be stochastic or nearest, got {self.qw_rounding!r}")
+        if self.qw_rounding not in WEIGHT_ROUNDINGS:
+            raise BnnclError(f"--qw-rounding must be {' or '.join(WEIGHT_ROUNDINGS)}, got {self.qw_rounding!r}")
         if self.lr_bits not in (1, 8, 32):
             raise BnnclError(f"--lr-bits must be 1, 8 or 32, got {self.lr_bits}")
         if not 0 <= self.tail_blocks <= 3:
