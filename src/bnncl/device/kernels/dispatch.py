@@ -76,7 +76,7 @@ def active_path() -> str:
     env = os.environ.get(ENV_VAR, "").strip()
     if env and env.lower() != "auto":
         return _validate(env, ENV_VAR)
-    best = (_ordered.get(tuple(native.supported_paths())) or available_paths())[0]
+    best = available_paths()[0]
     if best == "numpy" and not _warned:
         _warned = True
         warnings.warn("bnncl C core not built: binary kernels fall back to NumPy (slow)", RuntimeWarning, stacklevel=3)
