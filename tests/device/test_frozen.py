@@ -48,10 +48,25 @@ def test_engine_matches_torch_on_every_path(toy, path):
     assert np.array_equal(eng.latents(images, packed=True), pack_signs(lat))
 
 
-def test_chunks_threads_and_int8_stem(toy):
-    model, dm, images = toy
-    ref = FrozenEngine(dm, threads=1, chunk=256).logits(images)
-    assert np.array_equal(FrozenEngine(dm, threads=2, chunk=7).logits(images), ref)
+def test_outputs_do_not_depend_on_chunk_size_or_threads(toy, path):
+    """The same image gives bit-identical logits and latents (binary LR split, real split, pooled
+    features) whether it is processed alone, in chunks of 7 or in one chunk, on 1 or 2 threads."""
+    _, dm, images = toy
+    ref = FrozenEngine(dm, threads=1, chunk=256)
+    want = {"logits": ref.logits(images), "lr": ref.latents(images, packed=True),
+            "block1": ref.latents(images, "block1"), "gap": ref.latents(images, "gap")}
+    for threads, chunk in ((2, 7), (1, 1), (2, 256)):
+        eng = FrozenEngine(dm, threads=threads, chunk=chunk)
+        got = {"logits": eng.logits(images), "lr": eng.latents(images, packed=True),
+               "block1": eng.latents(images, "block1"), "gap": eng.latents(images, "gap")}
+        for key in want:
+            assert np.array_equal(got[key], want[key]), (key, threads, chunk)
+    assert np.array_equal(FrozenEngine(dm).logits(images[3:4]), want["logits"][3:4])
+
+
+def test_empty_batch_and_int8_stem(toy):
+    _, dm, images = toy
+    ref = FrozenEngine(dm).logits(images)
     assert FrozenEngine(dm).logits(images[:0]).shape == (0, 3)
     int8 = FrozenEngine(dm, stem="int8")
     stem_err = np.abs(int8.stem(images) - FrozenEngine(dm).stem(images)).max()

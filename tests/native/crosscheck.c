@@ -1,5 +1,5 @@
 /* Cross-architecture check of the bnncl C core: framework, main() and the binary-kernel cases
- * (GEMM, convolution in its three output modes, prepacked convolution, sign packing, the one-call
+ * (GEMM, the fixed-order float matmul, convolution in its three output modes, prepacked convolution, sign packing, the one-call
  * frozen forward).  See crosscheck.h; built and compared by tests/device/test_cross_arch.py. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -271,8 +271,27 @@ static void forward_cases(void) {
     }
 }
 
+static void matmul_cases(void) {
+    static const int64_t shapes[][3] = {{1, 1, 1}, {1, 256, 10}, {37, 256, 10}, {5, 7, 33}, {128, 10, 256}};
+    int ids[4], np = cc_paths(ids);
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; ++s) {
+        int64_t n = shapes[s][0], k = shapes[s][1], m = shapes[s][2];
+        cc_seed(900 + s);
+        float *a = cc_floats(n * k, -8.0f, 8.0f), *b = cc_floats(k * m, -1.0f, 1.0f);
+        char name[64];
+        snprintf(name, sizeof name, "matmul_%lldx%lldx%lld", (long long)n, (long long)k, (long long)m);
+        for (int p = 0; p < np; ++p) {
+            float *out = (float *)cc_alloc((size_t)(n * m) * 4);
+            int rc = bnncl_matmul_f32(a, b, n, k, m, out, ids[p]);
+            cc_emit(name, ids[p], rc, out, (size_t)(n * m) * 4);
+        }
+        cc_free_all();
+    }
+}
+
 void cc_kernel_cases(void) {
     gemm_cases();
+    matmul_cases();
     conv_cases();
     pack_signs_cases();
     forward_cases();

@@ -11,7 +11,8 @@ Pipeline per chunk of images (uint8 NHWC):
   output transform (:func:`kernels.binary_conv2d`); then one fused pass
   (:func:`kernels.epilogue.block_epilogue`): + shortcut (2x2 average pool, channel repeat; of
   ``sign(t)`` at a binary split), RPReLU, and the packed signs of ``output + b`` for the next block;
-* global average pooling and the float32 head.
+* global average pooling (summed over H*W in order) and the float32 head (:func:`kernels.linear.matmul`,
+  summed in a fixed order): a row's logits do not depend on the chunk size or the thread count.
 
 On every native kernel path the stem and the whole block loop run as ONE C call per chunk
 (:class:`kernels.forward.ForwardPlan`, ``fused=True``, the default): the same operations in the same
@@ -36,6 +37,8 @@ from bnncl.device.bitpack import WORD_DTYPE, unpack_signs, words_for
 from bnncl.device.kernels import forward as one_call
 from bnncl.device.kernels.epilogue import block_epilogue, native_epilogue
 from bnncl.device.kernels.im2col import reference_im2col3x3, stem_conv3x3_u8
+from bnncl.device.kernels.linear import matmul
+from bnncl.device.kernels.tailfwd import OFF, gap
 from bnncl.device.kernels.prepacked import PackedBinaryConv
 from bnncl.device.modelfile import DeviceModel, block_geometry, split_index
 
@@ -217,9 +220,13 @@ class FrozenEngine:
         bits = kernels.pack_signs_f32(np.ascontiguousarray(x + self.blocks[i].input_bias), self.threads)
         return self.run_block(i, np.ascontiguousarray(x, dtype=np.float32), bits, pack=False)[0]
 
+    def pool(self, x: np.ndarray) -> np.ndarray:
+        """Global average pooling (N, H, W, F) -> (N, F): summed over H*W in order, then / (H*W)."""
+        return gap(np.ascontiguousarray(x, dtype=np.float32), OFF, kernels.active_path())
+
     def head(self, x: np.ndarray) -> np.ndarray:
-        """Global average pooling + bias-free linear head: (N, H, W, F) -> (N, classes)."""
-        return x.mean(axis=(1, 2), dtype=np.float32) @ self._head_t
+        """Global average pooling + bias-free linear head: (N, H, W, F) -> (N, classes), in a fixed order."""
+        return matmul(self.pool(x), self._head_t)
 
     # -- public API ------------------------------------------------------------------------
     def forward_to(self, images: np.ndarray, split: str) -> np.ndarray:
@@ -242,7 +249,7 @@ class FrozenEngine:
                 raise ValueError(f"split {split!r} is not a binary latent split; packed latents exist only at "
                                  f"{', '.join(self.arch['binary_latents']) or 'none'}")
             z = self.forward_to(images, split)
-            return z.mean(axis=(1, 2), dtype=np.float32) if split == "gap" else z
+            return self.pool(z) if split == "gap" else z
         channels = self.blocks[stop].in_channels
 
         def run(x: np.ndarray) -> np.ndarray:

@@ -9,11 +9,12 @@ at a split listed in ``binary_latents``, where the first block skips its own bia
     z   = y * a + c + shortcut(x or xb)     (batch norm = frozen affine from the running statistics)
     out = Q_f(RPReLU(z))
 
-then ``f = Q_f(GAP(out))`` and ``logits = f @ Q_f(H)^T``. What trains: the latent real weights ``W``
+then ``f = Q_f(GAP(out))`` and ``logits = f @ Q_f(H)^T``; the head's products (forward and gradients)
+sum in a fixed order (:func:`bnncl.device.kernels.linear.matmul`), so they do not depend on BLAS. What trains: the latent real weights ``W``
 of the tail's binary convs and the head ``H``. The learnable bias ``b``, batch norm and RPReLU stay as
 deployed (docs/tail-training.md says why).
 
-Quantization (DESIGN.md §1.5; ``Q_n`` = :func:`bnncl.device.quantize.quantize` at n bits, 32 = float32):
+Quantization (docs/design.md §1.5; ``Q_n`` = :func:`bnncl.device.quantize.quantize` at n bits, 32 = float32):
 
 * forward at ``q_f``: the tail input, each block output, the pooled features, the head weights used
   in the forward pass, the softmax output;
@@ -55,6 +56,7 @@ import numpy as np
 from bnncl.device import kernels
 from bnncl.device.bitpack import pack_signs, unpack_signs
 from bnncl.device.kernels import tailfwd, tailgrad
+from bnncl.device.kernels.linear import matmul
 from bnncl.device.kernels.tailfwd import QParams
 from bnncl.device.quantize import (
     FLOAT_BITS,
@@ -267,6 +269,7 @@ class TailTrainer:
 
     def _refresh_head(self) -> None:
         self._head_f = fake_quantize(self._head.dequantize(), self.qf)  # forward copy at q_f
+        self._head_ft = np.ascontiguousarray(self._head_f.T)
 
     # -- forward -------------------------------------------------------------------------------
     def _check_latents(self, latents: np.ndarray) -> np.ndarray:
@@ -303,7 +306,7 @@ class TailTrainer:
             for blk in self._blocks:
                 x, q = self._block_forward(blk, x, q, caches, path)
             feats = quantize(tailfwd.gap(x, q, path), self.qf)
-        logits = feats.dequantize() @ self._head_f.T
+        logits = matmul(feats.dequantize(), self._head_ft)
         return logits.astype(np.float32, copy=False), feats
 
     def logits(self, latents: np.ndarray) -> np.ndarray:
@@ -335,10 +338,10 @@ class TailTrainer:
         onehot[np.arange(n), y] = 1.0
         dlogits = fake_quantize((fake_quantize(p, self.qf) - onehot) / np.float32(n), self.qb)
         f = feats.dequantize()
-        g_head = fake_quantize(dlogits.T @ f, self.qb)
+        g_head = fake_quantize(matmul(dlogits.T, f), self.qb)
         grads: list[np.ndarray] = [None] * len(self._blocks)  # type: ignore[list-item]
         if self._blocks:
-            df = fake_quantize(dlogits @ self._head_f, self.qb)
+            df = fake_quantize(matmul(dlogits, self._head_f), self.qb)
             last = self._blocks[-1]
             h, w = self._out_hw(last, caches[-1][3])
             # Q_b of the (N, H, W, C) broadcast of df / (H W) = the broadcast of Q_b of the (N, C) array
@@ -429,7 +432,7 @@ class TailTrainer:
             new = w - lr32 * step
             if self.qw == FLOAT_BITS:
                 blk.weight = quantize(new, self.qw)
-            else:  # stored at q_w: keep the range the codes had (DESIGN.md §1.5)
+            else:  # stored at q_w: keep the range the codes had (docs/design.md §1.5)
                 if self.weight_rounding == "nearest":  # the grid follows the values' min/max
                     blk.weight = requantize_update(new, w.min(), w.max(), self.qw)
                 else:  # a fixed grid, the stored range; noise drawn in torch's (O, I, KH, KW) order

@@ -80,6 +80,8 @@ int bnncl_conv2d_prepacked(const uint64_t *x, int64_t batch, int64_t h, int64_t 
 int64_t bnncl_popcnt_probe(int64_t iters, int *bits);
 int64_t bnncl_clock_probe(int64_t iters);
 void bnncl_pack_signs_f32(const float *x, int64_t rows, int64_t c, uint64_t *out, int threads);
+/* out = a @ b in float32, summed over k in order (linear.c) */
+int bnncl_matmul_f32(const float *a, const float *b, int64_t n, int64_t k, int64_t m, float *out, int path);
 
 /* ---- internals shared by core.c, epilogue.c, kern_avx512.c and forward.c (not loaded from Python) ---- */
 
