@@ -1,8 +1,8 @@
 """``bnncl run``: one continual-learning run of a named protocol on the device or torch engine.
 
 Builds the engine from a shipped model, the stream from the protocol, the replay buffer and the
-learner; runs it with progress callbacks; returns the ``results.json`` dict (DESIGN.md §3, issue 4
-field list). Torch is imported only for the torch engine.
+learner; runs it with progress callbacks; returns the ``results.json`` dict (fields:
+docs/design.md §5). Torch is imported only for the torch engine.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Time to learn on the device vs the torch fp32 reference (issue 4 target: >= 5x faster per experience).
+"""Time to learn on the device vs the torch fp32 reference (goal: >= 5x faster per experience).
 
 For K = tail blocks, both engines are built from the protocol's shipped model (device: the ``.bnn``
 file at q_f/q_b/q_w = 8/16/8; reference: ``TorchEngine`` on the ``.safetensors`` checkpoint, fp32,

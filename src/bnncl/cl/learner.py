@@ -12,7 +12,7 @@ Strategies (``LearnerConfig.strategy``):
 The learner never resets the engine; to compare strategies on one engine, call
 :meth:`Engine.reset_tail` between runs (or build a fresh engine).
 
-Minibatch mixing (DESIGN.md §1.4): with ``N_new`` new latents and ``R`` replayed ones (the buffer as
+Minibatch mixing (docs/design.md §1.4): with ``N_new`` new latents and ``R`` replayed ones (the buffer as
 it is at the start of the experience), an epoch has ``n_b = ceil((N_new + R) / minibatch_size)``
 minibatches; the shuffled new indices and the shuffled replay indices are each cut into ``n_b``
 near-equal chunks and minibatch ``b`` is new chunk ``b`` + replay chunk ``b``. So every new and every

@@ -105,7 +105,7 @@ def load_cifar10(path: str | os.PathLike, split: str = "train") -> ImageDataset:
 
 
 def default_cifar10_path() -> Path:
-    """``$BNNCL_CIFAR10``, else the team's shared copy (``shared/data/cifar10/cifar10-jpeg.tar.gz`` in a
+    """``$BNNCL_CIFAR10``, else a copy found by its path (``shared/data/cifar10/cifar10-jpeg.tar.gz`` in a
     parent folder of the package or of the working directory)."""
     env = os.environ.get("BNNCL_CIFAR10")
     if env:

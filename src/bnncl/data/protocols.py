@@ -1,4 +1,4 @@
-"""Named, seeded continual-learning protocols (DESIGN.md §3).
+"""Named, seeded continual-learning protocols (docs/design.md §3.3).
 
 * ``fmnist-b5`` (default): the embedded Fashion-MNIST subset; the device ships with a backbone + head
   pretrained on classes 0-4 (their train images prefill the replay buffer), then learns five

@@ -13,7 +13,7 @@ NAMES = ("fmnist", "cifar10", "embedded")
 
 
 def load_dataset(spec: str, split: str) -> ImageDataset:
-    """``fmnist`` (Debian/``$BNNCL_FASHION_MNIST``), ``cifar10`` (``$BNNCL_CIFAR10`` or the shared copy),
+    """``fmnist`` (Debian/``$BNNCL_FASHION_MNIST``), ``cifar10`` (``$BNNCL_CIFAR10`` or ``default_cifar10_path``),
     ``embedded`` (the subset shipped in the package), or a path: an IDX folder
     (``mnist:PATH`` for digit names), a CIFAR-10 folder/archive."""
     if spec == "fmnist":

@@ -24,7 +24,7 @@ Tensors (all channels-last; ``i`` a binary block):
 * ``head.weight`` float32 (classes, F).
 * raw parameters of the last ``tail_blocks`` blocks, by state_dict name: ``blocks.{i}.conv.weight.codes``
   uint8 (O, I, KH, KW) + ``blocks.{i}.conv.weight.range`` float32 (2,) = (min, max) of the
-  uniform quantizer of DESIGN.md §1.5; float32 ``blocks.{i}.move.bias``,
+  uniform quantizer of docs/design.md §1.5; float32 ``blocks.{i}.move.bias``,
   ``blocks.{i}.bn.{weight,bias,running_mean,running_var}``, ``blocks.{i}.act.{shift_in,slope,shift_out}``.
 """
 
@@ -190,7 +190,7 @@ def manifest_checksum(manifest: Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Uniform min/max quantizer (DESIGN.md §1.5) of the stored latent weights
+# Uniform min/max quantizer (docs/design.md §1.5) of the stored latent weights
 
 
 def quantize_uniform(x: np.ndarray, bits: int = LATENT_WEIGHT_BITS) -> tuple[np.ndarray, np.ndarray]:

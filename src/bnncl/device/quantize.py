@@ -1,4 +1,4 @@
-"""The device's uniform quantizer (DESIGN.md §1.5), NumPy only: tensors stored at their bit width.
+"""The device's uniform quantizer (docs/design.md §1.5), NumPy only: tensors stored at their bit width.
 
 ``q(x) = round((x - min) * s) / s + min`` with ``s = (2^b - 1) / (max - min)``, per tensor, from the
 tensor's own min/max; a constant tensor (``max == min``, e.g. all zeros) is returned unchanged, and a
@@ -151,7 +151,7 @@ def rounding_noise(seed: int, step: int, index: int, shape: tuple[int, ...]) -> 
 
 def requantize_update(new: np.ndarray, lo: np.float32, hi: np.float32, bits: int,
                       noise: np.ndarray | None = None) -> QTensor:
-    """Updated latent weights ``new`` stored at ``bits`` (DESIGN.md §1.5): clipped to ``[lo, hi]``, the
+    """Updated latent weights ``new`` stored at ``bits`` (docs/design.md §1.5): clipped to ``[lo, hi]``, the
     range the weights had before the update, then re-quantized.
 
     ``noise=None`` rounds to nearest (:func:`quantize` of the clipped values): an update smaller than

@@ -8,7 +8,7 @@ the block doubles them (parameter-free, ReActNet style).
 Split points are named ``block{i}`` (the input of binary block ``i``) and ``gap`` (the input of the
 pooling). The tail for ``K`` trainable blocks starts at ``split_for_tail(K)``. A split listed in
 ``binary_latents`` is binarized by construction: the block there sees ``x' = sign(x + b)`` for both
-its conv and its shortcut, so a 1-bit latent replay at that point is exact (DESIGN.md §4 lesson).
+its conv and its shortcut, so a 1-bit latent replay at that point is exact (docs/design.md §1.6).
 
 ``binary=False`` builds the float twin: the same code path with binarization switched off.
 

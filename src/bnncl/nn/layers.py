@@ -2,7 +2,7 @@
 
 Binary conv/dense: weights ``sign(W)`` scaled per output channel by ``mean |W|``, the scale applied
 *after* the ±1 product, so the float emulation equals an XNOR-popcount kernel exactly. Spatial padding
-of a binary conv is +1 (the device packs it as bit 0; DESIGN.md §2 bit convention).
+of a binary conv is +1 (the device packs it as bit 0; docs/design.md §4.1 bit convention).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Quantizers as small objects that say their precision (1-bit sign, b-bit uniform min/max).
 
 Sign: ``sign(0) = +1``; gradient by the clipped straight-through estimator (``1_{|x|<=1}``) or
-ApproxSign (``2 - 2|x|`` on ``|x| <= 1``, Bi-Real Net). Uniform: DESIGN.md §1.5, per tensor from its
+ApproxSign (``2 - 2|x|`` on ``|x| <= 1``, Bi-Real Net). Uniform: docs/design.md §1.5, per tensor from its
 min/max, ``q(x) = round((x - min) * s) / s + min`` with ``s = (2^b - 1) / (max - min)``, STE gradient;
 a constant tensor (max == min, e.g. all zeros) is returned unchanged.
 """
@@ -83,7 +83,7 @@ def uniform_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 class UniformQuantizer(nn.Module):
-    """b-bit uniform min/max quantizer (DESIGN.md §1.5); ``precision`` = bits (32 = no quantization)."""
+    """b-bit uniform min/max quantizer (docs/design.md §1.5); ``precision`` = bits (32 = no quantization)."""
 
     def __init__(self, bits: int = 8) -> None:
         super().__init__()

@@ -10,7 +10,7 @@
  *
  * Layouts: activations channels-last (rows = B*H*W, C) float32; bit maps (signs, masks) packed per
  * row in uint64 words like bitpack.py (bit i of word j = channel 64 j + i, padding bits 0).
- * Quantizer Q (DESIGN.md 1.5) with lo = min, s = (2^b - 1) / (max - min) given by the caller:
+ * Quantizer Q (docs/design.md §1.5) with lo = min, s = (2^b - 1) / (max - min) given by the caller:
  * q(x) = rint((x - lo) * s) / s + lo (half to even), the same float32 steps as quantize.py.
  *
  *   bnncl_tail_minmax      min and max of a float array

@@ -22,7 +22,7 @@ in the same order, so every path agrees bit for bit (``tests/device/test_tailfwd
 * :func:`bwd_dx`: ``dx = (dxb + dxs) * ste`` (binary shortcut input) or ``dxb * ste + dxs``, ``dxs`` the
   shortcut adjoint of ``dz`` (copies summed in order, 2x2 pool: a quarter each); min/max.
 
-``Q`` is DESIGN.md §1.5's quantizer with the tensor's own min/max (:class:`QParams`); bit maps are
+``Q`` is docs/design.md §1.5's quantizer with the tensor's own min/max (:class:`QParams`); bit maps are
 packed like :mod:`bnncl.device.bitpack` (uint64 words along channels, bit 1 = set).
 """
 
