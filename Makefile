@@ -3,14 +3,16 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bnncl-installed
-SOURCES := pyproject.toml setup.py $(wildcard src/bnncl/device/csrc/*.c src/bnncl/device/csrc/*.h)
+SOURCES := pyproject.toml setup.py constraints.txt $(wildcard src/bnncl/device/csrc/*.c src/bnncl/device/csrc/*.h)
+# every install takes the exact versions of constraints.txt, build tools included (`make lock` refreshes it)
+PIP := $(BIN)/python -m pip install -q -c constraints.txt --build-constraint constraints.txt
 
-.PHONY: run test setup clean
+.PHONY: run test setup lint lock clean
 
 $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[torch,plot,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt pip
+	$(PIP) -e '.[torch,plot,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -20,6 +22,19 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+# Re-resolve pyproject.toml's ranges in a fresh venv and pin the result in constraints.txt.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+	.lock-venv/bin/python -m pip install -q -e '.[torch,plot,dev]'
+	sed -n '/^#/p' constraints.txt > constraints.new
+	.lock-venv/bin/python -m pip freeze --all --exclude-editable >> constraints.new
+	mv constraints.new constraints.txt && rm -rf .lock-venv
+	@echo "constraints.txt updated: rerun make test and the figures (benchmarks/README.md), then commit"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

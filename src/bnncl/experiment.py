@@ -22,7 +22,7 @@ from bnncl.cl.metrics import ExperienceResult
 from bnncl.cl.replay import LatentReplayBuffer
 from bnncl.data.protocols import ProtocolSpec, get_protocol
 from bnncl.errors import BnnclError
-from bnncl.machine import machine_info
+from bnncl.machine import machine_info, software_info
 from bnncl.settings import LearningSettings
 
 ENGINES = ("device", "torch")
@@ -70,12 +70,12 @@ def config_for(protocol: str = "fmnist-b5", **given: Any) -> RunConfig:
 
 
 def _model_file(cfg: RunConfig, spec: ProtocolSpec, suffix: str) -> Path:
-    from bnncl.assets import model_path
+    from bnncl.assets import model_path, resolve_model
 
-    if cfg.model:
-        path = Path(cfg.model)
+    if cfg.model:  # a path, or the name of a shipped model (its .bnn or .safetensors per engine)
+        path = resolve_model(cfg.model, suffix)
         if not path.is_file():
-            raise BnnclError(f"--model {cfg.model}: no such file")
+            raise BnnclError(f"--model {cfg.model}: not a file")
         return path
     return model_path(spec.model + ("-fp32" if cfg.float_network else ""), suffix)
 
@@ -145,6 +145,7 @@ def run_protocol(
         "memory_bytes": memory,
         "wall_seconds": round(time.perf_counter() - t0, 2),
         "machine": machine_info(),
+        "software": software_info(),
     })
     return out
 

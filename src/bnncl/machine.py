@@ -26,3 +26,44 @@ def cpu_model() -> str:
 def machine_info() -> dict[str, object]:
     """CPU model, core count, Python version."""
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def _git(root: Path, *args: str) -> str | None:
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def source_commit() -> dict[str, object] | None:
+    """``{"commit": sha, "dirty": bool}`` of the git checkout bnncl runs from, or None (an installed wheel,
+    or no git)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    sha = _git(root, "rev-parse", "HEAD")
+    if not sha:
+        return None
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return {"commit": sha, "dirty": bool(status)}
+
+
+def software_info() -> dict[str, object]:
+    """What produced a result: bnncl's version and git commit (when run from a checkout), the versions of
+    NumPy and PyTorch (None when not installed), and the kernel path of the C core."""
+    from importlib import metadata
+
+    import numpy as np
+
+    import bnncl
+    from bnncl.device import kernels
+
+    try:
+        torch_version: str | None = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = None
+    return {"bnncl": bnncl.__version__, "git": source_commit(), "numpy": np.__version__, "torch": torch_version,
+            "kernel_path": kernels.active_path()}
