@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from bnncl.errors import BnnclError
+
+TORCH_HINT = "pip install 'bnncl[torch]' (torch==2.13.0, the pinned CPU build)"
 
 
 def _classes(text: str) -> list[int]:
@@ -47,18 +50,41 @@ def _tuned(name: str) -> str:
     return "; ".join(parts)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bnncl")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        from bnncl import __version__
+
+        return __version__
+
+
+def _require_torch(command: str) -> None:
+    """One :class:`BnnclError` line instead of a traceback where a host command runs without torch
+    (the device install); called before the command starts any work."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise BnnclError(f"bnncl {command} needs PyTorch: {TORCH_HINT}") from None
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    _require_torch("pretrain")
     from dataclasses import replace
 
+    from bnncl.assets import resolve_model
     from bnncl.data import load_dataset
     from bnncl.nn.backbones import CONFIGS
     from bnncl.nn.pretrain import PretrainSettings, pretrain
 
+    init = str(resolve_model(args.init, ".safetensors")) if args.init else None
     train, test = load_dataset(args.data, "train"), load_dataset(args.data, "test")
     config = replace(CONFIGS[args.arch](binary=not args.float), stem_bits=args.stem_bits)
     settings = PretrainSettings(classes=args.classes, epochs=args.epochs, batch_size=args.batch_size,
                                 lr=args.lr, seed=args.seed, crop_pad=args.crop_pad, hflip=not args.no_flip,
-                                threads=args.threads, max_steps=args.max_steps, init=args.init,
+                                threads=args.threads, max_steps=args.max_steps, init=init,
                                 warmup_epochs=args.warmup_epochs)
     _, record = pretrain(train, test, config, settings, args.output, resume=args.resume, dataset_name=args.data,
                       progress=not args.no_progress)
@@ -68,10 +94,12 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
+    _require_torch("summary")
+    from bnncl.assets import resolve_model
     from bnncl.nn.checkpoint import load_model
     from bnncl.nn.summary import format_summary, summarize
 
-    model, info = load_model(args.model)
+    model, info = load_model(resolve_model(args.model, ".safetensors"))
     print(format_summary(summarize(model)))
     if info.get("history"):
         st = info.get("settings", {})
@@ -117,6 +145,8 @@ def _run_one(cfg, label: str, quiet: bool = False) -> dict:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.compare or args.engine == "torch":  # before any work: --compare runs the torch baselines
+        _require_torch("run --compare" if args.compare else "run --engine torch")
     from pathlib import Path
 
     from bnncl.experiment import compare_configs, config_for, write_results
@@ -148,23 +178,36 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``bnncl bench`` subcommands: name -> what it measures (each module ``bnncl.bench.<name>`` has a ``main``).
+BENCHES = {
+    "kernels": "binary conv / GEMM kernels vs torch fp32 on the shipped backbone shapes (benchmarks/kernels.md)",
+    "inference": "whole-backbone inference: frozen engine vs torch fp32 twin and BNN (benchmarks/inference.md)",
+    "learning": "time and memory to learn on the device vs the torch fp32 reference (benchmarks/learning.md)",
+    "sweeps": "accuracy sweeps: q_f x q_b, replay bits, buffer size, tail blocks, seeds (benchmarks/sweeps)",
+    "soak": "the bnncl learn loop over many small experiences, sampling memory (benchmarks/soak.md)",
+}
+
+
+def _bench_help() -> str:
+    width = max(map(len, BENCHES))
+    lines = [f"usage: bnncl bench {{{','.join(BENCHES)}}} [options]", "",
+             "Benchmarks behind the figures in benchmarks/. Subcommands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in BENCHES.items()]
+    lines += ["", "Options of one benchmark: bnncl bench NAME --help (e.g. --json PATH)."]
+    return "\n".join(lines)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
-    if args.what == "kernels":
-        from bnncl.bench.kernels import main as bench_main
-    elif args.what == "inference":
-        from bnncl.bench.inference import main as bench_main
-    elif args.what == "sweeps":
-        from bnncl.bench.sweeps import main as bench_main
-    elif args.what == "learning":
-        from bnncl.bench.learning import main as bench_main
-    elif args.what == "soak":
-        from bnncl.bench.soak import main as bench_main
-    else:
-        raise BnnclError(f"unknown benchmark {args.what!r}; expected one of: kernels, inference, learning, soak, sweeps")
+    import importlib
+
+    if args.what not in BENCHES:
+        raise BnnclError(f"unknown benchmark {args.what!r}; expected one of: {', '.join(BENCHES)}")
+    bench_main = importlib.import_module(f"bnncl.bench.{args.what}").main
     return int(bench_main(args.rest) or 0)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    _require_torch("export")
     from bnncl.nn.export import main as export_main
 
     return int(export_main(args.rest) or 0)
@@ -189,15 +232,19 @@ def _cmd_state(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from bnncl.assets import resolve_model
     from bnncl.device.info import main as info_main
 
-    return int(info_main(args.rest) or 0)
+    # `bnncl info M [--json]`: its one positional is a model (a path, or a shipped model's name)
+    rest = [arg if arg.startswith("-") else str(resolve_model(arg, ".bnn")) for arg in args.rest]
+    return int(info_main(rest) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from bnncl.device.quantize import WEIGHT_ROUNDINGS
 
     parser = argparse.ArgumentParser(prog="bnncl", description="On-device continual learning with binary neural networks.")
+    parser.add_argument("--version", action="version", version=f"bnncl {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="pretrain a backbone on base classes (runs under torchrun for DDP)")
@@ -225,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("summary", help="parameters, memory by bit width and MACs of a model file")
-    p.add_argument("model")
+    p.add_argument("model", help="host model file (.safetensors), or a shipped model's name (e.g. fmnist-b5)")
     p.set_defaults(func=_cmd_summary)
 
     p = sub.add_parser("run", help="continual learning on a protocol (default: fmnist-b5, embedded data)")
@@ -271,8 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=func)
 
-    p = sub.add_parser("bench", help="benchmarks: kernels | inference | learning | soak | sweeps")
-    p.add_argument("what")
+    p = sub.add_parser("bench", help=f"benchmarks: {' | '.join(BENCHES)}", add_help=False)
+    p.add_argument("what", choices=list(BENCHES))
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_bench)
     return parser
@@ -283,13 +330,14 @@ PASSTHROUGH = {"export": _cmd_export, "info": _cmd_info, "learn": _cmd_learn, "p
                "state": _cmd_state}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; user errors print one line and exit 2."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _dispatch(argv: list[str]) -> int:
+    if argv[:1] == ["bench"] and (len(argv) == 1 or argv[1] in ("-h", "--help")):
+        print(_bench_help(), file=sys.stdout if len(argv) > 1 else sys.stderr)
+        return 0 if len(argv) > 1 else 2
     parser = build_parser()
     if argv and argv[0] in PASSTHROUGH:
         args = argparse.Namespace(rest=argv[1:], func=PASSTHROUGH[argv[0]])
-    elif argv[:1] == ["bench"] and len(argv) > 1:
+    elif argv[:1] == ["bench"]:
         args = argparse.Namespace(what=argv[1], rest=argv[2:], func=_cmd_bench)
     else:
         args = parser.parse_args(argv)
@@ -298,6 +346,29 @@ def main(argv: list[str] | None = None) -> int:
     except BnnclError as exc:
         print(f"bnncl: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:  # a host-only path reached without torch on a device install
+        if (exc.name or "").partition(".")[0] != "torch":
+            raise
+        print(f"bnncl: error: bnncl {argv[0]} needs PyTorch: {TORCH_HINT}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user errors print one line and exit 2. A closed stdout (``bnncl ... | head -1``)
+    ends the command quietly, as the Python docs advise for SIGPIPE."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        try:
+            return _dispatch(argv)
+        finally:
+            sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
+    except BrokenPipeError:
+        try:  # Python flushes stdout again at exit: point it at devnull so that flush cannot fail
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests)
+            pass
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
 """Frozen engine vs the torch model it was exported from, on every kernel path."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -13,11 +11,10 @@ torch = pytest.importorskip("torch")
 from data_available import needs_cifar, needs_fmnist  # noqa: E402
 from nn.test_export import TINY, randomized  # noqa: E402  (tests/ is on the pytest pythonpath)
 
+from bnncl.assets import model_path  # noqa: E402
 from bnncl.nn.augment import to_input  # noqa: E402
 from bnncl.nn.checkpoint import load_model  # noqa: E402
 from bnncl.nn.export import build_device_model  # noqa: E402
-
-ASSETS = Path(__file__).resolve().parents[2] / "src" / "bnncl" / "assets" / "models"
 
 
 def _torch(model, images, split=None):
@@ -92,10 +89,7 @@ def test_argument_errors(toy):
 
 
 def _real(name: str, images: np.ndarray, tmp_path, paths=("auto",)) -> None:
-    asset = ASSETS / f"{name}.safetensors"
-    if not asset.is_file():
-        pytest.skip(f"shipped model {asset} not present yet")
-    model, info = load_model(asset)
+    model, info = load_model(model_path(name, ".safetensors"))  # bnncl_host_models (pip install ./host-models)
     build_device_model(model, info).save(tmp_path / "m.bnn")
     dm = DeviceModel.load(tmp_path / "m.bnn")
     ref_logits, ref_lat = _torch(model, images), _torch(model, images, dm.lr_split)

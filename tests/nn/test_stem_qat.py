@@ -2,13 +2,13 @@
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from nn.test_pretrain import _toy  # tests/ is on the pytest pythonpath
 
+from bnncl.assets import model_path
 from bnncl.device.frozen import FrozenEngine
 from bnncl.device.modelfile import DeviceModel
 from bnncl.errors import BnnclError
@@ -26,7 +26,6 @@ from bnncl.nn.quantizers import (
 )
 from bnncl.nn.record import record_markdown
 
-ASSETS = Path(__file__).resolve().parents[2] / "src" / "bnncl" / "assets" / "models"
 TINY = BackboneConfig("tiny", (12, 12, 1), 8, ((8, 1), (16, 2)), 3, binary_latents=("block1",))
 
 
@@ -182,7 +181,7 @@ def test_finetuned_int8_stem_matches_torch_on_the_device(tmp_path, stem):
 def test_shipped_bnn_is_the_export_of_the_shipped_int8_stem_model(name):
     """The shipped BNNs are trained with the int8 device stem, and each shipped ``.bnn`` is ``bnncl
     export`` of its host model, tensor for tensor, byte for byte."""
-    src, shipped = ASSETS / f"{name}.safetensors", ASSETS / f"{name}.bnn"
+    src, shipped = model_path(name, ".safetensors"), model_path(name, ".bnn")
     model, info = load_model(src)
     assert model.config.stem_bits == 8
     dm, ship = build_device_model(model, info), DeviceModel.load(shipped)

@@ -2,7 +2,7 @@
 
 ``bnncl bench inference [--json PATH] [--threads 1,2] [--quick]``.
 
-For each shipped architecture (the pretrained model in ``bnncl/assets/models`` when present, else a
+For each shipped architecture (the pretrained host model (``pip install ./host-models``) when present, else a
 randomly initialised one: timing does not depend on the weights):
 
 * bnncl: :class:`bnncl.device.frozen.FrozenEngine` on uint8 images (normalisation folded; the stem and
@@ -37,7 +37,6 @@ from bnncl.machine import cpu_model
 
 ARCHS = ("fmnist", "cifar")
 ASSET_NAMES = {"fmnist": "fmnist-b5", "cifar": "cifar10-b5"}
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "models"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,12 +172,13 @@ def _models(arch: str, workdir: Path) -> tuple[Any, Any, Any, str, str]:
     """(config, torch BNN, torch fp32 twin, path of the exported .bnn, source description)."""
     import torch
 
+    from bnncl.assets import find_model
     from bnncl.nn.backbones import CONFIGS, Backbone
     from bnncl.nn.checkpoint import load_model
     from bnncl.nn.export import export_model
 
-    asset = ASSETS / f"{ASSET_NAMES[arch]}.safetensors"
-    if asset.is_file():
+    asset = find_model(ASSET_NAMES[arch], ".safetensors")
+    if asset is not None:
         bnn, info = load_model(asset)
         source = f"pretrained {asset.name}"
     else:
@@ -259,12 +259,13 @@ def agreement(arch: str, model_path: str | None = None, paths: list[str] | None 
     import torch
 
     from bnncl import data
+    from bnncl.assets import model_path as shipped_model_path
     from bnncl.device import kernels
     from bnncl.device.frozen import FrozenEngine, resolve_stem
     from bnncl.nn.augment import to_input
     from bnncl.nn.export import build_device_model, load_host_model
 
-    path = model_path or str(ASSETS / f"{ASSET_NAMES[arch]}.safetensors")
+    path = model_path or str(shipped_model_path(ASSET_NAMES[arch], ".safetensors"))
     model, info = load_host_model(path)
     test = data.load_fashion_mnist("test") if arch == "fmnist" else \
         data.load_cifar10(data.default_cifar10_path(), "test")

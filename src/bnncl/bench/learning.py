@@ -25,7 +25,6 @@ import platform
 import statistics
 import time
 import tracemalloc
-from importlib import resources
 
 import numpy as np
 
@@ -47,10 +46,11 @@ def experience_shape(protocol: str) -> tuple[int, int, float]:
 
 
 def _model_paths(protocol: str) -> tuple[str, str]:
+    from bnncl.assets import model_path
     from bnncl.data.protocols import get_protocol
 
-    base, name = resources.files("bnncl.assets") / "models", get_protocol(protocol).model
-    return str(base / f"{name}.bnn"), str(base / f"{name}.safetensors")
+    name = get_protocol(protocol).model
+    return str(model_path(name, ".bnn")), str(model_path(name, ".safetensors"))
 
 
 def _engines(protocol: str, k: int, threads: int):

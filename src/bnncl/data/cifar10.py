@@ -116,3 +116,23 @@ def default_cifar10_path() -> Path:
             if candidate.is_file():
                 return candidate
     return Path("cifar10-jpeg.tar.gz")
+
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+
+
+def find_cifar10() -> Path:
+    """:func:`default_cifar10_path` when it exists, else one :class:`DataError` line saying where bnncl
+    looked and how to provide CIFAR-10."""
+    path = default_cifar10_path()
+    if path.exists():
+        return path
+    env = os.environ.get("BNNCL_CIFAR10")
+    if env:
+        where = f"$BNNCL_CIFAR10={env}: no such file or folder"
+    else:
+        starts = sorted({str(Path(__file__).resolve().parent), str(Path.cwd().resolve())})
+        where = (f"$BNNCL_CIFAR10 (not set), shared/data/cifar10/cifar10-jpeg.tar.gz in the parent folders of "
+                 f"{' and '.join(starts)}")
+    raise DataError(f"CIFAR-10 not found (looked in {where}); download cifar-10-python.tar.gz from {CIFAR10_URL}, "
+                    "extract it and set BNNCL_CIFAR10=<folder> (cifar-10-batches-py or the folder holding it)")

@@ -81,8 +81,21 @@ def fashion_mnist_root() -> Path:
 
 
 def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = None) -> ImageDataset:
-    """Fashion-MNIST from ``root`` (default :func:`fashion_mnist_root`)."""
-    return load_idx_dataset(root if root is not None else fashion_mnist_root(), split, FASHION_MNIST_CLASSES)
+    """Fashion-MNIST from ``root`` (default :func:`fashion_mnist_root`; when nothing is there, one
+    :class:`DataError` line says where bnncl looked and how to provide the files)."""
+    if root is None:
+        root = fashion_mnist_root()
+        stem = f"{_PREFIX.get(split, 'train')}-images-idx3-ubyte"
+        if not any((root / name).is_file() for name in (stem, stem + ".gz")):
+            env = os.environ.get("BNNCL_FASHION_MNIST")
+            where = f"$BNNCL_FASHION_MNIST={env}" if env else f"$BNNCL_FASHION_MNIST (not set), {DEBIAN_FASHION_MNIST}"
+            raise DataError(
+                f"Fashion-MNIST not found (looked for {stem}[.gz] in {where}); apt-get install "
+                "dataset-fashion-mnist, or set BNNCL_FASHION_MNIST to the folder with the official IDX files "
+                "(train/t10k-images-idx3-ubyte.gz, train/t10k-labels-idx1-ubyte.gz from "
+                "https://github.com/zalandoresearch/fashion-mnist)"
+            )
+    return load_idx_dataset(root, split, FASHION_MNIST_CLASSES)
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:

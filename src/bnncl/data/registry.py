@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bnncl.data.cifar10 import default_cifar10_path, load_cifar10
+from bnncl.data.cifar10 import find_cifar10, load_cifar10
 from bnncl.data.dataset import ImageDataset
 from bnncl.data.idx import MNIST_CLASSES, load_fashion_mnist, load_idx_dataset
 from bnncl.errors import DataError
@@ -19,7 +19,7 @@ def load_dataset(spec: str, split: str) -> ImageDataset:
     if spec == "fmnist":
         return load_fashion_mnist(split)
     if spec == "cifar10":
-        return load_cifar10(default_cifar10_path(), split)
+        return load_cifar10(find_cifar10(), split)
     if spec == "embedded":
         from bnncl.data.embedded import load_embedded
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from bnncl.assets import resolve_model
 from bnncl.device.bitpack import pack_signs
 from bnncl.device.modelfile import (
     FORMAT,
@@ -187,12 +188,13 @@ def load_host_model(path: str | os.PathLike) -> tuple[Backbone, dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     """``bnncl export MODEL -o FILE.bnn [--split NAME]``."""
     ap = argparse.ArgumentParser(prog="bnncl export", description="Export a host model to the device format (.bnn).")
-    ap.add_argument("model", help="host model (.safetensors from `bnncl pretrain`, or its .ckpt)")
+    ap.add_argument("model", help="host model (.safetensors from `bnncl pretrain`, or its .ckpt), or a shipped "
+                                  "model's name (fmnist-b5, cifar10-b5, ...)")
     ap.add_argument("-o", "--output", required=True, help="device model file to write (.bnn)")
     ap.add_argument("--split", default=None, help="default latent-replay split (default: the backbone's "
                     "first binary latent, e.g. block6)")
     args = ap.parse_args(argv)
-    model, info = load_host_model(args.model)
+    model, info = load_host_model(resolve_model(args.model, ".safetensors"))
     dm = export_model(model, info, args.output, args.split)
     size = Path(args.output).stat().st_size
     print(f"wrote {args.output}: {dm.architecture['name']}, {size:,} bytes, LR split {dm.lr_split}, "

@@ -72,9 +72,9 @@ def record_markdown(paths: list[Path]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bnncl.assets import SHIPPED_MODELS, models_dir
+    from bnncl.assets import SHIPPED_MODELS, find_model
 
-    names = argv if argv else [str(models_dir() / f"{n}.safetensors") for n in SHIPPED_MODELS]
+    names = argv if argv else [str(p) for n in SHIPPED_MODELS if (p := find_model(n, ".safetensors"))]
     print(record_markdown([Path(n) for n in names if Path(n).is_file()]))
     return 0
 

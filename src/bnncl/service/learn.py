@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from bnncl.assets import resolve_model
 from bnncl.data.imagefolder import decode_image
 from bnncl.errors import BnnclError, DataError
 from bnncl.service import inbox
@@ -216,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bnncl learn",
         description="Learn continually from labelled images dropped into a folder (INCOMING/<class>/<image>). "
                     "The first start deploys the model into --state; later starts resume from it.")
-    p.add_argument("--model", required=True, help="device model file (.bnn)")
+    p.add_argument("--model", required=True, help="device model file (.bnn), or a shipped model's name "
+                                                   "(fmnist-b5, cifar10-b5)")
     p.add_argument("--state", required=True, help="state directory (created at the first start)")
     p.add_argument("--incoming", required=True, help="folder of <class>/<image> files to learn")
     p.add_argument("--once", action="store_true", help="learn what is there, then exit (default: keep watching)")
@@ -280,7 +282,8 @@ def _learn(args: argparse.Namespace) -> int:
     state = Path(args.state)
     with learner_lock(state):
         fresh = not (state / "CURRENT").exists() and not any(state.glob("gen-*"))
-        session = LearnerSession.open(args.model, state, settings_from_args(args), base=args.base,
+        model = resolve_model(args.model, ".bnn")  # a path, or a shipped model's name
+        session = LearnerSession.open(model, state, settings_from_args(args), base=args.base,
                                       threads=args.threads)
         if fresh:
             print(f"deployed {args.model} into {state}: {len(session.buffer)} base patterns in the replay buffer; "

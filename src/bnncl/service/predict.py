@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bnncl.assets import resolve_model
 from bnncl.cl.state import NoStateError
 from bnncl.errors import BnnclError, DataError
 from bnncl.service import inbox
@@ -20,7 +21,8 @@ from bnncl.service.session import LearnerSession
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bnncl predict", description="Classify images with the device's current state.")
-    p.add_argument("--model", required=True, help="device model file (.bnn) the state belongs to")
+    p.add_argument("--model", required=True, help="device model file (.bnn) the state belongs to, or a shipped "
+                                                   "model's name (fmnist-b5, cifar10-b5)")
     p.add_argument("--state", required=True, help="state directory written by bnncl learn")
     p.add_argument("--threads", type=int, default=1, help="compute threads (default 1)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    session = LearnerSession.open(args.model, args.state, deploy=False, threads=max(1, args.threads))
+    model = resolve_model(args.model, ".bnn")  # a path, or a shipped model's name
+    session = LearnerSession.open(model, args.state, deploy=False, threads=max(1, args.threads))
     rc = 0
     arrays, names = [], []
     for name in args.images:

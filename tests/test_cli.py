@@ -1,0 +1,275 @@
+"""The ``bnncl`` command as a user meets it: --version, one-line errors without torch, ``bnncl bench``
+alone, closed pipes, shipped models by name, missing-data hints, and what the device wheel carries."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import bnncl
+from bnncl import assets
+from bnncl.assets import model_path, resolve_model
+from bnncl.cli import main
+from bnncl.errors import DataError, ModelFileError
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = Path(bnncl.__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
+TORCH_LINE = "needs PyTorch: pip install 'bnncl[torch]'"
+
+
+def _main(capsys, *argv: str) -> tuple[int, str, list[str]]:
+    """``bnncl ARGV`` in process: (exit code, stdout, stderr lines)."""
+    try:
+        rc = main(list(argv))
+    except SystemExit as exc:  # argparse: --help, --version, usage errors
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err.splitlines()
+
+
+# 1. --version -------------------------------------------------------------------------------------
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    rc, out, _ = _main(capsys, "--version")
+    assert rc == 0 and out.strip() == f"bnncl {version('bnncl')}" == f"bnncl {bnncl.__version__}"
+
+
+# 2. the device install: host commands end with one line, before any work ---------------------------
+
+NO_TORCH = textwrap.dedent(
+    """
+    import contextlib, io, json, sys
+
+    class NoTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is not available on the device")
+            return None
+
+    sys.meta_path.insert(0, NoTorch())
+    sys.modules.pop("torch", None)
+    from bnncl.cli import main
+
+    results = []
+    for argv in json.loads(sys.argv[1]):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main(argv)
+            except SystemExit as exc:
+                rc = exc.code
+        results.append({"argv": argv, "rc": rc, "out": out.getvalue(), "err": err.getvalue()})
+    assert "torch" not in sys.modules
+    print(json.dumps(results))
+    """
+)
+
+
+def test_host_commands_without_torch_say_how_to_install_it(tmp_path):
+    runs = {
+        "summary": ["summary", "fmnist-b5"],
+        "export": ["export", "fmnist-b5", "-o", str(tmp_path / "x.bnn")],
+        "pretrain": ["pretrain", "--data", "embedded", "--arch", "fmnist", "-o", str(tmp_path / "p.safetensors")],
+        "run --engine torch": ["run", "--engine", "torch", "--quiet", "--out", str(tmp_path / "torch")],
+        "run --compare": ["run", "--compare", "--quiet", "--out", str(tmp_path / "compare")],
+    }
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, json.dumps(list(runs.values()))], capture_output=True,
+                          text=True, env=ENV, timeout=300, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for command, r in zip(runs, json.loads(proc.stdout)):
+        assert r["rc"] == 2, r
+        expected = f"bnncl: error: bnncl {command} {TORCH_LINE} (torch==2.13.0, the pinned CPU build)"
+        assert r["err"].splitlines() == [expected], r
+        assert r["out"] == "", r  # --compare did not start the device run first
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, no run folder
+
+
+def test_a_torch_import_deep_in_a_command_is_one_line(capsys, monkeypatch):
+    def needs_torch(args):
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    monkeypatch.setitem(sys.modules["bnncl.cli"].PASSTHROUGH, "state", needs_torch)
+    rc, _, err = _main(capsys, "state", "show", "x")
+    assert rc == 2 and err == [f"bnncl: error: bnncl state {TORCH_LINE} (torch==2.13.0, the pinned CPU build)"]
+
+
+# 3. bnncl bench alone -----------------------------------------------------------------------------
+
+def test_bench_without_a_subcommand_lists_them(capsys):
+    rc, out, err = _main(capsys, "bench")
+    text = "\n".join(err)
+    assert rc == 2 and out == "" and "required" not in text
+    assert text.startswith("usage: bnncl bench {kernels,inference,learning,sweeps,soak}")
+    for name in ("kernels", "inference", "learning", "sweeps", "soak"):
+        assert f"\n  {name} " in text
+    rc, out, err = _main(capsys, "bench", "--help")
+    assert rc == 0 and out.startswith("usage: bnncl bench") and err == []
+    rc, out, err = _main(capsys, "bench", "nope")
+    assert rc == 2 and err == [("bnncl: error: unknown benchmark 'nope'; expected one of: kernels, inference, "
+                                "learning, sweeps, soak")]
+
+
+# 5. shipped models by name ------------------------------------------------------------------------
+
+def test_resolver_names_paths_and_search_order(tmp_path, monkeypatch):
+    bnn = model_path("fmnist-b5", ".bnn")
+    assert bnn.parent == assets.models_dir()  # the device models ship inside bnncl
+    assert resolve_model("fmnist-b5", ".bnn") == bnn == resolve_model("fmnist-b5.bnn", ".bnn")
+    host = resolve_model("cifar10-b5-fp32", ".safetensors")
+    assert host.name == "cifar10-b5-fp32.safetensors" and host.parent != assets.models_dir()
+    assert resolve_model(str(bnn), ".bnn") == bnn
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fmnist-b5").write_bytes(b"mine")
+    assert resolve_model("fmnist-b5", ".bnn") == Path("fmnist-b5")  # a path that exists wins over a name
+    with pytest.raises(ModelFileError) as err:
+        resolve_model("fmnist-b6", ".bnn")
+    assert str(err.value) == ("fmnist-b6: no such model file, and not the name of a shipped model; shipped device "
+                              "(.bnn) models: cifar10-b5, fmnist-b5")
+    with pytest.raises(ModelFileError, match=r"no such model file.*host \(.safetensors\) models: cifar10-b5, cifar10"):
+        resolve_model("sub/fmnist-b5", ".safetensors")
+    own = tmp_path / "models"
+    own.mkdir()
+    (own / "mine.bnn").write_bytes(b"x")
+    monkeypatch.setenv("BNNCL_MODELS", str(own))
+    assert resolve_model("mine", ".bnn") == own / "mine.bnn"
+    assert "mine" in assets.shipped_names(".bnn")
+
+
+def test_a_missing_host_model_says_how_to_get_it(monkeypatch):
+    monkeypatch.setattr(assets, "host_models_dir", lambda: None)
+    monkeypatch.delenv("BNNCL_MODELS", raising=False)
+    for call in (lambda: model_path("fmnist-b5"), lambda: resolve_model("fmnist-b5", ".safetensors")):
+        with pytest.raises(ModelFileError) as err:
+            call()
+        msg = str(err.value)
+        assert msg.startswith("host model fmnist-b5.safetensors is not installed (looked in ")
+        assert "pip install ./host-models" in msg and "$BNNCL_MODELS" in msg and "\n" not in msg
+
+
+def test_device_commands_take_a_shipped_name(tmp_path, capsys):
+    rc, out, err = _main(capsys, "info", "fmnist-b5")
+    assert rc == 0 and str(model_path("fmnist-b5", ".bnn")) in out
+    rc, out, _ = _main(capsys, "info", "cifar10-b5", "--json")
+    assert rc == 0 and json.loads(out)["path"] == str(model_path("cifar10-b5", ".bnn"))
+    rc, out, err = _main(capsys, "info", "nope")
+    assert rc == 2 and len(err) == 1 and "shipped device (.bnn) models: cifar10-b5, fmnist-b5" in err[0]
+
+    state, incoming = tmp_path / "state", tmp_path / "incoming"
+    incoming.mkdir()
+    rc, out, err = _main(capsys, "learn", "--model", "fmnist-b5", "--state", str(state), "--incoming", str(incoming),
+                         "--once", "--tail-blocks", "0", "--lr-bits", "8", "--buffer", "200", "--epochs", "1")
+    assert rc == 0, err
+    assert out.startswith("deployed fmnist-b5 into") and "nothing new to learn" in out
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "x.png")
+    rc, out, err = _main(capsys, "predict", "--model", "fmnist-b5", "--state", str(state), str(tmp_path / "x.png"))
+    assert rc == 0 and out.startswith(f"{tmp_path / 'x.png'}\t"), err
+    rc, out, err = _main(capsys, "predict", "--model", "nope", "--state", str(state), str(tmp_path / "x.png"))
+    assert rc == 2 and len(err) == 1 and err[0].startswith("bnncl predict: error: nope: no such model file")
+
+    # 4. a closed pipe ends the command quietly (`bnncl ... | head -1`)
+    for argv in (["state", "show", str(state), "--json"], ["info", "fmnist-b5", "--json"], ["--help"]):
+        proc = subprocess.Popen([sys.executable, "-m", "bnncl", *argv], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=ENV)
+        proc.stdout.close()  # before the interpreter has started: every write meets a closed pipe
+        err = proc.stderr.read().decode()
+        expected = 0 if argv == ["--help"] else 1  # argparse itself ignores a failed write of its help
+        assert proc.wait(timeout=120) == expected and err == "", (argv, err)
+
+
+def test_run_takes_a_shipped_name():
+    from bnncl.data.protocols import get_protocol
+    from bnncl.experiment import _model_file, config_for
+
+    spec = get_protocol("cifar10-b5")
+    cfg = config_for("cifar10-b5", model="fmnist-b5")
+    assert _model_file(cfg, spec, ".bnn") == model_path("fmnist-b5", ".bnn")
+    assert _model_file(cfg, spec, ".safetensors") == model_path("fmnist-b5", ".safetensors")
+    with pytest.raises(ModelFileError, match="^nope: no such model file"):
+        _model_file(config_for("cifar10-b5", model="nope"), spec, ".bnn")
+
+
+def test_host_commands_take_a_shipped_name(tmp_path, capsys):
+    pytest.importorskip("torch")
+    rc, out, err = _main(capsys, "summary", "fmnist-b5")
+    assert rc == 0 and out.startswith("birealnet6-fmnist"), err
+    rc, out, err = _main(capsys, "summary", "nope")
+    assert rc == 2 and err == [("bnncl: error: nope: no such model file, and not the name of a shipped model; shipped "
+                                "host (.safetensors) models: cifar10-b5, cifar10-b5-fp32, fmnist-b5, fmnist-b5-fp32")]
+    rc, out, err = _main(capsys, "export", "fmnist-b5", "-o", str(tmp_path / "x.bnn"))
+    assert rc == 0 and out.startswith(f"wrote {tmp_path / 'x.bnn'}"), err
+    from bnncl.device.modelfile import DeviceModel
+
+    exported, shipped = DeviceModel.load(tmp_path / "x.bnn"), DeviceModel.load(model_path("fmnist-b5", ".bnn"))
+    assert sorted(exported.tensors) == sorted(shipped.tensors)
+
+
+# 6. missing data says where bnncl looked and how to provide it --------------------------------------
+
+def test_missing_cifar10_says_where_and_how(tmp_path, monkeypatch, capsys):
+    from bnncl.data import cifar10, load_dataset
+
+    monkeypatch.setenv("BNNCL_CIFAR10", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError) as err:
+        load_dataset("cifar10", "train")
+    assert str(err.value) == (
+        f"CIFAR-10 not found (looked in $BNNCL_CIFAR10={tmp_path / 'nowhere'}: no such file or folder); download "
+        "cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, extract it and set "
+        "BNNCL_CIFAR10=<folder> (cifar-10-batches-py or the folder holding it)")
+    rc, _, err = _main(capsys, "run", "--protocol", "cifar10-b5", "--quiet", "--out", str(tmp_path / "run"))
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith("bnncl: error: CIFAR-10 not found (looked in $BNNCL_CIFAR10=")
+
+    monkeypatch.delenv("BNNCL_CIFAR10")
+    monkeypatch.setattr(cifar10, "default_cifar10_path", lambda: tmp_path / "cifar10-jpeg.tar.gz")
+    with pytest.raises(DataError, match=r"^CIFAR-10 not found \(looked in \$BNNCL_CIFAR10 \(not set\), "
+                                        r"shared/data/cifar10/cifar10-jpeg.tar.gz in the parent folders of .*\); "
+                                        r"download cifar-10-python.tar.gz from https://www.cs.toronto.edu/"):
+        load_dataset("cifar10", "test")
+
+
+def test_missing_fashion_mnist_says_where_and_how(tmp_path, monkeypatch):
+    from bnncl.data import load_dataset
+
+    monkeypatch.setenv("BNNCL_FASHION_MNIST", str(tmp_path))
+    with pytest.raises(DataError) as err:
+        load_dataset("fmnist", "train")
+    msg = str(err.value)
+    assert msg.startswith(f"Fashion-MNIST not found (looked for train-images-idx3-ubyte[.gz] in "
+                          f"$BNNCL_FASHION_MNIST={tmp_path}); apt-get install dataset-fashion-mnist, or set "
+                          "BNNCL_FASHION_MNIST to the folder with the official IDX files")
+    monkeypatch.delenv("BNNCL_FASHION_MNIST")
+    monkeypatch.setattr("bnncl.data.idx.DEBIAN_FASHION_MNIST", tmp_path / "none")
+    with pytest.raises(DataError, match=r"in \$BNNCL_FASHION_MNIST \(not set\), .*/none\); apt-get install"):
+        load_dataset("fmnist", "test")
+
+
+# 7. what the device wheel carries -----------------------------------------------------------------
+
+#: The bnncl package without compiled extensions: ~0.7 MB of Python and C sources, the embedded
+#: Fashion-MNIST subset (4.1 MB of gzip'd IDX, needed offline by `bnncl run` and to deploy fmnist-b5)
+#: and the two device models (2.2 MB). The host models live in host-models/ (17 MB, never on a device).
+PACKAGE_DATA_BUDGET = 7_500_000
+
+
+def test_package_data_stays_small_and_has_no_host_models():
+    pkg = REPO / "src" / "bnncl"
+    files = [p for p in pkg.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+             and not p.name.endswith((".so", ".pyd", ".pyc"))]
+    assert not [p for p in files if p.suffix == ".safetensors"]
+    total = sum(p.stat().st_size for p in files)
+    assert total < PACKAGE_DATA_BUDGET, f"bnncl package data {total:,} bytes"
+    host = REPO / "host-models" / "src" / "bnncl_host_models"
+    shipped = sorted(f"{n}.safetensors" for n in assets.SHIPPED_MODELS)
+    assert sorted(p.name for p in host.glob("*.safetensors")) == shipped
+    assert 'bnncl_host_models = ["*.safetensors"]' in (REPO / "host-models" / "pyproject.toml").read_text()
