@@ -371,3 +371,9 @@ class ContinualLearner:
         if self.buffer is not None:
             cfg["buffer"] = {"capacity": self.buffer.capacity, "bits": self.buffer.bits, "policy": self.buffer.policy}
         return cfg
+
+    def __repr__(self) -> str:
+        c = self.config
+        replay = f"replay {len(self.buffer)}/{self.buffer.capacity}" if self.buffer is not None else "no replay"
+        return (f"ContinualLearner({c.strategy}, {c.epochs} epochs, lr {c.lr}, minibatch {c.minibatch_size}, {replay}, "
+                f"{len(self.seen_classes)} of {self.engine.num_classes} classes seen)")

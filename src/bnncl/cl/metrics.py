@@ -109,6 +109,10 @@ class ExperienceResult:
     n_replay: int = 0
     mean_loss: float | None = None
 
+    def __repr__(self) -> str:
+        return (f"ExperienceResult(#{self.index}, classes {self.classes}, accuracy {self.accuracy_all:.3f} all / "
+                f"{self.accuracy_seen:.3f} seen, {len(self.seen_classes)} classes seen, {self.train_seconds:.2f} s)")
+
 
 @dataclass
 class CLResults:
@@ -165,3 +169,10 @@ class CLResults:
     def to_json(self, indent: int | None = 2) -> str:
         """:meth:`to_dict` as a JSON string."""
         return json.dumps(self.to_dict(), indent=indent)
+
+    def __repr__(self) -> str:
+        def pct(v: float | None) -> str:
+            return "-" if v is None else f"{100 * v:.1f}%"
+
+        return (f"CLResults({self.strategy}, {len(self.experiences)} experiences, final {pct(self.final_accuracy)}, "
+                f"average {pct(self.average_accuracy)}, forgetting {pct(self.forgetting)})")

@@ -299,3 +299,8 @@ class LatentReplayBuffer:
         self._seen = {int(c): int(n) for c, n in zip(arrays["seen_classes"], arrays["seen_counts"])}
         self._rng = np.random.default_rng()
         self._rng.bit_generator.state = meta["rng_state"]
+
+    def __repr__(self) -> str:
+        shape = "x".join(map(str, self.latent_shape))
+        return (f"LatentReplayBuffer({len(self)}/{self.capacity} latents {shape} at {self.bits} bit, "
+                f"{len(self.classes())} classes, {self.nbytes / 1e3:.1f} kB, {self.policy})")

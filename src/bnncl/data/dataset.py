@@ -60,3 +60,7 @@ class ImageDataset:
     def class_counts(self) -> np.ndarray:
         """Number of images per class, ``(num_classes,)``."""
         return np.bincount(self.labels, minlength=len(self.class_names))
+
+    def __repr__(self) -> str:
+        shape = "x".join(map(str, self.image_shape))
+        return f"ImageDataset({self.source or 'arrays'!r}, {len(self)} images {shape}, {len(self.class_names)} classes)"

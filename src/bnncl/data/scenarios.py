@@ -58,6 +58,11 @@ class Experience:
             return batch
         return apply_shift(batch, self.transform, self.transform_params)
 
+    def __repr__(self) -> str:
+        shift = f", shift {self.transform}" if self.transform not in (None, "none") else ""
+        base = ", base" if self.is_base else ""
+        return f"Experience(#{self.index}, {len(self)} patterns, classes {list(self.classes_in_experience)}{shift}{base})"
+
 
 @dataclass(frozen=True, eq=False)
 class Stream:
@@ -83,6 +88,9 @@ class Stream:
         for exp in self.experiences[: upto + 1]:
             seen.update(exp.classes_in_experience)
         return tuple(sorted(seen))
+
+    def __repr__(self) -> str:
+        return f"Stream({self.name!r}, {len(self)} experiences, {self.num_classes} classes, seed {self.seed})"
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:

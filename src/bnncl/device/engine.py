@@ -151,3 +151,9 @@ class DeviceEngine:
 
     def memory_bytes(self) -> dict[str, int]:
         return {"backbone": self.backbone_bytes, **self.tail.memory_bytes()}
+
+    def __repr__(self) -> str:
+        t = self.tail
+        latents = f"{'binary' if self.binary_split else 'real'} latents {'x'.join(map(str, self.latent_shape))}"
+        return (f"DeviceEngine({'x'.join(map(str, self.image_shape))}, split {self.split} ({latents}), "
+                f"q {t.qf}/{t.qb}/{t.qw}, {self.num_classes} head rows)")

@@ -380,6 +380,12 @@ class DeviceModel:
             raise ModelFileError(f"{p}: not a valid bnncl device model ({msg})") from None
         return model
 
+    def __repr__(self) -> str:
+        name = Path(self.path).stem if self.path != "<memory>" else self.architecture["name"]
+        shape = "x".join(map(str, self.architecture["input_shape"]))
+        return (f"DeviceModel({name!r}, {shape}, {self.num_blocks} blocks, {len(self.pretrained_classes)} of "
+                f"{len(self.class_names)} classes pretrained, lr split {self.lr_split})")
+
 
 def atomic_save_numpy(tensors: Mapping[str, np.ndarray], metadata: dict[str, str], path: str | os.PathLike) -> None:
     """safetensors bytes written by :func:`bnncl.atomic.replace_file` (temp, fsync, rename, folder fsync)."""

@@ -63,6 +63,10 @@ class ModelSummary:
                 "float32_bytes": self.params * 4,
                 "binary_macs": self.binary_macs, "real_macs": self.real_macs}
 
+    def __repr__(self) -> str:
+        return (f"ModelSummary({self.name!r}, {len(self.rows)} rows, {self.params:,} parameters, {self.bytes:,} bytes "
+                f"deployed, {self.binary_macs:,} binary / {self.real_macs:,} real MACs)")
+
 
 def summarize(model: Backbone) -> ModelSummary:
     """Walk ``model`` with a dummy image and count parameters, bits and MACs per layer."""

@@ -328,3 +328,8 @@ class LearnerSession:
         mem = {k: int(v) for k, v in self.engine.memory_bytes().items()}
         mem["replay"] = int(self.buffer.nbytes)
         return mem
+
+    def __repr__(self) -> str:
+        return (f"LearnerSession({self.model_path.name!r}, state {str(self.store.directory)!r}, generation "
+                f"{self.generation}, {len(self.classes)} of {self.capacity} classes, "
+                f"{int(self.position.get('images_learned', 0))} images learned)")
