@@ -53,8 +53,8 @@ def test_cli_writes_results_and_plot(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--lr-bits", "1", "--tail-blocks", "0"], "needs a binary latent-replay layer"),
     (["--protocol", "nope"], "unknown protocol"),
-    (["--qf", "0"], "--qf must be in"),
-    (["--model", "/nonexistent.bnn"], "no such file"),
+    (["--qf", "0"], "--qf: expected 1..24 or 32 bits, got 0"),
+    (["--model", "/nonexistent.bnn"], "/nonexistent.bnn: no such"),
 ])
 def test_cli_bad_arguments_give_one_line(args, message, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bnncl", "run", "--epochs", "1", "--quiet", "--out", str(tmp_path)] + args,
@@ -83,19 +83,23 @@ def test_config_for_layers_user_over_protocol_over_defaults():
     assert config_for().epochs == LearningSettings.epochs and config_for().new_per_class is None
 
 
-@pytest.mark.parametrize("text,expected", [("all", 0), ("ALL", 0), ("300", 300)])
+@pytest.mark.parametrize("text,expected", [("all", None), ("ALL", None), ("300", 300)])
 def test_new_per_class_flag(text, expected):
     from bnncl.cli import build_parser
+    from bnncl.experiment import run_config
+    from bnncl.settings import given_settings
 
-    assert build_parser().parse_args(["run", "--new-per-class", text]).new_per_class == expected
+    given = given_settings(build_parser().parse_args(["run", "--new-per-class", text]))
+    assert given == {"new_per_class": expected}
+    assert run_config("cifar10-b5", given).new_per_class == expected  # 'all' lifts the protocol's cap
 
 
-def test_new_per_class_flag_rejects_nonsense(capsys):
-    from bnncl.cli import build_parser
-
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["run", "--new-per-class", "0"])
-    assert "expected a positive integer or 'all'" in capsys.readouterr().err
+@pytest.mark.parametrize("text", ["0", "-3", "some"])
+def test_new_per_class_flag_rejects_nonsense(text, capsys):
+    assert main(["run", "--new-per-class", text, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"bnncl: error: --new-per-class: expected an integer >= 1 or 'all', got "
+                   f"{int(text) if text != 'some' else repr(text)}"]
 
 
 def test_settings_line_names_the_resolved_settings():

@@ -24,30 +24,15 @@ def _classes(text: str) -> list[int]:
     return out
 
 
-def _cap(text: str) -> int:
-    """``--new-per-class``: a positive count, or ``all`` (no cap, even where the protocol sets one)."""
-    from bnncl.experiment import NO_CAP
-
-    if text.strip().lower() == "all":
-        return NO_CAP
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
-    return value
-
-
-def _tuned(name: str) -> str:
-    """Help text of a learning setting's default: the global one, then the protocols that tune it."""
+def _protocol_tuning() -> dict[str, list[tuple[str, object]]]:
+    """Setting name -> the protocols that tune it and their values (``bnncl run --help`` lists them)."""
     from bnncl.data.protocols import PROTOCOLS
-    from bnncl.settings import LearningSettings
 
-    base = getattr(LearningSettings, name)
-    parts = ["all" if base is None else str(base)]
-    parts += [f"{p.name}: {p.settings[name]}" for p in PROTOCOLS.values() if name in p.settings]
-    return "; ".join(parts)
+    out: dict[str, list[tuple[str, object]]] = {}
+    for p in PROTOCOLS.values():
+        for name, value in p.settings.items():
+            out.setdefault(name, []).append((p.name, value))
+    return out
 
 
 def _version() -> str:
@@ -149,15 +134,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _require_torch("run --compare" if args.compare else "run --engine torch")
     from pathlib import Path
 
-    from bnncl.experiment import compare_configs, config_for, write_results
+    from bnncl.experiment import compare_configs, run_config, write_results
     from bnncl.report.plots import plot_accuracy
     from bnncl.report.tables import comparison_markdown
+    from bnncl.settings import given_settings
 
-    cfg = config_for(args.protocol, engine=args.engine, tail_blocks=args.tail_blocks, qf=args.qf,
-                     qb=args.qb, qw=args.qw, qw_rounding=args.qw_rounding, lr_bits=args.lr_bits, buffer=args.buffer,
-                     strategy=args.strategy,
-                     epochs=args.epochs, lr=args.lr, seed=args.seed, threads=args.threads, model=args.model,
-                     new_per_class=args.new_per_class)
+    cfg = run_config(args.protocol, given_settings(args) | {"engine": args.engine, "strategy": args.strategy,
+                                                            "threads": args.threads, "model": args.model})
     out = Path(args.out)
     if not args.compare:
         result = _run_one(cfg, f"{cfg.protocol} on the {cfg.engine} engine", args.quiet)
@@ -241,7 +224,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bnncl.device.quantize import WEIGHT_ROUNDINGS
+    from bnncl.settings import add_arguments
 
     parser = argparse.ArgumentParser(prog="bnncl", description="On-device continual learning with binary neural networks.")
     parser.add_argument("--version", action="version", version=f"bnncl {_version()}")
@@ -278,22 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="continual learning on a protocol (default: fmnist-b5, embedded data)")
     p.add_argument("--protocol", default="fmnist-b5", help="fmnist-b5 (default) | fmnist-full-b5 | cifar10-b5 | cifar10-ni")
     p.add_argument("--engine", default="device", choices=["device", "torch"])
-    p.add_argument("--tail-blocks", type=int, default=2, help="trainable binary blocks above the LR layer (0..3)")
-    p.add_argument("--qf", type=int, default=8, help="forward bits of the tail (32 = float)")
-    p.add_argument("--qb", type=int, default=16, help="gradient/update bits of the tail")
-    p.add_argument("--qw", type=int, default=8, help="storage bits of the tail's latent weights")
-    p.add_argument("--qw-rounding", default=WEIGHT_ROUNDINGS[0], choices=WEIGHT_ROUNDINGS,
-                   help="re-quantization of the latent weights after each update (default stochastic: small "
-                        "updates survive on average; nearest drops those below half a step)")
-    p.add_argument("--lr-bits", type=int, default=1, choices=[1, 8, 32], help="bits per stored latent")
-    p.add_argument("--buffer", type=int, default=1500, help="replay buffer capacity (patterns)")
+    add_arguments(p.add_argument_group("learning settings (a protocol may tune some; a flag you give wins)"),
+                  _protocol_tuning())
     p.add_argument("--strategy", default="cwr_star", choices=["cwr_star", "cwr", "naive", "joint"])
-    p.add_argument("--epochs", type=int, default=None, help=f"epochs per experience (default {_tuned('epochs')})")
-    p.add_argument("--lr", type=float, default=None, help=f"SGD learning rate of the tail and head (default {_tuned('lr')})")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--new-per-class", type=_cap, default=None,
-                   help="use at most this many new patterns per class per epoch (fresh subset each epoch), "
-                        f"or 'all' (default {_tuned('new_per_class')})")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default=None, help="model file (default: the protocol's shipped model)")
     p.add_argument("--compare", action="store_true", help="device vs fp32 tail vs fp32 network vs naive vs joint")

@@ -12,14 +12,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-
+from bnncl.assemble import build_learner, device_engine
 from bnncl.atomic import replace_file
 from bnncl.cl.engine import Engine
-from bnncl.cl.learner import BatchProgress, ContinualLearner, LearnerConfig
+from bnncl.cl.learner import BatchProgress
 from bnncl.cl.metrics import ExperienceResult
-from bnncl.cl.replay import LatentReplayBuffer
 from bnncl.data.protocols import ProtocolSpec, get_protocol
 from bnncl.errors import BnnclError
 from bnncl.machine import machine_info, software_info
@@ -62,11 +61,16 @@ def config_for(protocol: str = "fmnist-b5", **given: Any) -> RunConfig:
     tuned settings (:attr:`ProtocolSpec.settings`) over the :class:`LearningSettings` defaults.
 
     ``new_per_class=NO_CAP`` asks for all new patterns even where the protocol caps them."""
-    spec = get_protocol(protocol)
-    values = dict(spec.settings) | {k: v for k, v in given.items() if v is not None}
+    values = {k: v for k, v in given.items() if v is not None}
     if values.get("new_per_class") == NO_CAP:
         values["new_per_class"] = None
-    return RunConfig(protocol=protocol, **values)
+    return run_config(protocol, values)
+
+
+def run_config(protocol: str, given: Mapping[str, Any]) -> RunConfig:
+    """:func:`config_for` where a key that is present is given (``new_per_class: None`` = no cap), as
+    :func:`bnncl.settings.given_settings` returns the options of ``bnncl run``."""
+    return RunConfig(protocol=protocol, **(dict(get_protocol(protocol).settings) | dict(given)))
 
 
 def _model_file(cfg: RunConfig, spec: ProtocolSpec, suffix: str) -> Path:
@@ -85,11 +89,10 @@ def build_engine(cfg: RunConfig, spec: ProtocolSpec, num_classes: int) -> Engine
     reference (from the host ``.safetensors`` model); the head grows to ``num_classes`` rows with the
     pretrained rows at their dataset classes."""
     if cfg.engine == "device":
-        from bnncl.device.engine import DeviceEngine
+        from bnncl.device.modelfile import DeviceModel
 
-        return DeviceEngine.from_model_file(_model_file(cfg, spec, ".bnn"), cfg.tail_blocks, qf=cfg.qf, qb=cfg.qb,
-                                            qw=cfg.qw, threads=cfg.threads, num_classes=num_classes,
-                                            weight_rounding=cfg.qw_rounding, rounding_seed=cfg.seed)
+        return device_engine(DeviceModel.load(_model_file(cfg, spec, ".bnn")), cfg, threads=cfg.threads,
+                             num_classes=num_classes)
     import torch
 
     from bnncl.nn.checkpoint import load_model
@@ -101,35 +104,21 @@ def build_engine(cfg: RunConfig, spec: ProtocolSpec, num_classes: int) -> Engine
                        head_classes=info.get("classes"), weight_rounding=cfg.qw_rounding, rounding_seed=cfg.seed)
 
 
-def _check_latent_bits(cfg: RunConfig, engine: Engine) -> None:
-    """Refuse 1-bit replay where the latents are real-valued (it would silently keep only their signs)."""
-    if cfg.lr_bits == 1 and getattr(engine, "binary_split", True) is False:
-        raise BnnclError(
-            f"--lr-bits 1 needs a binary latent-replay layer, but the split {getattr(engine, 'split', '?')!r} for --tail-blocks "
-            f"{cfg.tail_blocks} is real-valued; use the model's binary split or --lr-bits 8/32"
-        )
-
-
 def run_protocol(
     cfg: RunConfig,
     on_batch: Callable[[BatchProgress], None] | None = None,
     on_experience: Callable[[ExperienceResult], None] | None = None,
     engine_builder: EngineBuilder = build_engine,
 ) -> dict[str, Any]:
-    """Run ``cfg`` end to end and return the results dict (see module docstring)."""
-    cfg.validate()
+    """Run ``cfg`` (checked when it was built) end to end and return the results dict (module docstring)."""
     spec = get_protocol(cfg.protocol)
     t0 = time.perf_counter()
     train, test = spec.load()
     num_classes = len(train.class_names)
     engine = engine_builder(cfg, spec, num_classes)
-    _check_latent_bits(cfg, engine)
+    learner = build_learner(None, cfg, engine=engine, strategy=cfg.strategy, buffer_policy=cfg.buffer_policy)
+    buffer = learner.buffer
     stream = spec.build_stream(train.labels, cfg.seed)
-    buffer = None
-    if cfg.strategy in ("cwr_star", "cwr"):
-        buffer = LatentReplayBuffer(tuple(engine.latent_shape), cfg.buffer, cfg.lr_bits, cfg.buffer_policy, cfg.seed)
-    learner = ContinualLearner(engine, LearnerConfig(cfg.strategy, cfg.epochs, cfg.lr, cfg.minibatch, cfg.seed,
-                                                  new_per_class=cfg.new_per_class), buffer)
     results = learner.run(stream, train.images, test.images, test.labels, pretrained_base=spec.pretrained_base,
                           on_batch=on_batch, on_experience=on_experience)
     out = results.to_dict()

@@ -1,45 +1,164 @@
-"""The on-device learning settings shared by ``bnncl run`` and ``bnncl learn`` (one definition)."""
+"""The on-device learning settings shared by ``bnncl run`` and ``bnncl learn``, declared once.
+
+:data:`SETTINGS` is the table: each setting's name, type, default, help text and valid range (the
+device's own rules: :func:`bnncl.device.quantize.check_bits` for the bit widths, the replay
+buffer's :data:`bnncl.cl.replay.BITS`, ...). Both commands build their options from it
+(:func:`add_arguments`, :func:`given_settings`), :class:`LearningSettings` takes its fields and
+defaults from it and checks every value against it when it is built: the one check at the edge.
+"""
 
 from __future__ import annotations
 
+import argparse
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any
 
-from bnncl.device.quantize import WEIGHT_ROUNDINGS
+import numpy as np
+
+from bnncl.cl.replay import BITS as REPLAY_BITS
+from bnncl.device.modelfile import MAX_TAIL_BLOCKS
+from bnncl.device.quantize import (
+    FLOAT_BITS,
+    MAX_CODE_BITS,
+    WEIGHT_ROUNDINGS,
+    check_bits,
+    check_rounding,
+)
 from bnncl.errors import BnnclError
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _device_rule(rule: Callable[[Any], Any]) -> Callable[[Any], bool]:
+    def ok(v: Any) -> bool:
+        try:
+            rule(v)
+        except ValueError:
+            return False
+        return True
+
+    return ok
+
+
+def _words(values: Iterable[Any]) -> str:
+    values = [str(v) for v in values]
+    return ", ".join(values[:-1]) + " or " + values[-1]
+
+
 @dataclass(frozen=True)
-class LearningSettings:
-    """How the device learns: tail blocks, hybrid-quantization bits, latent replay, SGD."""
+class Setting:
+    """One learning setting: ``--name`` on both commands, a field of :class:`LearningSettings`."""
 
-    tail_blocks: int = 2  # trainable binary blocks above the LR layer (0..3)
-    qf: int = 8  # forward bits of the tail (32 = float)
-    qb: int = 16  # gradient / update bits
-    qw: int = 8  # storage bits of the tail's latent weights
-    qw_rounding: str = "stochastic"  # re-quantization of the latent weights after an update (or "nearest")
-    lr_bits: int = 1  # bits per stored latent (1, 8, 32)
-    buffer: int = 1500  # replay capacity (patterns)
-    epochs: int = 8  # fmnist-b5: 79.0% at 8, 76.6% at 4 (benchmarks/README.md)
-    lr: float = 0.05
-    minibatch: int = 128
-    seed: int = 0
-    new_per_class: int | None = None  # cap on new patterns per class per epoch (None: all)
+    name: str
+    type: type
+    default: Any
+    help: str
+    expected: str  # the valid range, as the error says it
+    ok: Callable[[Any], bool]
+    none_word: str | None = None  # the command-line word for None (no limit)
+    choices: tuple[Any, ...] | None = field(default=None, repr=False)
+    metavar: str | None = None  # default: {choices}, N (int) or X
 
-    def validate(self) -> None:
-        """One-line :class:`BnnclError` for the first setting out of range."""
-        for name in ("qf", "qb", "qw"):
-            if not 1 <= getattr(self, name) <= 32:
-                raise BnnclError(f"--{name} must be in [1, 32] bits, got {getattr(self, name)}")
-        if self.qw_rounding not in WEIGHT_ROUNDINGS:
-            raise BnnclError(f"--qw-rounding must be {' or '.join(WEIGHT_ROUNDINGS)}, got {self.qw_rounding!r}")
-        if self.lr_bits not in (1, 8, 32):
-            raise BnnclError(f"--lr-bits must be 1, 8 or 32, got {self.lr_bits}")
-        if not 0 <= self.tail_blocks <= 3:
-            raise BnnclError(f"--tail-blocks must be in 0..3, got {self.tail_blocks}")
-        if self.buffer < 1 or self.epochs < 1 or self.minibatch < 1:
-            raise BnnclError("--buffer, --epochs and --minibatch must be >= 1")
-        if self.new_per_class is not None and self.new_per_class < 1:
-            raise BnnclError(f"--new-per-class must be >= 1, got {self.new_per_class}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise BnnclError(f"--lr must be a positive number, got {self.lr}")
+    @property
+    def shown_metavar(self) -> str:
+        if self.metavar:
+            return self.metavar
+        if self.choices:
+            return "{" + ",".join(map(str, self.choices)) + "}"
+        return "N" if self.type is int else "X"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def show(self, value: Any) -> str:
+        return self.none_word if value is None and self.none_word else str(value)
+
+    def error(self, got: Any) -> BnnclError:
+        return BnnclError(f"{self.flag}: expected {self.expected}, got {got!r}")
+
+    def parse(self, text: str) -> Any:
+        """The value of a command-line word (type only; the range is checked by :meth:`check`)."""
+        if self.none_word is not None and text.strip().lower() == self.none_word:
+            return None
+        try:
+            return self.type(text)
+        except ValueError:
+            raise self.error(text) from None
+
+    def check(self, value: Any) -> None:
+        """One-line :class:`BnnclError` naming the flag and the valid range if ``value`` is not valid."""
+        if not (value is None and self.none_word is not None) and not self.ok(value):
+            raise self.error(value)
+
+
+_BITS = f"1..{MAX_CODE_BITS} or {FLOAT_BITS} bits"
+_int_at_least = lambda low: (lambda v: _is_int(v) and v >= low)
+
+#: Every learning setting, in the order the commands list them.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("tail_blocks", int, 2, "trainable binary blocks above the latent-replay layer",
+            f"0..{MAX_TAIL_BLOCKS} blocks", lambda v: _is_int(v) and 0 <= v <= MAX_TAIL_BLOCKS),
+    Setting("qf", int, 8, "forward bits of the tail, 32 = float", _BITS,
+            _device_rule(lambda v: check_bits("qf", v)), metavar="BITS"),
+    Setting("qb", int, 16, "gradient/update bits of the tail and head", _BITS,
+            _device_rule(lambda v: check_bits("qb", v)), metavar="BITS"),
+    Setting("qw", int, 8, "storage bits of the tail's latent weights", _BITS,
+            _device_rule(lambda v: check_bits("qw", v)), metavar="BITS"),
+    Setting("qw_rounding", str, WEIGHT_ROUNDINGS[0],
+            "re-quantization of the latent weights after each update (stochastic: small updates survive "
+            "on average; nearest drops those below half a step)",
+            _words(WEIGHT_ROUNDINGS), _device_rule(check_rounding), choices=WEIGHT_ROUNDINGS),
+    Setting("lr_bits", int, 1, "bits per stored replay latent", _words(REPLAY_BITS) + " bits",
+            lambda v: _is_int(v) and v in REPLAY_BITS, choices=REPLAY_BITS),
+    Setting("buffer", int, 1500, "replay buffer capacity (patterns)", "an integer >= 1", _int_at_least(1)),
+    Setting("epochs", int, 8, "epochs per experience", "an integer >= 1", _int_at_least(1)),
+    Setting("lr", float, 0.05, "SGD learning rate of the tail and head", "a positive number",
+            lambda v: isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
+            and math.isfinite(v) and v > 0),
+    Setting("minibatch", int, 128, "minibatch size (new + replayed patterns)", "an integer >= 1", _int_at_least(1)),
+    Setting("seed", int, 0, "seed of every RNG", "an integer >= 0", _int_at_least(0)),
+    Setting("new_per_class", int, None,
+            "use at most this many new patterns per class per epoch, a fresh subset each epoch",
+            "an integer >= 1 or 'all'", _int_at_least(1), none_word="all", metavar="N|all"),
+)
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+
+
+def _validate(self: Any) -> None:
+    """One-line :class:`BnnclError` for the first setting out of its range."""
+    for s in SETTINGS:
+        s.check(getattr(self, s.name))
+
+
+LearningSettings = make_dataclass(
+    "LearningSettings",
+    [(s.name, s.type if s.default is not None else s.type | None, field(default=s.default)) for s in SETTINGS],
+    namespace={"validate": _validate, "__post_init__": lambda self: self.validate(),
+               "__doc__": "How the device learns (the fields and defaults of :data:`SETTINGS`); checked when "
+                          "built, and a subclass's ``validate`` (called then too) checks its own fields.",
+               "__module__": __name__},
+    frozen=True,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                  tuned: Mapping[str, Iterable[tuple[str, Any]]] | None = None) -> None:
+    """One option per setting (value ``None`` when not given); ``tuned[name]`` = ``(who, value)`` pairs that
+    the help lists after the default (e.g. the protocols that tune it)."""
+    for s in SETTINGS:
+        shown = "; ".join([s.show(s.default)] + [f"{who}: {s.show(v)}" for who, v in (tuned or {}).get(s.name, ())])
+        valid = "" if s.choices else f"{s.expected}; "
+        parser.add_argument(s.flag, dest=s.name, default=None, metavar=s.shown_metavar,
+                            help=f"{s.help} ({valid}default {shown})")
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line (name -> value; ``all`` is None), typed; :class:`BnnclError`
+    for a word of the wrong type. Ranges are checked when the settings are built."""
+    return {s.name: s.parse(getattr(args, s.name)) for s in SETTINGS if getattr(args, s.name, None) is not None}

@@ -225,8 +225,8 @@ def test_options_that_contradict_the_deployed_settings(tmp_path, model, state, k
     ("no-model", "no such model file"),
     ("not-a-model", "not a valid bnncl device model"),
     ("no-incoming", "--incoming"),
-    ("bad-setting", "--lr-bits must be 1, 8 or 32"),
-    ("bad-rounding", "--qw-rounding must be stochastic or nearest"),
+    ("bad-setting", "--lr-bits: expected 1, 8 or 32 bits, got 4"),
+    ("bad-rounding", "--qw-rounding: expected stochastic or nearest, got 'up'"),
     ("lr1-real-split", "--lr-bits 1 needs a binary latent-replay layer"),
     ("other-model-no-base", "give --base DIR"),
 ])

@@ -17,7 +17,9 @@ Conventions every implementation follows:
 * images are uint8 NHWC; latents are float32 ``(N, *latent_shape)`` (channels-last), exactly ±1
   when the LR layer is binary;
 * ``train_batch`` does ONE optimizer step on the whole tail (blocks + head) with the given learning
-  rate and returns the minibatch's mean cross-entropy loss (softmax over all ``num_classes``);
+  rate and returns the minibatch's mean cross-entropy loss (softmax over all ``num_classes``); an
+  engine may also have ``_train_batch``, the same step without input checks, which the learner
+  uses on the minibatches it has checked (float32 latents, int64 labels in range, lr > 0);
 * ``logits`` runs the tail + head without changing any state;
 * ``reset_tail`` restores the tail and head to the state they had when the engine was built or
   last loaded (the deployment state), for the naive/joint baselines;

@@ -57,6 +57,7 @@ from bnncl.cl.metrics import (
     predict,
 )
 from bnncl.cl.replay import LatentReplayBuffer
+from bnncl.settings import BY_NAME, DEFAULTS
 
 if TYPE_CHECKING:  # only a type: keeps bnncl.cl free of bnncl.data's imports
     from bnncl.data.scenarios import Stream
@@ -66,15 +67,16 @@ STRATEGIES = ("cwr_star", "cwr", "naive", "joint")
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    """Training hyper-parameters of the on-device loop."""
+    """Training hyper-parameters of the on-device loop; defaults: the settings table
+    (:data:`bnncl.settings.SETTINGS`)."""
 
     strategy: str = "cwr_star"
-    epochs: int = 4
-    lr: float = 0.01
-    minibatch_size: int = 128
-    seed: int = 0
+    epochs: int = DEFAULTS["epochs"]
+    lr: float = DEFAULTS["lr"]
+    minibatch_size: int = DEFAULTS["minibatch"]
+    seed: int = DEFAULTS["seed"]
     batch_size_eval: int = 1024
-    new_per_class: int | None = None
+    new_per_class: int | None = DEFAULTS["new_per_class"]
     """Cap on the new patterns of each class used per epoch (a fresh random subset every epoch), or
     None to use all of them. A cap near the buffer's per-class share balances an experience of one
     large new class against the replayed classes (see the module docstring)."""
@@ -82,15 +84,19 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.new_per_class is not None and self.new_per_class < 1:
-            raise ValueError(f"new_per_class must be >= 1 or None, got {self.new_per_class}")
-        if self.epochs < 1 or self.minibatch_size < 1 or self.batch_size_eval < 1:
-            raise ValueError(
-                f"epochs, minibatch_size and batch_size_eval must be >= 1, got {self.epochs}, "
-                f"{self.minibatch_size}, {self.batch_size_eval}"
-            )
-        if not (np.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.batch_size_eval < 1:
+            raise ValueError(f"batch_size_eval must be >= 1, got {self.batch_size_eval}")
+        for name, setting in (("epochs", "epochs"), ("lr", "lr"), ("minibatch_size", "minibatch"),
+                              ("seed", "seed"), ("new_per_class", "new_per_class")):
+            value = getattr(self, name)
+            if not (value is None and setting == "new_per_class") and not BY_NAME[setting].ok(value):
+                raise ValueError(f"{name}: expected {BY_NAME[setting].expected}, got {value!r}")
+
+    @classmethod
+    def from_settings(cls, settings: Any, strategy: str = "cwr_star") -> "LearnerConfig":
+        """The learner's part of a :class:`bnncl.settings.LearningSettings`."""
+        return cls(strategy, settings.epochs, settings.lr, settings.minibatch, settings.seed,
+                   new_per_class=settings.new_per_class)
 
 
 @dataclass(frozen=True)
@@ -149,26 +155,32 @@ class ContinualLearner:
         self._rng = np.random.default_rng(self.config.seed)
         self._joint: list[tuple[np.ndarray, np.ndarray]] = []
 
-    # -- input checks --------------------------------------------------------------------------
-    def _check(self, latents: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # -- input checks: once, where latents, labels or images enter a public method ------------------
+    def _check(self, latents: np.ndarray, labels: np.ndarray, experience_index: int = 0
+               ) -> tuple[np.ndarray, np.ndarray]:
         latents = np.asarray(latents)
-        labels = np.asarray(labels)
         shape = tuple(self.engine.latent_shape)
         if latents.shape[1:] != shape:
             raise ValueError(f"latents must have shape (N, {', '.join(map(str, shape))}), got {latents.shape}")
-        if labels.shape != (len(latents),) or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"labels must be integer with shape ({len(latents)},), got {labels.dtype} {labels.shape}")
-        n = self.engine.num_classes
-        if labels.size and (labels.min() < 0 or labels.max() >= n):
-            raise ValueError(
-                f"labels must lie in [0, {n}) (engine head capacity), got [{labels.min()}, {labels.max()}]"
-            )
         if not np.all(np.isfinite(latents)):
             raise ValueError("latents contain NaN or inf")
-        return latents.astype(np.float32, copy=False), labels.astype(np.int64)
+        return latents.astype(np.float32, copy=False), self._check_labels(labels, len(latents), experience_index)
+
+    def _check_labels(self, labels: np.ndarray, n: int, experience_index: int = 0) -> np.ndarray:
+        if experience_index < 0:
+            raise ValueError(f"experience_index must be >= 0, got {experience_index}")
+        labels = np.asarray(labels)
+        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be integer with shape ({n},), got {labels.dtype} {labels.shape}")
+        c = self.engine.num_classes
+        if labels.size and (labels.min() < 0 or labels.max() >= c):
+            raise ValueError(
+                f"labels must lie in [0, {c}) (engine head capacity), got [{labels.min()}, {labels.max()}]"
+            )
+        return labels.astype(np.int64)
 
     def extract(self, images: np.ndarray) -> np.ndarray:
-        """Frozen forward of ``images`` through the engine, in batches; checks the latents."""
+        """Frozen forward of ``images`` through the engine, in batches; the one check of its latents."""
         bs = self.config.batch_size_eval
         parts = [self.engine.extract(images[i : i + bs]) for i in range(0, len(images), bs)]
         shape = tuple(self.engine.latent_shape)
@@ -182,14 +194,21 @@ class ContinualLearner:
     # -- the loop ------------------------------------------------------------------------------
     def deploy(self, latents: np.ndarray, labels: np.ndarray, experience_index: int = 0) -> None:
         """Deploy on a base experience the engine was pretrained on: prefill the buffer, seed CWR*."""
-        latents, labels = self._check(latents, labels)
+        self._deploy(*self._check(latents, labels, experience_index), experience_index)
+
+    def deploy_images(self, images: np.ndarray, labels: np.ndarray, experience_index: int = 0) -> None:
+        """:meth:`deploy` on the latents of ``images``."""
+        latents = self.extract(images)
+        self._deploy(latents, self._check_labels(labels, len(latents), experience_index), experience_index)
+
+    def _deploy(self, latents: np.ndarray, labels: np.ndarray, experience_index: int) -> None:
         counts = np.bincount(labels, minlength=self.engine.num_classes)
         classes = np.flatnonzero(counts)
         if self.consolidator is not None:
             self.consolidator.init_from_head(self.engine.get_head(), classes, counts)
             self.engine.set_head(self.consolidator.consolidated_head())
         if self.buffer is not None:
-            self.buffer.add(latents, labels, experience_index)
+            self.buffer._insert(latents, labels, experience_index)
         if self.config.strategy == "joint":
             self._joint.append((latents, labels))
         self.seen_classes.update(int(c) for c in classes)
@@ -198,7 +217,19 @@ class ContinualLearner:
         self, latents: np.ndarray, labels: np.ndarray, experience_index: int, on_batch: BatchCallback | None = None
     ) -> TrainStats:
         """Learn one experience (its LR latents and labels) with the configured strategy."""
-        latents, labels = self._check(latents, labels)
+        return self._train(*self._check(latents, labels, experience_index), experience_index, on_batch)
+
+    def learn_images(
+        self, images: np.ndarray, labels: np.ndarray, experience_index: int, on_batch: BatchCallback | None = None
+    ) -> TrainStats:
+        """:meth:`train_experience` on the latents of ``images``."""
+        latents = self.extract(images)
+        return self._train(latents, self._check_labels(labels, len(latents), experience_index), experience_index,
+                           on_batch)
+
+    def _train(
+        self, latents: np.ndarray, labels: np.ndarray, experience_index: int, on_batch: BatchCallback | None
+    ) -> TrainStats:
         start = time.perf_counter()
         cfg = self.config
         replay_x = np.zeros((0,) + tuple(self.engine.latent_shape), dtype=np.float32)
@@ -214,6 +245,8 @@ class ContinualLearner:
         if self.consolidator is not None:
             self.engine.set_head(self.consolidator.begin_experience(present))
 
+        # the engine's step without its own checks where it has one (inputs checked once, on entry)
+        step = getattr(self.engine, "_train_batch", self.engine.train_batch)
         losses: list[float] = []
         used = np.zeros(len(new_y), dtype=bool)
         for epoch in range(cfg.epochs):
@@ -224,7 +257,7 @@ class ContinualLearner:
                 ni = rows[ni]
                 x = np.concatenate([new_x[ni], replay_x[ri]])
                 y = np.concatenate([new_y[ni], replay_y[ri]])
-                loss = float(self.engine.train_batch(x, y, cfg.lr))
+                loss = float(step(x, y, cfg.lr))
                 losses.append(loss)
                 if on_batch is not None:
                     on_batch(BatchProgress(experience_index, epoch, b, len(batches), loss))
@@ -235,7 +268,7 @@ class ContinualLearner:
             self.consolidator.end_experience(self.engine.get_head(), present, cur)
             self.engine.set_head(self.consolidator.consolidated_head())
         if self.buffer is not None:
-            self.buffer.add(latents, labels, experience_index)
+            self.buffer._insert(latents, labels, experience_index)
         self.seen_classes.update(int(c) for c in np.unique(labels))
         mean_loss = float(np.mean(losses)) if losses else None
         return TrainStats(len(labels), len(replay_y), mean_loss, time.perf_counter() - start)
@@ -300,17 +333,18 @@ class ContinualLearner:
             )
         if pretrained_base and (len(stream) == 0 or not stream[0].is_base):
             raise ValueError("pretrained_base=True needs a stream whose first experience is a base experience")
-        test_latents, test_labels = self._check(self.extract(test_images), test_labels)
+        test_latents = self.extract(test_images)
         results = CLResults(self.config.strategy, int(self.engine.num_classes), config=self._config_dict())
         for exp in stream:
             t0 = time.perf_counter()
             latents = self.extract(exp.images(images))
             extract_seconds = time.perf_counter() - t0
+            labels = self._check_labels(exp.labels, len(latents), exp.index)
             if pretrained_base and exp.index == stream[0].index:
-                self.deploy(latents, exp.labels, exp.index)
+                self._deploy(latents, labels, exp.index)
                 stats = None
             else:
-                stats = self.train_experience(latents, exp.labels, exp.index, on_batch)
+                stats = self._train(latents, labels, exp.index, on_batch)
             record = self.evaluate(
                 exp.index, exp.classes_in_experience, test_latents, test_labels, stats, extract_seconds
             )

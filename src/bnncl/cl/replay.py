@@ -153,6 +153,11 @@ class LatentReplayBuffer:
         latents, labels = self._check_batch(latents, labels)
         if experience_index < 0:
             raise ValueError(f"experience_index must be >= 0, got {experience_index}")
+        self._insert(latents, labels, experience_index)
+
+    def _insert(self, latents: np.ndarray, labels: np.ndarray, experience_index: int) -> None:
+        """:meth:`add` without its checks, for a caller that has made them (the learner): ``latents``
+        finite ``(N, *latent_shape)``, ``labels`` int64 ``(N,)`` >= 0, ``experience_index`` >= 0."""
         if len(labels) == 0:
             return
         if self.policy == "class_balanced":

@@ -23,54 +23,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from bnncl.assets import resolve_model
-from bnncl.data.imagefolder import decode_image
 from bnncl.errors import BnnclError, DataError
 from bnncl.service import inbox
-from bnncl.service.session import LearnerSession, Settings
+from bnncl.service.folders import read_item
+from bnncl.service.session import LearnerSession
+from bnncl.settings import add_arguments, given_settings
 
 LOCK_NAME = "LEARNER.lock"
-
-
-def read_item(item: inbox.Item, image_shape: Sequence[int]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decode one incoming file to the model's input; :class:`DataError` if it is not a usable image."""
-    try:
-        data = item.path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{item.path}: unreadable ({exc.strerror or exc})") from None
-    h, w, c = (int(v) for v in image_shape)
-    if not data:
-        raise DataError(f"{item.path}: empty file")
-    try:
-        arr = decode_image(data, (h, w), c, str(item.path))
-    except DataError as exc:
-        raise DataError(re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))) from None
-    return arr, {"id": item.id, "sha256": inbox.digest(data), "bytes": len(data)}
-
-
-def load_labelled_folder(root: Path, image_shape: Sequence[int]) -> tuple[np.ndarray, list[str]]:
-    """Every image of ``root/<label>/<image>`` decoded (any bad file is an error here)."""
-    if not root.is_dir():
-        raise DataError(f"{root}: not a directory (expected <dir>/<class>/<image>)")
-    arrays, names = [], []
-    for item in inbox.scan(root):
-        if not item.label:
-            raise DataError(f"{item.path}: not in a class folder (expected <dir>/<class>/<image>)")
-        arr, _ = read_item(item, image_shape)
-        arrays.append(arr)
-        names.append(item.label)
-    shape = (0,) + tuple(int(v) for v in image_shape)
-    return (np.stack(arrays) if arrays else np.zeros(shape, np.uint8)), names
 
 
 def _reason(exc: Exception, item: inbox.Item) -> str:
@@ -196,22 +165,6 @@ def learner_lock(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-SETTING_OPTIONS = (
-    ("--tail-blocks", int, "trainable binary blocks K (0..3)"),
-    ("--qf", int, "forward bits of the tail"),
-    ("--qb", int, "backward/update bits"),
-    ("--qw", int, "stored latent-weight bits"),
-    ("--qw-rounding", str, "latent-weight update rounding: stochastic or nearest"),
-    ("--lr-bits", int, "bits per stored replay latent: 1, 8 or 32"),
-    ("--buffer", int, "replay buffer capacity in patterns"),
-    ("--epochs", int, "epochs per experience"),
-    ("--lr", float, "learning rate"),
-    ("--minibatch", int, "minibatch size"),
-    ("--seed", int, "seed of every RNG"),
-    ("--capacity", int, "head rows = most classes ever"),
-)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bnncl learn",
@@ -230,19 +183,20 @@ def build_parser() -> argparse.ArgumentParser:
                                   "shipped fmnist-b5 model)")
     p.add_argument("--threads", type=int, default=1, help="compute threads (default 1)")
     g = p.add_argument_group("deployment settings (fixed at the first start, kept in the state)")
-    for flag, typ, text in SETTING_OPTIONS:
-        default = getattr(Settings, flag[2:].replace("-", "_"))
-        shown = "the number of the model's class names" if default is None else default
-        g.add_argument(flag, type=typ, default=None, help=f"{text} (default {shown})")
+    add_arguments(g)
+    g.add_argument("--capacity", default=None, metavar="N",
+                   help="head rows = most classes ever (default the number of the model's class names)")
     return p
 
 
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    out = {}
-    for flag, _, _ in SETTING_OPTIONS:
-        key = flag[2:].replace("-", "_")
-        if getattr(args, key) is not None:
-            out[key] = getattr(args, key)
+    """The deployment settings given (name -> value); checked when :class:`Settings` is built."""
+    out = given_settings(args)
+    if args.capacity is not None:
+        try:
+            out["capacity"] = int(args.capacity)
+        except ValueError:
+            raise BnnclError(f"--capacity: expected an integer >= 1, got {args.capacity!r}") from None
     return out
 
 

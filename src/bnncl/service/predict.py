@@ -15,7 +15,8 @@ from bnncl.assets import resolve_model
 from bnncl.cl.state import NoStateError
 from bnncl.errors import BnnclError, DataError
 from bnncl.service import inbox
-from bnncl.service.learn import one_line_warnings, read_item
+from bnncl.service.folders import read_item
+from bnncl.service.learn import one_line_warnings
 from bnncl.service.session import LearnerSession
 
 

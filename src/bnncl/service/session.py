@@ -27,9 +27,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from bnncl.cl.learner import ContinualLearner, LearnerConfig
-from bnncl.cl.replay import LatentReplayBuffer
-from bnncl.cl.state import LoadedState, NoStateError, StateError, StateStore, sha256_file
+from bnncl.assemble import build_learner
+from bnncl.cl.state import (
+    LoadedState,
+    NoStateError,
+    StateError,
+    StateStore,
+    sha256_file,
+)
 from bnncl.errors import BnnclError
 from bnncl.settings import LearningSettings
 
@@ -52,8 +57,8 @@ class Settings(LearningSettings):
 
     def validate(self) -> None:
         super().validate()
-        if self.capacity is not None and self.capacity < 1:
-            raise BnnclError(f"--capacity must be >= 1, got {self.capacity}")
+        if self.capacity is not None and not (isinstance(self.capacity, int) and self.capacity >= 1):
+            raise BnnclError(f"--capacity: expected an integer >= 1, got {self.capacity!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Settings":
@@ -105,8 +110,6 @@ class LearnerSession:
 
     def __init__(self, model_path: Path, store: StateStore, settings: Settings, model: Any, model_sha: str,
                  threads: int = 1) -> None:
-        from bnncl.device.engine import DeviceEngine
-
         self.model_path = Path(model_path)
         self.store = store
         self.settings = settings
@@ -117,20 +120,12 @@ class LearnerSession:
             raise BnnclError(f"--capacity {capacity} is smaller than the pretrained head "
                              f"({max(model.pretrained_classes) + 1} rows)")
         try:
-            self.engine = DeviceEngine.from_device_model(
-                model, settings.tail_blocks, qf=settings.qf, qb=settings.qb, qw=settings.qw, threads=threads,
-                num_classes=capacity, weight_rounding=settings.qw_rounding, rounding_seed=settings.seed)
+            self.learner = build_learner(model, settings, threads=threads, num_classes=capacity)
         except ValueError as exc:
             raise BnnclError(f"{model_path}: cannot build the device engine ({exc})") from None
-        if settings.lr_bits == 1 and not self.engine.binary_split:
-            raise BnnclError(f"--lr-bits 1 needs a binary latent-replay layer; the split {self.engine.split!r} of "
-                             f"--tail-blocks {settings.tail_blocks} is real-valued (use --lr-bits 8 or 32)")
+        self.engine = self.learner.engine
+        self.buffer = self.learner.buffer
         self.image_shape = tuple(self.engine.image_shape)
-        self.buffer = LatentReplayBuffer(tuple(self.engine.latent_shape), settings.buffer, settings.lr_bits,
-                                         "class_balanced", settings.seed)
-        cfg = LearnerConfig("cwr_star", settings.epochs, settings.lr, settings.minibatch, settings.seed,
-                            new_per_class=settings.new_per_class)
-        self.learner = ContinualLearner(self.engine, cfg, self.buffer)
         self.classes: list[str] = list(self.model_class_names[:capacity])
         self.position: dict[str, Any] = {}
         self.generation = 0
@@ -146,6 +141,11 @@ class LearnerSession:
         with (:class:`BnnclError` if ``settings`` contradict them)."""
         from bnncl.device.modelfile import DeviceModel
 
+        given = dict(settings or {})
+        unknown = sorted(set(given) - {f.name for f in fields(Settings)})
+        if unknown:
+            raise BnnclError(f"settings: unknown name(s) {unknown}; expected among {[f.name for f in fields(Settings)]}")
+        chosen = Settings(**given)  # checks them (also those a resumed state will override: an error either way)
         model_path = Path(model)
         dm = DeviceModel.load(model_path)
         sha = sha256_file(model_path)
@@ -155,14 +155,11 @@ class LearnerSession:
         except NoStateError:
             if not deploy:
                 raise
-            chosen = Settings(**dict(settings or {}))
-            chosen.validate()
             session = cls(model_path, store, chosen, dm, sha, threads)
             session._deploy(base)
             return session
         saved = Settings.from_dict(state.position.get("settings", {}))
-        diff = [f"--{k.replace('_', '-')} {getattr(saved, k)}" for k, v in (settings or {}).items()
-                if getattr(saved, k) != v]
+        diff = [f"--{k.replace('_', '-')} {getattr(saved, k)}" for k, v in given.items() if getattr(saved, k) != v]
         if diff:
             raise BnnclError(f"{state_dir}: state was deployed with {', '.join(diff)}; drop the conflicting "
                              f"option(s) or deploy into a new state directory")
@@ -193,7 +190,7 @@ class LearnerSession:
     # -- deployment -------------------------------------------------------------------------
     def _base_images(self, base: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
         if base is not None:
-            from bnncl.service.learn import load_labelled_folder
+            from bnncl.service.folders import load_labelled_folder
 
             images, names = load_labelled_folder(Path(base), self.image_shape)
             if not len(images):
@@ -211,8 +208,7 @@ class LearnerSession:
 
     def _deploy(self, base: str | Path | None) -> None:
         images, labels = self._base_images(base)
-        latents = self.learner.extract(images)
-        self.learner.deploy(latents, labels, 0)
+        self.learner.deploy_images(images, labels, 0)
         self.engine.mark_deployed()
         counts = np.bincount(labels, minlength=len(self.classes))
         self.position = {
@@ -284,9 +280,8 @@ class LearnerSession:
             self.classes = before
             raise
         try:
-            latents = self.learner.extract(x)
             exp = int(self.position["experience"]) + 1
-            self.learner.train_experience(latents, y, exp)
+            self.learner.learn_images(x, y, exp)
             pos = dict(self.position)
             per_class = list(pos["learned_per_class"]) + [0] * (len(self.classes) - len(pos["learned_per_class"]))
             base = list(pos["base_per_class"]) + [0] * (len(self.classes) - len(pos["base_per_class"]))
