@@ -64,15 +64,22 @@ class DeviceEngine:
 
     # -- constructors --------------------------------------------------------------------------
     @classmethod
-    def from_device_model(cls, model: "DeviceModel", tail_blocks: int, *, qf: int = 8, qb: int = 16,
-                          qw: int = 8, momentum: float = 0.0, threads: int = 1, num_classes: int | None = None,
-                          head_classes: Sequence[int] | None = None, stem: str = "auto",
-                          weight_rounding: str = "stochastic", rounding_seed: int = 0) -> "DeviceEngine":
+    def from_device_model(cls, model: "DeviceModel", tail_blocks: int, *, qf: int | None = None,
+                          qb: int | None = None, qw: int | None = None, momentum: float = 0.0, threads: int = 1,
+                          num_classes: int | None = None, head_classes: Sequence[int] | None = None,
+                          stem: str = "auto", weight_rounding: str | None = None,
+                          rounding_seed: int | None = None) -> "DeviceEngine":
         """Frozen forward + tail of a loaded :class:`~bnncl.device.modelfile.DeviceModel`.
 
-        With ``num_classes`` larger than the pretrained head, ``head_classes`` defaults to the model's
-        ``pretrained_classes`` (the dataset class of each head row)."""
+        ``qf``/``qb``/``qw``/``weight_rounding``/``rounding_seed`` left out: the defaults of
+        :data:`bnncl.settings.SETTINGS`. With ``num_classes`` larger than the pretrained head,
+        ``head_classes`` defaults to the model's ``pretrained_classes`` (the dataset class of each head row)."""
         from bnncl.device.frozen import FrozenEngine
+        from bnncl.settings import DEFAULTS
+
+        qf, qb, qw = (DEFAULTS[k] if v is None else v for k, v in (("qf", qf), ("qb", qb), ("qw", qw)))
+        weight_rounding = DEFAULTS["qw_rounding"] if weight_rounding is None else weight_rounding
+        rounding_seed = DEFAULTS["seed"] if rounding_seed is None else rounding_seed
 
         split = model.split_for_tail(tail_blocks)
         if num_classes is not None and head_classes is None:
@@ -132,6 +139,11 @@ class DeviceEngine:
 
     def train_batch(self, latents: np.ndarray, labels: np.ndarray, lr: float) -> float:
         return self.tail.train_batch(latents, labels, lr)
+
+    def _train_batch(self, latents: np.ndarray, labels: np.ndarray, lr: float) -> float:
+        """:meth:`train_batch` on inputs the caller has checked (the learner; Engine docstring): the
+        tail's unchecked step where it has one."""
+        return getattr(self.tail, "_train_batch", self.tail.train_batch)(latents, labels, lr)
 
     def logits(self, latents: np.ndarray) -> np.ndarray:
         return self.tail.logits(latents)
