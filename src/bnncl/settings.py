@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from bnncl.cl.replay import BITS as REPLAY_BITS
-from bnncl.device.modelfile import MAX_TAIL_BLOCKS
+from bnncl.device.shapes import MAX_TAIL_BLOCKS
 from bnncl.device.quantize import (
     FLOAT_BITS,
     MAX_CODE_BITS,

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from bnncl.device.bitpack import words_for
-from bnncl.device.tail import TailTrainer, architecture_dict, block_shapes
+from bnncl.device.shapes import architecture_dict, block_geometry, split_index
+from bnncl.device.tail import TailTrainer
 
 if TYPE_CHECKING:
     from bnncl.device.modelfile import DeviceModel
@@ -36,11 +37,11 @@ def estimated_backbone_bytes(architecture: Any, split: str, stem_bits: int = 8) 
     """Bytes of the frozen part as the device model file lays it out (stem weights at ``stem_bits``
     + float32 per-channel params; per block packed sign(W) + input bias + fused scale/bias + RPReLU)."""
     arch = architecture_dict(architecture)
-    names = [f"block{i}" for i in range(len(arch["blocks"]))] + ["gap"]
-    stop = names.index(split)
+    stop = split_index(arch, split)
     c, o = arch["input_shape"][2], arch["stem_channels"]
     total = o * 9 * c * stem_bits // 8 + 4 * (c + 6 * o)
-    for cin, cout, _, _, _ in block_shapes(arch)[:stop]:
+    for g in block_geometry(arch)[:stop]:
+        cin, cout = g["in_channels"], g["out_channels"]
         total += cout * 9 * words_for(cin) * 8 + 4 * (cin + 5 * cout)
     return int(total)
 

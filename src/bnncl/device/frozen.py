@@ -29,6 +29,7 @@ import ctypes
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -40,7 +41,8 @@ from bnncl.device.kernels.im2col import reference_im2col3x3, stem_conv3x3_u8
 from bnncl.device.kernels.linear import matmul
 from bnncl.device.kernels.tailfwd import OFF, gap
 from bnncl.device.kernels.prepacked import PackedBinaryConv
-from bnncl.device.modelfile import DeviceModel, block_geometry, split_index
+from bnncl.device.modelfile import DeviceModel
+from bnncl.device.shapes import block_geometry, split_index
 
 DEFAULT_CHUNK = 256
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc mallopt parameters
@@ -292,6 +294,11 @@ class FrozenEngine:
         if not parts:  # no images: the output shape of one, with 0 rows
             return fn(np.zeros((1, *self.input_shape), np.uint8))[:0]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def __repr__(self) -> str:
+        name = self.arch.get("name", "?") if self.model.path == "<memory>" else Path(self.model.path).stem
+        return (f"FrozenEngine({name!r}, {'x'.join(map(str, self.input_shape))}, {len(self.blocks)} blocks, "
+                f"{self.stem_precision} stem, {self.threads} thread(s), chunk {self.chunk})")
 
     def _check(self, images: object) -> np.ndarray:
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8:

@@ -44,13 +44,13 @@ from safetensors.numpy import load_file, save
 
 from bnncl.atomic import replace_file
 from bnncl.device.bitpack import words_for
+from bnncl.device.shapes import MAX_TAIL_BLOCKS, block_geometry, split_for_tail, split_index, split_names
 from bnncl.errors import ModelFileError
 
 FORMAT = "bnncl-device-model"
 FORMAT_VERSION = 1
 STEM_BITS = 8
 LATENT_WEIGHT_BITS = 8
-MAX_TAIL_BLOCKS = 3
 BN_EPS = 1e-5
 
 _ACT = ("shift_in", "slope", "shift_out")
@@ -61,32 +61,6 @@ _ARCH_KEYS = {"name", "input_shape", "stem_channels", "blocks", "num_classes", "
 
 # ---------------------------------------------------------------------------------------------
 # Architecture (a plain dict, the JSON of nn.backbones.BackboneConfig; no torch here)
-
-
-def split_names(arch: Mapping[str, Any]) -> list[str]:
-    """Split points ``block0 .. block{n-1}, gap`` of an architecture dict."""
-    return [f"block{i}" for i in range(len(arch["blocks"]))] + ["gap"]
-
-
-def split_index(arch: Mapping[str, Any], split: str) -> int:
-    """Index of the first block after ``split`` (``len(blocks)`` for ``gap``)."""
-    names = split_names(arch)
-    if split not in names:
-        raise ValueError(f"split: expected one of {', '.join(names)}, got {split!r}")
-    return names.index(split)
-
-
-def block_geometry(arch: Mapping[str, Any]) -> list[dict[str, int]]:
-    """Per binary block: ``in_channels, out_channels, stride, in_h, in_w, out_h, out_w``."""
-    h, w, _ = arch["input_shape"]
-    cin = arch["stem_channels"]
-    out = []
-    for cout, stride in arch["blocks"]:
-        ho, wo = (h + 2 - 3) // stride + 1, (w + 2 - 3) // stride + 1
-        out.append({"in_channels": cin, "out_channels": cout, "stride": stride, "in_h": h, "in_w": w,
-                    "out_h": ho, "out_w": wo})
-        cin, h, w = cout, ho, wo
-    return out
 
 
 def _is_int(v: Any) -> bool:
@@ -293,10 +267,7 @@ class DeviceModel:
 
     def split_for_tail(self, tail_blocks: int) -> str:
         """Split whose tail holds the last ``tail_blocks`` binary blocks (``gap`` for 0)."""
-        n = self.num_blocks
-        if not 0 <= tail_blocks <= min(MAX_TAIL_BLOCKS, n):
-            raise ValueError(f"tail_blocks: expected 0..{min(MAX_TAIL_BLOCKS, n)}, got {tail_blocks}")
-        return "gap" if tail_blocks == 0 else f"block{n - tail_blocks}"
+        return split_for_tail(self.architecture, tail_blocks)
 
     # -- tail parameters for on-device training ---------------------------------------------
     def tail_parameters(self, tail_blocks: int) -> dict[str, np.ndarray]:

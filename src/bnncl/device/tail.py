@@ -69,60 +69,17 @@ from bnncl.device.quantize import (
     requantize_update,
     rounding_noise,
 )
-from bnncl.device.tail_layers import (
-    col2im,
+from bnncl.device.shapes import (
+    MAX_TAIL_BLOCKS,
+    architecture_dict,
+    block_geometry,
     conv_out_hw,
-    im2col_pm1,
-    pm1_weight_grad,
-    shortcut_backward,
+    feature_dim,
+    split_latent_shape,
 )
+from bnncl.device.tail_layers import col2im, im2col_pm1, pm1_weight_grad, shortcut_backward
 
 BN_EPS = 1e-5
-MAX_TAIL_BLOCKS = 3
-_ACT = ("shift_in", "slope", "shift_out")
-_BN = ("weight", "bias", "running_mean", "running_var")
-
-
-def architecture_dict(arch: Any) -> dict[str, Any]:
-    """A backbone architecture as a plain dict: a ``BackboneConfig`` (anything with ``to_json``) or a
-    mapping such as ``DeviceModel.architecture``."""
-    if isinstance(arch, Mapping):
-        d = dict(arch)
-    elif hasattr(arch, "to_json"):
-        d = json.loads(arch.to_json())
-    else:
-        raise ValueError(f"architecture: expected a BackboneConfig or a dict, got {type(arch).__name__}")
-    for key in ("input_shape", "stem_channels", "blocks", "num_classes"):
-        if key not in d:
-            raise ValueError(f"architecture: missing key {key!r}")
-    d.setdefault("binary", True)
-    d.setdefault("binary_latents", [])
-    d.setdefault("sign_gradient", "ste")
-    return d
-
-
-def block_shapes(arch: Mapping[str, Any]) -> list[tuple[int, int, int, int, int]]:
-    """Per block ``(in_channels, out_channels, stride, in_h, in_w)``."""
-    h, w, _ = arch["input_shape"]
-    cin = int(arch["stem_channels"])
-    out = []
-    for cout, stride in arch["blocks"]:
-        out.append((cin, int(cout), int(stride), h, w))
-        h, w = conv_out_hw(h, w, 3, int(stride), 1)
-        cin = int(cout)
-    out.append((cin, cin, 1, h, w))  # the "gap" split: (channels, -, -, H, W)
-    return out
-
-
-def split_latent_shape(arch: Mapping[str, Any], split: str) -> tuple[int, ...]:
-    """Shape of one latent at ``split``: channels-last ``(H, W, C)`` at a block input; ``(C,)`` at
-    ``gap``, where the latent is the pooled feature vector (pooling is linear, so storing the pooled
-    vector instead of the ``(H, W, C)`` map loses nothing and is ``H * W`` times smaller)."""
-    names = [f"block{i}" for i in range(len(arch["blocks"]))] + ["gap"]
-    if split not in names:
-        raise ValueError(f"split: expected one of {', '.join(names)}, got {split!r}")
-    cin, _, _, h, w = block_shapes(arch)[names.index(split)]
-    return (cin,) if split == "gap" else (h, w, cin)
 
 
 def expand_head(head: np.ndarray, num_classes: int | None, head_classes: Any = None) -> np.ndarray:
@@ -139,11 +96,6 @@ def expand_head(head: np.ndarray, num_classes: int | None, head_classes: Any = N
     out = np.zeros((n, head.shape[1]), dtype=np.float32)
     out[idx] = head
     return out
-
-
-def _sgn0(w: np.ndarray) -> np.ndarray:
-    """``sgn`` with sgn(0) = 0 (the derivative of |w| torch uses)."""
-    return np.sign(w).astype(np.float32)
 
 
 @dataclass
@@ -190,8 +142,6 @@ class TailTrainer:
     ``split``: ``config.split_for_tail(K)``. ``qf``/``qb``/``qw``: bit widths (32 = float32).
     ``num_classes``: head capacity when larger than the pretrained head (new rows start at zero);
     ``head_classes``: the row of the larger head that each pretrained row goes to (default 0, 1, ...).
-    ``exact_weight_grad``: kept for compatibility; at ``q_b < 32`` the weight gradient is always the
-    exact integer sum of the ``q_b`` codes (C kernel ``tailgrad.wgrad_minus_tiled``), at 32 it is float32.
     ``threads``: C core threads of the weight- and input-gradient kernels (and of the conv).
     ``weight_rounding``: how the latent weights return to ``q_w`` bits after each update,
     ``"stochastic"`` (default) or ``"nearest"`` (:func:`~bnncl.device.quantize.requantize_update`);
@@ -200,7 +150,7 @@ class TailTrainer:
 
     def __init__(self, architecture: Any, params: Mapping[str, np.ndarray], split: str, *, qf: int = 8,
                  qb: int = 16, qw: int = 8, momentum: float = 0.0, threads: int = 1,
-                 num_classes: int | None = None, head_classes: Any = None, exact_weight_grad: bool = False,
+                 num_classes: int | None = None, head_classes: Any = None,
                  weight_rounding: str = "stochastic", rounding_seed: int = 0) -> None:
         arch = architecture_dict(architecture)
         if arch["binary"] is not True:
@@ -216,7 +166,6 @@ class TailTrainer:
             raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)
         self.threads = int(threads)
-        self.exact_weight_grad = bool(exact_weight_grad)
         n = len(arch["blocks"])
         self.latent_shape = split_latent_shape(arch, split)
         self.split = split
@@ -224,7 +173,7 @@ class TailTrainer:
         if n - self.start > MAX_TAIL_BLOCKS:
             raise ValueError(f"split: a tail holds at most {MAX_TAIL_BLOCKS} blocks, {split!r} gives {n - self.start}")
         self.binary_split = split in arch["binary_latents"] and split != "gap"
-        self.head_dim = int(block_shapes(arch)[n][0])
+        self.head_dim = feature_dim(arch)
         self._blocks = [self._make_block(i, params, arch) for i in range(self.start, n)]
         head = self._param(params, "head.weight", (int(arch["num_classes"]), self.head_dim))
         head = expand_head(head, num_classes, head_classes)
@@ -247,7 +196,8 @@ class TailTrainer:
         return a.copy()
 
     def _make_block(self, i: int, params: Mapping[str, np.ndarray], arch: Mapping[str, Any]) -> _Block:
-        cin, cout, stride, _, _ = block_shapes(arch)[i]
+        g = block_geometry(arch)[i]
+        cin, cout, stride = g["in_channels"], g["out_channels"], g["stride"]
         p = f"blocks.{i}."
         get = lambda k, s: self._param(params, p + k, s)
         w = get("conv.weight", (cout, cin, 3, 3)).transpose(0, 2, 3, 1)  # OIHW -> OHWI
@@ -295,8 +245,8 @@ class TailTrainer:
             cache.append((xb_packed, ste, pos, x.shape))
         return out, QParams.of(lo, hi, self.qf)
 
-    def _forward(self, latents: np.ndarray, caches: list | None) -> tuple[np.ndarray, QTensor]:
-        x = self._check_latents(latents)
+    def _forward(self, x: np.ndarray, caches: list | None) -> tuple[np.ndarray, QTensor]:
+        """Logits and features of checked float32 latents ``x`` (:meth:`_check_latents`)."""
         if not self._blocks:
             feats = quantize(fake_quantize(x, self.qf), self.qf)
         else:
@@ -311,24 +261,32 @@ class TailTrainer:
 
     def logits(self, latents: np.ndarray) -> np.ndarray:
         """Tail + head forward (no state change): ``(N, *latent_shape)`` -> ``(N, num_classes)``."""
-        return self._forward(latents, None)[0]
+        return self._forward(self._check_latents(latents), None)[0]
 
     def features(self, latents: np.ndarray) -> np.ndarray:
         """The pooled features (head input) at ``q_f``."""
-        return self._forward(latents, None)[1].dequantize()
+        return self._forward(self._check_latents(latents), None)[1].dequantize()
 
     # -- training ------------------------------------------------------------------------------
     def gradients(self, latents: np.ndarray, labels: np.ndarray) -> tuple[float, list[np.ndarray], np.ndarray]:
         """Forward + backward of one minibatch: ``(mean loss, conv weight grads (O,KH,KW,I) at q_b,
         head grad at q_b)``; changes nothing."""
+        x = self._check_latents(latents)
+        return self._gradients(x, self._check_labels(labels, len(x)))
+
+    def _check_labels(self, labels: np.ndarray, n: int) -> np.ndarray:
         y = np.asarray(labels)
-        n = len(np.asarray(latents))
         if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"labels: expected integers of shape ({n},), got {y.dtype} {y.shape}")
         if n and (y.min() < 0 or y.max() >= self.num_classes):
             raise ValueError(f"labels: expected values in [0, {self.num_classes}), got [{y.min()}, {y.max()}]")
+        return y
+
+    def _gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, list[np.ndarray], np.ndarray]:
+        """:meth:`gradients` of checked latents and labels."""
+        n = len(x)
         caches: list = []
-        logits, feats = self._forward(latents, caches)
+        logits, feats = self._forward(x, caches)
         z = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(z)
         p = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -386,14 +344,6 @@ class TailTrainer:
         dx, (lo2, hi2) = tailfwd.bwd_dx(dxb, dout, bcast, qd, pos, blk.slope, blk.stride, ste, blk.binary_input, path)
         return dw, (dx, 0, QParams.of(lo2, hi2, self.qb))
 
-    def _latent_grad(self, blk: _Block, g: np.ndarray) -> np.ndarray:
-        """``s G + (sum_k sign(W) G) / n * sgn(W)`` at ``q_b`` (identity STE + the mean|W| scale)."""
-        sw = np.where(blk.w_values < 0, np.float32(-1.0), np.float32(1.0)).reshape(blk.cout, -1)
-        k = sw.shape[1]
-        dscale = (sw * g).sum(axis=1, dtype=np.float32)
-        dw = blk.scale[:, None] * g + (dscale / np.float32(k))[:, None] * _sgn0(blk.w_values.reshape(blk.cout, -1))
-        return fake_quantize(dw.reshape(blk.weight.shape), self.qb)
-
     def _block_backward_float(self, blk: _Block, cache: tuple, dsrc: tuple,
                               need_dx: bool) -> tuple[np.ndarray, tuple | None]:
         """``q_b = 32``: float32 GEMMs with a ±1 operand (NumPy + BLAS)."""
@@ -408,7 +358,8 @@ class TailTrainer:
         xb = unpack_signs(xb_packed, blk.cin, np.int8)
         cols = im2col_pm1(xb, 3, blk.stride, 1)  # (P, 9*I) ±1
         g = pm1_weight_grad(cols, dy).T  # (O, 9*I): sum_p xb * dy
-        dw = self._latent_grad(blk, g)
+        w = blk.w_values.reshape(blk.cout, -1)
+        dw = tailfwd.latent_grad(np.ascontiguousarray(g), w, blk.scale, kernels.active_path()).reshape(blk.weight.shape)
         if not need_dx:
             return dw, None
         sw = np.where(blk.w_values < 0, np.float32(-1.0), np.float32(1.0)).reshape(blk.cout, -1)
@@ -422,9 +373,15 @@ class TailTrainer:
         """One SGD step on the tail's conv latent weights and the head; returns the mean loss."""
         if not (np.isfinite(lr) and lr > 0):
             raise ValueError(f"lr: expected a positive number, got {lr!r}")
-        if len(np.asarray(latents)) == 0:
+        x = self._check_latents(latents)
+        return self._train_batch(x, self._check_labels(labels, len(x)), lr)
+
+    def _train_batch(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
+        """:meth:`train_batch` without input checks: float32 ``(N, *latent_shape)`` latents, integer labels
+        in ``[0, num_classes)`` and ``lr > 0``, as the learner passes them after checking at its edge."""
+        if len(x) == 0:
             return 0.0
-        loss, grads, g_head = self.gradients(latents, labels)
+        loss, grads, g_head = self._gradients(np.asarray(x, dtype=np.float32), y)
         lr32 = np.float32(lr)
         for j, (blk, g) in enumerate(zip(self._blocks, grads)):
             step = self._momentum_step(blk, "velocity", g)

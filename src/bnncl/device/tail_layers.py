@@ -6,8 +6,7 @@
   with ``x`` in {-1, +1}: additions and subtractions only (a float32 GEMM whose one operand is ±1, so
   every multiply-add is exactly an addition or a subtraction of a ``dy`` value; optionally exact
   integer sums of the ``q_b`` codes);
-* shortcut (2x2 average pooling, channel repetition) and their adjoints; bit masks packed with
-  :func:`numpy.packbits` (1 bit per element) for what the backward pass needs.
+* shortcut (2x2 average pooling, channel repetition) and their adjoints.
 """
 
 from __future__ import annotations
@@ -15,12 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from bnncl.device.quantize import FLOAT_BITS, QTensor
+from bnncl.device.shapes import conv_out_hw
 
 _F32_EXACT = 1 << 24
-
-
-def conv_out_hw(h: int, w: int, k: int, stride: int, pad: int) -> tuple[int, int]:
-    return (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
 
 
 def im2col_pm1(x: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:
@@ -106,13 +102,3 @@ def shortcut_backward(d: np.ndarray, stride: int, repeat: int) -> np.ndarray:
         b, h, w, c = d.shape
         d = d.reshape(b, h, w, repeat, c // repeat).sum(axis=3, dtype=np.float32)
     return avgpool2_backward(d) if stride == 2 else d
-
-
-def pack_mask(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
-    """A boolean array stored at 1 bit per element."""
-    return np.packbits(mask.reshape(-1)), mask.shape
-
-
-def unpack_mask(packed: tuple[np.ndarray, tuple[int, ...]]) -> np.ndarray:
-    bits, shape = packed
-    return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)

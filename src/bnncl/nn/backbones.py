@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import nn
 
+from bnncl.device import shapes
 from bnncl.nn.layers import BinaryConv2d, LearnableBias, RPReLU
 from bnncl.nn.quantizers import SignQuantizer, fake_int8_stem_weight
 
@@ -55,14 +56,12 @@ class BackboneConfig:
                 raise ValueError(f"binary latent split {s!r} is not one of {self.split_names()}")
 
     def split_names(self) -> list[str]:
-        return [f"block{i}" for i in range(len(self.blocks))] + ["gap"]
+        """Split points ``block0 .. block{n-1}, gap`` (:func:`bnncl.device.shapes.split_names`)."""
+        return shapes.split_names({"blocks": self.blocks})
 
     def split_for_tail(self, tail_blocks: int) -> str:
         """Name of the split point whose tail holds the last ``tail_blocks`` binary blocks."""
-        n = len(self.blocks)
-        if not 0 <= tail_blocks <= min(3, n):
-            raise ValueError(f"tail_blocks must be in [0, {min(3, n)}], got {tail_blocks}")
-        return "gap" if tail_blocks == 0 else f"block{n - tail_blocks}"
+        return shapes.split_for_tail({"blocks": self.blocks}, tail_blocks)
 
     def float_twin(self) -> "BackboneConfig":
         return replace(self, name=self.name + "-fp32", binary=False, binary_latents=())

@@ -22,12 +22,11 @@ from bnncl.device.bitpack import pack_signs
 from bnncl.device.modelfile import (
     FORMAT,
     LATENT_WEIGHT_BITS,
-    MAX_TAIL_BLOCKS,
     STEM_BITS,
     DeviceModel,
-    block_geometry,
     quantize_uniform,
 )
+from bnncl.device.shapes import MAX_TAIL_BLOCKS, block_geometry
 from bnncl.errors import BnnclError, ModelFileError
 from bnncl.nn.backbones import Backbone, BackboneConfig
 from bnncl.nn.checkpoint import load_model, read_metadata

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from bnncl.device.quantize import QTensor, check_bits, check_rounding, requantize_update, rounding_noise
-from bnncl.device.tail import expand_head, split_latent_shape
+from bnncl.device.shapes import architecture_dict, split_latent_shape
+from bnncl.device.tail import expand_head
 from bnncl.nn.augment import to_input
 from bnncl.nn.backbones import Backbone
 from bnncl.nn.checkpoint import load_model
@@ -81,7 +82,7 @@ class TorchEngine:
         self.model.head = torch.nn.Linear(self.head_dim, self.num_classes, bias=False)
         with torch.no_grad():
             self.model.head.weight.copy_(torch.from_numpy(head))
-        self.latent_shape = split_latent_shape(_arch(cfg), self.split)
+        self.latent_shape = split_latent_shape(architecture_dict(cfg), self.split)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self._tail = list(self.model.blocks[self.start:])
@@ -278,9 +279,3 @@ class TorchEngine:
         tail = sum(size(b) for b in self._tail)
         head = size(self.model.head)
         return {"backbone": size(self.model) - tail - head, "tail": tail, "head": head}
-
-
-def _arch(cfg) -> dict:
-    import json
-
-    return json.loads(cfg.to_json())
