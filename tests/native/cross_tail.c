@@ -1,6 +1,6 @@
-/* Cross-architecture cases of the tail training kernels (csrc/tail_fwd.c, csrc/tail_grad.c).
+/* Cross-architecture cases of the tail training kernels (csrc/tail_elementwise.c, csrc/tail_grad.c).
  *
- * Every public bnncl_tail_* entry point on the shapes tests/device/test_tailfwd.py and test_tailgrad.py
+ * Every public bnncl_tail_* entry point on the shapes tests/device/test_tail_elementwise.py and test_tailgrad.py
  * cover (odd channel counts, channel counts that are and are not multiples of 32/64, stride 1 and 2,
  * batch 1 and > 1, quantizer on/off/constant, thread counts), with inputs drawn in the ranges the tail
  * (bnncl.device.tail) produces them.  Each case seeds the stream, draws its inputs once, then runs the
@@ -15,7 +15,7 @@
 
 #include "crosscheck.h"
 
-/* ---- the entry points (not declared in bnncl_core.h): tail_fwd.c ---- */
+/* ---- the entry points (not declared in bnncl_core.h): tail_elementwise.c ---- */
 int bnncl_tail_minmax(const float *x, int64_t n, float *mm, int path);
 int bnncl_tail_fwd_input(float *x, int64_t rows, int64_t c, int quantize, float lo, float s, const float *bias,
                          uint64_t *packed, uint64_t *ste, int path);
@@ -96,7 +96,7 @@ static int64_t up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 static int64_t nwords(int64_t bits) { return (bits + 63) / 64; }
 static int64_t out_size(int64_t h, int64_t stride) { return (h - 1) / stride + 1; }
 
-/* QParams.of(min, max, bits) (kernels/tailfwd.py, quantize.grid_scale): off for 32 bits, a constant
+/* QParams.of(min, max, bits) (kernels/tail_elementwise.py, quantize.grid_scale): off for 32 bits, a constant
  * tensor or a range below float32 resolution; s = (1 / (hi - lo)) * (2^b - 1) in float32 */
 typedef struct {
     int on;
@@ -194,7 +194,7 @@ static float *dgrad_operand(int64_t npos, int64_t o, int64_t *stride) {
 }
 
 /* ------------------------------------------------------------------------------------------------ */
-/* tail_fwd.c                                                                                       */
+/* tail_elementwise.c                                                                                       */
 
 static void case_minmax(uint64_t seed, const char *variant, int64_t n, int zeros) {
     char name[96];
@@ -606,7 +606,7 @@ static void case_col2im(uint64_t seed, int64_t b, int64_t h, int64_t w, int64_t 
 
 /* ------------------------------------------------------------------------------------------------ */
 
-/* the shapes of test_tailfwd.py (b, h, w, cin, o, stride) and a few more: batch 1, odd cin, o = 3 cin */
+/* the shapes of test_tail_elementwise.py (b, h, w, cin, o, stride) and a few more: batch 1, odd cin, o = 3 cin */
 static const int64_t FWD_SHAPES[][6] = {
     {2, 5, 5, 8, 8, 1},  {3, 6, 6, 70, 140, 2}, {2, 4, 3, 128, 128, 1}, {2, 4, 4, 64, 128, 2},
     {1, 3, 3, 3, 9, 1},  {1, 4, 2, 33, 33, 2},  {2, 2, 2, 32, 96, 2},

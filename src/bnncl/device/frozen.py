@@ -39,7 +39,7 @@ from bnncl.device.kernels import forward as one_call
 from bnncl.device.kernels.epilogue import block_epilogue, native_epilogue
 from bnncl.device.kernels.im2col import reference_im2col3x3, stem_conv3x3_u8
 from bnncl.device.kernels.linear import matmul
-from bnncl.device.kernels.tailfwd import OFF, gap
+from bnncl.device.kernels.tail_elementwise import OFF, gap
 from bnncl.device.kernels.prepacked import PackedBinaryConv
 from bnncl.device.modelfile import DeviceModel
 from bnncl.device.shapes import block_geometry, split_index

@@ -10,7 +10,8 @@ at a split listed in ``binary_latents``, where the first block skips its own bia
     out = Q_f(RPReLU(z))
 
 then ``f = Q_f(GAP(out))`` and ``logits = f @ Q_f(H)^T``; the head's products (forward and gradients)
-sum in a fixed order (:func:`bnncl.device.kernels.linear.matmul`), so they do not depend on BLAS. What trains: the latent real weights ``W``
+sum in a fixed order (:func:`bnncl.device.kernels.linear.matmul`), so they do not depend on BLAS.
+What trains: the latent real weights ``W``
 of the tail's binary convs and the head ``H``. The learnable bias ``b``, batch norm and RPReLU stay as
 deployed (docs/tail-training.md says why).
 
@@ -36,11 +37,11 @@ plus the gradient of the ``mean|W|`` scale, as torch autograd gives for ``bnncl.
 gradient goes through sign by the clipped STE. Plain SGD, optional momentum (off by default).
 
 Execution: every step of a block is a C pass on the active kernel path, or its NumPy oracle on the
-``numpy`` path, bit for bit the same (:mod:`bnncl.device.kernels.tailfwd` for the element-wise chains
+``numpy`` path, bit for bit the same (:mod:`bnncl.device.kernels.tail_elementwise` for the element-wise chains
 — block input, block output, pooling, backward prologue/epilogue, latent weight gradient —,
 :mod:`bnncl.device.kernels.tailgrad` for the weight gradient and the input gradient with its col2im);
 quantizers that need a tensor's min/max get it from the pass that produced the tensor and are applied
-by the pass that reads it (:class:`bnncl.device.kernels.tailfwd.QParams`). ``q_b = 32`` keeps the
+by the pass that reads it (:class:`bnncl.device.kernels.tail_elementwise.QParams`). ``q_b = 32`` keeps the
 NumPy + BLAS backward (:meth:`TailTrainer._block_backward_float`).
 """
 
@@ -55,9 +56,9 @@ import numpy as np
 
 from bnncl.device import kernels
 from bnncl.device.bitpack import pack_signs, unpack_signs
-from bnncl.device.kernels import tailfwd, tailgrad
+from bnncl.device.kernels import tail_elementwise, tailgrad
 from bnncl.device.kernels.linear import matmul
-from bnncl.device.kernels.tailfwd import QParams
+from bnncl.device.kernels.tail_elementwise import QParams
 from bnncl.device.quantize import (
     FLOAT_BITS,
     QTensor,
@@ -235,10 +236,10 @@ class TailTrainer:
                        path: str) -> tuple[np.ndarray, QParams]:
         """``x``: the block input before its ``Q_f`` (``q``), a fresh C-contiguous float32 array that is
         quantized in place; returns the block output before its ``Q_f`` and that quantizer."""
-        xb_packed, ste = tailfwd.fwd_input(x, q, None if blk.skip_sign else blk.move_bias,
+        xb_packed, ste = tail_elementwise.fwd_input(x, q, None if blk.skip_sign else blk.move_bias,
                                            cache is not None and not blk.skip_sign, path)
         dot = kernels.binary_conv2d_int32(xb_packed, blk.w_packed, blk.cin, blk.stride, 1, threads=self.threads)
-        out, pos, (lo, hi) = tailfwd.fwd_out(
+        out, pos, (lo, hi) = tail_elementwise.fwd_out(
             dot, None if blk.binary_input else x, xb_packed if blk.binary_input else None, x.shape, blk.stride,
             blk.scale, blk.bn_a, blk.bn_c, blk.shift_in, blk.slope, blk.shift_out, path)
         if cache is not None:
@@ -252,10 +253,10 @@ class TailTrainer:
         else:
             path = kernels.active_path()
             x = np.array(x, dtype=np.float32, order="C", copy=True)
-            q = QParams.of(*tailfwd.minmax(x, path), self.qf)
+            q = QParams.of(*tail_elementwise.minmax(x, path), self.qf)
             for blk in self._blocks:
                 x, q = self._block_forward(blk, x, q, caches, path)
-            feats = quantize(tailfwd.gap(x, q, path), self.qf)
+            feats = quantize(tail_elementwise.gap(x, q, path), self.qf)
         logits = matmul(feats.dequantize(), self._head_ft)
         return logits.astype(np.float32, copy=False), feats
 
@@ -304,7 +305,7 @@ class TailTrainer:
             h, w = self._out_hw(last, caches[-1][3])
             # Q_b of the (N, H, W, C) broadcast of df / (H W) = the broadcast of Q_b of the (N, C) array
             # (same min/max, same values): kept per image, broadcast over H*W by the kernels
-            d: tuple = (fake_quantize(df / np.float32(h * w), self.qb), h * w, tailfwd.OFF)
+            d: tuple = (fake_quantize(df / np.float32(h * w), self.qb), h * w, tail_elementwise.OFF)
             path = kernels.active_path()
             for j in range(len(self._blocks) - 1, -1, -1):
                 grads[j], d = self._block_backward(self._blocks[j], caches[j], d, j > 0, path)
@@ -325,8 +326,8 @@ class TailTrainer:
         dout, bcast, qd = dsrc
         n, ho, wo = (in_shape[0], *self._out_hw(blk, in_shape))
         p = n * ho * wo
-        v, (lo, hi) = tailfwd.bwd_v(dout, bcast, qd, pos, blk.slope, blk.bn_a, path)
-        ctile, colsum, dt = tailfwd.bwd_codes(v, lo, hi, self.qb, blk.scale, need_dx, path)
+        v, (lo, hi) = tail_elementwise.bwd_v(dout, bcast, qd, pos, blk.slope, blk.bn_a, path)
+        ctile, colsum, dt = tail_elementwise.bwd_codes(v, lo, hi, self.qb, blk.scale, need_dx, path)
         # G = sum_p xb * dy as exact integer sums of the q_b codes c (dy = lo + c / s): G = lo * sum_p xb
         # + (sum_p c - 2 * sum of c where xb = -1) / s; additions only (tailgrad.wgrad_minus_tiled)
         pat = tailgrad.patterns(xb_packed, blk.stride, path)
@@ -334,14 +335,15 @@ class TailTrainer:
         grid = grid_scale(lo, hi, self.qb)
         constant = grid is None
         s = np.float32(0.0) if constant else grid
-        g = tailfwd.weight_g(s_minus, ones, colsum, p, blk.cin, lo, s, constant, path)  # (O, 9 I)
-        dw = tailfwd.latent_grad(g, blk.w_values.reshape(blk.cout, -1), blk.scale, path)
+        g = tail_elementwise.weight_g(s_minus, ones, colsum, p, blk.cin, lo, s, constant, path)  # (O, 9 I)
+        dw = tail_elementwise.latent_grad(g, blk.w_values.reshape(blk.cout, -1), blk.scale, path)
         dw = fake_quantize(dw.reshape(blk.weight.shape), self.qb)
         if not need_dx:
             return dw, None
         wpat = tailgrad.weight_patterns((blk.w_values < 0).reshape(blk.cout, -1))
         dxb = tailgrad.dgrad_col2im(dt, wpat, in_shape, blk.stride, path, self.threads)
-        dx, (lo2, hi2) = tailfwd.bwd_dx(dxb, dout, bcast, qd, pos, blk.slope, blk.stride, ste, blk.binary_input, path)
+        dx, (lo2, hi2) = tail_elementwise.bwd_dx(dxb, dout, bcast, qd, pos, blk.slope, blk.stride, ste,
+                                                 blk.binary_input, path)
         return dw, (dx, 0, QParams.of(lo2, hi2, self.qb))
 
     def _block_backward_float(self, blk: _Block, cache: tuple, dsrc: tuple,
@@ -352,22 +354,23 @@ class TailTrainer:
         n, ho, wo = (in_shape[0], *self._out_hw(blk, in_shape))
         p = n * ho * wo
         d = np.repeat(dout, bcast, axis=0) if bcast else dout.reshape(p, blk.cout)
-        pos = tailfwd.unpack_bits(pos_bits, blk.cout).reshape(p, blk.cout)
+        pos = tail_elementwise.unpack_bits(pos_bits, blk.cout).reshape(p, blk.cout)
         dz = np.where(pos, d, d * blk.slope).astype(np.float32)
         dy = dz * blk.bn_a
         xb = unpack_signs(xb_packed, blk.cin, np.int8)
         cols = im2col_pm1(xb, 3, blk.stride, 1)  # (P, 9*I) ±1
         g = pm1_weight_grad(cols, dy).T  # (O, 9*I): sum_p xb * dy
         w = blk.w_values.reshape(blk.cout, -1)
-        dw = tailfwd.latent_grad(np.ascontiguousarray(g), w, blk.scale, kernels.active_path()).reshape(blk.weight.shape)
+        dw = tail_elementwise.latent_grad(np.ascontiguousarray(g), w, blk.scale, kernels.active_path())
+        dw = dw.reshape(blk.weight.shape)
         if not need_dx:
             return dw, None
         sw = np.where(blk.w_values < 0, np.float32(-1.0), np.float32(1.0)).reshape(blk.cout, -1)
         dxb = col2im((dy * blk.scale) @ sw, in_shape, 3, blk.stride, 1)  # real x ±1: signed sums
         dxs = shortcut_backward(dz.reshape(n, ho, wo, blk.cout), blk.stride, blk.repeat)
-        mask = tailfwd.unpack_bits(ste, blk.cin)
+        mask = tail_elementwise.unpack_bits(ste, blk.cin)
         dx = (dxb + dxs) * mask if blk.binary_input else dxb * mask + dxs
-        return dw, (dx.astype(np.float32).reshape(-1, blk.cin), 0, tailfwd.OFF)
+        return dw, (dx.astype(np.float32).reshape(-1, blk.cin), 0, tail_elementwise.OFF)
 
     def train_batch(self, latents: np.ndarray, labels: np.ndarray, lr: float) -> float:
         """One SGD step on the tail's conv latent weights and the head; returns the mean loss."""

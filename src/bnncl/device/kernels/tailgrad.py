@@ -88,7 +88,7 @@ def wgrad_minus(pat: np.ndarray, codes: np.ndarray, maxcode: int, path: str,
 def wgrad_minus_tiled(pat: np.ndarray, ctile: np.ndarray, o: int, maxcode: int, path: str,
                       threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """:func:`wgrad_minus` with the codes tile-major: ``ctile`` (ceil(O / 16), P, 16) int32, lanes past
-    ``O`` zero (``tailfwd.bwd_codes`` writes them so; no (P, O) copy)."""
+    ``O`` zero (``tail_elementwise.bwd_codes`` writes them so; no (P, O) copy)."""
     ntiles, npos, lanes = ctile.shape
     if lanes != LANES or ntiles != (o + LANES - 1) // LANES or pat.shape[1] != npos:
         raise ValueError(f"wgrad_minus_tiled: codes {ctile.shape} do not fit {o} outputs and patterns {pat.shape}")

@@ -3,7 +3,7 @@
  * The tail's binary block (bnncl.device.tail) is, per element, a chain of float32 operations around
  * the binary conv and the tail_grad.c kernels.  Each function here is one pass over a block's
  * activations that does what NumPy did in 5-10 passes; the NumPy oracles are in
- * bnncl.device.kernels.tailfwd and the float32 operations are the same, in the same order, with no
+ * bnncl.device.kernels.tail_elementwise and the float32 operations are the same, in the same order, with no
  * FMA contraction (-ffp-contract=off) and no reassociation, so every path (scalar, avx2, avx512: the
  * same C source compiled for each target) and the oracle agree bit for bit.  Min/max are exact in any
  * order.

@@ -1,4 +1,4 @@
-"""Fused element-wise tail passes (csrc/tail_fwd.c): every C path equals the NumPy oracle bit for bit
+"""Fused element-wise tail passes (csrc/tail_elementwise.c): every C path equals the NumPy oracle bit for bit
 (same float32 operations in the same order), and the oracles equal the plain definitions of
 bnncl.device.tail_layers / quantize.py (bit for bit where the order is the same; the 2x2 pooling sum
 order is fixed here, so the pooled shortcut is compared within 1 ulp)."""
@@ -10,7 +10,7 @@ import pytest
 
 from bnncl.device import kernels
 from bnncl.device.bitpack import pack_signs
-from bnncl.device.kernels import tailfwd
+from bnncl.device.kernels import tail_elementwise as ew
 from bnncl.device.quantize import fake_quantize, quantize
 from bnncl.device.tail_layers import shortcut, shortcut_backward
 
@@ -36,7 +36,7 @@ def _x(shape, seed, grid=True):
 
 
 def _q(x, bits):
-    return tailfwd.QParams.of(x.min(), x.max(), bits)
+    return ew.QParams.of(x.min(), x.max(), bits)
 
 
 @pytest.mark.parametrize("bits", [8, 16, 32])
@@ -47,18 +47,18 @@ def test_fwd_input_quantizes_packs_signs_and_ste(shape, bits) -> None:
     bias = np.random.default_rng(1).standard_normal(c).astype(np.float32) * 0.3
     q = _q(x, bits)
     ref_x = x.copy()
-    ref = tailfwd.fwd_input(ref_x, q, bias, True, "numpy")
+    ref = ew.fwd_input(ref_x, q, bias, True, "numpy")
     assert np.array_equal(ref_x, fake_quantize(x, bits))  # the oracle is quantize.py's quantizer
     t = ref_x + bias
     assert np.array_equal(ref[0], pack_signs(t))
-    assert np.array_equal(tailfwd.unpack_bits(ref[1], c), np.abs(t) <= 1)
+    assert np.array_equal(ew.unpack_bits(ref[1], c), np.abs(t) <= 1)
     for path in PATHS:
         got_x = x.copy()
-        got = tailfwd.fwd_input(got_x, q, bias, True, path)
+        got = ew.fwd_input(got_x, q, bias, True, path)
         assert _same(got_x, ref_x), path
         assert _same(got[0], ref[0]) and _same(got[1], ref[1]), path
         got_x = x.copy()
-        nob = tailfwd.fwd_input(got_x, q, None, False, path)
+        nob = ew.fwd_input(got_x, q, None, False, path)
         assert nob[1] is None and np.array_equal(nob[0], pack_signs(ref_x)), path
 
 
@@ -77,21 +77,21 @@ def test_fwd_out_on_every_path(shape, binary) -> None:
     if stride == 2 and (h % 2 or w % 2):  # the 2x2-pooled shortcut would read past the input
         for path in PATHS:
             with pytest.raises(ValueError, match="tail_fwd_out"):
-                tailfwd.fwd_out(dot, xs, xb, x.shape, stride, *pars, path)
+                ew.fwd_out(dot, xs, xb, x.shape, stride, *pars, path)
         return
-    ref, ref_pos, ref_mm = tailfwd.fwd_out(dot, xs, xb, x.shape, stride, *pars, "numpy")
+    ref, ref_pos, ref_mm = ew.fwd_out(dot, xs, xb, x.shape, stride, *pars, "numpy")
     # the oracle vs the plain definition (tail_layers.shortcut; pooling order may differ by an ulp)
     src = np.where(x < 0, np.float32(-1), np.float32(1)) if binary else x
     sc = shortcut(src, stride, o // cin)
     pre = ((dot.astype(np.float32) * pars[0]) * pars[1] + pars[2]) + sc - pars[3]
     plain = np.where(pre > 0, pre, pre * pars[4]) + pars[5]
     np.testing.assert_allclose(ref, plain, rtol=1e-6, atol=1e-6)
-    src_o = tailfwd._avgpool2(src) if stride == 2 else src
+    src_o = ew._avgpool2(src) if stride == 2 else src
     pre_o = ((dot.astype(np.float32) * pars[0]) * pars[1] + pars[2]) + np.tile(src_o, (1, 1, 1, o // cin)) - pars[3]
-    assert np.array_equal(tailfwd.unpack_bits(ref_pos, o), pre_o > 0)
+    assert np.array_equal(ew.unpack_bits(ref_pos, o), pre_o > 0)
     assert ref_mm == (ref.min(), ref.max())
     for path in PATHS:
-        got, pos, mm = tailfwd.fwd_out(dot, xs, xb, x.shape, stride, *pars, path)
+        got, pos, mm = ew.fwd_out(dot, xs, xb, x.shape, stride, *pars, path)
         assert _same(got, ref) and _same(pos, ref_pos), path
         assert mm == ref_mm, path
 
@@ -100,10 +100,10 @@ def test_fwd_out_on_every_path(shape, binary) -> None:
 def test_gap_on_every_path(bits) -> None:
     x = _x((5, 7, 7, 70), bits)
     q = _q(x, bits)
-    ref = tailfwd.gap(x, q, "numpy")
+    ref = ew.gap(x, q, "numpy")
     np.testing.assert_allclose(ref, fake_quantize(x, bits).mean(axis=(1, 2)), rtol=1e-6, atol=1e-6)
     for path in PATHS:
-        assert _same(tailfwd.gap(x, q, path), ref), path
+        assert _same(ew.gap(x, q, path), ref), path
 
 
 @pytest.mark.parametrize("bcast", [0, 12])
@@ -114,37 +114,37 @@ def test_bwd_v_and_codes_on_every_path(bits, bcast) -> None:
     dout = _x((npos // bcast if bcast else npos, o), 5) * np.float32(1e-3)
     q = _q(dout, bits)
     pos_b = rng.random((npos, o)) < 0.6
-    pos = tailfwd._pack(pos_b)
+    pos = ew._pack(pos_b)
     slope = rng.standard_normal(o).astype(np.float32) * 0.2
     a = rng.standard_normal(o).astype(np.float32)
     scale = np.abs(rng.standard_normal(o)).astype(np.float32)
-    ref_v, ref_mm = tailfwd.bwd_v(dout, bcast, q, pos, slope, a, "numpy")
+    ref_v, ref_mm = ew.bwd_v(dout, bcast, q, pos, slope, a, "numpy")
     d = fake_quantize(dout, bits) if bits != 32 else dout
     d = np.repeat(d, bcast, axis=0) if bcast else d
     assert np.array_equal(ref_v, np.where(pos_b, d, d * slope) * a)
-    ref_c = tailfwd.bwd_codes(ref_v, *ref_mm, 16, scale, True, "numpy")
+    ref_c = ew.bwd_codes(ref_v, *ref_mm, 16, scale, True, "numpy")
     qv = quantize(ref_v, 16)
     ct, colsum, dt = ref_c
     assert np.array_equal(ct.transpose(1, 0, 2).reshape(npos, -1)[:, :o], qv.codes.astype(np.int32))
     assert np.array_equal(colsum, qv.codes.sum(axis=0, dtype=np.int64))
     assert np.array_equal(dt[:o, :npos], (qv.dequantize() * scale).T) and not dt[o:].any() and not dt[:, npos:].any()
     for path in PATHS:
-        v, mm = tailfwd.bwd_v(dout, bcast, q, pos, slope, a, path)
+        v, mm = ew.bwd_v(dout, bcast, q, pos, slope, a, path)
         assert _same(v, ref_v) and mm == ref_mm, path
-        got = tailfwd.bwd_codes(v, *mm, 16, scale, True, path)
+        got = ew.bwd_codes(v, *mm, 16, scale, True, path)
         assert all(_same(g, r) for g, r in zip(got, ref_c)), path
-        ct2, cs2, none = tailfwd.bwd_codes(v, *mm, 16, scale, False, path)
+        ct2, cs2, none = ew.bwd_codes(v, *mm, 16, scale, False, path)
         assert none is None and _same(ct2, ct) and _same(cs2, colsum), path
 
 
 def test_bwd_codes_constant() -> None:
     v = np.full((20, 19), 0.25, np.float32)
     scale = np.arange(1, 20, dtype=np.float32)
-    ref = tailfwd.bwd_codes(v, np.float32(0.25), np.float32(0.25), 16, scale, True, "numpy")
+    ref = ew.bwd_codes(v, np.float32(0.25), np.float32(0.25), 16, scale, True, "numpy")
     assert not ref[0].any() and not ref[1].any()
     assert np.array_equal(ref[2][:19, :20], np.repeat((np.float32(0.25) * scale)[:, None], 20, axis=1))
     for path in PATHS:
-        got = tailfwd.bwd_codes(v, np.float32(0.25), np.float32(0.25), 16, scale, True, path)
+        got = ew.bwd_codes(v, np.float32(0.25), np.float32(0.25), 16, scale, True, path)
         assert all(_same(g, r) for g, r in zip(got, ref)), path
 
 
@@ -158,17 +158,17 @@ def test_bwd_dx_on_every_path(shape, binary) -> None:
     dout = _x((npos, o), 9) * np.float32(1e-2)
     q = _q(dout, 16)
     pos_b = rng.random((npos, o)) < 0.5
-    pos = tailfwd._pack(pos_b)
+    pos = ew._pack(pos_b)
     slope = rng.standard_normal(o).astype(np.float32) * 0.2
     dxb = _x((b, h, w, cin), 11) * np.float32(1e-2)
     ste_b = rng.random((b, h, w, cin)) < 0.7
-    ste = tailfwd._pack(ste_b)
+    ste = ew._pack(ste_b)
     if stride == 2 and (h % 2 or w % 2):  # the shortcut adjoint would write past the input
         for path in PATHS:
             with pytest.raises(ValueError, match="tail_bwd_dx"):
-                tailfwd.bwd_dx(dxb, dout, 0, q, pos, slope, stride, ste, binary, path)
+                ew.bwd_dx(dxb, dout, 0, q, pos, slope, stride, ste, binary, path)
         return
-    ref, ref_mm = tailfwd.bwd_dx(dxb, dout, 0, q, pos, slope, stride, ste, binary, "numpy")
+    ref, ref_mm = ew.bwd_dx(dxb, dout, 0, q, pos, slope, stride, ste, binary, "numpy")
     d = fake_quantize(dout, 16)
     dz = np.where(pos_b, d, d * slope).reshape(b, ho, wo, o)
     dxs = shortcut_backward(dz, stride, o // cin)
@@ -176,14 +176,14 @@ def test_bwd_dx_on_every_path(shape, binary) -> None:
     plain = (dxb + dxs) * m if binary else dxb * m + dxs
     np.testing.assert_allclose(ref, plain, rtol=1e-6, atol=1e-9)
     for path in PATHS:
-        got, mm = tailfwd.bwd_dx(dxb, dout, 0, q, pos, slope, stride, ste, binary, path)
+        got, mm = ew.bwd_dx(dxb, dout, 0, q, pos, slope, stride, ste, binary, path)
         assert _same(got, ref) and mm == ref_mm, path
 
 
 def test_minmax_on_every_path() -> None:
     x = _x((1001,), 4)
     for path in PATHS:
-        assert tailfwd.minmax(x, path) == (x.min(), x.max())
+        assert ew.minmax(x, path) == (x.min(), x.max())
 
 
 @pytest.mark.parametrize("constant", [False, True])
@@ -208,13 +208,13 @@ def test_weight_g_on_every_path(cin, constant) -> None:
     pat = tailgrad.patterns(pack_signs(x.astype(np.float32)), 1, "numpy")
     s_minus, ones = tailgrad.wgrad_minus_tiled(pat, ctile, o, 2**16 - 1, "numpy")
     colsum = codes.sum(axis=0)
-    ref = tailfwd.weight_g(s_minus, ones, colsum, npos, cin, lo, s, constant, "numpy")
+    ref = ew.weight_g(s_minus, ones, colsum, npos, cin, lo, s, constant, "numpy")
     cols = im2col_pm1(x, 3, 1, 1).astype(np.float64)
     dy = np.full((npos, o), np.float64(lo)) if constant else np.float64(lo) + codes / np.float64(s)
     plain = (cols.T @ dy).T  # (O, K)
     np.testing.assert_allclose(ref, plain, rtol=1e-6, atol=1e-6 * np.abs(plain).max())
     for path in PATHS:
-        assert _same(tailfwd.weight_g(s_minus, ones, colsum, npos, cin, lo, s, constant, path), ref), path
+        assert _same(ew.weight_g(s_minus, ones, colsum, npos, cin, lo, s, constant, path), ref), path
 
 
 @pytest.mark.parametrize("k", [5, 72, 130, 630, 1152])
@@ -230,6 +230,6 @@ def test_latent_grad_equals_numpy_on_every_path(k) -> None:
     g[2] = -0.0
     g[3, ::2] = 0.0
     wscale = np.abs(w).mean(axis=1).astype(np.float32)
-    ref = tailfwd.latent_grad(g, w, wscale, "numpy")
+    ref = ew.latent_grad(g, w, wscale, "numpy")
     for path in PATHS:
-        assert _same(tailfwd.latent_grad(g, w, wscale, path), ref), path
+        assert _same(ew.latent_grad(g, w, wscale, path), ref), path

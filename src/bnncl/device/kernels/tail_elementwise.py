@@ -1,9 +1,9 @@
-"""Fused element-wise passes of the device tail (C core ``csrc/tail_fwd.c`` + NumPy oracles).
+"""Fused element-wise passes of the device tail (C core ``csrc/tail_elementwise.c`` + NumPy oracles).
 
 One binary block of :mod:`bnncl.device.tail` is, around its conv and the backward kernels of
 :mod:`bnncl.device.kernels.tailgrad`, a chain of float32 element-wise operations. Each function here is
 that chain as one pass (C) or as the NumPy oracle (``path="numpy"``), with the same float32 operations
-in the same order, so every path agrees bit for bit (``tests/device/test_tailfwd.py``):
+in the same order, so every path agrees bit for bit (``tests/device/test_tail_elementwise.py``):
 
 * :func:`fwd_input`: ``x <- Q_f(x)`` in place, ``t = x + b`` (or ``x``), sign bits of ``t`` (the conv
   operand) and the clipped-STE bits ``|t| <= 1``;
