@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bnncl-installed
 SOURCES := pyproject.toml setup.py constraints.txt $(wildcard src/bnncl/device/csrc/*.c src/bnncl/device/csrc/*.h)
 # the host models (.safetensors) are a second distribution, installed (not editable) beside bnncl
-HOST_MODELS := $(wildcard host-models/pyproject.toml host-models/src/bnncl_host_models/*)
+HOST_MODELS := $(wildcard bnncl-models/pyproject.toml bnncl-models/src/bnncl_models/*)
 # every install takes the exact versions of constraints.txt, build tools included (`make lock` refreshes it)
 PIP := $(BIN)/python -m pip install -q -c constraints.txt --build-constraint constraints.txt
 
@@ -13,9 +13,9 @@ PIP := $(BIN)/python -m pip install -q -c constraints.txt --build-constraint con
 
 $(STAMP): $(SOURCES) $(HOST_MODELS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt pip
+	$(BIN)/python -m pip install -q -c constraints.txt pip setuptools wheel
 	$(PIP) -e '.[torch,plot,dev]'
-	$(PIP) --force-reinstall --no-deps ./host-models
+	$(PIP) --force-reinstall --no-deps ./bnncl-models
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -40,4 +40,4 @@ lock:
 	@echo "constraints.txt updated: rerun make test and the figures (benchmarks/README.md), then commit"
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info host-models/build host-models/src/*.egg-info
+	rm -rf $(VENV) build src/*.egg-info bnncl-models/build bnncl-models/src/*.egg-info

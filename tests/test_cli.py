@@ -153,8 +153,8 @@ def test_a_missing_host_model_says_how_to_get_it(monkeypatch):
         with pytest.raises(ModelFileError) as err:
             call()
         msg = str(err.value)
-        assert msg.startswith("host model fmnist-b5.safetensors is not installed (looked in ")
-        assert "pip install ./host-models" in msg and "$BNNCL_MODELS" in msg and "\n" not in msg
+        assert msg.startswith("model fmnist-b5.safetensors is not installed (looked in ")
+        assert "pip install ./bnncl-models" in msg and "$BNNCL_MODELS" in msg and "\n" not in msg
 
 
 def test_device_commands_take_a_shipped_name(tmp_path, capsys):
@@ -257,9 +257,10 @@ def test_missing_fashion_mnist_says_where_and_how(tmp_path, monkeypatch):
 # 7. what the device wheel carries -----------------------------------------------------------------
 
 #: The bnncl package without compiled extensions: ~0.7 MB of Python and C sources, the embedded
-#: Fashion-MNIST subset (4.1 MB of gzip'd IDX, needed offline by `bnncl run` and to deploy fmnist-b5)
-#: and the two device models (2.2 MB). The host models live in host-models/ (17 MB, never on a device).
-PACKAGE_DATA_BUDGET = 7_500_000
+#: Fashion-MNIST subset (3.6 MB of xz'd IDX, needed offline by `bnncl run` and to deploy fmnist-b5) and
+#: the fmnist-b5 device model (0.5 MB). The host models and the cifar10-b5 device model live in
+#: bnncl-models/ (19 MB, not needed for the default job). The built wheel: tests/test_wheel.py.
+PACKAGE_DATA_BUDGET = 5_000_000
 
 
 def test_package_data_stays_small_and_has_no_host_models():
@@ -269,7 +270,8 @@ def test_package_data_stays_small_and_has_no_host_models():
     assert not [p for p in files if p.suffix == ".safetensors"]
     total = sum(p.stat().st_size for p in files)
     assert total < PACKAGE_DATA_BUDGET, f"bnncl package data {total:,} bytes"
-    host = REPO / "host-models" / "src" / "bnncl_host_models"
+    host = REPO / "bnncl-models" / "src" / "bnncl_models"
     shipped = sorted(f"{n}.safetensors" for n in assets.SHIPPED_MODELS)
     assert sorted(p.name for p in host.glob("*.safetensors")) == shipped
-    assert 'bnncl_host_models = ["*.safetensors"]' in (REPO / "host-models" / "pyproject.toml").read_text()
+    assert (host / "cifar10-b5.bnn").is_file() and not (pkg / "assets" / "models" / "cifar10-b5.bnn").exists()
+    assert 'bnncl_models = ["*.safetensors", "*.bnn"]' in (REPO / "bnncl-models" / "pyproject.toml").read_text()

@@ -9,18 +9,17 @@ from bnncl.errors import DataError
 from data_available import needs_fmnist
 
 
-def _write_split(root, prefix, images, labels, gz):
-    ext = ".gz" if gz else ""
+def _write_split(root, prefix, images, labels, ext):
     write_idx(root / f"{prefix}-images-idx3-ubyte{ext}", images)
     write_idx(root / f"{prefix}-labels-idx1-ubyte{ext}", labels)
 
 
-@pytest.mark.parametrize("gz", [True, False])
-def test_idx_fixture_round_trip(tmp_path, gz):
+@pytest.mark.parametrize("ext", [".gz", ".xz", ""])
+def test_idx_fixture_round_trip(tmp_path, ext):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (7, 28, 28), dtype=np.uint8)
     labels = np.array([0, 1, 2, 9, 3, 3, 5], dtype=np.uint8)
-    _write_split(tmp_path, "t10k", images, labels, gz)
+    _write_split(tmp_path, "t10k", images, labels, ext)
     ds = load_idx_dataset(tmp_path, "test", MNIST_CLASSES)
     assert ds.images.shape == (7, 28, 28, 1) and ds.images.dtype == np.uint8
     np.testing.assert_array_equal(ds.images[..., 0], images)
@@ -49,7 +48,7 @@ def test_idx_errors(tmp_path):
     (tmp_path / "badgz").write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(DataError, match="corrupted gzip"):
         read_idx(tmp_path / "badgz")
-    _write_split(tmp_path, "train", np.zeros((3, 28, 28), np.uint8), np.zeros(4, np.uint8), True)
+    _write_split(tmp_path, "train", np.zeros((3, 28, 28), np.uint8), np.zeros(4, np.uint8), ".gz")
     with pytest.raises(DataError, match="3 images but 4 labels"):
         load_idx_dataset(tmp_path)
     with pytest.raises(DataError, match="split must be"):

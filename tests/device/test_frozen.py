@@ -89,7 +89,7 @@ def test_argument_errors(toy):
 
 
 def _real(name: str, images: np.ndarray, tmp_path, paths=("auto",)) -> None:
-    model, info = load_model(model_path(name, ".safetensors"))  # bnncl_host_models (pip install ./host-models)
+    model, info = load_model(model_path(name, ".safetensors"))  # bnncl_models (pip install ./bnncl-models)
     build_device_model(model, info).save(tmp_path / "m.bnn")
     dm = DeviceModel.load(tmp_path / "m.bnn")
     ref_logits, ref_lat = _torch(model, images), _torch(model, images, dm.lr_split)

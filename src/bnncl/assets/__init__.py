@@ -3,11 +3,11 @@ turns a model argument (a path, or the name of a shipped model) into a file.
 
 Where the shipped models live:
 
-* the device models (``.bnn``) inside the bnncl package (``bnncl/assets/models``), so a device install
-  (``pip install bnncl``, no torch) has them;
-* the host models (``.safetensors``, torch: the BNNs and their fp32 twins) in the separate
-  ``bnncl_host_models`` distribution of the source tree (``pip install ./host-models``; ``make setup``
-  installs it), which keeps 17 MB a device never uses out of the bnncl wheel;
+* the default device model (``fmnist-b5.bnn``) inside the bnncl package (``bnncl/assets/models``), so a
+  device install (``pip install bnncl``, no torch) runs the default job;
+* the host models (``.safetensors``, torch: the BNNs and their fp32 twins) and the ``cifar10-b5`` device
+  model in the separate ``bnncl_models`` distribution of the source tree (``pip install ./bnncl-models``;
+  ``make setup`` installs it), which keeps 19 MB out of the bnncl wheel;
 * any folder named by ``$BNNCL_MODELS`` (several separated by ``os.pathsep``), searched last.
 """
 
@@ -21,11 +21,13 @@ from bnncl.errors import ModelFileError
 
 #: Shipped host models (torch, safetensors): BNNs and their float twins, pretrained on classes 0-4.
 SHIPPED_MODELS = ("fmnist-b5", "fmnist-b5-fp32", "cifar10-b5", "cifar10-b5-fp32")
-#: Shipped device models (``.bnn``, exports of the BNNs above), inside the bnncl package.
+#: Shipped device models (``.bnn``, exports of the BNNs above).
 DEVICE_MODELS = ("fmnist-b5", "cifar10-b5")
-#: Distribution (in this repository's ``host-models/``) that holds the host models.
-HOST_MODELS_PACKAGE = "bnncl_host_models"
-HOST_MODELS_HINT = ("pip install ./host-models from a bnncl source checkout (make setup does it), "
+#: Device models that live in the bnncl_models distribution, not in the bnncl package.
+EXTRA_DEVICE_MODELS = ("cifar10-b5",)
+#: Distribution (in this repository's ``bnncl-models/``) that holds the host models.
+HOST_MODELS_PACKAGE = "bnncl_models"
+HOST_MODELS_HINT = ("pip install ./bnncl-models from a bnncl source checkout (make setup does it), "
                     "or set $BNNCL_MODELS to a folder holding it")
 
 
@@ -35,7 +37,7 @@ def models_dir() -> Path:
 
 
 def host_models_dir() -> Path | None:
-    """Folder of the ``bnncl_host_models`` package, or ``None`` when it is not installed."""
+    """Folder of the ``bnncl_models`` package, or ``None`` when it is not installed."""
     try:
         return Path(str(resources.files(HOST_MODELS_PACKAGE)))
     except (ImportError, TypeError):  # not installed (TypeError: a namespace stub without files)
@@ -43,7 +45,7 @@ def host_models_dir() -> Path | None:
 
 
 def model_dirs() -> list[Path]:
-    """Where shipped models are looked for, in order: bnncl, ``bnncl_host_models``, ``$BNNCL_MODELS``."""
+    """Where shipped models are looked for, in order: bnncl, ``bnncl_models``, ``$BNNCL_MODELS``."""
     dirs = [models_dir()]
     host = host_models_dir()
     if host is not None:
@@ -72,8 +74,8 @@ def shipped_names(suffix: str = ".safetensors") -> list[str]:
 
 def _missing(name: str, suffix: str) -> ModelFileError:
     where = ", ".join(str(d) for d in model_dirs())
-    if suffix == ".safetensors":
-        return ModelFileError(f"host model {name}{suffix} is not installed (looked in {where}); {HOST_MODELS_HINT}")
+    if suffix == ".safetensors" or name in EXTRA_DEVICE_MODELS:
+        return ModelFileError(f"model {name}{suffix} is not installed (looked in {where}); {HOST_MODELS_HINT}")
     return ModelFileError(f"shipped model {name}{suffix} missing from the installation (looked in {where}); "
                           "reinstall bnncl")
 

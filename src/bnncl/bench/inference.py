@@ -2,7 +2,7 @@
 
 ``bnncl bench inference [--json PATH] [--threads 1,2] [--quick]``.
 
-For each shipped architecture (the pretrained host model (``pip install ./host-models``) when present, else a
+For each shipped architecture (the pretrained host model (``pip install ./bnncl-models``) when present, else a
 randomly initialised one: timing does not depend on the weights):
 
 * bnncl: :class:`bnncl.device.frozen.FrozenEngine` on uint8 images (normalisation folded; the stem and

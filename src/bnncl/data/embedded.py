@@ -53,7 +53,7 @@ def build_embedded(out: str | Path, source: str | Path | None = None) -> dict[st
     sizes = {}
     for ds, prefix, counts in ((train, "train", train_counts), (test, "t10k", {c: TEST_PER_CLASS for c in range(10)})):
         idx = _balanced(ds.labels, counts, rng)
-        write_idx(out / f"{prefix}-images-idx3-ubyte.gz", ds.images[idx, :, :, 0])
-        write_idx(out / f"{prefix}-labels-idx1-ubyte.gz", ds.labels[idx].astype(np.uint8))
+        write_idx(out / f"{prefix}-images-idx3-ubyte.xz", ds.images[idx, :, :, 0])
+        write_idx(out / f"{prefix}-labels-idx1-ubyte.xz", ds.labels[idx].astype(np.uint8))
         sizes[prefix] = len(idx)
     return sizes

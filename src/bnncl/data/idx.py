@@ -1,8 +1,9 @@
-"""MNIST / Fashion-MNIST in the IDX format (``.gz`` or raw), as released by their authors."""
+"""MNIST / Fashion-MNIST in the IDX format (``.gz`` as released by their authors, ``.xz`` or raw)."""
 
 from __future__ import annotations
 
 import gzip
+import lzma
 import os
 from pathlib import Path
 
@@ -20,10 +21,11 @@ MNIST_CLASSES = tuple(str(d) for d in range(10))
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 _PREFIX = {"train": "train", "test": "t10k"}
+SUFFIXES = ("", ".gz", ".xz")  # raw, the official gzip release, xz (the embedded subset: smaller)
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (gzip-compressed or raw) of unsigned bytes into an array."""
+    """Read one IDX file (gzip- or xz-compressed, or raw) of unsigned bytes into an array."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -35,6 +37,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as exc:
             raise DataError(f"{path}: corrupted gzip stream ({exc})") from None
+    elif raw[:6] == b"\xfd7zXZ\x00":
+        try:
+            raw = lzma.decompress(raw, format=lzma.FORMAT_XZ)
+        except lzma.LZMAError as exc:
+            raise DataError(f"{path}: corrupted xz stream ({exc})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path}: not an IDX file (expected magic 0x0000TTDD)")
     dtype_code, ndim = raw[2], raw[3]
@@ -51,7 +58,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def _find(root: Path, stem: str) -> Path:
-    for name in (stem, stem + ".gz"):
+    for name in (stem + suffix for suffix in SUFFIXES):
         if (root / name).is_file():
             return root / name
     raise DataError(f"{root}: missing {stem}[.gz] (expected the official MNIST/Fashion-MNIST IDX files)")
@@ -86,7 +93,7 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = No
     if root is None:
         root = fashion_mnist_root()
         stem = f"{_PREFIX.get(split, 'train')}-images-idx3-ubyte"
-        if not any((root / name).is_file() for name in (stem, stem + ".gz")):
+        if not any((root / (stem + suffix)).is_file() for suffix in SUFFIXES):
             env = os.environ.get("BNNCL_FASHION_MNIST")
             where = f"$BNNCL_FASHION_MNIST={env}" if env else f"$BNNCL_FASHION_MNIST (not set), {DEBIAN_FASHION_MNIST}"
             raise DataError(
@@ -99,10 +106,12 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = No
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write a uint8 array as an IDX file (gzip-compressed when ``path`` ends in ``.gz``)."""
+    """Write a uint8 array as an IDX file (compressed when ``path`` ends in ``.gz`` or ``.xz``)."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     data = header + array.tobytes()
     if str(path).endswith(".gz"):
         data = gzip.compress(data, compresslevel=9, mtime=0)
+    elif str(path).endswith(".xz"):
+        data = lzma.compress(data, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
     Path(path).write_bytes(data)
