@@ -33,11 +33,13 @@ def runs(protocol: str) -> list[tuple[str, list[str], Path]]:
     if protocol == "fmnist-b5":
         for s in (0, 1, 2):
             out.append((f"device s{s}", [*p, "--seed", str(s)], HERE / "seeds-fmnist-b5" / f"dev{s}.json"))
-            out.append((f"fp32 tail s{s}", [*p, "--seed", str(s), *FP32_TAIL], HERE / "seeds-fmnist-b5" / f"ref{s}.json"))
+            out.append((f"fp32 tail s{s}", [*p, "--seed", str(s), *FP32_TAIL],
+                        HERE / "seeds-fmnist-b5" / f"ref{s}.json"))
     else:
         for s in (0, 1, 2):
             out.append((f"device s{s}", [*p, "--seed", str(s)], HERE / "cifar10-b5" / f"tuned_dev_s{s}.json"))
-            out.append((f"fp32 tail s{s}", [*p, "--seed", str(s), *FP32_TAIL], HERE / "cifar10-b5" / f"tuned_ref_s{s}.json"))
+            out.append((f"fp32 tail s{s}", [*p, "--seed", str(s), *FP32_TAIL],
+                        HERE / "cifar10-b5" / f"tuned_ref_s{s}.json"))
             out.append((f"fp32 network s{s}", [*p, "--seed", str(s), *FP32_TAIL, "--model", "cifar10-b5-fp32",
                                                "--lr", "0.05"], HERE / "cifar10-b5" / f"twin_lr0.05_s{s}.json"))
     out.append(("head-only s0", [*p, *HEAD_ONLY], HERE / "head-only" / f"{protocol}.json"))

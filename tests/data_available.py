@@ -20,5 +20,6 @@ needs_fmnist = pytest.mark.skipif(
     not fmnist_available(), reason="Fashion-MNIST IDX files not found (apt-get install dataset-fashion-mnist)"
 )
 needs_cifar = pytest.mark.skipif(
-    not cifar_available(), reason="CIFAR-10 archive not found (set BNNCL_CIFAR10 or provide shared/data/cifar10/ in a parent folder)"
+    not cifar_available(),
+    reason="CIFAR-10 archive not found (set BNNCL_CIFAR10 or provide shared/data/cifar10/ in a parent folder)",
 )

@@ -107,7 +107,8 @@ def test_import_bnncl_is_light():
     code = ("import bnncl, sys; assert 'torch' not in sys.modules; assert 'numpy' not in sys.modules; "
             "bnncl.Learner; bnncl.load_model('fmnist-b5'); bnncl.scenario_from_arrays; bnncl.run_protocol; "
             "bnncl.summary; bnncl.open_session; assert 'torch' not in sys.modules, 'torch imported'")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120, check=False)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
 
 

@@ -97,7 +97,9 @@ def test_every_design_citation_names_an_existing_section():
                 lineno = text.count("\n", 0, pos) + 1
                 bad.append(f"{path.relative_to(ROOT)}:{lineno}: §{ref}")
     assert found, "no docs/design.md citation found anywhere: is the pattern still right?"
-    assert not bad, f"citations of sections docs/design.md does not have (it has {sorted(sections)}):\n" + "\n".join(bad)
+    assert not bad, (
+        f"citations of sections docs/design.md does not have (it has {sorted(sections)}):\n" + "\n".join(bad)
+    )
 
 
 def test_licence_file():

@@ -33,7 +33,9 @@ def test_device_run_results_fields(device_result):
 
 def test_run_is_deterministic(device_result):
     again = run_protocol(RunConfig(epochs=1, seed=0))
-    assert [e["accuracy_all"] for e in again["experiences"]] == [e["accuracy_all"] for e in device_result["experiences"]]
+    assert [e["accuracy_all"] for e in again["experiences"]] == [
+        e["accuracy_all"] for e in device_result["experiences"]
+    ]
 
 
 def test_naive_forgets(device_result):
@@ -57,8 +59,10 @@ def test_cli_writes_results_and_plot(tmp_path):
     (["--model", "/nonexistent.bnn"], "/nonexistent.bnn: no such"),
 ])
 def test_cli_bad_arguments_give_one_line(args, message, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bnncl", "run", "--epochs", "1", "--quiet", "--out", str(tmp_path)] + args,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnncl", "run", "--epochs", "1", "--quiet", "--out", str(tmp_path)] + args,
+        capture_output=True, text=True, timeout=300,
+    )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln]
     assert len(lines) == 1 and message in lines[0], proc.stderr

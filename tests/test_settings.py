@@ -55,7 +55,8 @@ def test_bad_setting_is_one_line_for_learn(flag, value, message, tmp_path, capsy
     (tmp_path / "inc").mkdir()
     from bnncl.assets import model_path
 
-    argv = ["--model", str(model_path("fmnist-b5", ".bnn")), "--state", str(tmp_path / "st"), "--incoming", str(tmp_path / "inc"), "--once"]
+    argv = ["--model", str(model_path("fmnist-b5", ".bnn")), "--state", str(tmp_path / "st"),
+            "--incoming", str(tmp_path / "inc"), "--once"]
     assert learn.main(argv + [flag, value]) == 2
     assert capsys.readouterr().err.splitlines() == [f"bnncl learn: error: {flag}: {message}"]
     assert not (tmp_path / "st" / "CURRENT").exists()

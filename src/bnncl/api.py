@@ -97,7 +97,8 @@ class ScenarioExperience:
 
     def __repr__(self) -> str:
         base = ", base" if self.is_base else ""
-        return f"ScenarioExperience(#{self.index}, {len(self)} images, classes {list(self.classes_in_experience)}{base})"
+        return (f"ScenarioExperience(#{self.index}, {len(self)} images, "
+                f"classes {list(self.classes_in_experience)}{base})")
 
 
 def _test_experiences(stream: Stream, test: ImageDataset) -> tuple[Experience, ...]:
@@ -164,7 +165,9 @@ def _dataset(images: Any, labels: Any, class_names: Sequence[str] | None, source
     return ImageDataset(images, labels, tuple(class_names), source)
 
 
-def _scenario(train: ImageDataset, test: ImageDataset | None, kind: str, seed: int, options: Mapping[str, Any]) -> Scenario:
+def _scenario(
+    train: ImageDataset, test: ImageDataset | None, kind: str, seed: int, options: Mapping[str, Any]
+) -> Scenario:
     if kind not in _STREAMS:
         raise BnnclError(f"kind must be one of {sorted(_STREAMS)}, got {kind!r}")
     try:
@@ -302,7 +305,9 @@ class Learner:
         self._last = (index, tuple(int(c) for c in np.unique(labels)), stats)
         return stats
 
-    def train(self, experience: ScenarioExperience, *, on_batch: Callable[[Any], None] | None = None) -> TrainStats | None:
+    def train(
+        self, experience: ScenarioExperience, *, on_batch: Callable[[Any], None] | None = None
+    ) -> TrainStats | None:
         """Learn one experience of a :class:`Scenario`'s ``train_stream`` (Avalanche's ``strategy.train``).
 
         The base experience is deployed (:meth:`deploy`; returns None), any other is trained."""

@@ -226,7 +226,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from bnncl.settings import add_arguments
 
-    parser = argparse.ArgumentParser(prog="bnncl", description="On-device continual learning with binary neural networks.")
+    parser = argparse.ArgumentParser(prog="bnncl",
+                                     description="On-device continual learning with binary neural networks.")
     parser.add_argument("--version", action="version", version=f"bnncl {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -243,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--float", action="store_true", help="train the float twin (fp32 network baseline)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
-    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up before the cosine decay (default 1)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0,
+                   help="linear warm-up before the cosine decay (default 1)")
     p.add_argument("--stem-bits", type=int, choices=[8, 32], default=32,
                    help="8: train the stem fake-quantized as the int8 device stem (default 32: float stem)")
     p.add_argument("--init", default=None, metavar="MODEL",
@@ -259,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_summary)
 
     p = sub.add_parser("run", help="continual learning on a protocol (default: fmnist-b5, embedded data)")
-    p.add_argument("--protocol", default="fmnist-b5", help="fmnist-b5 (default) | fmnist-full-b5 | cifar10-b5 | cifar10-ni")
+    p.add_argument("--protocol", default="fmnist-b5",
+                   help="fmnist-b5 (default) | fmnist-full-b5 | cifar10-b5 | cifar10-ni")
     p.add_argument("--engine", default="device", choices=["device", "torch"])
     add_arguments(p.add_argument_group("learning settings (a protocol may tune some; a flag you give wins)"),
                   _protocol_tuning())

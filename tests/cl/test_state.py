@@ -96,7 +96,9 @@ def test_learner_round_trip_then_continue_equals_uninterrupted_run(tmp_path):
     packed = arrays["buffer/latents"]  # 1 bit per element: 64 latent elements in one uint64 word
     assert first.buffer is not None and first.buffer.bits == 1 and packed.nbytes == len(packed) * 64 // 8
     processed = [f"img-{i}" for i in range(10)]
-    StateStore(tmp_path / "s").save(arrays, meta, position={"experience": 2, "processed": processed}, model_sha256=MODEL)
+    StateStore(tmp_path / "s").save(
+        arrays, meta, position={"experience": 2, "processed": processed}, model_sha256=MODEL
+    )
 
     loaded = StateStore(tmp_path / "s").load(model_sha256=MODEL)
     assert loaded.position == {"experience": 2, "processed": processed} and not loaded.fell_back
@@ -123,7 +125,9 @@ def test_layout_and_pruning_keep_new_and_previous(tmp_path):
     manifest = json.loads((d / "gen-00000004" / "MANIFEST.json").read_bytes())
     assert (d / "CURRENT").read_bytes() == pointer_line(4, manifest["self_sha256"])
     assert (d / "CURRENT").read_text().startswith(f"gen-00000004 {manifest['self_sha256']} ")
-    assert sorted(p.name for p in (d / "gen-00000004").iterdir()) == ["MANIFEST.json", "arrays.safetensors", "meta.json"]
+    assert sorted(p.name for p in (d / "gen-00000004").iterdir()) == [
+        "MANIFEST.json", "arrays.safetensors", "meta.json"
+    ]
     assert manifest["format"] == "bnncl-cl-state" and manifest["format_version"] == FORMAT_VERSION
     for name in ("arrays.safetensors", "meta.json"):
         data = (d / "gen-00000004" / name).read_bytes()

@@ -146,7 +146,9 @@ def same_tensors(a: DeviceModel, b: DeviceModel) -> bool:
 def runs(model: DeviceModel) -> np.ndarray:
     """The accepted model is well typed and the frozen engine runs it."""
     man = model.manifest
-    assert isinstance(model.lr_split, str) and model.lr_split in [f"block{i}" for i in range(model.num_blocks)] + ["gap"]
+    assert isinstance(model.lr_split, str) and model.lr_split in (
+        [f"block{i}" for i in range(model.num_blocks)] + ["gap"]
+    )
     assert all(isinstance(s, str) for s in model.class_names)
     assert all(type(c) is int for c in model.pretrained_classes)
     assert type(man["tail_blocks"]) is int
@@ -256,8 +258,11 @@ json_leaf = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1.0, 2.0, 8.0, 0.5, -0.0, 1e308]),
     st.text(max_size=6), st.sampled_from(["block0", "block1", "block2", "block3", "gap", "sha256", "", "1", "toy"]),
 )
-json_value = st.recursive(json_leaf, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=4), kids, max_size=3),
-                          max_leaves=8)
+json_value = st.recursive(
+    json_leaf,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=4), kids, max_size=3),
+    max_leaves=8,
+)
 
 
 def tweak(old, kind: str, new):
@@ -395,7 +400,11 @@ def test_structurally_wrong_tensors_are_refused(original, name, op, a, dtype, fi
     tensors = {k: v.copy() for k, v in original["model"].tensors.items()}
     t = tensors[name]
     if op == "shape":
-        tensors[name] = t.reshape(-1)[: max(t.size - 1 - a % t.size, 0)] if a % 2 else np.concatenate([t.reshape(-1), t.reshape(-1)[:1]])
+        tensors[name] = (
+            t.reshape(-1)[: max(t.size - 1 - a % t.size, 0)]
+            if a % 2
+            else np.concatenate([t.reshape(-1), t.reshape(-1)[:1]])
+        )
         tensors[name] = tensors[name].reshape(-1)
         if t.ndim == 1 and tensors[name].size == t.size:
             return

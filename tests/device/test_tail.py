@@ -17,7 +17,7 @@ from bnncl.cl.engine import Engine  # noqa: E402
 from bnncl.cl.learner import ContinualLearner, LearnerConfig  # noqa: E402
 from bnncl.nn.backbones import Backbone, BackboneConfig  # noqa: E402
 from bnncl.nn.reference_engine import TorchEngine  # noqa: E402
-from toy_backbones import CFG, make_model
+from toy_backbones import CFG, make_model  # noqa: E402
 
 CFG_REAL = BackboneConfig("tiny-real", (8, 8, 2), 8, ((8, 1), (16, 2), (16, 1)), 3, mean=(0.5, 0.5),
                           std=(0.25, 0.25))

@@ -27,7 +27,9 @@ def _reference_conv(x_pm1: np.ndarray, w: np.ndarray, stride: int, pad: int) -> 
     return out * alpha[None, :, None, None]
 
 
-@pytest.mark.parametrize("cin,cout,k,stride,pad,hw", [(3, 5, 3, 1, 1, 7), (16, 8, 3, 2, 1, 8), (70, 4, 1, 1, 0, 5), (5, 6, 3, 2, 0, 9)])
+@pytest.mark.parametrize(
+    "cin,cout,k,stride,pad,hw", [(3, 5, 3, 1, 1, 7), (16, 8, 3, 2, 1, 8), (70, 4, 1, 1, 0, 5), (5, 6, 3, 2, 0, 9)]
+)
 def test_binary_conv_equals_pm1_reference(cin, cout, k, stride, pad, hw):
     torch.manual_seed(cin * 7 + cout)
     layer = BinaryConv2d(cin, cout, k, stride, pad)

@@ -72,13 +72,15 @@ def _engine_breakdown(engine: Any, images: np.ndarray, rounds: int, min_time: fl
         out["stem"] = best_time(lambda: engine.run_stem(images), rounds, min_time) / b
         x, bits = engine.run_stem(images)
         for i in range(len(engine.blocks)):
-            out[f"block{i}"] = best_time(lambda: engine.run_block(i, x, bits), rounds, min_time) / b
+            out[f"block{i}"] = best_time(lambda i=i, x=x, bits=bits: engine.run_block(i, x, bits), rounds,
+                                         min_time) / b
             x, bits = engine.run_block(i, x, bits)
     else:
         cumulative = [float("inf")] * (len(engine.blocks) + 1)
         for _ in range(3):  # sweeps over the stops, best of each: differences of noisy times
             for stop in range(len(engine.blocks) + 1):
-                t = best_time(lambda: plan.run(images, stop, False, engine.threads, path), rounds, min_time) / b
+                t = best_time(lambda stop=stop: plan.run(images, stop, False, engine.threads, path), rounds,
+                              min_time) / b
                 cumulative[stop] = min(cumulative[stop], t)
         out["stem"] = cumulative[0]
         for i in range(len(engine.blocks)):
@@ -130,14 +132,15 @@ def worker_main(argv: list[str]) -> int:
     batches = {int(b): rng.integers(0, 256, (int(b), *dm.architecture["input_shape"]), dtype=np.uint8)
                for b in args.batches.split(",")}
     for batch, images in batches.items():
-        res["latency"][str(batch)] = best_time(lambda: engine.logits(images), args.rounds, args.min_time) / batch
+        res["latency"][str(batch)] = best_time(lambda images=images: engine.logits(images), args.rounds,
+                                               args.min_time) / batch
         res["breakdown"][str(batch)] = _engine_breakdown(engine, images, args.rounds, args.min_time / 4)
     res["peak_rss_bytes"] = peak_rss_bytes()  # the engine alone (before the per-layer engine below)
     layers = FrozenEngine(dm, threads=args.threads, fused=False)  # the per-layer path (its oracle)
     for batch, images in batches.items():  # per-layer, then the one-call path again: best of both rounds
-        res["latency_per_layer"][str(batch)] = best_time(lambda: layers.logits(images), args.rounds,
+        res["latency_per_layer"][str(batch)] = best_time(lambda images=images: layers.logits(images), args.rounds,
                                                          args.min_time) / batch
-        again = best_time(lambda: engine.logits(images), args.rounds, args.min_time) / batch
+        again = best_time(lambda images=images: engine.logits(images), args.rounds, args.min_time) / batch
         res["latency"][str(batch)] = min(res["latency"][str(batch)], again)
     res["torch_imported"] = "torch" in sys.modules
     res["getrusage_maxrss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bnncl.device import kernels
 from bnncl.bench.timing import best_time
-from bnncl.machine import cpu_model, cpuinfo_field
+from bnncl.device import kernels
 from bnncl.device.bitpack import pack_signs
 from bnncl.device.kernels import native
 from bnncl.device.kernels.prepacked import PackedBinaryConv
+from bnncl.machine import cpu_model, cpuinfo_field
 
 # (name, H, W, Cin, Cout, stride); 3x3, padding 1
 CONV_SHAPES = [
@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"popcount limit: {info['popcount_bits_per_instruction']}-bit popcount x "
               f"{info['popcount_instructions_per_second'] / 1e9:.2f} G/s measured "
               f"({info['popcount_per_cycle']} per cycle) per thread; limit clock "
-              f"{info.get('limit_clock_ghz', info.get('measured_clock_ghz'))} GHz; load average {info['load_average_at_start']}")
+              f"{info.get('limit_clock_ghz', info.get('measured_clock_ghz'))} GHz; "
+              f"load average {info['load_average_at_start']}")
     print(f"ops: {report['op_count']}")
     print(markdown(report))
     if args.json is not None:

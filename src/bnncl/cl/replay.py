@@ -23,7 +23,8 @@ Policies (the RNG is the buffer's own, seeded, and part of its state):
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -268,10 +269,14 @@ class LatentReplayBuffer:
         return arrays, meta
 
     @classmethod
-    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> "LatentReplayBuffer":
+    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> LatentReplayBuffer:
         """A buffer rebuilt from :meth:`state_dict` output."""
         buf = cls(
-            tuple(meta["latent_shape"]), int(meta["capacity"]), int(meta["bits"]), str(meta["policy"]), int(meta["seed"])
+            tuple(meta["latent_shape"]),
+            int(meta["capacity"]),
+            int(meta["bits"]),
+            str(meta["policy"]),
+            int(meta["seed"]),
         )
         buf.load_state_dict(arrays, meta)
         return buf
@@ -287,11 +292,13 @@ class LatentReplayBuffer:
         store = np.asarray(arrays["latents"])
         if store.shape[1:] != self._row_shape() or store.dtype != self._store_dtype():
             raise ValueError(
-                f"buffer state latents {store.dtype} {store.shape} do not match {self._store_dtype()} (N, {self._row_shape()})"
+                f"buffer state latents {store.dtype} {store.shape} do not match "
+                f"{self._store_dtype()} (N, {self._row_shape()})"
             )
         if len(store) > int(meta["capacity"]) or len(arrays["labels"]) != len(store):
             raise ValueError(
-                f"buffer state holds {len(store)} latents and {len(arrays['labels'])} labels for capacity {meta['capacity']}"
+                f"buffer state holds {len(store)} latents and {len(arrays['labels'])} labels "
+                f"for capacity {meta['capacity']}"
             )
         self.capacity = int(meta["capacity"])
         self.policy = str(meta["policy"])

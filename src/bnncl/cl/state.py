@@ -38,11 +38,12 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import safetensors.numpy
@@ -251,7 +252,7 @@ class StateStore:
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "generation": generation,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "files": {
                 name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for name, data in files.items()
             },
@@ -281,7 +282,9 @@ class StateStore:
             replace_file(self.directory / CURRENT_FILE, pointer_line(generation, manifest_sha))
         except OSError as exc:
             if self.current_generation() == generation:  # renamed in place; only the final fsync failed
-                warnings.warn(f"{self.directory}: committed {_gen_name(generation)} but could not fsync it ({exc})")
+                warnings.warn(
+                    f"{self.directory}: committed {_gen_name(generation)} but could not fsync it ({exc})", stacklevel=2
+                )
                 return
             shutil.rmtree(final, ignore_errors=True)
             raise self._write_error(exc) from None
@@ -325,7 +328,7 @@ class StateStore:
                 if path.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
                     shutil.rmtree(path)
         except OSError as exc:  # the new state is committed; leftovers go at the next save
-            warnings.warn(f"{self.directory}: could not prune old generations ({exc})")
+            warnings.warn(f"{self.directory}: could not prune old generations ({exc})", stacklevel=2)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -379,7 +382,7 @@ class StateStore:
                 failures.append(str(exc))
                 continue
             if failures:
-                warnings.warn(f"{where}: loaded older intact {_gen_name(g)} ({'; '.join(failures)})")
+                warnings.warn(f"{where}: loaded older intact {_gen_name(g)} ({'; '.join(failures)})", stacklevel=2)
                 state = replace(state, fell_back=True)
             self._check_model(state, model_sha256)
             self._good = g

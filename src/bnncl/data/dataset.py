@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -22,7 +22,8 @@ class ImageDataset:
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
             raise DataError(
-                f"{self.source or 'dataset'}: images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}"
+                f"{self.source or 'dataset'}: images must be uint8 (N, H, W, C), "
+                f"got {self.images.dtype} {self.images.shape}"
             )
         if self.labels.ndim != 1 or len(self.labels) != len(self.images):
             raise DataError(
@@ -44,12 +45,12 @@ class ImageDataset:
         """``(H, W, C)`` of one image."""
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
-    def select(self, indices: np.ndarray | Sequence[int]) -> "ImageDataset":
+    def select(self, indices: np.ndarray | Sequence[int]) -> ImageDataset:
         """A dataset holding the given rows (a copy of those rows only)."""
         idx = np.asarray(indices, dtype=np.int64)
         return ImageDataset(self.images[idx], self.labels[idx], self.class_names, self.source)
 
-    def with_classes(self, classes: Sequence[int]) -> "ImageDataset":
+    def with_classes(self, classes: Sequence[int]) -> ImageDataset:
         """The rows whose label is in ``classes`` (labels keep their original values)."""
         classes = [int(c) for c in classes]
         bad = [c for c in classes if not 0 <= c < len(self.class_names)]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -106,13 +106,16 @@ def load_image_folder_tar(
                 if not member.isfile():
                     continue
                 parts = PurePosixPath(member.name).parts
-                if len(parts) < 3 or parts[-3] != split or PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
+                if (len(parts) < 3 or parts[-3] != split
+                        or PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES):
                     continue
                 fh = tar.extractfile(member)
                 if fh is not None:
                     entries.append((member.name, parts[-2], fh.read()))
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{archive}: unreadable archive ({exc}); expected a .tar.gz of <split>/<class>/<image>") from None
+        raise DataError(
+            f"{archive}: unreadable archive ({exc}); expected a .tar.gz of <split>/<class>/<image>"
+        ) from None
     if not entries:
         raise DataError(f"{archive}: no '{split}/<class>/<image>' members found")
     entries.sort(key=lambda e: e[0])
@@ -120,4 +123,6 @@ def load_image_folder_tar(
     arrays = [decode_image(data, size, channels, f"{archive}:{name}") for name, _, data in entries]
     labels = np.array([index[c] for _, c, _ in entries], dtype=np.int64)
     names = tuple(class_names) if class_names is not None else tuple(sorted(index, key=index.get))
-    return ImageDataset(_stack(arrays, [e[0] for e in entries], str(archive)), labels, names, source=f"{archive}:{split}")
+    return ImageDataset(
+        _stack(arrays, [e[0] for e in entries], str(archive)), labels, names, source=f"{archive}:{split}"
+    )

@@ -15,8 +15,9 @@ Same arguments and seed -> the same stream, on every machine.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +62,8 @@ class Experience:
     def __repr__(self) -> str:
         shift = f", shift {self.transform}" if self.transform not in (None, "none") else ""
         base = ", base" if self.is_base else ""
-        return f"Experience(#{self.index}, {len(self)} patterns, classes {list(self.classes_in_experience)}{shift}{base})"
+        return (f"Experience(#{self.index}, {len(self)} patterns, "
+                f"classes {list(self.classes_in_experience)}{shift}{base})")
 
 
 @dataclass(frozen=True, eq=False)

@@ -39,8 +39,8 @@ from bnncl.device.kernels import forward as one_call
 from bnncl.device.kernels.epilogue import block_epilogue, native_epilogue
 from bnncl.device.kernels.im2col import reference_im2col3x3, stem_conv3x3_u8
 from bnncl.device.kernels.linear import matmul
-from bnncl.device.kernels.tail_elementwise import OFF, gap
 from bnncl.device.kernels.prepacked import PackedBinaryConv
+from bnncl.device.kernels.tail_elementwise import OFF, gap
 from bnncl.device.modelfile import DeviceModel
 from bnncl.device.shapes import block_geometry, split_index
 
@@ -277,7 +277,9 @@ class FrozenEngine:
             return self.run_layers(images, stop, pack_last)
         return plan.run(images, stop, pack_last, self.threads, path)
 
-    def run_layers(self, images: np.ndarray, stop: int, pack_last: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    def run_layers(
+        self, images: np.ndarray, stop: int, pack_last: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`_run` stage by stage (stem, then one conv + one epilogue call per block): the oracle of
         the one-call path, and the path on ``numpy``."""
         x, bits = self.run_stem(images, pack=stop > 0 or pack_last)

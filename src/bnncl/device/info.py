@@ -58,8 +58,10 @@ def format_info(d: dict[str, Any]) -> str:
                  f"raw parameters stored for the last {d['tail_blocks_stored']} blocks")
     lines.append(f"pretrained classes: {', '.join(d['classes'])}")
     trained = d.get("stem_trained_bits", 32)
-    lines.append("stem: trained with its int8 weights (quantization-aware): the engine runs the int8 stem, which matches the host model"
-                 if trained == 8 else "stem: trained in float32; the engine runs the float32 stem, the one that matches the host "
+    lines.append("stem: trained with its int8 weights (quantization-aware): the engine runs the int8 stem, "
+                 "which matches the host model"
+                 if trained == 8 else "stem: trained in float32; the engine runs the float32 stem, "
+                 "the one that matches the host "
                  "model (the int8 stem loses some argmax agreement, benchmarks/inference.md)")
     lines.append("memory by component:")
     for label, n in d["memory_bytes"].items():

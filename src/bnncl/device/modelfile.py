@@ -34,9 +34,10 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
@@ -215,7 +216,9 @@ def _check_manifest(man: Any) -> dict[str, Any]:
     if not (_is_int(tb) and 0 <= tb <= min(MAX_TAIL_BLOCKS, len(arch["blocks"]))):
         raise ValueError(f"manifest.tail_blocks: expected 0..{MAX_TAIL_BLOCKS}, got {tb!r}")
     if not _is_int(man["latent_weight_bits"]) or man["latent_weight_bits"] != LATENT_WEIGHT_BITS:
-        raise ValueError(f"manifest.latent_weight_bits: expected {LATENT_WEIGHT_BITS}, got {man['latent_weight_bits']!r}")
+        raise ValueError(
+            f"manifest.latent_weight_bits: expected {LATENT_WEIGHT_BITS}, got {man['latent_weight_bits']!r}"
+        )
     ck = man["checksum"]
     if not (isinstance(ck, dict) and ck.get("algorithm") == "sha256" and isinstance(ck.get("value"), str)
             and set(ck) <= {"algorithm", "value", "manifest"} and isinstance(ck.get("manifest", ""), str)):
@@ -325,7 +328,7 @@ class DeviceModel:
         self.path = str(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "DeviceModel":
+    def load(cls, path: str | os.PathLike) -> DeviceModel:
         """Read and fully validate a ``.bnn`` file; any problem is one :class:`ModelFileError` line."""
         p = Path(path)
         if not p.is_file():

@@ -24,9 +24,9 @@ Quantization (docs/design.md §1.5; ``Q_n`` = :func:`bnncl.device.quantize.quant
   of the weight gradient), every parameter gradient (the update is ``lr`` times it);
 * storage: conv latent weights at ``q_w`` bits (codes + min/max), after each update clipped to the
   range the tensor had before the update and re-quantized (at ``q_w = 32``: float32, no clipping);
-  the head at ``q_b`` bits (its update precision; not clipped, so rows zeroed by CWR* can grow). Saved for the backward pass: the packed
-  ±1 block inputs, 1-bit masks of the sign STE (``|x + b| <= 1``) and of RPReLU (``z - shift_in > 0``),
-  and the features at ``q_f``.
+  the head at ``q_b`` bits (its update precision; not clipped, so rows zeroed by CWR* can grow). Saved for the
+  backward pass: the packed ±1 block inputs, 1-bit masks of the sign STE (``|x + b| <= 1``) and of RPReLU
+  (``z - shift_in > 0``), and the features at ``q_f``.
 
 Backward of a binary conv (STE): the weight gradient ``G = sum_p xb * dy`` uses additions and
 subtractions only (at ``q_b < 32`` exact integer sums of the ``q_b`` codes, C kernel
@@ -47,7 +47,6 @@ NumPy + BLAS backward (:meth:`TailTrainer._block_backward_float`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
-from safetensors import safe_open
 
 from bnncl.atomic import replace_file
 from bnncl.errors import ModelFileError
@@ -68,6 +67,8 @@ def load_model(path: str | os.PathLike) -> tuple[Backbone, dict[str, Any]]:
         state = load_file(str(path))
         model.load_state_dict(state, strict=True)
     except (SafetensorError, RuntimeError) as exc:
-        raise ModelFileError(f"{path}: weights do not match the {config.name} architecture ({str(exc).splitlines()[0]})") from None
+        raise ModelFileError(
+            f"{path}: weights do not match the {config.name} architecture ({str(exc).splitlines()[0]})"
+        ) from None
     model.eval()
     return model, info

@@ -45,7 +45,8 @@ def pretrain_command(info: dict, arch: str, binary: bool, output: str, stem_bits
 
 def record_markdown(paths: list[Path]) -> str:
     """One row per model file: command, seed, epochs, wall time, machine, base accuracy, sizes."""
-    rows = ["| model | base-class test accuracy | epochs | seed | wall time | machine | params | deployed bytes (by bits) | float32 bytes |",
+    rows = ["| model | base-class test accuracy | epochs | seed | wall time | machine | params "
+            "| deployed bytes (by bits) | float32 bytes |",
             "|---|---|---|---|---|---|---|---|---|"]
     commands = []
     for path in paths:
@@ -55,7 +56,8 @@ def record_markdown(paths: list[Path]) -> str:
         arch = "cifar" if cfg.input_shape[0] == 32 else "fmnist"
         by = ", ".join(f"{b}-bit {n:,}" for b, n in s.bytes_by_bits().items())
         m = info.get("machine", {})
-        machine = f"{m.get('cpu', '?')}, {m.get('torch_threads', '?')} torch thread(s), world size {info.get('world_size', 1)}"
+        machine = (f"{m.get('cpu', '?')}, {m.get('torch_threads', '?')} torch thread(s), "
+                   f"world size {info.get('world_size', 1)}")
         chain = training_chain(info)
         epochs = " + ".join(str(len(r["history"])) for r in chain)
         minutes = sum(r["train_seconds"] for r in chain) / 60

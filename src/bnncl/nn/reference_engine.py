@@ -104,7 +104,7 @@ class TorchEngine:
         self._deployed_ranges = list(self._ranges)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, tail_blocks: int, **kwargs) -> "TorchEngine":
+    def from_checkpoint(cls, path: str | os.PathLike, tail_blocks: int, **kwargs) -> TorchEngine:
         """Load a torch model file (:func:`bnncl.nn.checkpoint.load_model`) and build the engine."""
         model, _ = load_model(path)
         return cls(model, tail_blocks, **kwargs)
@@ -240,7 +240,9 @@ class TorchEngine:
             if name in state:
                 a = np.asarray(state[name], dtype=np.float32)
             elif name + ".codes" in state and rng is not None:
-                a = QTensor(np.asarray(state[name + ".codes"]), rng[0], rng[1], self.qw if self.qw < 32 else 8).dequantize()
+                a = QTensor(
+                    np.asarray(state[name + ".codes"]), rng[0], rng[1], self.qw if self.qw < 32 else 8
+                ).dequantize()
             else:
                 raise ValueError(f"tail state: missing {name!r}")
             if a.shape != tuple(w.shape):

@@ -108,10 +108,12 @@ def summarize(model: Backbone) -> ModelSummary:
 
 def format_summary(s: ModelSummary) -> str:
     """A plain-text table of a :class:`ModelSummary`."""
-    lines = [f"{s.name}", f"{'layer':<28}{'kind':<16}{'params':>10}{'bits':>6}{'bytes':>10}{'bin MACs':>12}{'real MACs':>12}"]
+    lines = [f"{s.name}",
+             f"{'layer':<28}{'kind':<16}{'params':>10}{'bits':>6}{'bytes':>10}{'bin MACs':>12}{'real MACs':>12}"]
     for r in s.rows:
         lines.append(f"{r.name:<28}{r.kind:<16}{r.params:>10}{r.bits:>6}{r.bytes:>10}{r.binary_macs:>12}{r.real_macs:>12}")
     by = ", ".join(f"{b}-bit: {n:,} B" for b, n in s.bytes_by_bits().items())
-    lines.append(f"total: {s.params:,} parameters, {s.bytes:,} bytes deployed ({by}); float32 would be {s.params * 4:,} B")
+    lines.append(f"total: {s.params:,} parameters, {s.bytes:,} bytes deployed ({by}); "
+                 f"float32 would be {s.params * 4:,} B")
     lines.append(f"MACs per image: {s.binary_macs:,} binary, {s.real_macs:,} real")
     return "\n".join(lines)

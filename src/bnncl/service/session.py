@@ -21,9 +21,10 @@ as it was (and the session's memory consistent with it).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +62,7 @@ class Settings(LearningSettings):
             raise BnnclError(f"--capacity: expected an integer >= 1, got {self.capacity!r}")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Settings":
+    def from_dict(cls, d: Mapping[str, Any]) -> Settings:
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in d.items() if k in names}
         if "qw" in values and "qw_rounding" not in values:
@@ -134,7 +135,7 @@ class LearnerSession:
     # -- open -------------------------------------------------------------------------------
     @classmethod
     def open(cls, model: str | Path, state_dir: str | Path, settings: Mapping[str, Any] | None = None, *,
-             base: str | Path | None = None, threads: int = 1, deploy: bool = True) -> "LearnerSession":
+             base: str | Path | None = None, threads: int = 1, deploy: bool = True) -> LearnerSession:
         """Resume from ``state_dir``, or deploy there if it holds no state (``deploy=False``: raise
         :class:`NoStateError` instead). ``settings`` (:class:`Settings` field -> value, the options
         the user gave) apply to a deployment; a resumed state keeps the settings it was deployed
@@ -144,7 +145,9 @@ class LearnerSession:
         given = dict(settings or {})
         unknown = sorted(set(given) - {f.name for f in fields(Settings)})
         if unknown:
-            raise BnnclError(f"settings: unknown name(s) {unknown}; expected among {[f.name for f in fields(Settings)]}")
+            raise BnnclError(
+                f"settings: unknown name(s) {unknown}; expected among {[f.name for f in fields(Settings)]}"
+            )
         chosen = Settings(**given)  # checks them (also those a resumed state will override: an error either way)
         model_path = Path(model)
         dm = DeviceModel.load(model_path)

@@ -56,8 +56,8 @@ class ForwardPlan:
 
     ``stem_shape`` (H, W, C) of the stem output, ``in_channels`` of the uint8 images (H, W, in_channels);
     ``stem_w`` float32 (9 * in_channels, C) in im2col column order; ``stem_vecs`` = (mul (C,),
-    addmap (H, W, C), shift_in, slope, shift_out).  Per block: ``weights[i]`` packed (O, 3, 3, words) uint64, ``geoms[i]`` =
-    (in_channels, out_channels, stride, in_h, in_w, binary_input), ``vecs[i]`` = (scale, bias,
+    addmap (H, W, C), shift_in, slope, shift_out).  Per block: ``weights[i]`` packed (O, 3, 3, words) uint64,
+    ``geoms[i]`` = (in_channels, out_channels, stride, in_h, in_w, binary_input), ``vecs[i]`` = (scale, bias,
     input_bias, shift_in, slope, shift_out), each (C,) float32 (input_bias of the block's input
     channels, the others of its output channels).  The plan keeps references to the arrays it borrows.
     """
@@ -121,7 +121,9 @@ class ForwardPlan:
         with ``pack_last``, the packed signs of ``x + input_bias[stop]`` (uint64 (N, H, W, words))."""
         if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.flags.c_contiguous
                 and images.shape[1:] == self.image_shape):
-            raise ValueError(f"images: expected a C-contiguous uint8 array (N, {', '.join(map(str, self.image_shape))})")
+            raise ValueError(
+                f"images: expected a C-contiguous uint8 array (N, {', '.join(map(str, self.image_shape))})"
+            )
         if not 0 <= stop <= self.nblocks or (pack_last and stop >= self.nblocks):
             raise ValueError(f"stop: expected 0..{self.nblocks} (below {self.nblocks} with pack_last), got {stop}")
         n = images.shape[0]

@@ -2,9 +2,10 @@
 
 * :func:`patterns`: the bytes of the implicit 3x3 im2col of packed ±1 maps, ``[tap * wb + byte][p]``
   (+1 padding = byte 0). Byte ``g`` bit ``j`` is tap ``g // wb``, channel ``8 * (g % wb) + j``.
-* :func:`wgrad_minus` (:func:`wgrad_minus_tiled`: codes already tile-major): exact integers ``S[g*8+j, o] = sum_{p: bit set} c[p, o]`` (bit set = ``x = -1``)
-  and ``ones[g*8+j]`` = positions with the bit set, so ``sum_p x[p, k] c[p, o] = sum_p c[p, o] - 2 S``
-  and ``sum_p x[p, k] = P - 2 ones``: additions only (per-pattern tables, "four Russians").
+* :func:`wgrad_minus` (:func:`wgrad_minus_tiled`: codes already tile-major): exact integers
+  ``S[g*8+j, o] = sum_{p: bit set} c[p, o]`` (bit set = ``x = -1``) and ``ones[g*8+j]`` = positions with
+  the bit set, so ``sum_p x[p, k] c[p, o] = sum_p c[p, o] - 2 S`` and ``sum_p x[p, k] = P - 2 ones``:
+  additions only (per-pattern tables, "four Russians").
 * :func:`dgrad`: float32 ``D[k, p] = sum_o d[p, o] * s[o, k]`` for ``s`` = ±1 given as bits
   (:func:`weight_patterns`), through tables of the 256 signed sums of 8 channels' ``d``; the
   summation order is fixed (see the C file), so every path and the oracle agree bit for bit.
