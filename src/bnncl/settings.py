@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from bnncl.cl.replay import BITS as REPLAY_BITS
-from bnncl.device.shapes import MAX_TAIL_BLOCKS
 from bnncl.device.quantize import (
     FLOAT_BITS,
     MAX_CODE_BITS,
@@ -26,6 +25,7 @@ from bnncl.device.quantize import (
     check_bits,
     check_rounding,
 )
+from bnncl.device.shapes import MAX_TAIL_BLOCKS
 from bnncl.errors import BnnclError
 
 

@@ -8,7 +8,6 @@ from PIL import Image
 
 from bnncl.data.cifar10 import CIFAR10_CLASSES, default_cifar10_path, load_cifar10, load_cifar10_batches
 from bnncl.errors import DataError
-
 from data_available import needs_cifar
 
 

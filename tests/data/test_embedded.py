@@ -2,7 +2,6 @@ import numpy as np
 
 from bnncl.data.embedded import BASE_PER_CLASS, NEW_PER_CLASS, TEST_PER_CLASS, embedded_root, load_embedded
 from bnncl.data.idx import FASHION_MNIST_CLASSES, load_fashion_mnist
-
 from data_available import needs_fmnist
 
 

@@ -3,9 +3,15 @@ import gzip
 import numpy as np
 import pytest
 
-from bnncl.data.idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, load_fashion_mnist, load_idx_dataset, read_idx, write_idx
+from bnncl.data.idx import (
+    FASHION_MNIST_CLASSES,
+    MNIST_CLASSES,
+    load_fashion_mnist,
+    load_idx_dataset,
+    read_idx,
+    write_idx,
+)
 from bnncl.errors import DataError
-
 from data_available import needs_fmnist
 
 

@@ -70,9 +70,8 @@ def test_threads_chunks_and_scratch_reuse(path):
 def test_toy_model_with_unpadded_channels(path):
     """Channel counts below 32 (8, 16) take the generic im2col layout; 32 the padded one."""
     pytest.importorskip("torch")
-    from nn.test_export import TINY, randomized  # tests/ is on the pytest pythonpath
-
     from bnncl.nn.export import build_device_model
+    from nn.test_export import TINY, randomized  # tests/ is on the pytest pythonpath
 
     dm = build_device_model(randomized(TINY, seed=5), {"classes": [0, 1, 2]})
     fused, layers = FrozenEngine(dm, chunk=16), FrozenEngine(dm, fused=False, chunk=16)

@@ -8,13 +8,12 @@ from bnncl.device.frozen import FrozenEngine
 from bnncl.device.modelfile import DeviceModel
 
 torch = pytest.importorskip("torch")
-from data_available import needs_cifar, needs_fmnist  # noqa: E402
-from nn.test_export import TINY, randomized  # noqa: E402  (tests/ is on the pytest pythonpath)
-
 from bnncl.assets import model_path  # noqa: E402
 from bnncl.nn.augment import to_input  # noqa: E402
 from bnncl.nn.checkpoint import load_model  # noqa: E402
 from bnncl.nn.export import build_device_model  # noqa: E402
+from data_available import needs_cifar, needs_fmnist  # noqa: E402
+from nn.test_export import TINY, randomized  # noqa: E402  (tests/ is on the pytest pythonpath)
 
 
 def _torch(model, images, split=None):

@@ -17,8 +17,8 @@ from bnncl.device.modelfile import (
 from bnncl.errors import ModelFileError
 
 torch = pytest.importorskip("torch")
-from nn.test_export import TINY, randomized  # noqa: E402  (tests/ is on the pytest pythonpath)
 from bnncl.nn.export import build_device_model, export_model  # noqa: E402
+from nn.test_export import TINY, randomized  # noqa: E402  (tests/ is on the pytest pythonpath)
 
 
 @pytest.fixture

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from bnncl.data.dataset import ImageDataset
+from bnncl.errors import BnnclError, ModelFileError
 from bnncl.nn.backbones import BackboneConfig
 from bnncl.nn.checkpoint import load_model
 from bnncl.nn.pretrain import PretrainSettings, pretrain
-from bnncl.errors import BnnclError, ModelFileError
 
 TINY = BackboneConfig("tiny", (12, 12, 1), 8, ((8, 1), (16, 2)), 3, binary_latents=("block1",))
 

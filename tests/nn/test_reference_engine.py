@@ -14,7 +14,6 @@ from bnncl.nn.backbones import BackboneConfig
 from bnncl.nn.checkpoint import save_model
 from bnncl.nn.quantizers import uniform_quantize
 from bnncl.nn.reference_engine import GradQuantize, TorchEngine
-
 from toy_backbones import CFG, make_model
 
 

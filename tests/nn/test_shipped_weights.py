@@ -5,7 +5,6 @@ import pytest
 from bnncl.assets import SHIPPED_MODELS, model_path
 from bnncl.nn.checkpoint import load_model
 from bnncl.nn.pretrain import _remap, evaluate
-
 from data_available import cifar_available, fmnist_available
 
 

@@ -6,7 +6,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from nn.test_pretrain import _toy  # tests/ is on the pytest pythonpath
 
 from bnncl.assets import model_path
 from bnncl.device.frozen import FrozenEngine
@@ -25,6 +24,7 @@ from bnncl.nn.quantizers import (
     stem_int8,
 )
 from bnncl.nn.record import record_markdown
+from nn.test_pretrain import _toy  # tests/ is on the pytest pythonpath
 
 TINY = BackboneConfig("tiny", (12, 12, 1), 8, ((8, 1), (16, 2)), 3, binary_latents=("block1",))
 

@@ -13,9 +13,10 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from bnncl.atomic import replace_file
 from bnncl.experiment import RunConfig, config_for, run_protocol

@@ -20,7 +20,8 @@ State for safetensors: :meth:`~CWRStar.state_dict` -> ``(arrays, meta)``.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -40,8 +40,9 @@ library never prints.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -93,7 +94,7 @@ class LearnerConfig:
                 raise ValueError(f"{name}: expected {BY_NAME[setting].expected}, got {value!r}")
 
     @classmethod
-    def from_settings(cls, settings: Any, strategy: str = "cwr_star") -> "LearnerConfig":
+    def from_settings(cls, settings: Any, strategy: str = "cwr_star") -> LearnerConfig:
         """The learner's part of a :class:`bnncl.settings.LearningSettings`."""
         return cls(strategy, settings.epochs, settings.lr, settings.minibatch, settings.seed,
                    new_per_class=settings.new_per_class)
@@ -312,7 +313,7 @@ class ContinualLearner:
 
     def run(
         self,
-        stream: "Stream",
+        stream: Stream,
         images: np.ndarray,
         test_images: np.ndarray,
         test_labels: np.ndarray,

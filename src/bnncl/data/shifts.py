@@ -14,7 +14,8 @@ same output (no randomness), so an experience's shift is part of the protocol, n
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

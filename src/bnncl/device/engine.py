@@ -18,8 +18,8 @@ Build one from a model file::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -65,11 +65,11 @@ class DeviceEngine:
 
     # -- constructors --------------------------------------------------------------------------
     @classmethod
-    def from_device_model(cls, model: "DeviceModel", tail_blocks: int, *, qf: int | None = None,
+    def from_device_model(cls, model: DeviceModel, tail_blocks: int, *, qf: int | None = None,
                           qb: int | None = None, qw: int | None = None, momentum: float = 0.0, threads: int = 1,
                           num_classes: int | None = None, head_classes: Sequence[int] | None = None,
                           stem: str = "auto", weight_rounding: str | None = None,
-                          rounding_seed: int | None = None) -> "DeviceEngine":
+                          rounding_seed: int | None = None) -> DeviceEngine:
         """Frozen forward + tail of a loaded :class:`~bnncl.device.modelfile.DeviceModel`.
 
         ``qf``/``qb``/``qw``/``weight_rounding``/``rounding_seed`` left out: the defaults of
@@ -98,7 +98,7 @@ class DeviceEngine:
         return cls(tail, lambda images: fe.latents(images, split), model.architecture["input_shape"], backbone)
 
     @classmethod
-    def from_model_file(cls, path: str | os.PathLike, tail_blocks: int, **kwargs: Any) -> "DeviceEngine":
+    def from_model_file(cls, path: str | os.PathLike, tail_blocks: int, **kwargs: Any) -> DeviceEngine:
         """:meth:`from_device_model` of ``DeviceModel.load(path)``."""
         from bnncl.device.modelfile import DeviceModel
 
@@ -106,7 +106,7 @@ class DeviceEngine:
 
     @classmethod
     def from_params(cls, architecture: Any, params: Mapping[str, np.ndarray], tail_blocks: int, frozen: Frozen,
-                    *, backbone_bytes: int | None = None, **kwargs: Any) -> "DeviceEngine":
+                    *, backbone_bytes: int | None = None, **kwargs: Any) -> DeviceEngine:
         """Tail from float32 parameters by torch state_dict name (e.g. a ``Backbone.state_dict()`` as
         NumPy), frozen part from a callable; ``backbone_bytes`` defaults to
         :func:`estimated_backbone_bytes`. ``kwargs`` go to :class:`TailTrainer`."""

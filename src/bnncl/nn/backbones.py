@@ -63,14 +63,14 @@ class BackboneConfig:
         """Name of the split point whose tail holds the last ``tail_blocks`` binary blocks."""
         return shapes.split_for_tail({"blocks": self.blocks}, tail_blocks)
 
-    def float_twin(self) -> "BackboneConfig":
+    def float_twin(self) -> BackboneConfig:
         return replace(self, name=self.name + "-fp32", binary=False, binary_latents=())
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "BackboneConfig":
+    def from_json(cls, text: str) -> BackboneConfig:
         d = json.loads(text)
         d["input_shape"] = tuple(d["input_shape"])
         d["blocks"] = tuple(tuple(b) for b in d["blocks"])

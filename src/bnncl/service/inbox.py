@@ -22,9 +22,9 @@ import errno
 import hashlib
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from bnncl.atomic import fsync_dir, replace_file
 
