@@ -19,6 +19,7 @@ from bnncl import assets
 from bnncl.assets import model_path, resolve_model
 from bnncl.cli import main
 from bnncl.errors import DataError, ModelFileError
+from no_torch import BLOCK_TORCH
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = Path(bnncl.__file__).resolve().parents[1]
@@ -47,18 +48,9 @@ def test_version(capsys):
 
 # 2. the device install: host commands end with one line, before any work ---------------------------
 
-NO_TORCH = textwrap.dedent(
+NO_TORCH = BLOCK_TORCH + textwrap.dedent(
     """
     import contextlib, io, json, sys
-
-    class NoTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is not available on the device")
-            return None
-
-    sys.meta_path.insert(0, NoTorch())
-    sys.modules.pop("torch", None)
     from bnncl.cli import main
 
     results = []

@@ -7,19 +7,11 @@ import textwrap
 from pathlib import Path
 
 import bnncl
+from no_torch import BLOCK_TORCH
 
-SCRIPT = textwrap.dedent(
+SCRIPT = BLOCK_TORCH + textwrap.dedent(
     """
     import importlib, pkgutil, sys
-
-    class NoTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is not available on the device")
-            return None
-
-    sys.meta_path.insert(0, NoTorch())
-    sys.modules.pop("torch", None)
     imported = []
     for pkg_name in ("bnncl.device", "bnncl.cl", "bnncl.service"):
         pkg = importlib.import_module(pkg_name)
