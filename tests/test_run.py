@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bnncl.cli import main
@@ -49,6 +50,9 @@ def test_cli_writes_results_and_plot(tmp_path):
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["tail_blocks"] == 0 and res["config"]["lr_bits"] == 8
+    sw = res["software"]  # what produced the figure
+    assert sw["bnncl"] and sw["numpy"] == np.__version__ and sw["kernel_path"]
+    assert sw["git"] is None or (len(sw["git"]["commit"]) == 40 and isinstance(sw["git"]["dirty"], bool))
     assert (out / "accuracy.png").stat().st_size > 1000
 
 

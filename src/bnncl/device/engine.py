@@ -143,8 +143,8 @@ class DeviceEngine:
 
     def _train_batch(self, latents: np.ndarray, labels: np.ndarray, lr: float) -> float:
         """:meth:`train_batch` on inputs the caller has checked (the learner; Engine docstring): the
-        tail's unchecked step where it has one."""
-        return getattr(self.tail, "_train_batch", self.tail.train_batch)(latents, labels, lr)
+        tail's unchecked step."""
+        return self.tail._train_batch(latents, labels, lr)
 
     def logits(self, latents: np.ndarray) -> np.ndarray:
         return self.tail.logits(latents)
