@@ -9,6 +9,9 @@ deterministic shift (see :mod:`bnncl.data.shifts`) applied when its images are g
   instance splits), each under its own shift.
 * :func:`nic_stream` -- new instances and classes: each class is cut into disjoint parts; the
   experiences are a seeded sequence of (class, part) units, so classes reappear with new instances.
+* :func:`fewshot_stream` -- a base experience, then new classes with only ``shots`` examples each.
+* :func:`domain_stream` -- new instances by domain: one experience per domain (e.g. a CORe50 session).
+* :func:`unit_nic_stream` -- new instances and classes over given (class, domain) units (CORe50-NIC).
 
 Same arguments and seed -> the same stream, on every machine.
 """
@@ -159,12 +162,17 @@ def nc_stream(
     classes_per_experience: int = 1,
     class_order: Sequence[int] | None = None,
     seed: int = 0,
+    shots: int | None = None,
+    first_experience_classes: int | None = None,
 ) -> Stream:
     """New-classes stream: a base experience of ``base_classes`` (if any), then new classes.
 
     ``class_order`` lists the non-base classes in the order they arrive (default: the remaining
     classes in ascending order, so ``fmnist-b5`` is ``nc_stream(labels, base_classes=range(5))``);
-    they are grouped ``classes_per_experience`` at a time (the last group may be smaller).
+    they are grouped ``classes_per_experience`` at a time (the last group may be smaller), the first
+    group ``first_experience_classes`` (default ``classes_per_experience``; a trained first
+    experience, unlike the base one). ``shots`` (few-shot) keeps that many examples of each new
+    class, drawn at random with ``seed``; the base experience keeps all of its examples.
     ``seed`` shuffles the order of patterns inside each experience.
     """
     labels = _check_labels(labels)
@@ -179,16 +187,44 @@ def nc_stream(
             raise ValueError(f"class_order repeats base classes {overlap}")
     if classes_per_experience < 1:
         raise ValueError(f"classes_per_experience must be >= 1, got {classes_per_experience}")
+    first = classes_per_experience if first_experience_classes is None else first_experience_classes
+    if first < 1:
+        raise ValueError(f"first_experience_classes must be >= 1, got {first}")
     if not base and not order:
         raise ValueError("nc_stream needs at least one class in base_classes or class_order")
     rng = np.random.default_rng(seed)
+    rows = {c: np.flatnonzero(labels == c) for c in order}
+    if shots is not None:
+        rows = _draw_shots(rows, shots, rng)
     exps: list[Experience] = []
     if base:
         exps.append(_make_experience(0, np.flatnonzero(np.isin(labels, base)), labels, rng, is_base=True))
-    for start in range(0, len(order), classes_per_experience):
-        group = order[start : start + classes_per_experience]
-        exps.append(_make_experience(len(exps), np.flatnonzero(np.isin(labels, group)), labels, rng))
+    groups = [order[:first]]
+    groups += [order[i : i + classes_per_experience] for i in range(first, len(order), classes_per_experience)]
+    for group in groups:
+        if group:
+            exps.append(_make_experience(len(exps), np.concatenate([rows[c] for c in group]), labels, rng))
     return Stream("nc", tuple(exps), _num_classes(labels), seed)
+
+
+def _draw_shots(rows: dict[int, np.ndarray], shots: int, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """``shots`` random rows of each class (in ascending class order, so the draw depends only on ``rng``)."""
+    if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
+        raise ValueError(f"shots must be an integer >= 1, got {shots!r}")
+    scarce = {c: len(r) for c, r in rows.items() if len(r) < shots}
+    if scarce:
+        raise ValueError(f"shots={shots} but classes {sorted(scarce)} have only {sorted(scarce.values())} examples")
+    return {c: np.sort(rng.choice(rows[c], int(shots), replace=False)) for c in sorted(rows)}
+
+
+def fewshot_stream(
+    labels: np.ndarray, *, base_classes: Sequence[int], shots: int, classes_per_experience: int = 1, seed: int = 0
+) -> Stream:
+    """Few-shot new classes: the base experience of ``base_classes`` (all of their examples), then the
+    other classes ``classes_per_experience`` at a time with ``shots`` random examples each (drawn with
+    ``seed``). :func:`nc_stream` with ``shots``."""
+    return nc_stream(labels, base_classes=base_classes, classes_per_experience=classes_per_experience, seed=seed,
+                     shots=shots)
 
 
 def _split_per_class(
@@ -275,4 +311,80 @@ def nic_stream(
     for g in groups:
         idx = np.concatenate([parts[c][p] for c, p in g])
         exps.append(_make_experience(len(exps), idx, labels, rng, shift_list[len(exps)]))
+    return Stream("nic", tuple(exps), _num_classes(labels), seed)
+
+
+def _check_groups(name: str, groups: np.ndarray, n: int) -> np.ndarray:
+    groups = np.asarray(groups)
+    if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer):
+        raise ValueError(f"{name} must be integers, one per label ({n}), got {groups.dtype} {groups.shape}")
+    return groups.astype(np.int64, copy=False)
+
+
+def domain_stream(
+    labels: np.ndarray, domains: np.ndarray, *, order: Sequence[int] | None = None, seed: int = 0
+) -> Stream:
+    """New instances by domain: one experience per value of ``domains`` (each row's domain, e.g. its
+    CORe50 session), with every class that domain holds.
+
+    ``order`` lists the domains in the order they arrive (default: a permutation drawn with ``seed``);
+    ``seed`` also shuffles the order of patterns inside each experience.
+    """
+    labels = _check_labels(labels)
+    domains = _check_groups("domains", domains, len(labels))
+    present = sorted(np.unique(domains).tolist())
+    rng = np.random.default_rng(seed)
+    if order is None:
+        seq = [present[i] for i in rng.permutation(len(present))]
+    else:
+        seq = [int(d) for d in order]
+        if sorted(seq) != present:
+            raise ValueError(f"order must list each domain once, {present}, got {seq}")
+    exps = [_make_experience(i, np.flatnonzero(domains == d), labels, rng) for i, d in enumerate(seq)]
+    return Stream("ni", tuple(exps), _num_classes(labels), seed)
+
+
+def unit_nic_stream(
+    labels: np.ndarray,
+    units: np.ndarray,
+    *,
+    first_classes: int = 10,
+    units_per_experience: int = 5,
+    seed: int = 0,
+) -> Stream:
+    """New instances and classes over (class, unit) pairs, ``units`` giving each row's unit (e.g. its
+    CORe50 session), in the style of CORe50 NICv2.
+
+    With ``seed``, the (class, unit) pairs are shuffled and ``first_classes`` classes drawn (all of
+    them when fewer are present); the first experience holds one pair of each of those classes (its
+    first in the shuffled order), then the remaining pairs follow in the shuffled order,
+    ``units_per_experience`` per experience. On CORe50's 50 objects x 8 training sessions that is
+    1 + 390 / 5 = 79 experiences.
+    """
+    labels = _check_labels(labels)
+    units = _check_groups("units", units, len(labels))
+    if first_classes < 1 or units_per_experience < 1:
+        raise ValueError(
+            f"first_classes and units_per_experience must be >= 1, got {first_classes}, {units_per_experience}"
+        )
+    if units.min() < 0:
+        raise ValueError(f"units must be >= 0, got min {units.min()}")
+    width = int(units.max()) + 1
+    key = labels * width + units  # one integer per (class, unit) pair
+    rng = np.random.default_rng(seed)
+    pairs = np.unique(key)
+    pairs = pairs[rng.permutation(len(pairs))]
+    classes = np.unique(labels)
+    first = set(rng.permutation(classes)[:first_classes].tolist())
+    head: list[int] = []
+    rest: list[int] = []
+    for k in pairs.tolist():
+        c = k // width
+        if c in first:
+            first.discard(c)
+            head.append(k)
+        else:
+            rest.append(k)
+    groups = [head] + [rest[i : i + units_per_experience] for i in range(0, len(rest), units_per_experience)]
+    exps = [_make_experience(i, np.flatnonzero(np.isin(key, g)), labels, rng) for i, g in enumerate(groups)]
     return Stream("nic", tuple(exps), _num_classes(labels), seed)
