@@ -51,7 +51,8 @@ def test_example_loads_the_model_and_runs_the_frozen_engine(doc_namespace):
 
 def test_example_learns_two_new_classes_from_arrays(doc_namespace):
     ns = doc_namespace
-    assert ns["stats"].n_new == len(ns["new"]) and ns["stats"].n_replay > 0
+    assert ns["stats"].n_new == len(ns["new"]) and ns["stats"].n_replay == 0  # slda: no replay
+    assert ns["cwr_stats"].n_new == len(ns["new"]) and ns["cwr_stats"].n_replay > 0
     assert set(np.unique(ns["predicted"])) <= {0, 1, 2, 3, 4, 5, 7}
     assert ns["new_accuracy"] > 0.5  # chance among the 7 seen classes is 1/7
     assert 1 / 7 < ns["seen"].accuracy_all <= 1.0
@@ -117,7 +118,9 @@ def test_reprs_are_short_and_informative(tmp_path):
     assert repr(model) == "DeviceModel('fmnist-b5', 28x28x1, 6 blocks, 5 of 10 classes pretrained, lr split block4)"
     train = bnncl.load_dataset("embedded", "train")
     assert re.fullmatch(r"ImageDataset\('.*:train', 4500 images 28x28x1, 10 classes\)", repr(train))
-    learner = bnncl.Learner(model, epochs=1)
+    assert repr(bnncl.Learner(model)) == ("Learner('fmnist-b5', slda, shrinkage 0.0001, 32-bit covariance, "
+                                          "0 of 10 classes seen)")
+    learner = bnncl.Learner(model, strategy="cwr_star", epochs=1)
     assert repr(learner) == ("Learner('fmnist-b5', cwr_star, tail 2 blocks q 8/16/8, 1-bit replay of 1500, "
                              "0 of 10 classes seen)")
     assert repr(learner.engine).startswith("DeviceEngine(28x28x1, split block4 (binary latents 7x7x128)")

@@ -13,7 +13,7 @@ from bnncl.experiment import RunConfig, run_protocol
 
 @pytest.fixture(scope="module")
 def device_result():
-    return run_protocol(RunConfig(epochs=1, seed=0))
+    return run_protocol(RunConfig(strategy="cwr_star", epochs=1, seed=0))
 
 
 def test_device_run_results_fields(device_result):
@@ -33,10 +33,23 @@ def test_device_run_results_fields(device_result):
 
 
 def test_run_is_deterministic(device_result):
-    again = run_protocol(RunConfig(epochs=1, seed=0))
+    again = run_protocol(RunConfig(strategy="cwr_star", epochs=1, seed=0))
     assert [e["accuracy_all"] for e in again["experiences"]] == [
         e["accuracy_all"] for e in device_result["experiences"]
     ]
+
+
+def test_default_slda_run_learns_without_replay_and_beats_cwr_star(device_result):
+    r = run_protocol(RunConfig(seed=0))
+    assert r["config"]["strategy"] == "slda" and r["config"]["tail_blocks"] == 0
+    mem = r["memory_bytes"]
+    assert mem["replay"] == 0 and mem["tail"] == 0 and mem["head"] == 0
+    # means (10 x 128 float32) + counts (10 int64) + the packed covariance triangle (128 * 129 / 2 float32)
+    assert mem["strategy"] == 10 * 128 * 4 + 10 * 8 + 128 * 129 // 2 * 4
+    assert all(e["n_replay"] == 0 for e in r["experiences"])
+    assert r["final_accuracy"] > device_result["final_accuracy"] + 0.03
+    again = run_protocol(RunConfig(seed=0))
+    assert [e["accuracy_all"] for e in again["experiences"]] == [e["accuracy_all"] for e in r["experiences"]]
 
 
 def test_naive_forgets(device_result):
@@ -57,7 +70,8 @@ def test_cli_writes_results_and_plot(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--lr-bits", "1", "--tail-blocks", "0"], "needs a binary latent-replay layer"),
+    (["--strategy", "cwr_star", "--lr-bits", "1", "--tail-blocks", "0"], "needs a binary latent-replay layer"),
+    (["--tail-blocks", "2"], "--tail-blocks 2: --strategy slda trains no tail"),
     (["--protocol", "nope"], "unknown protocol"),
     (["--qf", "0"], "--qf: expected 1..24 or 32 bits, got 0"),
     (["--model", "/nonexistent.bnn"], "/nonexistent.bnn: no such"),
@@ -116,6 +130,9 @@ def test_settings_line_names_the_resolved_settings():
     from bnncl.experiment import config_for
     from bnncl.report.tables import settings_line
 
-    line = settings_line(asdict(config_for("cifar10-b5")))
+    line = settings_line(asdict(config_for("cifar10-b5", strategy="cwr_star")))
     assert "epochs 16" in line and "lr 0.2" in line and "new per class 300" in line and "8/16/8" in line
-    assert "new per class all" in settings_line(asdict(config_for()))
+    assert "K=2 tail blocks" in line
+    assert "new per class all" in settings_line(asdict(config_for(strategy="cwr_star")))
+    assert settings_line(asdict(config_for())) == ("slda on the frozen pooled features, shrinkage 0.0001, "
+                                                   "covariance at 32 bits, seed 0")

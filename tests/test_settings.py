@@ -152,7 +152,7 @@ def test_learner_checks_latents_once():
     eng.train_batch = lambda *a: pytest.fail("the learner used the checked step")
     buf = LatentReplayBuffer((4,), capacity=30, bits=32)
     buf._check_batch = lambda *a: pytest.fail("the buffer re-checked what the learner checked")
-    learner = ContinualLearner(eng, LearnerConfig(epochs=2, minibatch_size=16), buf)
+    learner = ContinualLearner(eng, LearnerConfig("cwr_star", epochs=2, minibatch_size=16), buf)
     rng = np.random.default_rng(0)
     learner.deploy(rng.normal(size=(40, 4)).astype(np.float32), np.repeat([0, 1], 20))
     learner.learn_images(rng.integers(0, 256, (20, 2, 2, 1), dtype=np.uint8), np.full(20, 2), 1)
@@ -161,3 +161,22 @@ def test_learner_checks_latents_once():
         learner.train_experience(np.full((2, 4), np.nan, np.float32), np.zeros(2, np.int64), 2)
     with pytest.raises(ValueError, match="labels must lie"):
         learner.learn_images(np.zeros((2, 2, 2, 1), np.uint8), np.array([0, 3]), 2)
+
+
+def test_tail_blocks_follow_the_strategy_unless_given():
+    assert LearningSettings().strategy == "slda" and LearningSettings().tail_blocks == 0
+    assert LearningSettings(strategy="cwr_star").tail_blocks == 2
+    assert LearningSettings(strategy="cwr_star", tail_blocks=1).tail_blocks == 1
+    assert LearningSettings(strategy="slda", tail_blocks=0).tail_blocks == 0
+    with pytest.raises(BnnclError, match=r"^--tail-blocks 2: --strategy slda trains no tail"):
+        LearningSettings(strategy="slda", tail_blocks=2)
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("strategy", "lda", "--strategy: expected slda, cwr_star, cwr, naive or joint, got 'lda'"),
+    ("shrinkage", 1.5, r"--shrinkage: expected a number in \[0, 1\), got 1.5"),
+    ("cov_bits", 8, "--cov-bits: expected 32 or 16 bits, got 8"),
+])
+def test_slda_settings_are_checked(name, value, message):
+    with pytest.raises(BnnclError, match=message):
+        LearningSettings(**{name: value})

@@ -235,20 +235,22 @@ def _labelled(data: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Learner:
-    """An in-memory continual learner on a device model: CWR* on a frozen binary backbone, a trainable
-    binary tail with hybrid quantization, and latent replay (the engine of ``bnncl run``).
+    """An in-memory continual learner on a device model (the engine of ``bnncl run``): by default streaming
+    LDA on the frozen binary backbone's features; ``strategy="cwr_star"`` is CWR* with a trainable binary
+    tail, hybrid quantization and latent replay.
 
-    ``settings`` are :class:`~bnncl.settings.LearningSettings` fields (``tail_blocks``, ``qf``,
-    ``qb``, ``qw``, ``qw_rounding``, ``lr_bits``, ``buffer``, ``epochs``, ``lr``, ``minibatch``,
-    ``seed``, ``new_per_class``). Labels are head rows: class ``i`` is ``class_names[i]``; the head
-    holds ``num_classes`` rows (default: the model's class names). ``strategy``: ``cwr_star``
-    (default), ``cwr``, ``naive`` or ``joint`` (the last two without replay).
+    ``settings`` are :class:`~bnncl.settings.LearningSettings` fields (``strategy``, ``tail_blocks``,
+    ``qf``, ``qb``, ``qw``, ``qw_rounding``, ``lr_bits``, ``buffer``, ``epochs``, ``lr``, ``minibatch``,
+    ``seed``, ``new_per_class``, ``shrinkage``, ``cov_bits``). Labels are head rows: class ``i`` is
+    ``class_names[i]``; the head holds ``num_classes`` rows (default: the model's class names).
+    ``strategy``: ``slda`` (default), ``cwr_star``, ``cwr``, ``naive`` or ``joint`` (only the CWR ones
+    replay).
 
     Nothing is written to disk; for a device that must survive restarts use :func:`open_session`.
     """
 
     def __init__(self, model: ModelLike = "fmnist-b5", *, num_classes: int | None = None,
-                 strategy: str = "cwr_star", threads: int = 1, **settings: Any) -> None:
+                 threads: int = 1, **settings: Any) -> None:
         from bnncl.assemble import build_learner
 
         names = {f.name for f in fields(LearningSettings)}
@@ -259,11 +261,11 @@ class Learner:
         self.model = load_model(model)
         capacity = num_classes or len(self.model.class_names)
         try:
-            self.learner = build_learner(self.model, s, strategy=strategy, threads=threads, num_classes=capacity)
+            self.learner = build_learner(self.model, s, threads=threads, num_classes=capacity)
         except ValueError as exc:
             raise BnnclError(f"Learner: {exc}") from None
         self.engine = self.learner.engine
-        self.buffer = self.learner.buffer  # None for naive / joint
+        self.buffer = self.learner.buffer  # None for slda / naive / joint
         self.class_names = list(self.model.class_names[:capacity]) + [str(c) for c in range(
             len(self.model.class_names), capacity)]
         self._next = 0  # index of the next experience learned from arrays
@@ -351,13 +353,19 @@ class Learner:
         return sorted(self.learner.seen_classes)
 
     def memory_bytes(self) -> dict[str, int]:
-        """Bytes of the learning state: ``backbone``, ``tail``, ``head``, ``replay``."""
+        """Bytes of the learning state: ``backbone``, ``tail``, ``head``, ``replay`` and ``strategy`` (CWR*'s
+        consolidated rows or SLDA's means and covariance)."""
         mem = {k: int(v) for k, v in self.engine.memory_bytes().items()}
-        mem["replay"] = int(self.buffer.nbytes) if self.buffer is not None else 0
-        return mem
+        if not self.learner.uses_engine_head:  # slda predicts with its own state ("strategy")
+            mem["head"] = 0
+        return mem | self.learner.memory_bytes()
 
     def __repr__(self) -> str:
         s = self.settings
+        if s.strategy == "slda":
+            return (f"Learner({_model_label(self.model)!r}, slda, shrinkage {s.shrinkage}, "
+                    f"{s.cov_bits}-bit covariance, {len(self.learner.seen_classes)} of {self.engine.num_classes} "
+                    f"classes seen)")
         replay = f"{s.lr_bits}-bit replay of {s.buffer}" if self.buffer is not None else "no replay"
         return (f"Learner({_model_label(self.model)!r}, {self.learner.config.strategy}, tail {s.tail_blocks} blocks "
                 f"q {s.qf}/{s.qb}/{s.qw}, {replay}, {len(self.learner.seen_classes)} of {self.engine.num_classes} "

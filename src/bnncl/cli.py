@@ -139,8 +139,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from bnncl.report.tables import comparison_markdown
     from bnncl.settings import given_settings
 
-    cfg = run_config(args.protocol, given_settings(args) | {"engine": args.engine, "strategy": args.strategy,
-                                                            "threads": args.threads, "model": args.model})
+    given = given_settings(args) | {"engine": args.engine, "threads": args.threads, "model": args.model}
+    cfg = run_config(args.protocol, given)
     out = Path(args.out)
     if not args.compare:
         result = _run_one(cfg, f"{cfg.protocol} on the {cfg.engine} engine", args.quiet)
@@ -149,7 +149,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"wrote {path}" + (f" and {png}" if png else " (no plot: matplotlib not installed)"))
         return 0
     rows = []
-    for i, (label, run_cfg) in enumerate(compare_configs(cfg)):
+    for i, (label, run_cfg) in enumerate(compare_configs(args.protocol, given)):
         result = _run_one(run_cfg, label, args.quiet)
         write_results(result, out / f"run{i}")
         rows.append({"label": label, "result": result})
@@ -266,10 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="device", choices=["device", "torch"])
     add_arguments(p.add_argument_group("learning settings (a protocol may tune some; a flag you give wins)"),
                   _protocol_tuning())
-    p.add_argument("--strategy", default="cwr_star", choices=["cwr_star", "cwr", "naive", "joint"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default=None, help="model file (default: the protocol's shipped model)")
-    p.add_argument("--compare", action="store_true", help="device vs fp32 tail vs fp32 network vs naive vs joint")
+    p.add_argument("--compare", action="store_true",
+                   help="slda vs CWR* (device) vs fp32 tail vs fp32 network vs naive vs joint vs a joint linear probe")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", default="runs/latest", help="output folder (results.json, accuracy.png)")
     p.set_defaults(func=_cmd_run)

@@ -11,7 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from bnncl.atomic import replace_file
 from bnncl.cl.engine import Engine
 from bnncl.cl.learner import BatchProgress
 from bnncl.cl.metrics import ExperienceResult
+from bnncl.cl.strategies import CLOSED_FORM_STRATEGIES
 from bnncl.data.protocols import ProtocolSpec, get_protocol
 from bnncl.errors import BnnclError
 from bnncl.machine import machine_info, software_info
@@ -36,7 +37,6 @@ class RunConfig(LearningSettings):
     protocol: str = "fmnist-b5"
     engine: str = "device"
     buffer_policy: str = "class_balanced"
-    strategy: str = "cwr_star"
     threads: int = 1
     model: str | None = None  # a file path; default: the protocol's shipped model
     float_network: bool = False  # torch engine on the fp32 twin of the backbone
@@ -52,6 +52,9 @@ class RunConfig(LearningSettings):
 
 
 EngineBuilder = Callable[[RunConfig, ProtocolSpec, int], Engine]
+
+PROBE_EPOCHS = 30
+"""Epochs per experience of the joint linear probe in ``--compare`` (every feature seen so far, each time)."""
 
 NO_CAP = 0
 """``new_per_class`` value a caller passes to :func:`config_for` to ask for no cap explicitly."""
@@ -117,15 +120,16 @@ def run_protocol(
     train, test = spec.load()
     num_classes = len(train.class_names)
     engine = engine_builder(cfg, spec, num_classes)
-    learner = build_learner(None, cfg, engine=engine, strategy=cfg.strategy, buffer_policy=cfg.buffer_policy)
-    buffer = learner.buffer
+    learner = build_learner(None, cfg, engine=engine, buffer_policy=cfg.buffer_policy)
     stream = spec.build_stream(train.labels, cfg.seed)
     results = learner.run(stream, train.images, test.images, test.labels, pretrained_base=spec.pretrained_base,
                           on_batch=on_batch, on_experience=on_experience)
     out = results.to_dict()
     memory = {k: int(v) for k, v in engine.memory_bytes().items()}
-    memory["replay"] = int(buffer.nbytes) if buffer is not None else 0
-    memory["total"] = sum(v for k, v in memory.items() if k in ("tail", "head", "replay"))
+    if not learner.uses_engine_head:  # slda predicts with its own state, counted as "strategy"
+        memory["head"] = 0
+    memory.update(learner.memory_bytes())
+    memory["total"] = sum(v for k, v in memory.items() if k in ("tail", "head", "replay", "strategy"))
     memory["total_with_backbone"] = memory["total"] + memory.get("backbone", 0)
     out.update({
         "protocol": cfg.protocol,
@@ -150,15 +154,26 @@ def write_results(result: dict[str, Any], out_dir: str | os.PathLike) -> Path:
 
 
 COMPARE_RUNS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("device BNN, hybrid q, 1-bit LR (CWR*)", {}),
-    ("torch fp32 tail, fp32 LR (CWR*)", {"engine": "torch", "qf": 32, "qb": 32, "qw": 32, "lr_bits": 32}),
-    ("fp32 network twin (CWR*)", {"engine": "torch", "qf": 32, "qb": 32, "qw": 32, "lr_bits": 32,
-                                  "float_network": True}),
+    ("device BNN, streaming LDA on the frozen features (slda)", {"strategy": "slda"}),
+    ("device BNN, hybrid q, 1-bit LR (CWR*)", {"strategy": "cwr_star"}),
+    ("torch fp32 tail, fp32 LR (CWR*)", {"strategy": "cwr_star", "engine": "torch", "qf": 32, "qb": 32, "qw": 32,
+                                         "lr_bits": 32}),
+    ("fp32 network twin (CWR*)", {"strategy": "cwr_star", "engine": "torch", "qf": 32, "qb": 32, "qw": 32,
+                                  "lr_bits": 32, "float_network": True}),
     ("naive fine-tuning (device)", {"strategy": "naive"}),
-    ("joint training (device, upper bound)", {"strategy": "joint"}),
+    ("joint training of the tail (device, upper bound)", {"strategy": "joint"}),
+    ("joint linear probe on the frozen features (device, head-only upper bound)",
+     {"strategy": "joint", "tail_blocks": 0, "qb": 32, "epochs": PROBE_EPOCHS}),
 )
 
 
-def compare_configs(base: RunConfig) -> list[tuple[str, RunConfig]]:
-    """The runs of ``bnncl run --compare``, derived from ``base``."""
-    return [(label, replace(base, **changes)) for label, changes in COMPARE_RUNS]
+def compare_configs(protocol: str, given: Mapping[str, Any]) -> list[tuple[str, RunConfig]]:
+    """The runs of ``bnncl run --compare``: each row's changes over what the user gave (the user's strategy
+    and, for the head-only rows, tail blocks give way) over the protocol's tuned settings."""
+    rows = []
+    for label, changes in COMPARE_RUNS:
+        values = dict(given) | changes
+        if changes["strategy"] in CLOSED_FORM_STRATEGIES:
+            values.pop("tail_blocks", None)
+        rows.append((label, run_config(protocol, values)))
+    return rows

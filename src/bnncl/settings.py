@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from bnncl.cl.replay import BITS as REPLAY_BITS
+from bnncl.cl.slda import COV_BITS, DEFAULT_SHRINKAGE
+from bnncl.cl.strategies import CLOSED_FORM_STRATEGIES, DEFAULT_STRATEGY, STRATEGIES
 from bnncl.device.quantize import (
     FLOAT_BITS,
     MAX_CODE_BITS,
@@ -97,12 +99,20 @@ class Setting:
 
 
 _BITS = f"1..{MAX_CODE_BITS} or {FLOAT_BITS} bits"
+DEFAULT_TAIL_BLOCKS = 2
+"""Tail blocks of the strategies that train a tail, when the user gives none."""
 _int_at_least = lambda low: (lambda v: _is_int(v) and v >= low)
 
 #: Every learning setting, in the order the commands list them.
 SETTINGS: tuple[Setting, ...] = (
-    Setting("tail_blocks", int, 2, "trainable binary blocks above the latent-replay layer",
-            f"0..{MAX_TAIL_BLOCKS} blocks", lambda v: _is_int(v) and 0 <= v <= MAX_TAIL_BLOCKS),
+    Setting("strategy", str, DEFAULT_STRATEGY,
+            "how the device learns: slda = streaming LDA on the frozen features (closed form, no replay); "
+            "cwr_star = CWR* with latent replay and a trained tail (the papers' method); cwr, naive, joint = baselines",
+            _words(STRATEGIES), lambda v: v in STRATEGIES, choices=STRATEGIES),
+    Setting("tail_blocks", int, None,
+            f"trainable binary blocks above the latent-replay layer (auto: 0 for {_words(CLOSED_FORM_STRATEGIES)}, "
+            f"{DEFAULT_TAIL_BLOCKS} otherwise)",
+            f"0..{MAX_TAIL_BLOCKS} blocks", lambda v: _is_int(v) and 0 <= v <= MAX_TAIL_BLOCKS, none_word="auto"),
     Setting("qf", int, 8, "forward bits of the tail, 32 = float", _BITS,
             _device_rule(lambda v: check_bits("qf", v)), metavar="BITS"),
     Setting("qb", int, 16, "gradient/update bits of the tail and head", _BITS,
@@ -125,21 +135,37 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("new_per_class", int, None,
             "use at most this many new patterns per class per epoch, a fresh subset each epoch",
             "an integer >= 1 or 'all'", _int_at_least(1), none_word="all", metavar="N|all"),
+    Setting("shrinkage", float, DEFAULT_SHRINKAGE, "slda: shrinkage of the shared covariance toward the identity",
+            "a number in [0, 1)", lambda v: isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
+            and 0 <= v < 1),
+    Setting("cov_bits", int, 32, "slda: storage bits of the shared covariance", _words(COV_BITS) + " bits",
+            lambda v: _is_int(v) and v in COV_BITS, choices=COV_BITS),
 )
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}
 
 
 def _validate(self: Any) -> None:
-    """One-line :class:`BnnclError` for the first setting out of its range."""
+    """One-line :class:`BnnclError` for the first setting out of its range, or for tail blocks asked of a
+    strategy that trains none."""
     for s in SETTINGS:
         s.check(getattr(self, s.name))
+    if self.strategy in CLOSED_FORM_STRATEGIES and self.tail_blocks != 0:
+        raise BnnclError(f"--tail-blocks {self.tail_blocks}: --strategy {self.strategy} trains no tail (it learns on "
+                         f"the frozen pooled features); leave --tail-blocks out or choose --strategy cwr_star")
+
+
+def _resolve_then_validate(self: Any) -> None:
+    """Fill the strategy-dependent defaults (``tail_blocks`` ``None`` = auto), then :meth:`validate`."""
+    if self.tail_blocks is None and self.strategy in STRATEGIES:
+        object.__setattr__(self, "tail_blocks", 0 if self.strategy in CLOSED_FORM_STRATEGIES else DEFAULT_TAIL_BLOCKS)
+    self.validate()
 
 
 LearningSettings = make_dataclass(
     "LearningSettings",
     [(s.name, s.type if s.default is not None else s.type | None, field(default=s.default)) for s in SETTINGS],
-    namespace={"validate": _validate, "__post_init__": lambda self: self.validate(),
+    namespace={"validate": _validate, "__post_init__": _resolve_then_validate,
                "__doc__": "How the device learns (the fields and defaults of :data:`SETTINGS`); checked when "
                           "built, and a subclass's ``validate`` (called then too) checks its own fields.",
                "__module__": __name__},

@@ -134,7 +134,7 @@ def test_mixed_minibatches_use_every_pattern_once_in_proportion():
 
 def test_bad_input():
     engine = pretrained_engine()
-    learner = ContinualLearner(engine, LearnerConfig(), LatentReplayBuffer(engine.latent_shape, bits=32))
+    learner = ContinualLearner(engine, LearnerConfig("cwr_star"), LatentReplayBuffer(engine.latent_shape, bits=32))
     x = np.zeros((3, 16), np.float32)
     with pytest.raises(ValueError, match="latents must have shape"):
         learner.train_experience(np.zeros((3, 15)), np.zeros(3, np.int64), 0)
@@ -147,7 +147,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="lr"):
         LearnerConfig(lr=float("nan"))
     with pytest.raises(ValueError, match="buffer latent_shape"):
-        ContinualLearner(engine, LearnerConfig(), LatentReplayBuffer((8,)))
+        ContinualLearner(engine, LearnerConfig("cwr_star"), LatentReplayBuffer((8,)))
     with pytest.raises(ValueError, match="base experience"):
         learner.run(nc_stream(TRAIN[1]), TRAIN[0], *TEST, pretrained_base=True)
 
@@ -157,7 +157,7 @@ def test_new_instances_stream_with_shifts():
 
     engine = NumpyLinearEngine(SHAPE, 10, seed=0)
     buffer = LatentReplayBuffer(engine.latent_shape, capacity=200, bits=8, seed=0)
-    learner = ContinualLearner(engine, LearnerConfig(epochs=2, lr=0.3, minibatch_size=64), buffer)
+    learner = ContinualLearner(engine, LearnerConfig("cwr_star", epochs=2, lr=0.3, minibatch_size=64), buffer)
     res = learner.run(ni_stream(TRAIN[1], n_experiences=4, seed=0), TRAIN[0], *TEST)
     assert [e.classes for e in res.experiences] == [list(range(10))] * 4
     assert buffer.class_counts() == {c: 20 for c in range(10)}
@@ -172,7 +172,7 @@ def test_resume_from_state_matches_uninterrupted_run():
     def fresh():
         engine = pretrained_engine()
         buffer = LatentReplayBuffer(engine.latent_shape, capacity=300, bits=8, seed=0)
-        return ContinualLearner(engine, LearnerConfig(lr=0.3, minibatch_size=32), buffer)
+        return ContinualLearner(engine, LearnerConfig("cwr_star", lr=0.3, minibatch_size=32), buffer)
 
     full = fresh().run(STREAM, TRAIN[0], *TEST, pretrained_base=True)
     first = fresh()
@@ -206,7 +206,7 @@ def test_new_per_class_cap_uses_fresh_subsets_and_counts_what_was_used():
 
     eng.train_batch = spy
     buf = LatentReplayBuffer((4,), capacity=30, bits=32)
-    learner = ContinualLearner(eng, LearnerConfig(epochs=3, minibatch_size=16, new_per_class=10), buf)
+    learner = ContinualLearner(eng, LearnerConfig("cwr_star", epochs=3, minibatch_size=16, new_per_class=10), buf)
     x0, y0 = rng.normal(size=(40, 4)).astype(np.float32), np.repeat([0, 1], 20)
     learner.deploy(x0, y0)
     seen_batches.clear()

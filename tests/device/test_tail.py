@@ -388,7 +388,7 @@ def test_device_engine_from_params_in_the_learner() -> None:
     with pytest.raises(ValueError, match="tail_blocks"):
         DeviceEngine.from_params(CFG, params_of(m), 4, te.extract)
     rng = np.random.default_rng(0)
-    learner = ContinualLearner(de, LearnerConfig(epochs=1, minibatch_size=16, lr=0.01))
+    learner = ContinualLearner(de, LearnerConfig("cwr_star", epochs=1, minibatch_size=16, lr=0.01))
     base = images(40)
     learner.deploy(de.extract(base), rng.integers(0, 4, 40))
     stats = learner.train_experience(de.extract(images(20, seed=1)), np.full(20, 4), 1)

@@ -1,8 +1,10 @@
 """The continual-learning loop over a stream of experiences, on any :class:`~bnncl.cl.engine.Engine`.
 
-Strategies (``LearnerConfig.strategy``):
+Strategies (``LearnerConfig.strategy``, named in :mod:`bnncl.cl.strategies`):
 
-* ``cwr_star`` (default): CWR* head consolidation + latent replay (AR1* without the lower-layer
+* ``slda`` (default): streaming LDA on the pooled features (:class:`bnncl.cl.slda.StreamingLDA`); the
+  engine must have no tail blocks (its latents are the pooled features); no SGD, no replay.
+* ``cwr_star``: CWR* head consolidation + latent replay (AR1* without the lower-layer
   regularisers). Present classes = the experience's classes ∪ the buffer's classes.
 * ``cwr``: the same loop with plain CWR+ consolidation (zero-initialised head, overwrite).
 * ``naive``: fine-tune tail + head on each experience; no consolidation, no replay (lower bound).
@@ -58,12 +60,12 @@ from bnncl.cl.metrics import (
     predict,
 )
 from bnncl.cl.replay import LatentReplayBuffer
+from bnncl.cl.slda import StreamingLDA
+from bnncl.cl.strategies import CLOSED_FORM_STRATEGIES, REPLAY_STRATEGIES, check_strategy
 from bnncl.settings import BY_NAME, DEFAULTS
 
 if TYPE_CHECKING:  # only a type: keeps bnncl.cl free of bnncl.data's imports
     from bnncl.data.scenarios import Stream
-
-STRATEGIES = ("cwr_star", "cwr", "naive", "joint")
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class LearnerConfig:
     """Training hyper-parameters of the on-device loop; defaults: the settings table
     (:data:`bnncl.settings.SETTINGS`)."""
 
-    strategy: str = "cwr_star"
+    strategy: str = DEFAULTS["strategy"]
     epochs: int = DEFAULTS["epochs"]
     lr: float = DEFAULTS["lr"]
     minibatch_size: int = DEFAULTS["minibatch"]
@@ -81,23 +83,27 @@ class LearnerConfig:
     """Cap on the new patterns of each class used per epoch (a fresh random subset every epoch), or
     None to use all of them. A cap near the buffer's per-class share balances an experience of one
     large new class against the replayed classes (see the module docstring)."""
+    shrinkage: float = DEFAULTS["shrinkage"]
+    """``slda``: shrinkage of the shared covariance toward the identity."""
+    cov_bits: int = DEFAULTS["cov_bits"]
+    """``slda``: storage bits of the shared covariance (32 or 16)."""
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        check_strategy(self.strategy)
         if self.batch_size_eval < 1:
             raise ValueError(f"batch_size_eval must be >= 1, got {self.batch_size_eval}")
         for name, setting in (("epochs", "epochs"), ("lr", "lr"), ("minibatch_size", "minibatch"),
-                              ("seed", "seed"), ("new_per_class", "new_per_class")):
+                              ("seed", "seed"), ("new_per_class", "new_per_class"), ("shrinkage", "shrinkage"),
+                              ("cov_bits", "cov_bits")):
             value = getattr(self, name)
             if not (value is None and setting == "new_per_class") and not BY_NAME[setting].ok(value):
                 raise ValueError(f"{name}: expected {BY_NAME[setting].expected}, got {value!r}")
 
     @classmethod
-    def from_settings(cls, settings: Any, strategy: str = "cwr_star") -> LearnerConfig:
+    def from_settings(cls, settings: Any) -> LearnerConfig:
         """The learner's part of a :class:`bnncl.settings.LearningSettings`."""
-        return cls(strategy, settings.epochs, settings.lr, settings.minibatch, settings.seed,
-                   new_per_class=settings.new_per_class)
+        return cls(settings.strategy, settings.epochs, settings.lr, settings.minibatch, settings.seed,
+                   new_per_class=settings.new_per_class, shrinkage=settings.shrinkage, cov_bits=settings.cov_bits)
 
 
 @dataclass(frozen=True)
@@ -145,13 +151,20 @@ class ContinualLearner:
         self.config = config or LearnerConfig()
         if buffer is not None and tuple(buffer.latent_shape) != tuple(engine.latent_shape):
             raise ValueError(f"buffer latent_shape {buffer.latent_shape} does not match engine {engine.latent_shape}")
-        uses_cwr = self.config.strategy in ("cwr_star", "cwr")
-        # naive and joint never replay: a buffer given to them is ignored.
+        uses_cwr = self.config.strategy in REPLAY_STRATEGIES
+        # naive, joint and slda never replay: a buffer given to them is ignored.
         self.buffer = buffer if uses_cwr else None
         self.consolidator: CWRStar | None = None
         if uses_cwr:
             cls = CWRStar if self.config.strategy == "cwr_star" else CWR
             self.consolidator = cls(engine.num_classes, engine.head_dim)
+        self.slda: StreamingLDA | None = None
+        if self.config.strategy in CLOSED_FORM_STRATEGIES:
+            if tuple(engine.latent_shape) != (engine.head_dim,):
+                raise ValueError(f"strategy {self.config.strategy!r} learns on the pooled features: the engine "
+                                 f"needs no tail blocks (latent shape ({engine.head_dim},)), got "
+                                 f"{tuple(engine.latent_shape)}")
+            self.slda = StreamingLDA(engine.num_classes, engine.head_dim, self.config.shrinkage, self.config.cov_bits)
         self.seen_classes: set[int] = set()
         self._rng = np.random.default_rng(self.config.seed)
         self._joint: list[tuple[np.ndarray, np.ndarray]] = []
@@ -205,6 +218,8 @@ class ContinualLearner:
     def _deploy(self, latents: np.ndarray, labels: np.ndarray, experience_index: int) -> None:
         counts = np.bincount(labels, minlength=self.engine.num_classes)
         classes = np.flatnonzero(counts)
+        if self.slda is not None:
+            self.slda.update(latents, labels)
         if self.consolidator is not None:
             self.consolidator.init_from_head(self.engine.get_head(), classes, counts)
             self.engine.set_head(self.consolidator.consolidated_head())
@@ -233,6 +248,10 @@ class ContinualLearner:
     ) -> TrainStats:
         start = time.perf_counter()
         cfg = self.config
+        if self.slda is not None:
+            self.slda.update(latents, labels)
+            self.seen_classes.update(int(c) for c in np.unique(labels))
+            return TrainStats(len(labels), 0, None, time.perf_counter() - start)
         replay_x = np.zeros((0,) + tuple(self.engine.latent_shape), dtype=np.float32)
         replay_y = np.zeros(0, dtype=np.int64)
         new_x, new_y = latents, labels
@@ -286,10 +305,15 @@ class ContinualLearner:
         """Predicted classes (restricted to the seen classes) with the engine's current head."""
         if not self.seen_classes:
             raise ValueError("predict called before any experience was learned or deployed")
+        return predict(self.logits(latents), sorted(self.seen_classes))
+
+    def logits(self, latents: np.ndarray) -> np.ndarray:
+        """Class scores ``(N, num_classes)`` float32 of LR latents, in batches: the strategy's own classifier
+        (``slda``) or the engine's tail + head."""
         bs = self.config.batch_size_eval
-        logits = [self.engine.logits(latents[i : i + bs]) for i in range(0, len(latents), bs)]
-        out = np.concatenate(logits) if logits else np.zeros((0, self.engine.num_classes), dtype=np.float32)
-        return predict(out, sorted(self.seen_classes))
+        scores = self.slda.logits if self.slda is not None else self.engine.logits
+        parts = [scores(latents[i : i + bs]) for i in range(0, len(latents), bs)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.engine.num_classes), dtype=np.float32)
 
     def evaluate(self, index: int, classes: Sequence[int], test_latents: np.ndarray, test_labels: np.ndarray,
                  stats: TrainStats | None, extract_seconds: float = 0.0) -> ExperienceResult:
@@ -372,7 +396,7 @@ class ContinualLearner:
             "seen_classes": sorted(self.seen_classes),
             "rng_state": self._rng.bit_generator.state,
         }
-        for prefix, part in (("cwr", self.consolidator), ("buffer", self.buffer)):
+        for prefix, part in (("cwr", self.consolidator), ("buffer", self.buffer), ("slda", self.slda)):
             if part is not None:
                 part_arrays, meta[prefix] = part.state_dict()
                 arrays.update({f"{prefix}/{k}": v for k, v in part_arrays.items()})
@@ -392,7 +416,7 @@ class ContinualLearner:
             raise ValueError("state is missing array 'engine/head'")
         self.engine.load_tail_state(part("engine/tail"))
         self.engine.set_head(arrays["engine/head"])
-        for prefix, obj in (("cwr", self.consolidator), ("buffer", self.buffer)):
+        for prefix, obj in (("cwr", self.consolidator), ("buffer", self.buffer), ("slda", self.slda)):
             if obj is not None:
                 if prefix not in meta:
                     raise ValueError(f"state has no {prefix!r} part but this learner uses one")
@@ -400,6 +424,22 @@ class ContinualLearner:
         self.seen_classes = {int(c) for c in meta["seen_classes"]}
         self._rng = np.random.default_rng()
         self._rng.bit_generator.state = meta["rng_state"]
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes the learner keeps beside the engine: ``replay`` (the buffer) and ``strategy`` (CWR*'s
+        consolidated rows and counts, or SLDA's means, counts and covariance). ``uses_engine_head`` tells
+        whether predictions go through the engine's head (False for ``slda``: its head is unused)."""
+        strategy = 0
+        if self.consolidator is not None:
+            strategy = self.consolidator.cw.nbytes + self.consolidator.past.nbytes
+        if self.slda is not None:
+            strategy = self.slda.nbytes
+        return {"replay": int(self.buffer.nbytes) if self.buffer is not None else 0, "strategy": int(strategy)}
+
+    @property
+    def uses_engine_head(self) -> bool:
+        """False when the strategy predicts with its own classifier (``slda``)."""
+        return self.slda is None
 
     def _config_dict(self) -> dict:
         cfg = asdict(self.config)
@@ -409,6 +449,8 @@ class ContinualLearner:
 
     def __repr__(self) -> str:
         c = self.config
+        if self.slda is not None:
+            return f"ContinualLearner({c.strategy}, {self.slda!r}, {len(self.seen_classes)} classes seen)"
         replay = f"replay {len(self.buffer)}/{self.buffer.capacity}" if self.buffer is not None else "no replay"
         return (f"ContinualLearner({c.strategy}, {c.epochs} epochs, lr {c.lr}, minibatch {c.minibatch_size}, {replay}, "
                 f"{len(self.seen_classes)} of {self.engine.num_classes} classes seen)")

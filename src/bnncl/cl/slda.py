@@ -1,0 +1,188 @@
+"""Streaming linear discriminant analysis (SLDA) on the frozen features: a head that learns in closed
+form, with no backward pass and no replay (docs/design.md §1.6; Hayes & Kanan, CVPRW 2020).
+
+State: a running mean per class ``mu[c]``, its count ``n[c]`` and ONE covariance ``Sigma`` shared by
+all classes (the pooled within-class covariance of every feature seen so far). Prediction is the LDA
+rule with shrinkage ``eps`` toward the identity::
+
+    Lambda = ((1 - eps) * Sigma + eps * I)^-1,   W = mu @ Lambda,   b[c] = -0.5 * mu[c] . W[c]
+    logits = x @ W.T + b
+
+``W`` and ``b`` are solved once (Cholesky factor, two triangular solves) after each update and cached;
+prediction is a matrix product.
+
+Updates are exact and order-free: a batch of a class is merged into the running mean and the within-class
+scatter with the parallel-variance formula (Chan et al. 1979), so learning an experience at once, sample by
+sample or split across a crash and a resume gives the same state (up to the float rounding of the stored
+arrays). Hayes & Kanan's sample update approximates the same quantity; this one is exact for any batch.
+
+What is stored (and counted as the head's memory): ``mu`` ``(C, D)`` float32, ``n`` ``(C,)`` int64, the
+upper triangle of ``Sigma`` packed row by row (``D (D + 1) / 2`` values) at ``cov_bits`` = 32 (float32) or
+16 (float16), and the total count. The cached ``W``/``b`` are derived and not saved. Every update starts
+from the stored values and rounds back to them, so a state reloaded from disk predicts and learns exactly
+as the one in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+COV_BITS = (32, 16)
+_COV_DTYPE = {32: np.float32, 16: np.float16}
+DEFAULT_SHRINKAGE = 1e-4
+
+
+def check_shrinkage(eps: float) -> float:
+    """``eps`` as a float in [0, 1); ValueError otherwise."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not 0.0 <= float(eps) < 1.0:
+        raise ValueError(f"shrinkage must be a number in [0, 1), got {eps!r}")
+    return float(eps)
+
+
+def check_cov_bits(bits: int) -> int:
+    """``bits`` if it is a supported covariance storage width (:data:`COV_BITS`); ValueError otherwise."""
+    if isinstance(bits, bool) or bits not in COV_BITS:
+        raise ValueError(f"cov_bits must be one of {COV_BITS}, got {bits!r}")
+    return int(bits)
+
+
+class StreamingLDA:
+    """Class means + shared covariance of ``dim``-feature vectors over ``num_classes`` rows (module docstring)."""
+
+    kind = "slda"
+
+    def __init__(self, num_classes: int, dim: int, shrinkage: float = DEFAULT_SHRINKAGE, cov_bits: int = 32) -> None:
+        if num_classes < 1 or dim < 1:
+            raise ValueError(f"num_classes and dim must be >= 1, got {num_classes}, {dim}")
+        self.num_classes = int(num_classes)
+        self.dim = int(dim)
+        self.shrinkage = check_shrinkage(shrinkage)
+        self.cov_bits = check_cov_bits(cov_bits)
+        self.means = np.zeros((self.num_classes, self.dim), dtype=np.float32)
+        self.counts = np.zeros(self.num_classes, dtype=np.int64)
+        self._iu = np.triu_indices(self.dim)
+        self.cov_packed = np.zeros(len(self._iu[0]), dtype=_COV_DTYPE[self.cov_bits])
+        self._w: np.ndarray | None = None
+        self._b: np.ndarray | None = None
+
+    # -- the state as numbers --------------------------------------------------------------
+    @property
+    def total(self) -> int:
+        """Features seen so far (all classes)."""
+        return int(self.counts.sum())
+
+    def covariance(self) -> np.ndarray:
+        """The shared covariance ``Sigma`` as a full symmetric float64 ``(D, D)`` matrix."""
+        full = np.zeros((self.dim, self.dim), dtype=np.float64)
+        full[self._iu] = self.cov_packed
+        return full + np.triu(full, 1).T
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored state (means, counts, packed covariance); the cached solve is not counted."""
+        return int(self.means.nbytes + self.counts.nbytes + self.cov_packed.nbytes)
+
+    # -- learning --------------------------------------------------------------------------
+    def update(self, features: np.ndarray, labels: np.ndarray) -> None:
+        """Merge ``features`` ``(N, D)`` with integer ``labels`` ``(N,)`` into the means and covariance."""
+        x, y = self._check(features, labels)
+        if not len(y):
+            return
+        n_old = self.total
+        scatter = self.covariance() * n_old  # within-class scatter so far
+        means = self.means.astype(np.float64)
+        counts = self.counts.copy()
+        for c in np.unique(y):
+            xc = x[y == c]
+            nb = len(xc)
+            mb = xc.mean(axis=0)
+            centred = xc - mb
+            scatter += centred.T @ centred
+            na = int(counts[c])
+            if na:
+                delta = mb - means[c]
+                scatter += np.outer(delta, delta) * (na * nb / (na + nb))
+                means[c] += delta * (nb / (na + nb))
+            else:
+                means[c] = mb
+            counts[c] = na + nb
+        total = int(counts.sum())
+        self.means = means.astype(np.float32)
+        self.counts = counts
+        self.cov_packed = (scatter / total)[self._iu].astype(_COV_DTYPE[self.cov_bits])
+        self._w = self._b = None
+
+    def _check(self, features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(features)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"features must have shape (N, {self.dim}), got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("features contain NaN or inf")
+        y = np.asarray(labels)
+        if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"labels must be integer with shape ({len(x)},), got {y.dtype} {y.shape}")
+        if y.size and (y.min() < 0 or y.max() >= self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes}), got [{y.min()}, {y.max()}]")
+        return x.astype(np.float64), y.astype(np.int64)
+
+    # -- prediction ------------------------------------------------------------------------
+    def classifier(self) -> tuple[np.ndarray, np.ndarray]:
+        """The cached ``(W (C, D), b (C,))`` float64 of the LDA rule, solved again after an update."""
+        if self._w is None or self._b is None:
+            eps = self.shrinkage
+            a = (1.0 - eps) * self.covariance() + eps * np.eye(self.dim)
+            try:
+                chol = np.linalg.cholesky(a)
+            except np.linalg.LinAlgError:  # singular without shrinkage: fall back to the pseudo-inverse
+                w = self.means.astype(np.float64) @ np.linalg.pinv(a, hermitian=True)
+            else:
+                z = np.linalg.solve(chol, self.means.astype(np.float64).T)  # L z = mu^T
+                w = np.linalg.solve(chol.T, z).T  # L^T W^T = z
+            self._w = w
+            self._b = -0.5 * np.einsum("cd,cd->c", self.means.astype(np.float64), w)
+        return self._w, self._b
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """LDA scores ``(N, C)`` float32 of ``features`` ``(N, D)``; each row is computed on its own, in a fixed
+        order, so a score does not depend on the batch it came in."""
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"features must have shape (N, {self.dim}), got {x.shape}")
+        w, b = self.classifier()
+        return (np.einsum("nd,cd->nc", x, w, optimize=False) + b).astype(np.float32)
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``({"means", "counts", "cov_packed"}, meta)`` for safetensors + JSON."""
+        meta = {"kind": self.kind, "num_classes": self.num_classes, "dim": self.dim, "shrinkage": self.shrinkage,
+                "cov_bits": self.cov_bits}
+        return {"means": self.means.copy(), "counts": self.counts.copy(), "cov_packed": self.cov_packed.copy()}, meta
+
+    def load_state_dict(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> None:
+        """Restore from :meth:`state_dict` output (shapes, kind and storage width must match)."""
+        if meta is not None:
+            if meta.get("kind", self.kind) != self.kind:
+                raise ValueError(f"state kind {meta.get('kind')!r} does not match {self.kind!r}")
+            if int(meta.get("cov_bits", self.cov_bits)) != self.cov_bits:
+                raise ValueError(f"state cov_bits {meta.get('cov_bits')} does not match {self.cov_bits}")
+        for key in ("means", "counts", "cov_packed"):
+            if key not in arrays:
+                raise ValueError(f"state is missing array {key!r}")
+        means, counts, cov = (np.asarray(arrays[k]) for k in ("means", "counts", "cov_packed"))
+        if means.shape != self.means.shape or counts.shape != self.counts.shape or cov.shape != self.cov_packed.shape:
+            raise ValueError(f"state shapes means {means.shape}, counts {counts.shape}, cov {cov.shape} do not match "
+                             f"{self.means.shape}, {self.counts.shape}, {self.cov_packed.shape}")
+        if np.any(counts < 0) or not (np.all(np.isfinite(means)) and np.all(np.isfinite(cov))):
+            raise ValueError("state holds negative counts or non-finite means/covariance")
+        self.means = means.astype(np.float32).copy()
+        self.counts = counts.astype(np.int64).copy()
+        self.cov_packed = cov.astype(_COV_DTYPE[self.cov_bits]).copy()
+        self._w = self._b = None
+
+    def __repr__(self) -> str:
+        seen = int(np.count_nonzero(self.counts))
+        return (f"StreamingLDA({seen} of {self.num_classes} classes, D={self.dim}, {self.total} features, "
+                f"shrinkage {self.shrinkage}, covariance at {self.cov_bits} bits, {self.nbytes} B)")

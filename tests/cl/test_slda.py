@@ -1,0 +1,164 @@
+"""Streaming LDA: exact streaming statistics, the LDA rule, state round trips, and the learner around it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bnncl.cl.learner import ContinualLearner, LearnerConfig
+from bnncl.cl.linear_engine import NumpyLinearEngine
+from bnncl.cl.slda import StreamingLDA
+
+
+def _blobs(n: int, dim: int = 6, classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (classes, dim))
+    y = rng.integers(0, classes, n)
+    mix = rng.normal(0, 1, (dim, dim))
+    return (centres[y] + rng.normal(0, 1, (n, dim)) @ mix).astype(np.float32), y
+
+
+def _within_class_cov(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    scatter = sum(((x[y == c] - x[y == c].mean(0)).T @ (x[y == c] - x[y == c].mean(0))) for c in np.unique(y))
+    return scatter / len(y)
+
+
+def test_streaming_statistics_equal_the_batch_ones_whatever_the_chunking():
+    x, y = _blobs(300)
+    whole = StreamingLDA(4, 6)
+    whole.update(x, y)
+    np.testing.assert_allclose(whole.covariance(), _within_class_cov(x, y), rtol=1e-5, atol=1e-6)
+    for c in range(4):
+        np.testing.assert_allclose(whole.means[c], x[y == c].mean(0), rtol=1e-5, atol=1e-6)
+    assert whole.counts.tolist() == np.bincount(y, minlength=4).tolist() and whole.total == 300
+
+    one_by_one = StreamingLDA(4, 6)
+    for i in range(len(y)):
+        one_by_one.update(x[i : i + 1], y[i : i + 1])
+    np.testing.assert_allclose(one_by_one.covariance(), whole.covariance(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(one_by_one.means, whole.means, rtol=1e-5, atol=1e-5)
+
+
+def test_classifier_is_the_lda_rule_with_shrinkage():
+    x, y = _blobs(400)
+    s = StreamingLDA(4, 6, shrinkage=0.1)
+    s.update(x, y)
+    a = 0.9 * _within_class_cov(x, y) + 0.1 * np.eye(6)
+    mu = np.stack([x[y == c].mean(0) for c in range(4)]).astype(np.float64)
+    w = mu @ np.linalg.inv(a)
+    b = -0.5 * np.sum(mu * w, axis=1)
+    got_w, got_b = s.classifier()
+    np.testing.assert_allclose(got_w, w, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got_b, b, rtol=1e-4, atol=1e-5)
+    logits = s.logits(x)
+    assert logits.dtype == np.float32 and logits.shape == (400, 4)
+    assert np.mean(logits.argmax(1) == y) > 0.9  # well separated blobs
+
+
+def test_scores_do_not_depend_on_the_batch():
+    x, y = _blobs(257)
+    s = StreamingLDA(4, 6)
+    s.update(x, y)
+    whole = s.logits(x)
+    parts = np.concatenate([s.logits(x[i : i + 7]) for i in range(0, len(x), 7)])
+    np.testing.assert_array_equal(whole, parts)
+
+
+def test_state_round_trip_is_exact_and_learning_continues_identically():
+    x, y = _blobs(200)
+    a = StreamingLDA(4, 6, cov_bits=16)
+    a.update(x[:120], y[:120])
+    arrays, meta = a.state_dict()
+    assert arrays["cov_packed"].dtype == np.float16 and arrays["cov_packed"].shape == (6 * 7 // 2,)
+    b = StreamingLDA(4, 6, cov_bits=16)
+    b.load_state_dict(arrays, meta)
+    for s in (a, b):
+        s.update(x[120:], y[120:])
+    for key, value in a.state_dict()[0].items():
+        np.testing.assert_array_equal(value, b.state_dict()[0][key], err_msg=key)
+    np.testing.assert_array_equal(a.logits(x), b.logits(x))
+    assert a.nbytes == 4 * 6 * 4 + 4 * 8 + 21 * 2
+
+
+def test_float16_covariance_costs_little_here():
+    x, y = _blobs(500, dim=16, classes=5)
+    accs = []
+    for bits in (32, 16):
+        s = StreamingLDA(5, 16, cov_bits=bits)
+        s.update(x, y)
+        accs.append(np.mean(s.logits(x).argmax(1) == y))
+    assert abs(accs[0] - accs[1]) < 0.01
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda s: s.update(np.zeros((3, 5), np.float32), np.zeros(3, np.int64)), r"features must have shape \(N, 6\)"),
+    (lambda s: s.update(np.full((2, 6), np.nan, np.float32), np.zeros(2, np.int64)), "NaN or inf"),
+    (lambda s: s.update(np.zeros((2, 6), np.float32), np.array([0, 4])), r"labels must lie in \[0, 4\)"),
+    (lambda s: s.update(np.zeros((2, 6), np.float32), np.zeros(3, np.int64)), "labels must be integer with shape"),
+    (lambda s: s.load_state_dict({"means": np.zeros((4, 6))}), "missing array 'counts'"),
+    (lambda s: s.load_state_dict(*StreamingLDA(4, 6, cov_bits=16).state_dict()), "cov_bits 16 does not match 32"),
+])
+def test_bad_input_gives_one_line_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(StreamingLDA(4, 6))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"shrinkage": 1.0}, r"shrinkage must be a number in \[0, 1\)"),
+    ({"shrinkage": -0.1}, "shrinkage"),
+    ({"cov_bits": 8}, r"cov_bits must be one of \(32, 16\)"),
+])
+def test_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        StreamingLDA(4, 6, **kwargs)
+
+
+def test_singular_covariance_without_shrinkage_still_predicts():
+    x = np.zeros((4, 6), np.float32)
+    x[:, 0] = [1, 1, -1, -1]  # every feature but one is constant: a singular covariance
+    y = np.array([0, 0, 1, 1])
+    s = StreamingLDA(2, 6, shrinkage=0.0)
+    s.update(x + np.array([0.1, 0, 0, 0, 0, 0], np.float32) * np.arange(4)[:, None], y)
+    assert s.logits(x).argmax(1).tolist() == [0, 0, 1, 1]
+
+
+def _engine() -> NumpyLinearEngine:
+    return NumpyLinearEngine((4, 4, 1), num_classes=6, proj_dim=12, seed=0)
+
+
+def _images(n: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    base = rng.integers(0, 256, (classes, 4, 4, 1))
+    noise = rng.integers(-30, 31, (n, 4, 4, 1))
+    return np.clip(base[y] + noise, 0, 255).astype(np.uint8), y
+
+
+def test_learner_with_slda_deploys_learns_predicts_and_resumes_exactly():
+    images, labels = _images(600, 6, seed=1)
+    base, new = labels < 3, labels >= 3
+    learner = ContinualLearner(_engine(), LearnerConfig("slda"))
+    assert learner.buffer is None and learner.consolidator is None and not learner.uses_engine_head
+    learner.deploy_images(images[base], labels[base])
+    stats = learner.learn_images(images[new][:150], labels[new][:150], 1)
+    assert stats.n_replay == 0 and stats.mean_loss is None and stats.n_new == 150
+    arrays, meta = learner.state_dict()
+    assert {"slda/means", "slda/counts", "slda/cov_packed"} <= set(arrays)
+    assert learner.memory_bytes() == {"replay": 0, "strategy": learner.slda.nbytes}
+
+    resumed = ContinualLearner(_engine(), LearnerConfig("slda"))
+    resumed.load_state_dict(arrays, meta)
+    rest_x, rest_y = images[new][150:], labels[new][150:]
+    for lr in (learner, resumed):
+        lr.learn_images(rest_x, rest_y, 2)
+    latents = learner.extract(images)
+    np.testing.assert_array_equal(learner.logits(latents), resumed.logits(latents))
+    assert np.mean(learner.predict(latents) == labels) > 0.9
+
+
+def test_slda_needs_pooled_features():
+    engine = NumpyLinearEngine((4, 4, 1), num_classes=3, proj_dim=3)
+    engine.latent_shape = (2, 2, 3)  # latents a tail would still turn into the 3 pooled features
+    with pytest.raises(ValueError, match="needs no tail blocks"):
+        ContinualLearner(engine, LearnerConfig("slda"))
