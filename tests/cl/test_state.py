@@ -74,7 +74,7 @@ def fresh_learner() -> ContinualLearner:
         engine.train_batch(x[i : i + 32], y[i : i + 32], 0.1)
     engine.mark_deployed()
     buffer = LatentReplayBuffer(engine.latent_shape, capacity=80, bits=1, seed=0)
-    learner = ContinualLearner(engine, LearnerConfig(epochs=2, lr=0.3, minibatch_size=32, seed=0), buffer)
+    learner = ContinualLearner(engine, LearnerConfig("cwr_star", epochs=2, lr=0.3, minibatch_size=32, seed=0), buffer)
     learner.deploy(x, y, 0)
     return learner
 

@@ -12,8 +12,9 @@ from PIL import Image
 from bnncl.assets import model_path as shipped_model_path
 from bnncl.data.embedded import load_embedded
 
-# K = 0, 8-bit replay, small buffer, one epoch: fast enough for many runs on 2 shared cores.
-FAST = {"tail_blocks": 0, "lr_bits": 8, "buffer": 200, "epochs": 1}
+# CWR* (it exercises the replay buffer and the tail in the state), K = 0, 8-bit replay, small buffer, one
+# epoch: fast enough for many runs on 2 shared cores.
+FAST = {"strategy": "cwr_star", "tail_blocks": 0, "lr_bits": 8, "buffer": 200, "epochs": 1}
 
 
 def fast_flags(settings: dict | None = None) -> list[str]:

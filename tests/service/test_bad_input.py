@@ -246,7 +246,7 @@ def test_bad_arguments_at_deployment(tmp_path, model, case, message, capsys):
     elif case == "bad-rounding":
         extra = ["--qw-rounding", "up"]
     elif case == "lr1-real-split":
-        extra = ["--tail-blocks", "0", "--lr-bits", "1"]
+        extra = ["--strategy", "cwr_star", "--tail-blocks", "0", "--lr-bits", "1"]
     else:
         other = DeviceModel.load(model)
         other.tensors["head.weight"] = other.tensors["head.weight"] * np.float32(2)

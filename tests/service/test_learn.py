@@ -51,8 +51,8 @@ def test_learn_predict_show(tmp_path, model, state, kit, capsys):
 
 
 def test_deploy_with_defaults_k2(tmp_path, model, kit):
-    """The default settings (K=2, 1-bit replay) deploy and learn; a resumed session continues exactly."""
-    settings = {"buffer": 60, "epochs": 1}
+    """CWR*'s default settings (K=2, 1-bit replay) deploy and learn; a resumed session continues exactly."""
+    settings = {"strategy": "cwr_star", "buffer": 60, "epochs": 1}
     a = LearnerSession.open(model, tmp_path / "a", settings)
     assert a.settings.tail_blocks == 2 and a.settings.lr_bits == 1 and len(a.buffer) == 60
     inc = tmp_path / "inc"

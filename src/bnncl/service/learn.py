@@ -241,7 +241,7 @@ def _learn(args: argparse.Namespace) -> int:
         session = LearnerSession.open(model, state, settings_from_args(args), base=args.base,
                                       threads=args.threads)
         if fresh:
-            print(f"deployed {args.model} into {state}: {len(session.buffer)} base patterns in the replay buffer; "
+            print(f"deployed {args.model} into {state}: {session.deployment_summary()}; "
                   f"state generation {session.generation}")
         elif session.fell_back:
             print(f"resumed from generation {session.generation} after the warning above")

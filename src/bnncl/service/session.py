@@ -37,7 +37,7 @@ from bnncl.cl.state import (
     sha256_file,
 )
 from bnncl.errors import BnnclError
-from bnncl.settings import LearningSettings
+from bnncl.settings import BY_NAME, LearningSettings
 
 SERVICE_VERSION = 1
 
@@ -67,6 +67,8 @@ class Settings(LearningSettings):
         values = {k: v for k, v in d.items() if k in names}
         if "qw" in values and "qw_rounding" not in values:
             values["qw_rounding"] = "nearest"  # a state deployed before the setting existed rounded to nearest
+        if "qw" in values and "strategy" not in values:
+            values["strategy"] = "cwr_star"  # the only strategy of a state deployed before the setting existed
         return cls(**values)
 
 
@@ -148,7 +150,9 @@ class LearnerSession:
             raise BnnclError(
                 f"settings: unknown name(s) {unknown}; expected among {[f.name for f in fields(Settings)]}"
             )
-        chosen = Settings(**given)  # checks them (also those a resumed state will override: an error either way)
+        for name, value in given.items():  # each in its range (also those a resumed state will override)
+            if name in BY_NAME:
+                BY_NAME[name].check(value)
         model_path = Path(model)
         dm = DeviceModel.load(model_path)
         sha = sha256_file(model_path)
@@ -158,6 +162,7 @@ class LearnerSession:
         except NoStateError:
             if not deploy:
                 raise
+            chosen = Settings(**given)  # and together (e.g. a strategy that trains no tail with --tail-blocks)
             session = cls(model_path, store, chosen, dm, sha, threads)
             session._deploy(base)
             return session
@@ -313,7 +318,7 @@ class LearnerSession:
         if not len(x):
             return []
         latents = self.learner.extract(x)
-        logits = np.concatenate([self.engine.logits(latents[i:i + 256]) for i in range(0, len(x), 256)])
+        logits = self.learner.logits(latents)
         seen = np.array(sorted(self.learner.seen_classes), dtype=np.int64)
         z = logits[:, seen].astype(np.float64)
         p = np.exp(z - z.max(axis=1, keepdims=True))
@@ -322,10 +327,18 @@ class LearnerSession:
         return [(self.classes[int(seen[b])], float(p[i, b])) for i, b in enumerate(best)]
 
     # -- reporting --------------------------------------------------------------------------
+    def deployment_summary(self) -> str:
+        """What the deployment put in the learner, in words (``bnncl learn`` prints it)."""
+        base = int(self.position.get("base_images", 0))
+        if self.buffer is not None:
+            return f"{len(self.buffer)} base patterns in the replay buffer"
+        return f"{self.settings.strategy} initialised from {base} base images"
+
     def memory_bytes(self) -> dict[str, int]:
         mem = {k: int(v) for k, v in self.engine.memory_bytes().items()}
-        mem["replay"] = int(self.buffer.nbytes)
-        return mem
+        if not self.learner.uses_engine_head:  # slda predicts with its own state ("strategy")
+            mem["head"] = 0
+        return mem | self.learner.memory_bytes()
 
     def __repr__(self) -> str:
         return (f"LearnerSession({self.model_path.name!r}, state {str(self.store.directory)!r}, generation "

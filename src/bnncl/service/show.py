@@ -27,12 +27,13 @@ def summarize(state: LoadedState) -> dict[str, Any]:
     buf_meta = meta.get("buffer", {})
     buf_labels = np.asarray(arrays.get("buffer/labels", np.zeros(0, np.int64)))
     in_buffer = np.bincount(buf_labels, minlength=len(classes)) if buf_labels.size else np.zeros(len(classes), int)
-    past = np.asarray(arrays.get("cwr/past", np.zeros(len(classes), np.int64)))
+    # patterns the strategy holds per class: CWR*'s consolidation counts or SLDA's class counts
+    past = np.asarray(arrays.get("cwr/past", arrays.get("slda/counts", np.zeros(len(classes), np.int64))))
     learned = list(pos.get("learned_per_class", [])) + [0] * len(classes)
     base = list(pos.get("base_per_class", [])) + [0] * len(classes)
     rows = [
         {"row": i, "name": n, "learned": int(learned[i]), "base": int(base[i]),
-         "cwr_patterns": int(past[i]) if i < len(past) else 0, "in_buffer": int(in_buffer[i])}
+         "patterns": int(past[i]) if i < len(past) else 0, "in_buffer": int(in_buffer[i])}
         for i, n in enumerate(classes)
     ]
 
@@ -57,8 +58,8 @@ def summarize(state: LoadedState) -> dict[str, Any]:
         "memory_bytes": {
             "replay": nbytes("buffer/"),
             "tail_weights": nbytes("engine/tail/"),
-            "head": int(head.size * (qb if qb < 32 else 32) // 8),
-            "cwr": nbytes("cwr/"),
+            "head": int(head.size * (qb if qb < 32 else 32) // 8) if "slda" not in meta else 0,
+            "strategy": nbytes("cwr/") + nbytes("slda/"),
         },
         "last_experience_files": len(pos.get("last_files", [])),
     }
@@ -76,17 +77,19 @@ def format_summary(info: dict[str, Any], directory: str) -> str:
         f"model sha256 {info['model_sha256']}",
         f"experiences learned: {info['experience']} ({info['images_learned']} images)",
         "settings: " + ", ".join(f"{k}={v}" for k, v in s.items()),
-        f"classes ({sum(1 for r in info['classes'] if r['cwr_patterns'] or r['in_buffer'])} seen, head holds "
+        f"classes ({sum(1 for r in info['classes'] if r['patterns'] or r['in_buffer'])} seen, head holds "
         f"{info['head_capacity']}):",
-        f"  {'row':>3}  {'name':<16} {'learned':>8} {'base':>6} {'cwr*':>7} {'buffer':>7}",
+        f"  {'row':>3}  {'name':<16} {'learned':>8} {'base':>6} {s.get('strategy', 'cwr_star'):>9} {'buffer':>7}",
     ]
     for r in info["classes"]:
         lines.append(f"  {r['row']:>3}  {r['name']:<16} {r['learned']:>8} {r['base']:>6} "
-                     f"{r['cwr_patterns']:>7} {r['in_buffer']:>7}")
+                     f"{r['patterns']:>9} {r['in_buffer']:>7}")
     b, m = info["buffer"], info["memory_bytes"]
-    lines.append(f"replay buffer: {b['patterns']} / {b['capacity']} patterns at {b['bits']} bit(s)")
+    if b["capacity"] is not None:
+        lines.append(f"replay buffer: {b['patterns']} / {b['capacity']} patterns at {b['bits']} bit(s)")
     lines.append(f"memory: replay {_kib(m['replay'])}, tail weights {_kib(m['tail_weights'])}, "
-                 f"head {_kib(m['head'])}, CWR* {_kib(m['cwr'])}, total {_kib(sum(m.values()))}")
+                 f"head {_kib(m['head'])}, {s.get('strategy', 'cwr_star')} state {_kib(m['strategy'])}, "
+                 f"total {_kib(sum(m.values()))}")
     return "\n".join(lines)
 
 
