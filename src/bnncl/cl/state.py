@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -48,6 +47,7 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
+from bnncl import atomic
 from bnncl.atomic import fsync_dir, replace_file, write_new_file
 from bnncl.errors import BnnclError
 
@@ -208,13 +208,15 @@ class StateStore:
         """
         files = self._serialize(arrays, meta, position, model_sha256)
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            atomic.makedirs(self.directory)
         except OSError as exc:
             raise self._write_error(exc) from None
         with self._locked():
             old = self.current_generation()
             if old is not None:
                 self._refuse_newer(old)
+            else:  # the first commit: the folder itself (made by anyone) must be durable in its parent
+                self._sync_parent()
             new = max([old or 0, *self.generations(), *self._temp_generations()]) + 1
             self._write_generation(new, files)
             self._prune(new, old)
@@ -265,18 +267,18 @@ class StateStore:
         tmp = self.directory / f"{_TMP_PREFIX}{generation:08d}"
         final = self.directory / _gen_name(generation)
         try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
+            atomic.rmtree(tmp, ignore_errors=True)
+            atomic.mkdir(tmp)
             for name, data in files.items():
                 write_new_file(tmp / name, data)
             manifest, manifest_sha = self._manifest(generation, files)
             write_new_file(tmp / MANIFEST_FILE, manifest)
             fsync_dir(tmp)
-            os.rename(tmp, final)
+            atomic.rename(tmp, final)
             fsync_dir(self.directory)
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(final, ignore_errors=True)
+            atomic.rmtree(tmp, ignore_errors=True)
+            atomic.rmtree(final, ignore_errors=True)
             raise self._write_error(exc) from None
         try:
             replace_file(self.directory / CURRENT_FILE, pointer_line(generation, manifest_sha))
@@ -286,7 +288,13 @@ class StateStore:
                     f"{self.directory}: committed {_gen_name(generation)} but could not fsync it ({exc})", stacklevel=2
                 )
                 return
-            shutil.rmtree(final, ignore_errors=True)
+            atomic.rmtree(final, ignore_errors=True)
+            raise self._write_error(exc) from None
+
+    def _sync_parent(self) -> None:
+        try:
+            fsync_dir(self.directory.resolve().parent)
+        except OSError as exc:
             raise self._write_error(exc) from None
 
     def _write_error(self, exc: OSError) -> StateWriteError:
@@ -322,11 +330,11 @@ class StateStore:
             # rename first (atomic), delete after: a kill mid-delete never leaves a half gen-N folder
             for g in self.generations():
                 if g not in keep:
-                    os.rename(self.directory / _gen_name(g), self.directory / f"{_TRASH_PREFIX}{g:08d}")
+                    atomic.rename(self.directory / _gen_name(g), self.directory / f"{_TRASH_PREFIX}{g:08d}")
             fsync_dir(self.directory)
             for path in self.directory.iterdir():
                 if path.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
-                    shutil.rmtree(path)
+                    atomic.rmtree(path)
         except OSError as exc:  # the new state is committed; leftovers go at the next save
             warnings.warn(f"{self.directory}: could not prune old generations ({exc})", stacklevel=2)
 

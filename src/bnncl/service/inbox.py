@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import os
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bnncl import atomic
 from bnncl.atomic import fsync_dir, replace_file
 
 
@@ -88,27 +87,23 @@ def _free_name(folder: Path, name: str) -> Path:
 
 def _target(item: Item, dest_root: Path) -> Path:
     folder = dest_root / (item.label or "_unlabelled")
-    folder.mkdir(parents=True, exist_ok=True)
+    atomic.makedirs(folder)
     return _free_name(folder, item.name)
 
 
 def _rename(src: Path, target: Path) -> None:
     folder = target.parent
     try:
-        os.rename(src, target)
+        atomic.rename(src, target)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
         tmp = folder / f".{target.name}.part"
-        shutil.copyfile(src, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, target)
+        atomic.unlink(tmp, missing_ok=True)
+        atomic.copy_file(src, tmp)
+        atomic.rename(tmp, target)
         fsync_dir(folder)
-        os.unlink(src)
+        atomic.unlink(src)
     fsync_dir(folder)
     fsync_dir(src.parent)
 

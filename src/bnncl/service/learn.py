@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from bnncl import atomic
 from bnncl.assets import resolve_model
 from bnncl.errors import BnnclError, DataError
 from bnncl.service import inbox
@@ -59,6 +60,10 @@ class LearnLoop:
         self.max_images = int(max_images)
         self.say = say
         self.warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+
+    def start(self) -> None:
+        """What a (re)start does before the first step: finish the moves of the committed experience."""
+        self.finish_committed()
 
     def finish_committed(self) -> int:
         """Move files the committed state already learned but that are still in ``INCOMING``."""
@@ -152,7 +157,7 @@ def learner_lock(state_dir: Path) -> Iterator[None]:
     import fcntl
 
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        atomic.makedirs(state_dir)  # durable in its parent before anything is committed in it
         fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise BnnclError(f"--state {state_dir}: cannot use it ({exc.strerror or exc})") from None
@@ -247,7 +252,7 @@ def _learn(args: argparse.Namespace) -> int:
             print(f"resumed from generation {session.generation} after the warning above")
         loop = LearnLoop(session, incoming, Path(args.done or incoming / "processed"),
                          Path(args.rejected or incoming / "rejected"), args.max_images)
-        loop.finish_committed()
+        loop.start()
         total = loop.run(once=args.once, poll=args.poll)
         if args.once:
             print("nothing new to learn" if total == 0 else f"learned {total} image(s); incoming folder is empty")
