@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,18 @@ def _image(path: Path, size=(28, 28), mode="L", seed=0) -> Path:
     rng = np.random.default_rng(seed)
     shape = size[::-1] + ((3,) if mode == "RGB" else ())
     Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+    return path
+
+
+def _png(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header says ``width`` x ``height`` (its pixel data is a few rows: a bomb needs no more)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    data = zlib.compress(bytes(8 * (width + 1)), 9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
     return path
 
 
@@ -81,6 +95,28 @@ def test_unusable_file_is_rejected_with_a_reason(tmp_path, model, state, kit, ki
     assert moved.exists() and not bad.exists()
     assert reason in moved.with_name("bad.png.reason.txt").read_text()
     assert kit.snapshot(state) == before
+
+
+@pytest.mark.parametrize("side", [20000, 12000])
+def test_image_over_the_pixel_limit_is_rejected_from_its_header(tmp_path, model, state, kit, side, capsys):
+    """A decompression bomb (20000 x 20000: Pillow refuses it with an exception) and a merely huge image
+    (12000 x 12000) are rejected from the header, before any pixel is decoded; the images beside them
+    are learned, and predict answers with one error line."""
+    inc = tmp_path / "inc"
+    bomb = _png(inc / "Bag" / "000000.png", side, side)
+    kit.write_stream(inc, 2, seed=3, start=1)
+    assert _learn(model, state, inc) == 0
+    err = capsys.readouterr().err
+    found = f"{side * side} pixels" if side == 20000 else f"{side}x{side} pixels"  # Pillow's bomb check names no sides
+    reason = f"image too large ({found}; at most 3584x3584 = 12845056 pixels for the model's 28x28 input)"
+    assert err.count("\n") == 1 and reason in err, err
+    assert reason in (inc / "rejected" / "Bag" / "000000.png.reason.txt").read_text()
+    assert _learned(state) == 2 and not bomb.exists()
+    good = _image(tmp_path / "good.png")
+    bomb = _png(tmp_path / "bomb.png", side, side)
+    assert predict.main(["--model", str(model), "--state", str(state), str(bomb), str(good)]) == 2
+    out = capsys.readouterr()
+    assert out.err.count("\n") == 1 and "bomb.png: image too large" in out.err and out.out.startswith(str(good))
 
 
 def test_new_label_when_the_head_is_full_is_rejected(tmp_path, model, state, kit, capsys):

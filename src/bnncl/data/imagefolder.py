@@ -3,13 +3,20 @@
 Resize policy for user photos: the image is converted to the model's channels (RGB or grayscale),
 its shorter side is resized to the target size (bilinear, antialiased), then the centre is cropped to
 the target height x width. Images already at the target size are taken unchanged.
+
+Pixel limit: a file is decoded only if its header says it has at most :func:`pixel_limit` pixels
+(:data:`MAX_SCALE` times the target size on each side, at most :data:`MAX_PIXELS`), so a small file
+that decompresses to gigabytes (a decompression bomb) is refused before any pixel is decoded and
+the memory a decode takes stays bounded.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import tarfile
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
@@ -22,13 +29,60 @@ from bnncl.errors import DataError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
+MAX_SCALE = 128
+"""An image may be at most this many times the model's input size on each side (in pixels: a 28x28
+model takes up to 3584x3584 = 12.8 million pixels, e.g. a 12 MP phone photo)."""
+MAX_PIXELS = 1 << 26
+"""Never more pixels than this (64 Mi, under Pillow's decompression-bomb limit), whatever the input size."""
+
+
+def pixel_limit(size: tuple[int, int] | None) -> int:
+    """Most pixels a file may have to be decoded for the target ``size`` (H, W); None: no resize."""
+    if size is None:
+        return MAX_PIXELS
+    return min(MAX_PIXELS, MAX_SCALE * MAX_SCALE * int(size[0]) * int(size[1]))
+
+
+def _too_large(found: str, size: tuple[int, int] | None) -> str:
+    limit = pixel_limit(size)
+    if size is None:
+        return f"image too large ({found}; at most {limit} pixels)"
+    h, w = (int(v) for v in size)
+    return (f"image too large ({found}; at most {MAX_SCALE * w}x{MAX_SCALE * h} = {limit} pixels for the model's "
+            f"{h}x{w} input)")
+
+
+def _open(src: io.BytesIO | os.PathLike | str, size: tuple[int, int] | None) -> Image.Image:
+    """Open an image and check its size from the header (nothing is decoded yet)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(src)
+        except Image.DecompressionBombError as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            raise ValueError(_too_large(f"{found.group(1) if found else 'over 178956970'} pixels", size)) from None
+    if img.width * img.height > pixel_limit(size):
+        img.close()
+        raise ValueError(_too_large(f"{img.width}x{img.height} pixels", size))
+    return img
+
+
 def decode_image(data: bytes | os.PathLike | str, size: tuple[int, int] | None, channels: int, name: str) -> np.ndarray:
-    """Decode one image to uint8 ``(H, W, channels)``; resize/crop to ``size`` (H, W) when given."""
+    """Decode one image to uint8 ``(H, W, channels)``; resize/crop to ``size`` (H, W) when given.
+
+    :class:`DataError` (one line, naming the file) for a file that is not an image, is damaged, or
+    has more pixels than :func:`pixel_limit` allows."""
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 or 3, got {channels}")
+    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     try:
-        src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-        with Image.open(src) as img:
+        img = _open(src, size)
+    except ValueError as exc:
+        raise DataError(f"{name}: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"{name}: unreadable image ({exc.__class__.__name__}: {exc})") from None
+    try:
+        with img:
             img = img.convert("L" if channels == 1 else "RGB")
             if size is not None and (img.height, img.width) != tuple(size):
                 img = resize_center_crop(img, size)
