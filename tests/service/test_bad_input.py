@@ -16,6 +16,7 @@ from PIL import Image
 import bnncl.atomic
 from bnncl.cl import state as state_mod
 from bnncl.cl.state import StateStore
+from bnncl.data.imagefolder import decode_image
 from bnncl.device.modelfile import DeviceModel
 from bnncl.service import learn, predict
 from bnncl.service.session import HeadFullError, InputError, LearnerSession
@@ -117,6 +118,30 @@ def test_image_over_the_pixel_limit_is_rejected_from_its_header(tmp_path, model,
     assert predict.main(["--model", str(model), "--state", str(state), str(bomb), str(good)]) == 2
     out = capsys.readouterr()
     assert out.err.count("\n") == 1 and "bomb.png: image too large" in out.err and out.out.startswith(str(good))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_16_bit_image_is_scaled_to_8_bits(tmp_path, model, state, channels, capsys):
+    """A 16-bit grayscale PNG decodes to the same pixels as the 8-bit image it was made from (each
+    sample / 257, rounded), for a grayscale and an RGB model, and is learned."""
+    a8 = np.random.default_rng(5).integers(0, 256, (28, 28), dtype=np.uint8)
+    inc = tmp_path / "inc"
+    (inc / "Bag").mkdir(parents=True)
+    Image.fromarray(a8.astype(np.uint16) * 257).save(inc / "Bag" / "a.png")
+    Image.fromarray(a8).save(tmp_path / "a8.png")
+    assert Image.open(inc / "Bag" / "a.png").mode == "I;16"
+    want = decode_image(tmp_path / "a8.png", (28, 28), channels, "a8")
+    np.testing.assert_array_equal(decode_image(inc / "Bag" / "a.png", (28, 28), channels, "a16"), want)
+    assert _learn(model, state, inc) == 0 and _learned(state) == 1 and capsys.readouterr().err == ""
+
+
+def test_32_bit_image_is_rejected_with_its_format(tmp_path, model, state, capsys):
+    inc = tmp_path / "inc"
+    (inc / "Bag").mkdir(parents=True)
+    Image.fromarray(np.ones((28, 28), np.float32)).save(inc / "Bag" / "f.tif")
+    assert _learn(model, state, inc) == 0
+    reason = "unsupported pixel format 'F' (32-bit float samples); expected 1-, 8- or 16-bit samples"
+    assert reason in capsys.readouterr().err and reason in (inc / "rejected" / "Bag" / "f.tif.reason.txt").read_text()
 
 
 def test_new_label_when_the_head_is_full_is_rejected(tmp_path, model, state, kit, capsys):

@@ -2,7 +2,9 @@
 
 Resize policy for user photos: the image is converted to the model's channels (RGB or grayscale),
 its shorter side is resized to the target size (bilinear, antialiased), then the centre is cropped to
-the target height x width. Images already at the target size are taken unchanged.
+the target height x width. Images already at the target size are taken unchanged. 16-bit samples
+(e.g. a 16-bit grayscale PNG) are scaled to 8 bits (/257, rounded); 32-bit integer or float samples
+are refused (they have no agreed range).
 
 Pixel limit: a file is decoded only if its header says it has at most :func:`pixel_limit` pixels
 (:data:`MAX_SCALE` times the target size on each side, at most :data:`MAX_PIXELS`), so a small file
@@ -36,6 +38,10 @@ MAX_PIXELS = 1 << 26
 """Never more pixels than this (64 Mi, under Pillow's decompression-bomb limit), whatever the input size."""
 
 
+class UnsupportedImage(ValueError):
+    """A readable image bnncl does not decode (its reason is the whole message)."""
+
+
 def pixel_limit(size: tuple[int, int] | None) -> int:
     """Most pixels a file may have to be decoded for the target ``size`` (H, W); None: no resize."""
     if size is None:
@@ -60,33 +66,50 @@ def _open(src: io.BytesIO | os.PathLike | str, size: tuple[int, int] | None) -> 
             img = Image.open(src)
         except Image.DecompressionBombError as exc:
             found = re.search(r"\((\d+) pixels\)", str(exc))
-            raise ValueError(_too_large(f"{found.group(1) if found else 'over 178956970'} pixels", size)) from None
+            pixels = found.group(1) if found else f"over {2 * Image.MAX_IMAGE_PIXELS}"
+            raise UnsupportedImage(_too_large(f"{pixels} pixels", size)) from None
     if img.width * img.height > pixel_limit(size):
         img.close()
-        raise ValueError(_too_large(f"{img.width}x{img.height} pixels", size))
+        raise UnsupportedImage(_too_large(f"{img.width}x{img.height} pixels", size))
     return img
+
+
+def _convert(img: Image.Image, channels: int) -> Image.Image:
+    """``img`` in 8-bit L (channels 1) or RGB (3). 16-bit samples are scaled (/257, rounded), not clipped
+    as Pillow's ``convert`` does; 32-bit integer or float samples have no agreed range: rejected."""
+    mode = "L" if channels == 1 else "RGB"
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):
+        wide = np.asarray(img).astype(np.uint32)
+        img = Image.fromarray(((wide + 128) // 257).clip(0, 255).astype(np.uint8), "L")
+    elif img.mode in ("I", "F"):
+        kind = "integer" if img.mode == "I" else "float"
+        raise UnsupportedImage(f"unsupported pixel format {img.mode!r} (32-bit {kind} samples); "
+                               f"expected 1-, 8- or 16-bit samples")
+    return img if img.mode == mode else img.convert(mode)
 
 
 def decode_image(data: bytes | os.PathLike | str, size: tuple[int, int] | None, channels: int, name: str) -> np.ndarray:
     """Decode one image to uint8 ``(H, W, channels)``; resize/crop to ``size`` (H, W) when given.
 
-    :class:`DataError` (one line, naming the file) for a file that is not an image, is damaged, or
-    has more pixels than :func:`pixel_limit` allows."""
+    :class:`DataError` (one line, naming the file) for a file that is not an image, is damaged, has
+    more pixels than :func:`pixel_limit` allows, or has 32-bit samples (16-bit ones are scaled)."""
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 or 3, got {channels}")
     src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     try:
         img = _open(src, size)
-    except ValueError as exc:
+    except UnsupportedImage as exc:
         raise DataError(f"{name}: {exc}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{name}: unreadable image ({exc.__class__.__name__}: {exc})") from None
     try:
         with img:
-            img = img.convert("L" if channels == 1 else "RGB")
+            img = _convert(img, channels)
             if size is not None and (img.height, img.width) != tuple(size):
                 img = resize_center_crop(img, size)
             arr = np.asarray(img, dtype=np.uint8)
+    except UnsupportedImage as exc:
+        raise DataError(f"{name}: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{name}: unreadable image ({exc.__class__.__name__}: {exc})") from None
     return arr[..., None] if channels == 1 else arr
