@@ -144,6 +144,30 @@ def test_32_bit_image_is_rejected_with_its_format(tmp_path, model, state, capsys
     assert reason in capsys.readouterr().err and reason in (inc / "rejected" / "Bag" / "f.tif.reason.txt").read_text()
 
 
+def test_file_name_at_the_length_limit_learned_again_and_rejected(tmp_path, model, state, capsys):
+    """A 255-byte name (the file-system limit) dropped a second time after it was learned: the second
+    file is learned too and moved under a shortened numbered name (``NAME.1.png`` would be too long);
+    an unreadable file with a long multi-byte name is rejected under a name that leaves room for its
+    ``.reason.txt``. Nothing blocks the loop."""
+    inc = tmp_path / "inc"
+    name = "a" * 251 + ".png"
+    _image(inc / "Bag" / name, seed=1)
+    assert _learn(model, state, inc) == 0
+    _image(inc / "Bag" / name, seed=2)
+    assert _learn(model, state, inc) == 0
+    done = sorted(p.name for p in (inc / "processed" / "Bag").iterdir())
+    assert len(done) == 2 and name in done and all(len(n.encode()) <= 255 for n in done), done
+    assert any(n.endswith(".1.png") for n in done) and _learned(state) == 2
+    bad = inc / "Shirt" / ("\u00e9" * 125 + ".png")  # 254 bytes in UTF-8
+    bad.parent.mkdir()
+    bad.write_text("not an image")
+    assert _learn(model, state, inc) == 0
+    assert "rejected, moved to" in capsys.readouterr().err
+    rejected = sorted(p.name for p in (inc / "rejected" / "Shirt").iterdir())
+    assert len(rejected) == 2 and rejected[1] == rejected[0] + ".reason.txt", rejected
+    assert len(rejected[1].encode()) <= 255 and not bad.exists()
+
+
 def test_new_label_when_the_head_is_full_is_rejected(tmp_path, model, state, kit, capsys):
     inc = tmp_path / "inc"
     _image(inc / "Hat" / "a.png")

@@ -13,13 +13,15 @@ gives the same experiences. An item's id is ``<label folder>/<file name>``.
 
 Moves are renames (atomic on one filesystem); across filesystems the file is copied, fsync'ed and
 then removed. A name already taken in the destination gets a numbered suffix (``a.png`` ->
-``a.1.png``), so nothing is overwritten.
+``a.1.png``), so nothing is overwritten; a name that would then exceed the file system's limit
+(255 bytes) is shortened in the middle (``aaaa~.1.png``), so a move never fails for its name.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,20 +77,57 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _free_name(folder: Path, name: str) -> Path:
-    target = folder / name
+NAME_MAX = 255
+"""File-name limit in bytes where the file system does not say (``pathconf``)."""
+REASON_SUFFIX = ".reason.txt"
+_REASON_ROOM = len(REASON_SUFFIX) + len("..tmp")  # the reason file and its temp name (atomic.replace_file)
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name (bytes) ``folder``'s file system takes."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return NAME_MAX
+
+
+def _cut(text: str, nbytes: int) -> str:
+    """``text`` cut to at most ``nbytes`` bytes of UTF-8 (never inside a character)."""
+    return text.encode("utf-8", "surrogateescape")[:max(0, nbytes)].decode("utf-8", "ignore")
+
+
+def numbered_name(name: str, n: int, limit: int) -> str:
+    """``name`` with the number ``n`` before its extension (``a.png`` -> ``a.1.png``; ``n`` = 0: no
+    number), shortened in the middle so that it takes at most ``limit`` bytes."""
     stem, dot, suffix = name.partition(".")
+    tag = f".{n}" if n else ""
+    head, tail = (stem, f"{tag}{dot}{suffix}") if dot else (name, tag)
+    if len(tail.encode("utf-8", "surrogateescape")) > limit // 2:  # a long "extension": keep the number only
+        head, tail = name, tag
+    room = limit - len(tail.encode("utf-8", "surrogateescape"))
+    if len(head.encode("utf-8", "surrogateescape")) > room:
+        head = _cut(head, room - 1) + "~"
+    return head + tail
+
+
+def free_name(folder: Path, name: str, reserve: int = 0) -> Path:
+    """A path in ``folder`` for ``name`` that does not exist yet: the name itself, else numbered
+    (``a.1.png``, ``a.2.png`` ...), always short enough for the file system with ``reserve`` bytes
+    to spare (a name never exceeds the limit, so a move never fails for its name)."""
+    limit = name_max(folder) - reserve
     n = 0
-    while target.exists():
+    while True:
+        target = folder / numbered_name(name, n, limit)
+        if not os.path.lexists(target):
+            return target
         n += 1
-        target = folder / (f"{stem}.{n}{dot}{suffix}" if dot else f"{name}.{n}")
-    return target
 
 
-def _target(item: Item, dest_root: Path) -> Path:
+def target(item: Item, dest_root: Path, reserve: int = 0) -> Path:
+    """Where ``item`` goes in ``dest_root/<label>/`` (the folder is created, durably)."""
     folder = dest_root / (item.label or "_unlabelled")
     atomic.makedirs(folder)
-    return _free_name(folder, item.name)
+    return free_name(folder, item.name, reserve)
 
 
 def _rename(src: Path, target: Path) -> None:
@@ -98,7 +137,7 @@ def _rename(src: Path, target: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        tmp = folder / f".{target.name}.part"
+        tmp = folder / ".bnncl-move.part"  # short: a long target name must not make it too long
         atomic.unlink(tmp, missing_ok=True)
         atomic.copy_file(src, tmp)
         atomic.rename(tmp, target)
@@ -108,16 +147,16 @@ def _rename(src: Path, target: Path) -> None:
     fsync_dir(src.parent)
 
 
-def move(item: Item, dest_root: Path) -> Path:
-    """Move ``item`` to ``dest_root/<label>/`` (a free name there); returns the new path."""
-    target = _target(item, dest_root)
-    _rename(item.path, target)
-    return target
+def move(item: Item, dest_root: Path, to: Path | None = None) -> Path:
+    """Move ``item`` to ``to`` (default: a free name in ``dest_root/<label>/``); returns the new path."""
+    to = to or target(item, dest_root)
+    _rename(item.path, to)
+    return to
 
 
 def reject(item: Item, rejected_root: Path, reason: str) -> Path:
     """Move ``item`` to ``rejected_root/<label>/`` with ``<name>.reason.txt`` (written first) beside it."""
-    target = _target(item, rejected_root)
-    replace_file(target.with_name(target.name + ".reason.txt"), (reason.rstrip() + "\n").encode())
-    _rename(item.path, target)
-    return target
+    to = target(item, rejected_root, reserve=_REASON_ROOM)
+    replace_file(to.with_name(to.name + REASON_SUFFIX), (reason.rstrip() + "\n").encode())
+    _rename(item.path, to)
+    return to
