@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -120,6 +121,15 @@ def test_image_over_the_pixel_limit_is_rejected_from_its_header(tmp_path, model,
     assert out.err.count("\n") == 1 and "bomb.png: image too large" in out.err and out.out.startswith(str(good))
 
 
+def test_file_over_the_size_limit_is_rejected_unread(tmp_path, model, state, capsys):
+    inc = tmp_path / "inc"
+    big = _image(inc / "Bag" / "big.png")
+    with open(big, "r+b") as fh:
+        fh.truncate(8 * 12845056 + (1 << 20) + 1)  # sparse: takes no room on disk
+    assert _learn(model, state, inc) == 0
+    assert "file too large (103809025 bytes; at most 103809024 for the model's input)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_16_bit_image_is_scaled_to_8_bits(tmp_path, model, state, channels, capsys):
     """A 16-bit grayscale PNG decodes to the same pixels as the 8-bit image it was made from (each
@@ -166,6 +176,31 @@ def test_file_name_at_the_length_limit_learned_again_and_rejected(tmp_path, mode
     rejected = sorted(p.name for p in (inc / "rejected" / "Shirt").iterdir())
     assert len(rejected) == 2 and rejected[1] == rejected[0] + ".reason.txt", rejected
     assert len(rejected[1].encode()) <= 255 and not bad.exists()
+
+
+def test_links_fifos_and_subfolders_are_never_taken_and_warned_once(tmp_path, model, state, kit):
+    """A class folder that is a symbolic link (to a folder outside INCOMING), a linked file, a FIFO and
+    a folder below the class level are never taken (nothing outside INCOMING is read or moved), each
+    gets one warning however often the loop scans, and the regular files beside them are learned."""
+    outside = tmp_path / "outside"
+    kit.write_stream(outside, 2, seed=8, classes=(8,))
+    inc = tmp_path / "inc"
+    kit.write_stream(inc, 1, seed=4, classes=(8,))
+    (inc / "Shirt").symlink_to(outside / "Bag", target_is_directory=True)
+    (inc / "Bag" / "link.png").symlink_to(next((outside / "Bag").iterdir()))
+    os.mkfifo(inc / "Bag" / "pipe.png")
+    _image(inc / "Bag" / "deeper" / "x.png")
+    before = sorted(p.name for p in (outside / "Bag").iterdir())
+    session = LearnerSession.open(model, state)
+    warned: list[str] = []
+    loop = learn.LearnLoop(session, inc, inc / "processed", inc / "rejected", say=lambda m: None, warn=warned.append)
+    assert loop.step() == 1 and loop.step() == 0 and loop.step() == 0
+    assert sorted(p.name for p in (outside / "Bag").iterdir()) == before  # nothing taken from outside
+    assert len(warned) == 4, warned
+    text = "\n".join(warned)
+    assert "Shirt: not taken: a symbolic link" in text and "link.png: not taken: a symbolic link" in text
+    assert "pipe.png: not taken: a FIFO" in text and "deeper: not taken: a folder below the class level" in text
+    assert (inc / "Bag" / "pipe.png").exists() and session.position["images_learned"] == 1
 
 
 def test_new_label_when_the_head_is_full_is_rejected(tmp_path, model, state, kit, capsys):

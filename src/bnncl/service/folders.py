@@ -4,24 +4,54 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bnncl.data.imagefolder import decode_image
+from bnncl.data.imagefolder import decode_image, pixel_limit
 from bnncl.errors import DataError
 from bnncl.service import inbox
 
 
-def read_item(item: inbox.Item, image_shape: Sequence[int]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decode one incoming file to the model's input; :class:`DataError` if it is not a usable image."""
+def max_file_bytes(image_shape: Sequence[int]) -> int:
+    """The largest file read for a model input: 8 bytes for each pixel :func:`pixel_limit` allows
+    (uncompressed 16-bit RGBA), plus 1 MiB of headers."""
+    return 8 * pixel_limit((int(image_shape[0]), int(image_shape[1]))) + (1 << 20)
+
+
+def read_file(path: Path, limit: int, follow: bool = False) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; :class:`DataError` for anything else.
+    ``follow=False``: a symbolic link is refused (the incoming folder); a FIFO never blocks."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow else getattr(os, "O_NOFOLLOW", 0))
     try:
-        data = item.path.read_bytes()
+        fd = os.open(path, flags)
     except OSError as exc:
-        raise DataError(f"{item.path}: unreadable ({exc.strerror or exc})") from None
+        why = "a symbolic link" if exc.errno == errno.ELOOP and not follow else f"unreadable ({exc.strerror or exc})"
+        raise DataError(f"{path}: {why}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise DataError(f"{path}: not a regular file")
+        if info.st_size > limit:
+            raise DataError(f"{path}: file too large ({info.st_size} bytes; at most {limit} for the model's input)")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read(limit + 1)
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+
+
+def read_item(item: inbox.Item, image_shape: Sequence[int], follow: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode one incoming file to the model's input; :class:`DataError` if it is not a usable image
+    (``follow``: a symbolic link is read, as ``bnncl predict`` does for the files it is given)."""
+    data = read_file(item.path, max_file_bytes(image_shape), follow)
     h, w, c = (int(v) for v in image_shape)
     if not data:
         raise DataError(f"{item.path}: empty file")

@@ -4,8 +4,10 @@ Layout: ``INCOMING/<label>/<image>``. ``<label>`` is a class name; a ``/`` in a 
 Fashion-MNIST's ``T-shirt/top``) is written ``_`` in the folder name (:func:`folder_name`).
 Ignored: hidden entries (names starting with ``.``: write a file under a hidden name and rename it
 when complete, so a half-written file is never taken), the processed and rejected folders when
-they lie inside ``INCOMING``, folders below the label level. A plain file directly in ``INCOMING``
-has no label: it is rejected.
+they lie inside ``INCOMING``. Never taken, and reported by :func:`scan` (the loop warns once per
+entry): symbolic links (to files or folders: never followed, so nothing outside ``INCOMING`` is
+read or moved), FIFOs, sockets and devices, folders below the label level. A plain file directly in
+``INCOMING`` has no label: it is rejected.
 
 Order: files are taken sorted by ``(file name, label)``, so a stream whose file names count up
 (camera counters, timestamps) is learned in arrival order, and the same folder content always
@@ -22,6 +24,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,26 +53,71 @@ class Item:
         return f"{self.label}/{self.name}" if self.label else self.name
 
 
-def scan(incoming: Path, exclude: Iterable[Path] = ()) -> list[Item]:
-    """Every candidate file in ``incoming`` (module docstring), in learning order."""
+Skipped = list[tuple[Path, str]]
+"""Entries a scan will never take, with the reason (symbolic links, FIFOs, deeper folders ...)."""
+
+
+def _kind(entry: os.DirEntry) -> str:
+    """'file', 'dir', or why the entry is never taken. Links are never followed: one may point
+    outside INCOMING, and taking it would read and move files there."""
+    try:
+        if entry.is_symlink():
+            return "a symbolic link (bnncl learn never follows links; move the files themselves into INCOMING)"
+        if entry.is_dir(follow_symlinks=False):
+            return "dir"
+        if entry.is_file(follow_symlinks=False):
+            return "file"
+        mode = entry.stat(follow_symlinks=False).st_mode
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    what = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device or special file"
+    return f"{what}, not a regular file"
+
+
+def _entries(folder: str | Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as it:
+        return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+
+
+def scan(incoming: Path, exclude: Iterable[Path] = (), skipped: Skipped | None = None) -> list[Item]:
+    """Every candidate file in ``incoming`` (module docstring), in learning order. Entries that will
+    never be taken are added to ``skipped`` with the reason."""
     skip = {p.resolve() for p in exclude}
+    skipped = [] if skipped is None else skipped
     items: list[Item] = []
     try:
-        entries = sorted(incoming.iterdir())
+        entries = _entries(incoming)
     except FileNotFoundError:
         return []
     for entry in entries:
-        if entry.name.startswith(".") or entry.resolve() in skip:
+        path = Path(entry.path)
+        if path.resolve() in skip:
             continue
-        if entry.is_file():
-            items.append(Item("", entry.name, entry))
-            continue
-        if not entry.is_dir():
-            continue
-        for f in entry.iterdir():
-            if not f.name.startswith(".") and f.is_file():
-                items.append(Item(entry.name, f.name, f))
+        kind = _kind(entry)
+        if kind == "file":
+            items.append(Item("", entry.name, path))
+        elif kind != "dir":
+            skipped.append((path, kind))
+        else:
+            items += _scan_label(path, skipped)
     items.sort(key=lambda it: (it.name, it.label))
+    return items
+
+
+def _scan_label(folder: Path, skipped: Skipped) -> list[Item]:
+    items = []
+    try:
+        entries = _entries(folder)
+    except OSError as exc:
+        skipped.append((folder, f"unreadable ({exc.strerror or exc})"))
+        return []
+    for entry in entries:
+        kind = _kind(entry)
+        if kind == "file":
+            items.append(Item(folder.name, entry.name, Path(entry.path)))
+        else:
+            why = "a folder below the class level (expected INCOMING/<class>/<image>)" if kind == "dir" else kind
+            skipped.append((Path(entry.path), why))
     return items
 
 

@@ -60,6 +60,7 @@ class LearnLoop:
         self.max_images = int(max_images)
         self.say = say
         self.warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+        self._warned: set[Path] = set()  # entries never taken, warned about once
 
     def start(self) -> None:
         """What a (re)start does before the first step: finish the moves of the committed experience."""
@@ -91,10 +92,19 @@ class LearnLoop:
             return
         self.warn(f"{item.path}: rejected, moved to {target} ({reason})")
 
+    def _warn_skipped(self, skipped: inbox.Skipped) -> None:
+        """One warning per entry the loop will never take (a link, a FIFO, a deeper folder ...)."""
+        for path, why in skipped:
+            if path not in self._warned:
+                self._warned.add(path)
+                self.warn(f"{path}: not taken: {why}; left where it is")
+
     def step(self) -> int:
         """Learn one experience from what is in ``INCOMING``; returns the number of images (0: none)."""
         s = self.session
-        items = inbox.scan(self.incoming, exclude=(self.done, self.rejected))
+        skipped: inbox.Skipped = []
+        items = inbox.scan(self.incoming, exclude=(self.done, self.rejected), skipped=skipped)
+        self._warn_skipped(skipped)
         images: list[np.ndarray] = []
         labels: list[str] = []
         files: list[dict[str, Any]] = []

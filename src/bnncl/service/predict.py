@@ -51,7 +51,7 @@ def _predict(args: argparse.Namespace) -> int:
     for name in args.images:
         path = Path(name)
         try:
-            arr, _ = read_item(inbox.Item("", path.name, path), session.image_shape)
+            arr, _ = read_item(inbox.Item("", path.name, path), session.image_shape, follow=True)
         except DataError as exc:
             print(f"bnncl predict: error: {exc}", file=sys.stderr)
             rc = 2
