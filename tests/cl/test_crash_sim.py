@@ -1,7 +1,8 @@
 """Simulated power cuts at every point of a recorded series of state saves (tests/crashsim.py).
 
-A :class:`StateStore` saves twelve states (arrays of 200 B to 40 KB, so torn writes land inside and
-across 512 B / 4 KiB blocks), one of them failing with a full disk halfway; every
+A :class:`StateStore` saves fourteen states (arrays of 200 B to 40 KB, so torn writes land inside and
+across 512 B / 4 KiB blocks), two of them finding the disk full (one fails, one succeeds after
+making room); every
 durable operation is recorded. At every point of the log, the crash images (lost directory
 operations, dropped, torn, zeroed or garbage writes) are built and each one is loaded: the result
 must be the last acknowledged save or the one in flight, with exactly the content saved, never a
@@ -19,14 +20,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from bnncl import atomic
 from bnncl.cl.state import NoStateError, StateError, StateStore, StateWriteError
 from crashsim import CrashPoint, Recorder, explore
 
 PER_POINT = int(os.environ.get("BNNCL_CRASH_IMAGES", "120"))
-SAVES = 12
+SAVES = 14
 
 
 def content(i: int) -> tuple[dict[str, np.ndarray], dict, dict]:
@@ -44,36 +44,44 @@ def same(loaded, i: int) -> bool:
                     for k, v in arrays.items()))
 
 
-def record_saves(root: Path, failing: int = 3) -> tuple[Recorder, dict[int, int]]:
-    """Twelve saves into ``root/state`` while recording; save ``failing`` hits a full disk. Marks:
-    ('begin', i) before save i, ('ack', i) after it returned; returns save -> generation."""
+def _full_disk(real, fail: set[int]):
+    """A write_all that raises ENOSPC at the writes numbered in ``fail`` (1-based)."""
+    calls = []
+
+    def write(fd, data):
+        calls.append(1)
+        if len(calls) in fail:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data)
+
+    return write
+
+
+def record_saves(root: Path) -> tuple[Recorder, dict[int, int]]:
+    """Fourteen saves into ``root/state`` while recording. Save 3 finds the disk full from its second
+    write on (it prunes the generation it would prune anyway, retries and fails); save 8 finds it
+    full once (its retry succeeds). Marks: ('begin', i) before save i, ('ack', i) after it returned,
+    ('failed', i) after it failed; returns save -> generation."""
     root.mkdir()
     recorder = Recorder(root)
     store = StateStore(root / "state")
     gens: dict[int, int] = {}
     real = atomic.write_all
+    full = {3: set(range(2, 100)), 8: {2}}
     with recorder.recording():
         for i in range(1, SAVES + 1):
             recorder.mark("begin", i)
-            if i == failing:
-                calls = []
-
-                def full(fd, data, calls=calls):
-                    calls.append(1)
-                    if len(calls) == 2:  # meta.json: arrays.safetensors is written, then the disk is full
-                        raise OSError(errno.ENOSPC, "No space left on device")
-                    real(fd, data)
-
-                atomic.write_all = full
-                try:
-                    with pytest.raises(StateWriteError):
-                        store.save(*content(i)[:2], position=content(i)[2])
-                finally:
-                    atomic.write_all = real
+            atomic.write_all = _full_disk(real, full.get(i, set()))
+            try:
+                gens[i] = store.save(*content(i)[:2], position=content(i)[2])
+            except StateWriteError:
+                assert i == 3
                 recorder.mark("failed", i)
                 continue
-            gens[i] = store.save(*content(i)[:2], position=content(i)[2])
+            finally:
+                atomic.write_all = real
             recorder.mark("ack", i)
+    assert sorted(gens) == [i for i in range(1, SAVES + 1) if i != 3]
     return recorder, gens
 
 
@@ -122,7 +130,7 @@ def check_store(recorder: Recorder, gens: dict[int, int], resave_every: int = 1)
     return check
 
 
-def test_power_cut_at_every_point_of_twelve_saves(tmp_path):
+def test_power_cut_at_every_point_of_fourteen_saves(tmp_path):
     t0 = time.perf_counter()
     recorder, gens = record_saves(tmp_path / "root")
     kinds = {op.kind for op in recorder.ops}

@@ -284,9 +284,49 @@ def test_disk_full_at_every_write_keeps_previous_state(tmp_path, monkeypatch):
             store.save(*small_state(3), position={"experience": 3})
         monkeypatch.setattr(atomic, "write_all", real)
         assert "disk full" in str(info.value) and "\n" not in str(info.value)
-        assert tree(store.directory) == before, f"write {fail_at} changed the disk"
+        # to make room it removed generation 1, which the save would have pruned anyway; nothing else changed
+        kept = {k: v for k, v in before.items() if not k.startswith("gen-00000001/")}
+        assert tree(store.directory) == kept, f"write {fail_at} changed the disk"
         assert StateStore(store.directory).load().generation == 2
         assert store.save(*small_state(3)) == 3  # space is back: the next save works
+
+
+def small_disk(monkeypatch, directory: Path, quota: list[int]) -> None:
+    """Writes fail with ENOSPC once the files under ``directory`` would hold more than ``quota[0]`` bytes."""
+    real = atomic.write_all
+
+    def write(fd, data):
+        used = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+        if used + len(data) > quota[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data)
+
+    monkeypatch.setattr(atomic, "write_all", write)
+
+
+def test_small_disk_needs_room_for_two_generations_and_recovers(tmp_path, monkeypatch):
+    """With two generations on disk, a save needs room for one more generation only after the one it
+    would prune anyway is gone: it prunes first when the disk is full, then writes. A disk too small
+    even then keeps the committed state, and the next save works once space is freed."""
+    store = StateStore(tmp_path / "state")
+    big = {"w": np.arange(20000, dtype=np.float32)}  # 80 KB: the generations dominate the disk
+    for i in (1, 2):
+        store.save(big, {"i": i})
+    gen = sum(p.stat().st_size for p in (store.directory / "gen-00000002").iterdir())
+    used = sum(p.stat().st_size for p in store.directory.rglob("*") if p.is_file())
+    quota = [used + gen // 2]  # room for half a generation more
+    small_disk(monkeypatch, store.directory, quota)
+    assert store.save(big, {"i": 3}) == 3 and store.generations() == [2, 3]
+    assert StateStore(store.directory).load().meta == {"i": 3}
+    quota[0] = gen + gen // 2  # too small for two generations: the save fails, the state is kept
+    with pytest.raises(StateWriteError, match="disk full"):
+        store.save(big, {"i": 4})
+    loaded = StateStore(store.directory).load()
+    assert loaded.meta == {"i": 3} and not loaded.fell_back
+    assert not [p for p in store.directory.iterdir() if p.name.startswith(".")]
+    quota[0] = 2 * gen + gen // 2  # space freed: room for two generations and a half
+    assert store.save(big, {"i": 5}) == 4  # the failed save used no number
+    assert StateStore(store.directory).load().meta == {"i": 5}
 
 
 def test_fsync_failure_keeps_previous_state(tmp_path, monkeypatch):

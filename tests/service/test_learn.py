@@ -141,6 +141,35 @@ def test_watch_mode_learns_what_arrives(tmp_path, model, state, kit, monkeypatch
     assert session.position["images_learned"] == 3
 
 
+def test_watch_mode_retries_a_commit_after_the_disk_was_full(tmp_path, model, state, kit, monkeypatch):
+    """Watching (no --once), a full disk at the commit is a warning: the files stay in INCOMING and the
+    next poll learns them once space is back (with --once it is an error: test_bad_input)."""
+    import errno
+
+    from bnncl import atomic
+
+    inc = tmp_path / "inc"
+    kit.write_stream(inc, 3, seed=12)
+    session = LearnerSession.open(model, state)
+    warned: list[str] = []
+    loop = learn.LearnLoop(session, inc, inc / "processed", inc / "rejected", say=lambda m: None, warn=warned.append)
+    real = atomic.write_all
+    monkeypatch.setattr(atomic, "write_all", lambda fd, d: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    sleeps = []
+
+    def fake_sleep(_):
+        sleeps.append(1)
+        monkeypatch.setattr(atomic, "write_all", real)  # space freed
+        if session.position["images_learned"]:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(learn.time, "sleep", fake_sleep)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(once=False, poll=0.01)
+    assert len(warned) == 1 and "could not write the state (disk full)" in warned[0] and "retrying" in warned[0]
+    assert session.position["images_learned"] == 3 and StateStore(state).load().position["images_learned"] == 3
+
+
 def test_settings_of_a_state_from_before_qw_rounding_keep_round_to_nearest():
     """A state deployed before ``--qw-rounding`` existed trained with round-to-nearest: reading its
     settings says so (and resuming it keeps it); new states record their choice."""

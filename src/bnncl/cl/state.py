@@ -88,6 +88,9 @@ class StateMismatchError(StateError):
 class StateWriteError(StateError):
     """Writing a new generation failed (e.g. disk full); the previous state is kept as it was."""
 
+    disk_full: bool = False
+    """True when the file system said it is full (ENOSPC, EDQUOT)."""
+
 
 @dataclass(frozen=True)
 class LoadedState:
@@ -218,7 +221,12 @@ class StateStore:
             else:  # the first commit: the folder itself (made by anyone) must be durable in its parent
                 self._sync_parent()
             new = max([old or 0, *self.generations(), *self._temp_generations()]) + 1
-            self._write_generation(new, files)
+            try:
+                self._write_generation(new, files)
+            except StateWriteError as exc:  # a full disk: make the room this save frees anyway, retry once
+                if not (exc.disk_full and self._prune_before_write(new, old)):
+                    raise
+                self._write_generation(new, files)
             self._prune(new, old)
         self._good = new
         return new
@@ -298,8 +306,11 @@ class StateStore:
             raise self._write_error(exc) from None
 
     def _write_error(self, exc: OSError) -> StateWriteError:
-        reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        return StateWriteError(f"{self.directory}: could not write the state ({reason}); the previous state is kept")
+        full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+        reason = "disk full" if full else (exc.strerror or str(exc))
+        error = StateWriteError(f"{self.directory}: could not write the state ({reason}); the previous state is kept")
+        error.disk_full = full
+        return error
 
     def _refuse_newer(self, generation: int) -> None:
         """A committed state from a newer bnncl must not be pruned by an older one."""
@@ -314,8 +325,9 @@ class StateStore:
         names = (p.name[len(_TMP_PREFIX) :] for p in self.directory.iterdir() if p.name.startswith(_TMP_PREFIX))
         return [int(n) for n in names if n.isdigit()]
 
-    def _prune(self, new: int, old: int | None) -> None:
-        """Remove all but the new generation and the ``keep - 1`` newest older committed ones."""
+    def _keep(self, new: int, old: int | None) -> set[int]:
+        """The generations left after saving ``new``: it and the ``keep - 1`` newest older committed
+        ones, the known-good one (the last loaded or written) first."""
         previous = self._good if self._good is not None and self._good != new else old
         limit = old if old is not None else new - 1  # without CURRENT, every older one may be the good one
         committed_old = sorted((g for g in self.generations() if g <= limit), reverse=True)
@@ -326,17 +338,35 @@ class StateStore:
             if len(keep) >= self.keep:
                 break
             keep.add(g)
-        try:
-            # rename first (atomic), delete after: a kill mid-delete never leaves a half gen-N folder
-            for g in self.generations():
-                if g not in keep:
-                    atomic.rename(self.directory / _gen_name(g), self.directory / f"{_TRASH_PREFIX}{g:08d}")
+        return keep
+
+    def _remove_except(self, keep: set[int]) -> bool:
+        """Rename every other generation to ``.del-gen-*`` (atomic), fsync, then delete them and any
+        leftover temp folder; a crash mid-delete never leaves a half ``gen-N``. True if any was there."""
+        doomed = [g for g in self.generations() if g not in keep]
+        for g in doomed:
+            atomic.rename(self.directory / _gen_name(g), self.directory / f"{_TRASH_PREFIX}{g:08d}")
+        if doomed:
             fsync_dir(self.directory)
-            for path in self.directory.iterdir():
-                if path.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
-                    atomic.rmtree(path)
+        leftovers = [p for p in self.directory.iterdir() if p.name.startswith((_TMP_PREFIX, _TRASH_PREFIX))]
+        for path in leftovers:
+            atomic.rmtree(path)
+        return bool(leftovers)
+
+    def _prune(self, new: int, old: int | None) -> None:
+        """Remove all but the generations :meth:`_keep` names (after ``new`` is committed)."""
+        try:
+            self._remove_except(self._keep(new, old))
         except OSError as exc:  # the new state is committed; leftovers go at the next save
             warnings.warn(f"{self.directory}: could not prune old generations ({exc})", stacklevel=2)
+
+    def _prune_before_write(self, new: int, old: int | None) -> bool:
+        """On a full disk, before ``new`` is written: remove what saving it would prune anyway (the
+        committed state and the ``keep - 2`` generations before it stay). True if room was made."""
+        try:
+            return self._remove_except(self._keep(new, old) - {new})
+        except OSError:
+            return False
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

@@ -35,6 +35,7 @@ import numpy as np
 
 from bnncl import atomic
 from bnncl.assets import resolve_model
+from bnncl.cl.state import StateWriteError
 from bnncl.errors import BnnclError, DataError
 from bnncl.service import inbox
 from bnncl.service.folders import read_item
@@ -149,10 +150,17 @@ class LearnLoop:
         return len(taken)
 
     def run(self, once: bool = False, poll: float = 5.0) -> int:
-        """Step until ``INCOMING`` is empty (``once``) or forever; returns the images learned."""
+        """Step until ``INCOMING`` is empty (``once``) or forever; returns the images learned. Watching,
+        a commit that fails for a full disk (or an I/O error) is a warning and retried at the next poll."""
         total = 0
         while True:
-            n = self.step()
+            try:
+                n = self.step()
+            except StateWriteError as exc:
+                if once:
+                    raise
+                self.warn(f"{exc}; the files stay in {self.incoming}, retrying in {poll:g} s")
+                n = 0
             total += n
             if n:
                 continue
