@@ -173,7 +173,7 @@ def test_tail_blocks_follow_the_strategy_unless_given():
 
 
 @pytest.mark.parametrize("name,value,message", [
-    ("strategy", "lda", "--strategy: expected slda, cwr_star, cwr, naive or joint, got 'lda'"),
+    ("strategy", "lda", "--strategy: expected slda, cwr_star, cwr, naive, joint or probe, got 'lda'"),
     ("shrinkage", 1.5, r"--shrinkage: expected a number in \[0, 1\), got 1.5"),
     ("cov_bits", 8, "--cov-bits: expected 32 or 16 bits, got 8"),
 ])

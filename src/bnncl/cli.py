@@ -139,7 +139,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from bnncl.report.tables import comparison_markdown
     from bnncl.settings import given_settings
 
-    given = given_settings(args) | {"engine": args.engine, "threads": args.threads, "model": args.model}
+    given = given_settings(args) | {"engine": args.engine, "threads": args.threads, "model": args.model,
+                                    "shots": args.shots}
     cfg = run_config(args.protocol, given)
     out = Path(args.out)
     if not args.compare:
@@ -224,6 +225,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bnncl.data.protocols import PROTOCOLS
     from bnncl.settings import add_arguments
 
     parser = argparse.ArgumentParser(prog="bnncl",
@@ -261,8 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_summary)
 
     p = sub.add_parser("run", help="continual learning on a protocol (default: fmnist-b5, embedded data)")
-    p.add_argument("--protocol", default="fmnist-b5",
-                   help="fmnist-b5 (default) | fmnist-full-b5 | cifar10-b5 | cifar10-ni")
+    p.add_argument("--protocol", default="fmnist-b5", metavar="NAME",
+                   help=f"{' | '.join(PROTOCOLS)} (default fmnist-b5; docs/design.md §3)")
+    p.add_argument("--shots", type=int, default=None, metavar="K",
+                   help="images per new class, for the few-shot protocols (default 10)")
     p.add_argument("--engine", default="device", choices=["device", "torch"])
     add_arguments(p.add_argument_group("learning settings (a protocol may tune some; a flag you give wins)"),
                   _protocol_tuning())

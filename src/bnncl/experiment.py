@@ -15,12 +15,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bnncl.assemble import build_learner, device_engine
 from bnncl.atomic import replace_file
 from bnncl.cl.engine import Engine
 from bnncl.cl.learner import BatchProgress
 from bnncl.cl.metrics import ExperienceResult
-from bnncl.cl.strategies import CLOSED_FORM_STRATEGIES
+from bnncl.cl.strategies import FEATURE_STRATEGIES
 from bnncl.data.protocols import ProtocolSpec, get_protocol
 from bnncl.errors import BnnclError
 from bnncl.machine import machine_info, software_info
@@ -38,6 +40,7 @@ class RunConfig(LearningSettings):
     engine: str = "device"
     buffer_policy: str = "class_balanced"
     threads: int = 1
+    shots: int | None = None  # images per new class, for the few-shot protocols (None: the protocol's default)
     model: str | None = None  # a file path; default: the protocol's shipped model
     float_network: bool = False  # torch engine on the fp32 twin of the backbone
 
@@ -52,9 +55,6 @@ class RunConfig(LearningSettings):
 
 
 EngineBuilder = Callable[[RunConfig, ProtocolSpec, int], Engine]
-
-PROBE_EPOCHS = 30
-"""Epochs per experience of the joint linear probe in ``--compare`` (every feature seen so far, each time)."""
 
 NO_CAP = 0
 """``new_per_class`` value a caller passes to :func:`config_for` to ask for no cap explicitly."""
@@ -120,8 +120,11 @@ def run_protocol(
     train, test = spec.load()
     num_classes = len(train.class_names)
     engine = engine_builder(cfg, spec, num_classes)
+    if spec.fresh_head:  # another domain's classes: none of the pretrained rows means anything here
+        engine.set_head(np.zeros((engine.num_classes, engine.head_dim), dtype=np.float32))
+        engine.mark_deployed()
     learner = build_learner(None, cfg, engine=engine, buffer_policy=cfg.buffer_policy)
-    stream = spec.build_stream(train.labels, cfg.seed)
+    stream = spec.stream(train.labels, cfg.seed, cfg.shots)
     results = learner.run(stream, train.images, test.images, test.labels, pretrained_base=spec.pretrained_base,
                           on_batch=on_batch, on_experience=on_experience)
     out = results.to_dict()
@@ -162,8 +165,7 @@ COMPARE_RUNS: tuple[tuple[str, dict[str, Any]], ...] = (
                                   "lr_bits": 32, "float_network": True}),
     ("naive fine-tuning (device)", {"strategy": "naive"}),
     ("joint training of the tail (device, upper bound)", {"strategy": "joint"}),
-    ("joint linear probe on the frozen features (device, head-only upper bound)",
-     {"strategy": "joint", "tail_blocks": 0, "qb": 32, "epochs": PROBE_EPOCHS}),
+    ("joint linear probe on the frozen features (device, head-only upper bound)", {"strategy": "probe"}),
 )
 
 
@@ -173,7 +175,7 @@ def compare_configs(protocol: str, given: Mapping[str, Any]) -> list[tuple[str, 
     rows = []
     for label, changes in COMPARE_RUNS:
         values = dict(given) | changes
-        if changes["strategy"] in CLOSED_FORM_STRATEGIES:
+        if changes["strategy"] in FEATURE_STRATEGIES:
             values.pop("tail_blocks", None)
         rows.append((label, run_config(protocol, values)))
     return rows

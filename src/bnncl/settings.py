@@ -19,7 +19,7 @@ import numpy as np
 
 from bnncl.cl.replay import BITS as REPLAY_BITS
 from bnncl.cl.slda import COV_BITS, DEFAULT_SHRINKAGE
-from bnncl.cl.strategies import CLOSED_FORM_STRATEGIES, DEFAULT_STRATEGY, STRATEGIES
+from bnncl.cl.strategies import DEFAULT_STRATEGY, FEATURE_STRATEGIES, STRATEGIES
 from bnncl.device.quantize import (
     FLOAT_BITS,
     MAX_CODE_BITS,
@@ -110,7 +110,7 @@ SETTINGS: tuple[Setting, ...] = (
             "cwr_star = CWR* with latent replay and a trained tail (the papers' method); cwr, naive, joint = baselines",
             _words(STRATEGIES), lambda v: v in STRATEGIES, choices=STRATEGIES),
     Setting("tail_blocks", int, None,
-            f"trainable binary blocks above the latent-replay layer (auto: 0 for {_words(CLOSED_FORM_STRATEGIES)}, "
+            f"trainable binary blocks above the latent-replay layer (auto: 0 for {_words(FEATURE_STRATEGIES)}, "
             f"{DEFAULT_TAIL_BLOCKS} otherwise)",
             f"0..{MAX_TAIL_BLOCKS} blocks", lambda v: _is_int(v) and 0 <= v <= MAX_TAIL_BLOCKS, none_word="auto"),
     Setting("qf", int, 8, "forward bits of the tail, 32 = float", _BITS,
@@ -150,7 +150,7 @@ def _validate(self: Any) -> None:
     strategy that trains none."""
     for s in SETTINGS:
         s.check(getattr(self, s.name))
-    if self.strategy in CLOSED_FORM_STRATEGIES and self.tail_blocks != 0:
+    if self.strategy in FEATURE_STRATEGIES and self.tail_blocks != 0:
         raise BnnclError(f"--tail-blocks {self.tail_blocks}: --strategy {self.strategy} trains no tail (it learns on "
                          f"the frozen pooled features); leave --tail-blocks out or choose --strategy cwr_star")
 
@@ -158,7 +158,7 @@ def _validate(self: Any) -> None:
 def _resolve_then_validate(self: Any) -> None:
     """Fill the strategy-dependent defaults (``tail_blocks`` ``None`` = auto), then :meth:`validate`."""
     if self.tail_blocks is None and self.strategy in STRATEGIES:
-        object.__setattr__(self, "tail_blocks", 0 if self.strategy in CLOSED_FORM_STRATEGIES else DEFAULT_TAIL_BLOCKS)
+        object.__setattr__(self, "tail_blocks", 0 if self.strategy in FEATURE_STRATEGIES else DEFAULT_TAIL_BLOCKS)
     self.validate()
 
 

@@ -145,7 +145,7 @@ def test_learner_with_slda_deploys_learns_predicts_and_resumes_exactly():
     assert stats.n_replay == 0 and stats.mean_loss is None and stats.n_new == 150
     arrays, meta = learner.state_dict()
     assert {"slda/means", "slda/counts", "slda/cov_packed"} <= set(arrays)
-    assert learner.memory_bytes() == {"replay": 0, "strategy": learner.slda.nbytes}
+    assert learner.memory_bytes() == {"replay": 0, "strategy": learner.feature_head.nbytes}
 
     resumed = ContinualLearner(_engine(), LearnerConfig("slda"))
     resumed.load_state_dict(arrays, meta)
@@ -162,3 +162,19 @@ def test_slda_needs_pooled_features():
     engine.latent_shape = (2, 2, 3)  # latents a tail would still turn into the 3 pooled features
     with pytest.raises(ValueError, match="needs no tail blocks"):
         ContinualLearner(engine, LearnerConfig("slda"))
+
+
+def test_probe_fits_all_features_seen_and_resumes_exactly():
+    from bnncl.cl.probe import LinearProbe
+
+    x, y = _blobs(300)
+    p = LinearProbe(4, 6)
+    p.update(x[y < 2], y[y < 2])
+    assert set(np.unique(p.logits(x).argmax(1))) <= {0, 1}  # unseen classes never win
+    arrays, meta = p.state_dict()
+    q = LinearProbe(4, 6)
+    q.load_state_dict(arrays, meta)
+    for probe in (p, q):
+        probe.update(x[y >= 2], y[y >= 2])
+    np.testing.assert_array_equal(p.logits(x), q.logits(x))
+    assert np.mean(p.logits(x).argmax(1) == y) > 0.9 and p.nbytes >= x.nbytes

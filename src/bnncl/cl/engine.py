@@ -69,6 +69,11 @@ class Engine(Protocol):
         """Restore the tail and head to their deployment state."""
         ...
 
+    def mark_deployed(self) -> None:
+        """Make the current tail and head the deployment state :meth:`reset_tail` restores (e.g. after a
+        protocol of another domain cleared the head)."""
+        ...
+
     def tail_state(self) -> dict[str, np.ndarray]:
         """The trainable tail's parameters (without the head), as NumPy arrays."""
         ...

@@ -8,6 +8,8 @@ Strategies (``LearnerConfig.strategy``, named in :mod:`bnncl.cl.strategies`):
   regularisers). Present classes = the experience's classes ∪ the buffer's classes.
 * ``cwr``: the same loop with plain CWR+ consolidation (zero-initialised head, overwrite).
 * ``naive``: fine-tune tail + head on each experience; no consolidation, no replay (lower bound).
+* ``probe``: a joint linear probe on the pooled features (:class:`bnncl.cl.probe.LinearProbe`), the
+  upper bound of head-only learners; keeps every feature.
 * ``joint`` (cumulative): each experience trains tail + head, from where they are, on the union of
   all latents seen so far (upper bound; memory grows with the stream).
 
@@ -59,9 +61,10 @@ from bnncl.cl.metrics import (
     per_class_accuracy,
     predict,
 )
+from bnncl.cl.probe import LinearProbe
 from bnncl.cl.replay import LatentReplayBuffer
 from bnncl.cl.slda import StreamingLDA
-from bnncl.cl.strategies import CLOSED_FORM_STRATEGIES, REPLAY_STRATEGIES, check_strategy
+from bnncl.cl.strategies import FEATURE_STRATEGIES, REPLAY_STRATEGIES, check_strategy
 from bnncl.settings import BY_NAME, DEFAULTS
 
 if TYPE_CHECKING:  # only a type: keeps bnncl.cl free of bnncl.data's imports
@@ -152,19 +155,24 @@ class ContinualLearner:
         if buffer is not None and tuple(buffer.latent_shape) != tuple(engine.latent_shape):
             raise ValueError(f"buffer latent_shape {buffer.latent_shape} does not match engine {engine.latent_shape}")
         uses_cwr = self.config.strategy in REPLAY_STRATEGIES
-        # naive, joint and slda never replay: a buffer given to them is ignored.
+        # naive, joint, slda and probe never replay: a buffer given to them is ignored.
         self.buffer = buffer if uses_cwr else None
         self.consolidator: CWRStar | None = None
         if uses_cwr:
             cls = CWRStar if self.config.strategy == "cwr_star" else CWR
             self.consolidator = cls(engine.num_classes, engine.head_dim)
-        self.slda: StreamingLDA | None = None
-        if self.config.strategy in CLOSED_FORM_STRATEGIES:
+        self.feature_head: StreamingLDA | LinearProbe | None = None
+        """The strategy's own classifier on the pooled features (``slda``, ``probe``), else None."""
+        if self.config.strategy in FEATURE_STRATEGIES:
             if tuple(engine.latent_shape) != (engine.head_dim,):
                 raise ValueError(f"strategy {self.config.strategy!r} learns on the pooled features: the engine "
                                  f"needs no tail blocks (latent shape ({engine.head_dim},)), got "
                                  f"{tuple(engine.latent_shape)}")
-            self.slda = StreamingLDA(engine.num_classes, engine.head_dim, self.config.shrinkage, self.config.cov_bits)
+            if self.config.strategy == "slda":
+                self.feature_head = StreamingLDA(engine.num_classes, engine.head_dim, self.config.shrinkage,
+                                                 self.config.cov_bits)
+            else:
+                self.feature_head = LinearProbe(engine.num_classes, engine.head_dim)
         self.seen_classes: set[int] = set()
         self._rng = np.random.default_rng(self.config.seed)
         self._joint: list[tuple[np.ndarray, np.ndarray]] = []
@@ -218,8 +226,8 @@ class ContinualLearner:
     def _deploy(self, latents: np.ndarray, labels: np.ndarray, experience_index: int) -> None:
         counts = np.bincount(labels, minlength=self.engine.num_classes)
         classes = np.flatnonzero(counts)
-        if self.slda is not None:
-            self.slda.update(latents, labels)
+        if self.feature_head is not None:
+            self.feature_head.update(latents, labels)
         if self.consolidator is not None:
             self.consolidator.init_from_head(self.engine.get_head(), classes, counts)
             self.engine.set_head(self.consolidator.consolidated_head())
@@ -248,8 +256,8 @@ class ContinualLearner:
     ) -> TrainStats:
         start = time.perf_counter()
         cfg = self.config
-        if self.slda is not None:
-            self.slda.update(latents, labels)
+        if self.feature_head is not None:
+            self.feature_head.update(latents, labels)
             self.seen_classes.update(int(c) for c in np.unique(labels))
             return TrainStats(len(labels), 0, None, time.perf_counter() - start)
         replay_x = np.zeros((0,) + tuple(self.engine.latent_shape), dtype=np.float32)
@@ -309,9 +317,9 @@ class ContinualLearner:
 
     def logits(self, latents: np.ndarray) -> np.ndarray:
         """Class scores ``(N, num_classes)`` float32 of LR latents, in batches: the strategy's own classifier
-        (``slda``) or the engine's tail + head."""
+        (``slda``, ``probe``) or the engine's tail + head."""
         bs = self.config.batch_size_eval
-        scores = self.slda.logits if self.slda is not None else self.engine.logits
+        scores = self.feature_head.logits if self.feature_head is not None else self.engine.logits
         parts = [scores(latents[i : i + bs]) for i in range(0, len(latents), bs)]
         return np.concatenate(parts) if parts else np.zeros((0, self.engine.num_classes), dtype=np.float32)
 
@@ -396,7 +404,7 @@ class ContinualLearner:
             "seen_classes": sorted(self.seen_classes),
             "rng_state": self._rng.bit_generator.state,
         }
-        for prefix, part in (("cwr", self.consolidator), ("buffer", self.buffer), ("slda", self.slda)):
+        for prefix, part in self._parts():
             if part is not None:
                 part_arrays, meta[prefix] = part.state_dict()
                 arrays.update({f"{prefix}/{k}": v for k, v in part_arrays.items()})
@@ -416,7 +424,7 @@ class ContinualLearner:
             raise ValueError("state is missing array 'engine/head'")
         self.engine.load_tail_state(part("engine/tail"))
         self.engine.set_head(arrays["engine/head"])
-        for prefix, obj in (("cwr", self.consolidator), ("buffer", self.buffer), ("slda", self.slda)):
+        for prefix, obj in self._parts():
             if obj is not None:
                 if prefix not in meta:
                     raise ValueError(f"state has no {prefix!r} part but this learner uses one")
@@ -425,21 +433,24 @@ class ContinualLearner:
         self._rng = np.random.default_rng()
         self._rng.bit_generator.state = meta["rng_state"]
 
+    def _parts(self) -> tuple[tuple[str, Any], ...]:
+        """The learner's stateful parts by state prefix (a part is None when the strategy has none)."""
+        return (("cwr", self.consolidator), ("buffer", self.buffer), (self.config.strategy, self.feature_head))
+
     def memory_bytes(self) -> dict[str, int]:
         """Bytes the learner keeps beside the engine: ``replay`` (the buffer) and ``strategy`` (CWR*'s
-        consolidated rows and counts, or SLDA's means, counts and covariance). ``uses_engine_head`` tells
-        whether predictions go through the engine's head (False for ``slda``: its head is unused)."""
+        consolidated rows and counts, SLDA's means, counts and covariance, or the probe's features)."""
         strategy = 0
         if self.consolidator is not None:
             strategy = self.consolidator.cw.nbytes + self.consolidator.past.nbytes
-        if self.slda is not None:
-            strategy = self.slda.nbytes
+        if self.feature_head is not None:
+            strategy = self.feature_head.nbytes
         return {"replay": int(self.buffer.nbytes) if self.buffer is not None else 0, "strategy": int(strategy)}
 
     @property
     def uses_engine_head(self) -> bool:
-        """False when the strategy predicts with its own classifier (``slda``)."""
-        return self.slda is None
+        """False when the strategy predicts with its own classifier (``slda``, ``probe``)."""
+        return self.feature_head is None
 
     def _config_dict(self) -> dict:
         cfg = asdict(self.config)
@@ -449,8 +460,8 @@ class ContinualLearner:
 
     def __repr__(self) -> str:
         c = self.config
-        if self.slda is not None:
-            return f"ContinualLearner({c.strategy}, {self.slda!r}, {len(self.seen_classes)} classes seen)"
+        if self.feature_head is not None:
+            return f"ContinualLearner({c.strategy}, {self.feature_head!r}, {len(self.seen_classes)} classes seen)"
         replay = f"replay {len(self.buffer)}/{self.buffer.capacity}" if self.buffer is not None else "no replay"
         return (f"ContinualLearner({c.strategy}, {c.epochs} epochs, lr {c.lr}, minibatch {c.minibatch_size}, {replay}, "
                 f"{len(self.seen_classes)} of {self.engine.num_classes} classes seen)")

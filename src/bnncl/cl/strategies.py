@@ -8,17 +8,20 @@
 * ``naive``: fine-tuning of tail + head, no consolidation, no replay (a lower bound).
 * ``joint``: each experience trains tail + head on every latent seen so far (an upper bound; memory
   grows with the stream).
+* ``probe``: a joint linear probe (:mod:`bnncl.cl.probe`): softmax regression refit on every pooled
+  feature seen so far (the upper bound of any head-only learner; memory grows with the stream).
 """
 
 from __future__ import annotations
 
-STRATEGIES: tuple[str, ...] = ("slda", "cwr_star", "cwr", "naive", "joint")
+STRATEGIES: tuple[str, ...] = ("slda", "cwr_star", "cwr", "naive", "joint", "probe")
 """Every strategy, the default first."""
 DEFAULT_STRATEGY = STRATEGIES[0]
 REPLAY_STRATEGIES: tuple[str, ...] = ("cwr_star", "cwr")
 """Strategies that keep a latent replay buffer."""
-CLOSED_FORM_STRATEGIES: tuple[str, ...] = ("slda",)
-"""Strategies that learn without SGD, on the pooled features (the engine runs with no tail blocks)."""
+FEATURE_STRATEGIES: tuple[str, ...] = ("slda", "probe")
+"""Strategies with their own classifier on the frozen pooled features: the engine runs with no tail blocks
+and its head is unused."""
 
 
 def check_strategy(name: str) -> str:
