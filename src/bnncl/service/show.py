@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from bnncl.cl.state import LoadedState, StateError, StateStore
+from bnncl.cl.strategies import FEATURE_STRATEGIES
 from bnncl.errors import BnnclError
 from bnncl.service.learn import one_line_warnings
 
@@ -58,8 +59,9 @@ def summarize(state: LoadedState) -> dict[str, Any]:
         "memory_bytes": {
             "replay": nbytes("buffer/"),
             "tail_weights": nbytes("engine/tail/"),
-            "head": int(head.size * (qb if qb < 32 else 32) // 8) if "slda" not in meta else 0,
-            "strategy": nbytes("cwr/") + nbytes("slda/"),
+            "head": 0 if meta.get("config", {}).get("strategy") in FEATURE_STRATEGIES else int(
+                head.size * (qb if qb < 32 else 32) // 8),
+            "strategy": nbytes("") - nbytes("buffer/") - nbytes("engine/"),
         },
         "last_experience_files": len(pos.get("last_files", [])),
     }
