@@ -321,6 +321,26 @@ def test_disk_full_at_deployment(tmp_path, model, monkeypatch, capsys):
     assert not StateStore(tmp_path / "st").exists()
 
 
+def test_damaged_newest_generation_relearns_what_it_had_learned(tmp_path, model, state, kit, capsys):
+    """The newest generation is damaged after its files were moved to processed/: the state falls back
+    to the generation before it, and the files the lost generation had learned go back to INCOMING
+    and are learned again; in the end every image is learned once."""
+    inc = tmp_path / "inc"
+    ids = kit.write_stream(inc, 6, seed=13)
+    assert _learn(model, state, inc, "--max-images", "3") == 0
+    newest = StateStore(state).current_generation()
+    damaged = state / f"gen-{newest:08d}" / "arrays.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-1])
+    capsys.readouterr()
+    assert _learn(model, state, inc, "--max-images", "3") == 0
+    out = capsys.readouterr()
+    assert "loaded older intact" in out.err and "arrays.safetensors checksum mismatch" in out.err
+    assert "moved 3 file(s) learned by experience 2 back to" in out.out and "learn them again" in out.out
+    loaded = StateStore(state).load()
+    assert loaded.position["images_learned"] == 6 and loaded.position["experience"] == 2 and not loaded.fell_back
+    assert sorted(f"{p.parent.name}/{p.name}" for p in (inc / "processed").glob("*/*")) == sorted(ids)
+
+
 def test_every_generation_damaged(tmp_path, model, state, capsys):
     for f in state.glob("gen-*/arrays.safetensors"):
         f.write_bytes(b"garbage")

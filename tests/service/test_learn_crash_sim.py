@@ -4,6 +4,9 @@ is recorded: the state commits, the moves to processed/ and rejected/, the folde
 Crash images are built at every point of that log (lost directory operations, torn and dropped
 writes) and the loop is resumed on each: it must end with exactly the uninterrupted run's state
 (array for array), every image learned once and moved to processed/ once, nothing left in INCOMING.
+A second test damages the newest committed generation of every crash image as well (bit rot, or a
+storage that lied about an fsync): the state falls back to the generation before it, the files the
+lost generation had learned go back to INCOMING, and still every image ends learned exactly once.
 ``BNNCL_LEARN_CRASH_IMAGES`` caps how many distinct images are resumed (default 0: all of them).
 """
 
@@ -103,3 +106,38 @@ def test_power_cut_at_every_point_of_the_learn_loop(tmp_path, model, deployed_te
         print(f"  {n:5d}  {outcome}")
     assert not result.violations, "\n".join(result.violations[:10])
     assert result.explored >= min(RESUMED or 200, 200) and len(result.outcomes) >= 4
+
+
+def test_power_cut_then_the_newest_generation_damaged_loses_nothing(tmp_path, model, deployed_template, kit):
+    src = tmp_path / "src"
+    _setup(src, deployed_template, kit)
+    names = sorted(n for n, _ in _files(src, "waiting") if not n.endswith("b.png"))
+    root = tmp_path / "root"
+    shutil.copytree(src, root)
+    recorder = Recorder(root)
+    with recorder.recording():
+        _run(root, model)
+
+    def check(folder: Path, point: CrashPoint) -> tuple:
+        store = StateStore(folder / "state")
+        newest = store.current_generation()
+        damaged = newest is not None and any(g < newest for g in store.generations())
+        if damaged:
+            path = folder / "state" / f"gen-{newest:08d}" / "arrays.safetensors"
+            path.write_bytes(path.read_bytes()[:-1])
+        notes: list[str] = []
+        _run(folder, model, notes)
+        got = StateStore(folder / "state").load()
+        assert got.position["images_learned"] == len(names), f"{got.position['images_learned']} images learned"
+        assert got.arrays["buffer/seen_counts"].sum() == got.position["base_images"] + len(names), "learned twice"
+        assert _files(folder, "waiting") == [], "files left in INCOMING"
+        assert [n for n, _ in _files(folder, "processed")] == names, "processed/ lost or doubled a file"
+        back = next((n for n in notes if "back to" in n), "")
+        return ("damaged" if damaged else "intact", "relearned lost files" if back else "-")
+
+    result = explore(recorder, check, seed=4, per_point=30, max_images=RESUMED or 120)
+    print(f"\nbnncl learn, newest generation damaged after the cut: {result.summary()}")
+    for outcome, n in sorted(result.outcomes.items(), key=str):
+        print(f"  {n:5d}  {outcome}")
+    assert not result.violations, "\n".join(result.violations[:10])
+    assert result.outcomes[("damaged", "relearned lost files")] > 0

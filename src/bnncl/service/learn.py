@@ -39,10 +39,20 @@ from bnncl.cl.state import StateWriteError
 from bnncl.errors import BnnclError, DataError
 from bnncl.service import inbox
 from bnncl.service.folders import read_item
+from bnncl.service.journal import Journal
 from bnncl.service.session import LearnerSession
 from bnncl.settings import add_arguments, given_settings
 
 LOCK_NAME = "LEARNER.lock"
+
+
+def _holds(path: Path, rec: dict[str, Any]) -> bool:
+    """True if ``path`` is a file with the size and sha256 that ``rec`` recorded."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    return len(data) == rec["bytes"] and inbox.digest(data) == rec["sha256"]
 
 
 def _reason(exc: Exception, item: inbox.Item) -> str:
@@ -62,27 +72,59 @@ class LearnLoop:
         self.say = say
         self.warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
         self._warned: set[Path] = set()  # entries never taken, warned about once
+        self.journal = Journal.load(session.store.directory, self.warn)
 
     def start(self) -> None:
-        """What a (re)start does before the first step: finish the moves of the committed experience."""
+        """What a (re)start does before the first step: relearn what experiences lost from the state
+        had learned, and finish the moves of the committed experience."""
+        self.relearn_lost()
         self.finish_committed()
 
     def finish_committed(self) -> int:
         """Move files the committed state already learned but that are still in ``INCOMING``."""
-        moved = 0
+        pairs = []
         for rec in self.session.position.get("last_files", []):
             label, _, name = rec["id"].rpartition("/")
             item = inbox.Item(label, name, self.incoming / rec["id"])
-            try:
-                data = item.path.read_bytes()
-            except OSError:
-                continue  # moved before the crash (or removed by the user)
-            if len(data) == rec["bytes"] and inbox.digest(data) == rec["sha256"]:
-                inbox.move(item, self.done)
-                moved += 1
+            if _holds(item.path, rec):  # else moved before the crash (or removed by the user)
+                pairs.append((item, rec))
+        if pairs:
+            self._move_learned(int(self.session.position["experience"]), pairs)
+            self.say(f"moved {len(pairs)} file(s) learned before a restart to {self.done}")
+        return len(pairs)
+
+    def _move_learned(self, experience: int, pairs: list[tuple[inbox.Item, dict[str, Any]]]) -> None:
+        """Record where the files of the committed ``experience`` go (durably: the journal), then move them."""
+        targets = [inbox.target(item, self.done) for item, _ in pairs]
+        self.journal.record(experience, [{**rec, "moved_to": to.relative_to(self.done).as_posix()}
+                                         for (_, rec), to in zip(pairs, targets)])
+        for (item, _), to in zip(pairs, targets):
+            inbox.move(item, self.done, to=to)
+
+    def relearn_lost(self) -> int:
+        """Move back into ``INCOMING`` the files learned by experiences the state no longer holds (it
+        fell back to an older generation, or an older backup was restored), to learn them again."""
+        experience = int(self.session.position.get("experience", 0))
+        lost = self.journal.after(experience)
+        moved = sum(self._move_back(e, rec) for e, records in lost.items() for rec in records)
+        self.journal.forget(lost)
         if moved:
-            self.say(f"moved {moved} file(s) learned before a restart to {self.done}")
+            self.say(f"moved {moved} file(s) learned by experience {', '.join(map(str, lost))} back to "
+                     f"{self.incoming} to learn them again (the state holds experience {experience}, "
+                     f"generation {self.session.generation})")
         return moved
+
+    def _move_back(self, experience: int, rec: dict[str, Any]) -> bool:
+        label, _, name = rec["id"].rpartition("/")
+        src = self.done / rec["moved_to"]
+        if _holds(src, rec):
+            inbox.move(inbox.Item(label, name, src), self.incoming)
+            return True
+        if _holds(self.incoming / rec["id"], rec):  # never moved, or moved back before a restart
+            return False
+        self.warn(f"{src}: learned by experience {experience}, which the state no longer holds, but it is not "
+                  f"there any more; not learned again")
+        return False
 
     def _reject(self, item: inbox.Item, reason: str) -> None:
         try:
@@ -139,8 +181,7 @@ class LearnLoop:
             return 0
         t0 = time.perf_counter()
         gen = s.learn(np.stack(images), labels, files)
-        for item in taken:
-            inbox.move(item, self.done)
+        self._move_learned(int(s.position["experience"]), list(zip(taken, files)))
         counts: dict[str, int] = {}
         for name in labels:
             counts[name] = counts.get(name, 0) + 1
