@@ -170,6 +170,51 @@ def test_watch_mode_retries_a_commit_after_the_disk_was_full(tmp_path, model, st
     assert session.position["images_learned"] == 3 and StateStore(state).load().position["images_learned"] == 3
 
 
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_stops_at_a_safe_point_with_a_message(tmp_path, model, state, kit, sig):
+    """SIGTERM or SIGINT to a watching ``bnncl learn``: it finishes the experience in hand (commit and
+    moves), says so, and exits 0; every file is in INCOMING or processed/, and processed/ holds exactly
+    what the state learned."""
+    import signal
+    import subprocess
+    import sys
+
+    inc = tmp_path / "inc"
+    ids = kit.write_stream(inc, 200, seed=14)
+    cmd = [sys.executable, "-m", "bnncl.service.learn", "--model", str(model), "--state", str(state),
+           "--incoming", str(inc), "--max-images", "2", "--poll", "0.2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    assert first.startswith("experience 1"), first + proc.stderr.read()
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, (proc.returncode, err)
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"stopped by {sig} at a safe point: state generation") and err == "", (out, err)
+    done = sorted(f"{p.parent.name}/{p.name}" for p in (inc / "processed").glob("*/*"))
+    waiting = sorted(f"{p.parent.name}/{p.name}" for p in inc.glob("*/*") if p.is_file())
+    assert sorted(done + waiting) == sorted(ids)
+    assert len(done) == StateStore(state).load().position["images_learned"] > 0
+    print(f"\n{sig}: stopped after {len(done)} of {len(ids)} images")
+
+
+def test_closed_pipe_ends_show_and_predict_quietly(tmp_path, model, state, kit):
+    """``bnncl state show DIR | head -1`` (run as ``python -m``, without the bnncl entry point): no
+    BrokenPipeError traceback, exit code 1."""
+    import os
+    import subprocess
+    import sys
+
+    image = tmp_path / "imgs" / kit.write_stream(tmp_path / "imgs", 1, seed=15)[0]
+    for cmd in (["bnncl.service.show", "show", str(state)],
+                ["bnncl.service.predict", "--model", str(model), "--state", str(state), str(image)]):
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before the first line is written
+        proc = subprocess.run([sys.executable, "-m", *cmd], stdout=write, stderr=subprocess.PIPE, text=True)
+        os.close(write)
+        assert proc.returncode == 1 and proc.stderr == "", (cmd, proc.returncode, proc.stderr)
+
+
 def test_settings_of_a_state_from_before_qw_rounding_keep_round_to_nearest():
     """A state deployed before ``--qw-rounding`` existed trained with round-to-nearest: reading its
     settings says so (and resuming it keeps it); new states record their choice."""

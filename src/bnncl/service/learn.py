@@ -22,7 +22,9 @@ learning them again. A second ``bnncl learn`` on the same state directory is ref
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import signal
 import sys
 import time
 import warnings
@@ -63,7 +65,8 @@ class LearnLoop:
     """The scan / learn / commit / move loop around a :class:`LearnerSession` (module docstring)."""
 
     def __init__(self, session: LearnerSession, incoming: Path, done: Path, rejected: Path, max_images: int = 0,
-                 say: Callable[[str], None] = print, warn: Callable[[str], None] | None = None) -> None:
+                 say: Callable[[str], None] = print, warn: Callable[[str], None] | None = None,
+                 stop: Stop | None = None) -> None:
         self.session = session
         self.incoming = Path(incoming)
         self.done = Path(done)
@@ -72,6 +75,7 @@ class LearnLoop:
         self.say = say
         self.warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
         self._warned: set[Path] = set()  # entries never taken, warned about once
+        self.stop = stop if stop is not None else Stop()
         self.journal = Journal.load(session.store.directory, self.warn)
 
     def start(self) -> None:
@@ -177,7 +181,7 @@ class LearnLoop:
             labels.append(item.label)
             files.append(rec)
             taken.append(item)
-        if not taken:
+        if not taken or self.stop:  # a stop asked for while decoding: nothing learned, nothing changed
             return 0
         t0 = time.perf_counter()
         gen = s.learn(np.stack(images), labels, files)
@@ -192,9 +196,10 @@ class LearnLoop:
 
     def run(self, once: bool = False, poll: float = 5.0) -> int:
         """Step until ``INCOMING`` is empty (``once``) or forever; returns the images learned. Watching,
-        a commit that fails for a full disk (or an I/O error) is a warning and retried at the next poll."""
+        a commit that fails for a full disk (or an I/O error) is a warning and retried at the next poll.
+        A :attr:`stop` request ends it at the next safe point (between experiences, or while waiting)."""
         total = 0
-        while True:
+        while not self.stop:
             try:
                 n = self.step()
             except StateWriteError as exc:
@@ -206,8 +211,17 @@ class LearnLoop:
             if n:
                 continue
             if once:
-                return total
-            time.sleep(poll)
+                break
+            self._wait(poll)
+        return total
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds`` in naps of at most 0.25 s, so that a stop request ends the wait."""
+        naps = max(1, math.ceil(seconds / 0.25))
+        for _ in range(naps):
+            if self.stop:
+                return
+            time.sleep(seconds / naps)
 
 
 @contextmanager
@@ -265,6 +279,55 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+class Stop:
+    """A request to stop at the next safe point (set by SIGTERM / SIGINT, see :func:`stop_on_signals`)."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.reason is not None
+
+
+@contextmanager
+def stop_on_signals(stop: Stop) -> Iterator[None]:
+    """While inside, SIGTERM and SIGINT set ``stop`` (the loop ends at its next safe point: between
+    experiences, or while waiting); a second signal stops at once (KeyboardInterrupt), which the commit
+    protocol survives like a kill. Outside the main thread signals cannot be caught: nothing changes."""
+    def handler(signum: int, frame: Any) -> None:
+        if stop:
+            raise KeyboardInterrupt
+        stop.reason = signal.Signals(signum).name
+
+    try:
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def quiet_on_closed_pipe(run: Callable[[], int]) -> int:
+    """``run()``; a closed stdout (``bnncl state show DIR | head -1``) ends it with exit code 1 and no
+    traceback, as the Python docs advise for SIGPIPE (stdout then points at devnull for the exit flush)."""
+    try:
+        try:
+            return run()
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests)
+            pass
+        return 1
+
+
 @contextmanager
 def one_line_warnings() -> Iterator[None]:
     """Show Python warnings (e.g. a state fallback) as ``warning: ...`` lines on stderr."""
@@ -278,9 +341,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):  # a log or pipe gets each progress line as it happens
         sys.stdout.reconfigure(line_buffering=True)
+    return quiet_on_closed_pipe(lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    stop = Stop()
     try:
-        with one_line_warnings():
-            return _learn(args)
+        with one_line_warnings(), stop_on_signals(stop):
+            return _learn(args, stop)
+    except BrokenPipeError:  # stdout closed (bnncl learn | head): the state is committed; stop quietly
+        raise
     except BnnclError as exc:
         print(f"bnncl learn: error: {exc}", file=sys.stderr)
         return 2
@@ -292,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _learn(args: argparse.Namespace) -> int:
+def _learn(args: argparse.Namespace, stop: Stop | None = None) -> int:
     incoming = Path(args.incoming)
     if not incoming.is_dir():
         raise BnnclError(f"--incoming {incoming}: no such directory")
@@ -310,10 +380,13 @@ def _learn(args: argparse.Namespace) -> int:
         elif session.fell_back:
             print(f"resumed from generation {session.generation} after the warning above")
         loop = LearnLoop(session, incoming, Path(args.done or incoming / "processed"),
-                         Path(args.rejected or incoming / "rejected"), args.max_images)
+                         Path(args.rejected or incoming / "rejected"), args.max_images, stop=stop)
         loop.start()
         total = loop.run(once=args.once, poll=args.poll)
-        if args.once:
+        if loop.stop:
+            print(f"stopped by {loop.stop.reason} at a safe point: state generation {session.generation} "
+                  f"(experience {session.position['experience']}); {total} image(s) learned in this run")
+        elif args.once:
             print("nothing new to learn" if total == 0 else f"learned {total} image(s); incoming folder is empty")
     return 0
 

@@ -16,7 +16,7 @@ from bnncl.cl.state import NoStateError
 from bnncl.errors import BnnclError, DataError
 from bnncl.service import inbox
 from bnncl.service.folders import read_item
-from bnncl.service.learn import one_line_warnings
+from bnncl.service.learn import one_line_warnings, quiet_on_closed_pipe
 from bnncl.service.session import LearnerSession
 
 
@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return quiet_on_closed_pipe(lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         with one_line_warnings():
             return _predict(args)

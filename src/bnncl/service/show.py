@@ -16,7 +16,7 @@ import numpy as np
 from bnncl.cl.state import LoadedState, StateError, StateStore
 from bnncl.cl.strategies import FEATURE_STRATEGIES
 from bnncl.errors import BnnclError
-from bnncl.service.learn import one_line_warnings
+from bnncl.service.learn import one_line_warnings, quiet_on_closed_pipe
 
 
 def summarize(state: LoadedState) -> dict[str, Any]:
@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return quiet_on_closed_pipe(lambda: _show(args))
+
+
+def _show(args: argparse.Namespace) -> int:
     try:
         with one_line_warnings():
             state = StateStore(args.directory).load()
