@@ -140,7 +140,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from bnncl.settings import given_settings
 
     given = given_settings(args) | {"engine": args.engine, "threads": args.threads, "model": args.model,
-                                    "shots": args.shots}
+                                    "shots": args.shots, "validation": args.validation}
     cfg = run_config(args.protocol, given)
     out = Path(args.out)
     if not args.compare:
@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"{' | '.join(PROTOCOLS)} (default fmnist-b5; docs/design.md §3)")
     p.add_argument("--shots", type=int, default=None, metavar="K",
                    help="images per new class, for the few-shot protocols (default 10)")
+    p.add_argument("--validation", type=float, default=0.0, metavar="F",
+                   help="hold out this fraction of each train class and test on it instead of the test split "
+                        "(tune settings this way; default 0: the test split)")
     p.add_argument("--engine", default="device", choices=["device", "torch"])
     add_arguments(p.add_argument_group("learning settings (a protocol may tune some; a flag you give wins)"),
                   _protocol_tuning())

@@ -23,6 +23,7 @@ from bnncl.cl.engine import Engine
 from bnncl.cl.learner import BatchProgress
 from bnncl.cl.metrics import ExperienceResult
 from bnncl.cl.strategies import FEATURE_STRATEGIES
+from bnncl.data.dataset import ImageDataset
 from bnncl.data.protocols import ProtocolSpec, get_protocol
 from bnncl.errors import BnnclError
 from bnncl.machine import machine_info, software_info
@@ -41,6 +42,7 @@ class RunConfig(LearningSettings):
     buffer_policy: str = "class_balanced"
     threads: int = 1
     shots: int | None = None  # images per new class, for the few-shot protocols (None: the protocol's default)
+    validation: float = 0.0  # > 0: hold out this fraction of each train class and test on it (for tuning)
     model: str | None = None  # a file path; default: the protocol's shipped model
     float_network: bool = False  # torch engine on the fp32 twin of the backbone
 
@@ -48,6 +50,8 @@ class RunConfig(LearningSettings):
         super().validate()
         if self.engine not in ENGINES:
             raise BnnclError(f"--engine must be one of {ENGINES}, got {self.engine!r}")
+        if not 0.0 <= self.validation < 1.0:
+            raise BnnclError(f"--validation: expected a fraction in [0, 1), got {self.validation}")
         if self.threads < 1:
             raise BnnclError(f"--threads must be >= 1, got {self.threads}")
         if self.float_network and self.engine != "torch":
@@ -108,6 +112,22 @@ def build_engine(cfg: RunConfig, spec: ProtocolSpec, num_classes: int) -> Engine
                        head_classes=info.get("classes"), weight_rounding=cfg.qw_rounding, rounding_seed=cfg.seed)
 
 
+VALIDATION_SEED = 12345
+
+
+def holdout(train: ImageDataset, fraction: float) -> tuple[ImageDataset, ImageDataset]:
+    """``(rest, held_out)``: ``fraction`` of each class's train images (at least one), the same for every run
+    seed (:data:`VALIDATION_SEED`)."""
+    rng = np.random.default_rng(VALIDATION_SEED)
+    held = []
+    for c in np.unique(train.labels):
+        rows = np.flatnonzero(train.labels == c)
+        held.append(rng.permutation(rows)[: max(1, round(fraction * len(rows)))])
+    mask = np.zeros(len(train), dtype=bool)
+    mask[np.concatenate(held)] = True
+    return train.select(np.flatnonzero(~mask)), train.select(np.flatnonzero(mask))
+
+
 def run_protocol(
     cfg: RunConfig,
     on_batch: Callable[[BatchProgress], None] | None = None,
@@ -118,6 +138,8 @@ def run_protocol(
     spec = get_protocol(cfg.protocol)
     t0 = time.perf_counter()
     train, test = spec.load()
+    if cfg.validation:  # tune on held-out train images; the test split stays untouched
+        train, test = holdout(train, cfg.validation)
     num_classes = len(train.class_names)
     engine = engine_builder(cfg, spec, num_classes)
     if spec.fresh_head:  # another domain's classes: none of the pretrained rows means anything here

@@ -99,6 +99,7 @@ class Setting:
 
 
 _BITS = f"1..{MAX_CODE_BITS} or {FLOAT_BITS} bits"
+MIXINGS = ("proportional", "balanced")
 DEFAULT_TAIL_BLOCKS = 2
 """Tail blocks of the strategies that train a tail, when the user gives none."""
 _int_at_least = lambda low: (lambda v: _is_int(v) and v >= low)
@@ -135,6 +136,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("new_per_class", int, None,
             "use at most this many new patterns per class per epoch, a fresh subset each epoch",
             "an integer >= 1 or 'all'", _int_at_least(1), none_word="all", metavar="N|all"),
+    Setting("mixing", str, "proportional",
+            "CWR*: minibatch composition; proportional = new : replayed as their counts, balanced = every "
+            "present class an equal share of each minibatch", "proportional or balanced",
+            lambda v: v in MIXINGS, choices=MIXINGS),
+    Setting("weight_align", str, "off",
+            "CWR*: after each experience scale the new classes' rows to the old rows' mean norm", "off or on",
+            lambda v: v in ("off", "on"), choices=("off", "on")),
     Setting("shrinkage", float, DEFAULT_SHRINKAGE, "slda: shrinkage of the shared covariance toward the identity",
             "a number in [0, 1)", lambda v: isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
             and 0 <= v < 1),

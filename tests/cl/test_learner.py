@@ -218,3 +218,54 @@ def test_new_per_class_cap_uses_fresh_subsets_and_counts_what_was_used():
     assert 10 < learner.consolidator.past[2] <= 30  # distinct new patterns used + 0 replayed of class 2
     with pytest.raises(ValueError, match="new_per_class"):
         LearnerConfig(new_per_class=0)
+
+
+def test_balanced_minibatches_give_every_present_class_an_equal_share():
+    from bnncl.cl.learner import balanced_minibatches
+
+    rng = np.random.default_rng(0)
+    new = np.full(10, 7)  # 10 images of one new class ...
+    replay = np.repeat([0, 1, 2], 300)  # ... against 300 replayed per old class
+    batches = balanced_minibatches(new, replay, 64, rng)
+    assert len(batches) == -(-(10 + 900) // 64)
+    counts = np.zeros(4, int)
+    for ni, ri in batches:
+        assert len(ni) + len(ri) in (63, 64, 65)
+        counts += [len(ni)] + [int(np.sum(replay[ri] == c)) for c in range(3)]
+    assert counts.max() - counts.min() <= 1  # equal shares over the epoch
+    seen = np.concatenate([ni for ni, _ in batches])
+    assert set(seen.tolist()) == set(range(10)) and np.bincount(seen).min() >= 20  # each new image, many times
+
+
+def test_weight_align_scales_new_rows_to_the_old_mean_norm():
+    from bnncl.cl.cwr import CWRStar
+
+    cwr = CWRStar(4, 3)
+    cwr.cw[:] = [[3, 0, 0], [0, 1, 0], [0, 0, 8], [0, 0, 0]]
+    cwr.align_rows([2], [0, 1])
+    np.testing.assert_allclose(np.linalg.norm(cwr.cw[2]), 2.0)
+    np.testing.assert_array_equal(cwr.cw[:2], [[3, 0, 0], [0, 1, 0]])
+    cwr.align_rows([3], [0, 1])  # a zero row stays as it is
+    np.testing.assert_array_equal(cwr.cw[3], 0)
+
+
+def test_balanced_mixing_learns_a_class_from_few_images():
+    """10 images of a new class against a large buffer: proportional mixing barely learns it, balanced does."""
+    rng = np.random.default_rng(3)
+    engine_args = ((8, 8, 1), 6)
+    images, labels = [], []
+    protos = rng.integers(0, 256, (6, 8, 8, 1))
+    for c, n in ((0, 400), (1, 400), (2, 400), (3, 10)):
+        images.append(np.clip(protos[c] + rng.integers(-60, 61, (n, 8, 8, 1)), 0, 255))
+        labels.append(np.full(n, c))
+    x, y = np.concatenate(images).astype(np.uint8), np.concatenate(labels)
+    test_x = np.clip(protos[3] + rng.integers(-60, 61, (200, 8, 8, 1)), 0, 255).astype(np.uint8)
+    recall = {}
+    for mixing in ("proportional", "balanced"):
+        engine = NumpyLinearEngine(*engine_args, proj_dim=16, seed=0)
+        cfg = LearnerConfig("cwr_star", epochs=2, lr=0.1, minibatch_size=64, mixing=mixing)
+        learner = ContinualLearner(engine, cfg, LatentReplayBuffer((16,), 1200, 32))
+        learner.learn_images(x[y < 3], y[y < 3], 0)
+        learner.learn_images(x[y == 3], y[y == 3], 1)
+        recall[mixing] = float(np.mean(learner.predict(learner.extract(test_x)) == 3))
+    assert recall["balanced"] > 0.8 and recall["balanced"] > recall["proportional"] + 0.2, recall

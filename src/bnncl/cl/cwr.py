@@ -79,6 +79,18 @@ class CWRStar:
         k = np.sqrt(self.past[c] / cur)
         return (self.cw[c].astype(np.float64) * k + w_prime) / (k + 1.0)
 
+    def align_rows(self, new_classes: Sequence[int], old_classes: Sequence[int]) -> None:
+        """Weight aligning (Zhao et al. 2020): scale the ``cw`` rows of ``new_classes`` so their mean L2 norm
+        is that of the rows of ``old_classes``; nothing happens when either is empty or a norm is zero."""
+        new = _classes("new_classes", new_classes, self.num_classes)
+        old = _classes("old_classes", old_classes, self.num_classes)
+        if not new.size or not old.size:
+            return
+        norm_new = float(np.linalg.norm(self.cw[new].astype(np.float64), axis=1).mean())
+        norm_old = float(np.linalg.norm(self.cw[old].astype(np.float64), axis=1).mean())
+        if norm_new > 0 and norm_old > 0:
+            self.cw[new] = (self.cw[new].astype(np.float64) * (norm_old / norm_new)).astype(np.float32)
+
     def consolidated_head(self) -> np.ndarray:
         """A copy of ``cw`` (the inference head)."""
         return self.cw.copy()

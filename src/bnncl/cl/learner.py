@@ -90,6 +90,12 @@ class LearnerConfig:
     """``slda``: shrinkage of the shared covariance toward the identity."""
     cov_bits: int = DEFAULTS["cov_bits"]
     """``slda``: storage bits of the shared covariance (32 or 16)."""
+    mixing: str = DEFAULTS["mixing"]
+    """Minibatch composition: ``proportional`` (new : replayed as N_new : R) or ``balanced`` (every present
+    class an equal share of each minibatch; :func:`balanced_minibatches`)."""
+    weight_align: str = DEFAULTS["weight_align"]
+    """``on``: after consolidation, scale the rows of the classes new in the experience to the mean norm of
+    the rows of the classes seen before (weight aligning, Zhao et al. 2020)."""
 
     def __post_init__(self) -> None:
         check_strategy(self.strategy)
@@ -97,7 +103,7 @@ class LearnerConfig:
             raise ValueError(f"batch_size_eval must be >= 1, got {self.batch_size_eval}")
         for name, setting in (("epochs", "epochs"), ("lr", "lr"), ("minibatch_size", "minibatch"),
                               ("seed", "seed"), ("new_per_class", "new_per_class"), ("shrinkage", "shrinkage"),
-                              ("cov_bits", "cov_bits")):
+                              ("cov_bits", "cov_bits"), ("mixing", "mixing"), ("weight_align", "weight_align")):
             value = getattr(self, name)
             if not (value is None and setting == "new_per_class") and not BY_NAME[setting].ok(value):
                 raise ValueError(f"{name}: expected {BY_NAME[setting].expected}, got {value!r}")
@@ -106,7 +112,8 @@ class LearnerConfig:
     def from_settings(cls, settings: Any) -> LearnerConfig:
         """The learner's part of a :class:`bnncl.settings.LearningSettings`."""
         return cls(settings.strategy, settings.epochs, settings.lr, settings.minibatch, settings.seed,
-                   new_per_class=settings.new_per_class, shrinkage=settings.shrinkage, cov_bits=settings.cov_bits)
+                   new_per_class=settings.new_per_class, shrinkage=settings.shrinkage, cov_bits=settings.cov_bits,
+                   mixing=settings.mixing, weight_align=settings.weight_align)
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,40 @@ def mixed_minibatches(
     new_chunks = np.array_split(rng.permutation(n_new), n_batches)
     replay_chunks = np.array_split(rng.permutation(n_replay), n_batches)
     return list(zip(new_chunks, replay_chunks))
+
+
+def balanced_minibatches(
+    new_labels: np.ndarray, replay_labels: np.ndarray, minibatch_size: int, rng: np.random.Generator
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One epoch of class-balanced ``(new_indices, replay_indices)`` minibatches.
+
+    The epoch has as many minibatches as :func:`mixed_minibatches` would (``ceil((N_new + R) / size)``);
+    each present class (new patterns for the experience's classes, replayed ones for the others; a
+    class in both draws from both) fills an equal share of every minibatch, cycling through its patterns
+    in a fresh random order, so a class of 10 images weighs as much as one of 300 whatever the
+    experience size."""
+    n_batches = max(1, -(-(len(new_labels) + len(replay_labels)) // minibatch_size))
+    pools: list[tuple[int, np.ndarray]] = []  # (0 = new / 1 = replay, indices) per class and source
+    for c in np.union1d(new_labels, replay_labels):
+        for source, labels in ((0, new_labels), (1, replay_labels)):
+            rows = np.flatnonzero(labels == c)
+            if len(rows):
+                pools.append((source, rows))
+    if not pools:
+        return [(np.zeros(0, np.int64), np.zeros(0, np.int64))]
+    share = np.array_split(np.arange(n_batches * minibatch_size), len(pools))
+    streams = []
+    for (source, rows), part in zip(pools, share):
+        reps = -(-len(part) // len(rows))
+        drawn = np.concatenate([rng.permutation(rows) for _ in range(reps)])[: len(part)]
+        streams.append((source, np.array_split(drawn, n_batches)))
+    batches = []
+    for b in range(n_batches):
+        new = [chunks[b] for source, chunks in streams if source == 0]
+        old = [chunks[b] for source, chunks in streams if source == 1]
+        batches.append((np.concatenate(new) if new else np.zeros(0, np.int64),
+                        np.concatenate(old) if old else np.zeros(0, np.int64)))
+    return batches
 
 
 class ContinualLearner:
@@ -280,7 +321,10 @@ class ContinualLearner:
         for epoch in range(cfg.epochs):
             rows = self._epoch_rows(new_y)
             used[rows] = True
-            batches = mixed_minibatches(len(rows), len(replay_y), cfg.minibatch_size, self._rng)
+            if cfg.mixing == "balanced":
+                batches = balanced_minibatches(new_y[rows], replay_y, cfg.minibatch_size, self._rng)
+            else:
+                batches = mixed_minibatches(len(rows), len(replay_y), cfg.minibatch_size, self._rng)
             for b, (ni, ri) in enumerate(batches):
                 ni = rows[ni]
                 x = np.concatenate([new_x[ni], replay_x[ri]])
@@ -294,6 +338,9 @@ class ContinualLearner:
             n = self.engine.num_classes
             cur = np.bincount(new_y[used], minlength=n) + np.bincount(replay_y, minlength=n)
             self.consolidator.end_experience(self.engine.get_head(), present, cur)
+            if cfg.weight_align == "on":
+                self.consolidator.align_rows(np.setdiff1d(np.unique(labels), sorted(self.seen_classes)),
+                                             sorted(self.seen_classes))
             self.engine.set_head(self.consolidator.consolidated_head())
         if self.buffer is not None:
             self.buffer._insert(latents, labels, experience_index)
