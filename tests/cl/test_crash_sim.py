@@ -145,10 +145,9 @@ def test_power_cut_at_every_point_of_fourteen_saves(tmp_path):
     assert len(result.outcomes) >= 5
 
 
-def test_lying_fsync_never_gives_a_partial_state(tmp_path):
-    """A write cache that acknowledges the last sync(s) early may lose acknowledged saves; the load
-    still returns a complete generation with its exact content, or a one-line StateError."""
-    recorder, gens = record_saves(tmp_path / "root")
+def lying_check(gens: dict[int, int]):
+    """A crash-image check for a storage that lies about fsync: the load returns a complete generation
+    with exactly the content of the save that wrote it, or a one-line StateError."""
     by_gen = {g: i for i, g in gens.items()}
 
     def check(folder: Path, point: CrashPoint) -> tuple:
@@ -162,7 +161,14 @@ def test_lying_fsync_never_gives_a_partial_state(tmp_path):
         assert loaded.generation in by_gen and same(loaded, by_gen[loaded.generation])
         return ("loaded", loaded.fell_back)
 
+    return check
+
+
+def test_lying_fsync_never_gives_a_partial_state(tmp_path):
+    """A write cache that acknowledges the last sync(s) early may lose acknowledged saves; the load
+    still returns a complete generation with its exact content, or a one-line StateError."""
+    recorder, gens = record_saves(tmp_path / "root")
     rng = random.Random(1)
-    result = explore(recorder, check, seed=1, per_point=8, lie=2, points=lambda p: rng.random() < 0.3)
+    result = explore(recorder, lying_check(gens), seed=1, per_point=8, lie=2, points=lambda p: rng.random() < 0.3)
     print(f"\nlying fsync (last 2 syncs lost): {result.summary()}; outcomes {dict(result.outcomes)}")
     assert not result.violations, "\n".join(result.violations[:10])

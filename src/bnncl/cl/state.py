@@ -22,9 +22,13 @@ inputs already learned). Layout of a state directory::
 Saving writes a complete new generation into a hidden temp folder (each file fsync'ed, then the
 folder), renames it to ``gen-N``, fsyncs ``DIR``, then atomically replaces ``CURRENT`` (temp file,
 fsync, rename, fsync ``DIR``). Only then are generations other than the new one and the previous
-good one pruned. Loading reads ``CURRENT``, verifies the manifest and every checksum, and, if that
-generation is damaged, falls back to the newest older intact one with a warning. Generations newer
-than ``CURRENT`` were never committed and are ignored.
+good one pruned. (The first save also fsyncs the parent of ``DIR``, so the folder itself survives a
+power cut. On a full disk, a save first removes the generations it would prune anyway and retries
+once, so room for one generation beside the committed one is enough.) Loading reads ``CURRENT``,
+verifies the manifest and every checksum, and, if that generation is damaged, falls back to the
+newest older intact one with a warning. Generations newer than ``CURRENT`` were never committed
+and are ignored. Every durable operation goes through :mod:`bnncl.atomic`; ``tests/crashsim.py``
+records them and checks the load at every point a power cut could interrupt them.
 
 Errors are one-line :class:`StateError` subclasses; none of them changes what is on disk.
 """

@@ -5,18 +5,23 @@ One step (:meth:`LearnLoop.step`):
 1. scan ``INCOMING/<label>/<image>`` (order and rules: :mod:`bnncl.service.inbox`); take up to
    ``--max-images`` usable files (0: all). A file that cannot be decoded, has no label folder, or
    names a new class when the head is full is *rejected*: moved to the rejected folder with a
-   ``.reason.txt`` beside it, with a warning. Rejecting changes no state.
+   ``.reason.txt`` beside it, with a warning. Rejecting changes no state. Entries never taken
+   (links, FIFOs, deeper folders) get one warning each.
 2. decode (resize policy of :func:`bnncl.data.imagefolder.decode_image`: converted to the model's
    channels, shorter side resized, centre crop), learn the batch as one experience, and commit the
    state together with the ids + sha256 of the batch's files (``position["last_files"]``);
-3. move the batch's files to the processed folder.
+3. record where the batch's files go (:mod:`bnncl.service.journal`, durable) and move them to the
+   processed folder.
 
 Crash safety: the commit (:class:`~bnncl.cl.state.StateStore`) is the only point where learning
-becomes permanent. A kill before it: the files are still in ``INCOMING`` and the next start learns
-them again from the last committed state, in the same order, with the same RNG states, so it
-learns exactly what the killed run would have. A kill after it: the next start finds files that
-the committed state lists (same id and content) still in ``INCOMING`` and moves them without
-learning them again. A second ``bnncl learn`` on the same state directory is refused (lock).
+becomes permanent. A kill or power cut before it: the files are still in ``INCOMING`` and the next
+start learns them again from the last committed state, in the same order, with the same RNG states,
+so it learns exactly what the killed run would have. After it: the next start finds files that the
+committed state lists (same id and content) still in ``INCOMING`` and moves them without learning
+them again. If the state loads an older generation than the one that learned files already moved
+(its newest generation was damaged), the journal names those files and the start moves them back
+into ``INCOMING`` to learn them again. A second ``bnncl learn`` on the same state directory is
+refused (lock). SIGTERM / SIGINT stop the loop at the next safe point (:func:`stop_on_signals`).
 """
 
 from __future__ import annotations
