@@ -24,3 +24,17 @@ def test_free_name_numbers_taken_names(tmp_path):
     (tmp_path / "a.1.png").write_bytes(b"")
     assert free_name(tmp_path, "a.png").name == "a.2.png"
     assert free_name(tmp_path, "b.png").name == "b.png"
+
+
+def test_links_are_followed_only_when_asked(tmp_path):
+    """INCOMING never follows links (test_bad_input); a read-only folder such as --base does."""
+    from bnncl.service.inbox import scan
+
+    (tmp_path / "data" / "Bag").mkdir(parents=True)
+    (tmp_path / "data" / "Bag" / "a.png").write_bytes(b"x")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "Bag").symlink_to(tmp_path / "data" / "Bag", target_is_directory=True)
+    skipped: list = []
+    assert scan(root, skipped=skipped) == [] and "symbolic link" in skipped[0][1]
+    assert [it.id for it in scan(root, follow=True)] == ["Bag/a.png"]

@@ -67,10 +67,10 @@ def load_labelled_folder(root: Path, image_shape: Sequence[int]) -> tuple[np.nda
     if not root.is_dir():
         raise DataError(f"{root}: not a directory (expected <dir>/<class>/<image>)")
     arrays, names = [], []
-    for item in inbox.scan(root):
+    for item in inbox.scan(root, follow=True):  # read only: links may point anywhere
         if not item.label:
             raise DataError(f"{item.path}: not in a class folder (expected <dir>/<class>/<image>)")
-        arr, _ = read_item(item, image_shape)
+        arr, _ = read_item(item, image_shape, follow=True)
         arrays.append(arr)
         names.append(item.label)
     shape = (0,) + tuple(int(v) for v in image_shape)

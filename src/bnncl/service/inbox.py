@@ -57,17 +57,17 @@ Skipped = list[tuple[Path, str]]
 """Entries a scan will never take, with the reason (symbolic links, FIFOs, deeper folders ...)."""
 
 
-def _kind(entry: os.DirEntry) -> str:
-    """'file', 'dir', or why the entry is never taken. Links are never followed: one may point
-    outside INCOMING, and taking it would read and move files there."""
+def _kind(entry: os.DirEntry, follow: bool = False) -> str:
+    """'file', 'dir', or why the entry is never taken. Links are not followed unless ``follow``: in
+    INCOMING one may point outside it, and taking it would read and move files there."""
     try:
-        if entry.is_symlink():
+        if entry.is_symlink() and not follow:
             return "a symbolic link (bnncl learn never follows links; move the files themselves into INCOMING)"
-        if entry.is_dir(follow_symlinks=False):
+        if entry.is_dir(follow_symlinks=follow):
             return "dir"
-        if entry.is_file(follow_symlinks=False):
+        if entry.is_file(follow_symlinks=follow):
             return "file"
-        mode = entry.stat(follow_symlinks=False).st_mode
+        mode = entry.stat(follow_symlinks=follow).st_mode
     except OSError as exc:
         return f"unreadable ({exc.strerror or exc})"
     what = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device or special file"
@@ -79,9 +79,11 @@ def _entries(folder: str | Path) -> list[os.DirEntry]:
         return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
 
 
-def scan(incoming: Path, exclude: Iterable[Path] = (), skipped: Skipped | None = None) -> list[Item]:
+def scan(incoming: Path, exclude: Iterable[Path] = (), skipped: Skipped | None = None,
+         follow: bool = False) -> list[Item]:
     """Every candidate file in ``incoming`` (module docstring), in learning order. Entries that will
-    never be taken are added to ``skipped`` with the reason."""
+    never be taken are added to ``skipped`` with the reason. ``follow``: symbolic links are taken as
+    what they point to (a read-only folder such as ``--base``; never for ``INCOMING``)."""
     skip = {p.resolve() for p in exclude}
     skipped = [] if skipped is None else skipped
     items: list[Item] = []
@@ -93,18 +95,18 @@ def scan(incoming: Path, exclude: Iterable[Path] = (), skipped: Skipped | None =
         path = Path(entry.path)
         if path.resolve() in skip:
             continue
-        kind = _kind(entry)
+        kind = _kind(entry, follow)
         if kind == "file":
             items.append(Item("", entry.name, path))
         elif kind != "dir":
             skipped.append((path, kind))
         else:
-            items += _scan_label(path, skipped)
+            items += _scan_label(path, skipped, follow)
     items.sort(key=lambda it: (it.name, it.label))
     return items
 
 
-def _scan_label(folder: Path, skipped: Skipped) -> list[Item]:
+def _scan_label(folder: Path, skipped: Skipped, follow: bool) -> list[Item]:
     items = []
     try:
         entries = _entries(folder)
@@ -112,7 +114,7 @@ def _scan_label(folder: Path, skipped: Skipped) -> list[Item]:
         skipped.append((folder, f"unreadable ({exc.strerror or exc})"))
         return []
     for entry in entries:
-        kind = _kind(entry)
+        kind = _kind(entry, follow)
         if kind == "file":
             items.append(Item(folder.name, entry.name, Path(entry.path)))
         else:
