@@ -36,6 +36,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cwr_star_balanced": {"strategy": "cwr_star", "mixing": "balanced"},
     "cwr_star_aligned": {"strategy": "cwr_star", "weight_align": "on"},
     "cwr_star_fixed": {"strategy": "cwr_star", "mixing": "balanced", "weight_align": "on"},
+    "cwr_star_k0_e64": {"strategy": "cwr_star", "tail_blocks": 0, "lr_bits": 8, "epochs": 64},
     "cwr_star_fixed_k0": {"strategy": "cwr_star", "tail_blocks": 0, "lr_bits": 8, "mixing": "balanced",
                           "weight_align": "on"},
 }

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bnncl.cli import main
+from bnncl.errors import BnnclError
 from bnncl.experiment import RunConfig, run_protocol
 
 
@@ -136,3 +137,32 @@ def test_settings_line_names_the_resolved_settings():
     assert "new per class all" in settings_line(asdict(config_for(strategy="cwr_star")))
     assert settings_line(asdict(config_for())) == ("slda on the frozen pooled features, shrinkage 0.0001, "
                                                    "covariance at 32 bits, seed 0")
+
+
+def test_fewshot_protocol_learns_each_new_class_from_k_images():
+    r = run_protocol(RunConfig(protocol="fmnist-fewshot", shots=5, seed=0))
+    assert [e["n_new"] for e in r["experiences"][1:]] == [5] * 5
+    assert r["config"]["shots"] == 5 and r["final_accuracy"] > 0.5  # ten classes: chance is 0.1
+    with pytest.raises(BnnclError, match="does not take shots"):
+        run_protocol(RunConfig(shots=5))
+
+
+def test_cross_domain_protocol_starts_from_an_empty_head():
+    seen_heads = []
+
+    def builder(cfg, spec, num_classes):
+        from bnncl.experiment import build_engine
+
+        engine = build_engine(cfg, spec, num_classes)
+        seen_heads.append(engine)
+        return engine
+
+    r = run_protocol(RunConfig(protocol="fmnist-on-cifar", strategy="cwr_star", tail_blocks=0, lr_bits=8),
+                     engine_builder=builder)
+    engine = seen_heads[0]
+    engine.reset_tail()  # back to the deployment state: the cleared head
+    assert not np.any(engine.get_head())
+    assert r["experiences"][0]["classes"] == [0, 1] and len(r["experiences"]) == 5
+    first = r["experiences"][0]
+    assert first["seen_classes"] == [0, 1] and first["accuracy_seen"] > 0.8  # T-shirt vs trouser
+    assert first["accuracy_all"] <= 0.2 + 1e-9  # the other eight classes are not known yet
