@@ -10,7 +10,9 @@
    fsync early): the load returns a complete generation with its exact content, or a StateError;
 3. ``bnncl learn`` over ``--images`` PNG files (``--per-experience`` per experience, one unreadable
    file): the loop resumed on every distinct crash image ends exactly as the uninterrupted run;
-4. the same images with the newest committed generation damaged: every image still learned once.
+4. the same with processed/ and rejected/ on "another file system" (every move a copy, fsync, rename
+   and removal of the original);
+5. the resumed run with the newest committed generation damaged: every image still learned once.
 
 Writes benchmarks/crash-soak.json (every count and outcome) and adds one line to
 benchmarks/crash-soak.md. CI runs the short version (tests/cl/test_crash_sim.py,
@@ -38,6 +40,7 @@ import conftest  # noqa: E402  (tests/service: the FAST settings and the PNG str
 import test_crash_sim as store_sim  # noqa: E402
 import test_learn_crash_sim as learn_sim  # noqa: E402
 
+from bnncl import atomic  # noqa: E402
 from bnncl.assets import model_path  # noqa: E402
 from bnncl.service.session import LearnerSession  # noqa: E402
 from crashsim import Exploration, explore  # noqa: E402
@@ -80,13 +83,20 @@ def learn_soak(tmp: Path, images: int, per_experience: int, seed: int) -> list[d
     learn_sim.run(ref, model, per_experience=per_experience)
     names = sorted(n for n, _ in learn_sim.files(src, "waiting") if not n.endswith("b.png"))
     out = []
-    for name, make in (("bnncl learn, resumed", lambda: learn_sim.resume_check(model, ref, per_experience)),
-                       ("bnncl learn, newest generation damaged",
-                        lambda: learn_sim.damaged_check(model, names, per_experience))):
+    scenarios = (("bnncl learn, resumed", False, lambda: learn_sim.resume_check(model, ref, per_experience)),
+                 ("bnncl learn, cross-device moves", True, lambda: learn_sim.resume_check(model, ref, per_experience)),
+                 ("bnncl learn, newest generation damaged", False,
+                  lambda: learn_sim.damaged_check(model, names, per_experience)))
+    real = atomic.rename
+    for name, exdev, make in scenarios:
         t0 = time.perf_counter()
         root = tmp / name.replace(" ", "_").replace(",", "")
-        recorder = learn_sim.record(src, root, model, per_experience)
-        result = explore(recorder, make(), seed=seed, per_point=30)
+        atomic.rename = learn_sim.cross_device(real) if exdev else real
+        try:
+            recorder = learn_sim.record(src, root, model, per_experience)
+            result = explore(recorder, make(), seed=seed, per_point=30)
+        finally:
+            atomic.rename = real
         out.append(_entry(name, result, time.perf_counter() - t0, operations=len(recorder.ops), images=images,
                           per_experience=per_experience))
     return out

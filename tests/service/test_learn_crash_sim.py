@@ -9,12 +9,14 @@ INCOMING.
 A second test damages the newest committed generation of every crash image as well (bit rot, or a
 storage that lied about an fsync): the state falls back to the generation before it, the files the
 lost generation had learned go back to INCOMING, and still every image ends learned exactly once.
-``BNNCL_LEARN_CRASH_IMAGES`` caps how many distinct images are resumed (default 0: all of them).
+Each test resumes a sample of the distinct images spread evenly over the log (150 / 60 / 60);
+``BNNCL_LEARN_CRASH_IMAGES`` sets another number for all three (0: every distinct image).
 benchmarks/crash_soak.py runs the same checks on a longer stream.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -24,13 +26,20 @@ from pathlib import Path
 
 import numpy as np
 
+from bnncl import atomic
 from bnncl.cl.state import StateStore
 from bnncl.service import inbox
 from bnncl.service.learn import LearnLoop
 from bnncl.service.session import LearnerSession
 from crashsim import CrashPoint, Recorder, explore
 
-RESUMED = int(os.environ.get("BNNCL_LEARN_CRASH_IMAGES", "0"))
+RESUMED = os.environ.get("BNNCL_LEARN_CRASH_IMAGES")
+
+
+def sample(default: int) -> int | None:
+    """How many distinct crash images a test resumes (None: all)."""
+    n = default if RESUMED is None else int(RESUMED)
+    return n or None
 PER_EXPERIENCE = 3
 
 
@@ -124,6 +133,16 @@ def damaged_check(model: Path, names: list[str], per_experience: int = PER_EXPER
     return check
 
 
+def cross_device(real: Callable) -> Callable:
+    """An ``atomic.rename`` for which a move between folders of INCOMING crosses file systems (EXDEV)."""
+    def rename(src, dst) -> None:
+        if os.path.dirname(os.fspath(src)) != os.path.dirname(os.fspath(dst)) and "/inc/" in os.fspath(dst):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real(src, dst)
+
+    return rename
+
+
 def report(title: str, result) -> None:
     print(f"\n{title}: {result.summary()}")
     for outcome, n in sorted(result.outcomes.items(), key=str):
@@ -140,10 +159,29 @@ def test_power_cut_at_every_point_of_the_learn_loop(tmp_path, model, deployed_te
     assert len(files(ref, "processed")) == 9 and len(files(ref, "rejected")) == 1
     recorder = record(src, tmp_path / "root", model)
     assert {"rename", "fsync_dir", "mkdir", "write"} <= {op.kind for op in recorder.ops}
-    result = explore(recorder, resume_check(model, ref), seed=3, per_point=30, max_images=RESUMED or None)
+    result = explore(recorder, resume_check(model, ref), seed=3, per_point=30, max_images=sample(150))
     report(f"bnncl learn: {len(recorder.ops)} operations recorded, {time.perf_counter() - t0:.1f} s", result)
     assert not result.violations, "\n".join(result.violations[:10])
-    assert result.explored >= min(RESUMED or 200, 200) and len(result.outcomes) >= 4
+    assert result.explored >= min(sample(150) or 150, 150) and len(result.outcomes) >= 4
+
+
+def test_power_cut_during_cross_device_moves(tmp_path, model, deployed_template, kit, monkeypatch):
+    """processed/ and rejected/ on another file system: a move is a copy, fsync, rename and unlink, so a
+    cut can leave a file in both places; the resumed loop removes the INCOMING copy of a file already
+    in place instead of moving it again, and ends exactly as the uninterrupted run."""
+    monkeypatch.setattr(atomic, "rename", cross_device(atomic.rename))
+    src = tmp_path / "src"
+    setup(src, deployed_template, kit.write_stream)
+    ref = tmp_path / "ref"
+    shutil.copytree(src, ref)
+    run(ref, model)
+    recorder = record(src, tmp_path / "root", model)
+    assert any(op.path.endswith(".bnncl-move.part") for op in recorder.ops)
+    points = {i + 1 for i, op in enumerate(recorder.ops) if "processed" in op.path or "/Bag" in op.path}
+    result = explore(recorder, resume_check(model, ref), seed=5, per_point=20, max_images=sample(60),
+                     points=lambda p: p.k in points)
+    report("bnncl learn, cross-device moves", result)
+    assert not result.violations, "\n".join(result.violations[:10])
 
 
 def test_power_cut_then_the_newest_generation_damaged_loses_nothing(tmp_path, model, deployed_template, kit):
@@ -151,7 +189,7 @@ def test_power_cut_then_the_newest_generation_damaged_loses_nothing(tmp_path, mo
     setup(src, deployed_template, kit.write_stream)
     names = sorted(n for n, _ in files(src, "waiting") if not n.endswith("b.png"))
     recorder = record(src, tmp_path / "root", model)
-    result = explore(recorder, damaged_check(model, names), seed=4, per_point=30, max_images=RESUMED or 120)
+    result = explore(recorder, damaged_check(model, names), seed=4, per_point=30, max_images=sample(60))
     report("bnncl learn, newest generation damaged after the cut", result)
     assert not result.violations, "\n".join(result.violations[:10])
     assert result.outcomes[("damaged", "relearned lost files")] > 0

@@ -205,8 +205,44 @@ def move(item: Item, dest_root: Path, to: Path | None = None) -> Path:
 
 
 def reject(item: Item, rejected_root: Path, reason: str) -> Path:
-    """Move ``item`` to ``rejected_root/<label>/`` with ``<name>.reason.txt`` (written first) beside it."""
+    """Move ``item`` to ``rejected_root/<label>/`` with ``<name>.reason.txt`` (written first) beside it.
+    If a file of the same name and bytes is there with its reason already (a move across file systems
+    cut short: the copy was done, the original not yet removed), the original is removed instead."""
+    done = rejected_copy(item, rejected_root)
+    if done is not None:
+        remove(item)
+        return done
     to = target(item, rejected_root, reserve=_REASON_ROOM)
     replace_file(to.with_name(to.name + REASON_SUFFIX), (reason.rstrip() + "\n").encode())
     _rename(item.path, to)
     return to
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    """True if ``a`` and ``b`` are both readable files with the same content."""
+    try:
+        return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
+def rejected_copy(item: Item, rejected_root: Path) -> Path | None:
+    """A file in ``rejected_root/<label>/`` under ``item``'s name (or a numbered one) with the same bytes
+    and a reason beside it, or None."""
+    folder = rejected_root / (item.label or "_unlabelled")
+    limit = name_max(folder) - _REASON_ROOM if folder.is_dir() else 0
+    n = 0
+    while limit > 0:
+        candidate = folder / numbered_name(item.name, n, limit)
+        if not os.path.lexists(candidate):
+            return None
+        if same_bytes(candidate, item.path) and candidate.with_name(candidate.name + REASON_SUFFIX).exists():
+            return candidate
+        n += 1
+    return None
+
+
+def remove(item: Item) -> None:
+    """Remove ``item`` from the incoming folder, durably (a copy of it is already where it goes)."""
+    atomic.unlink(item.path)
+    fsync_dir(item.path.parent)

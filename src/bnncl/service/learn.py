@@ -102,8 +102,18 @@ class LearnLoop:
             self.say(f"moved {len(pairs)} file(s) learned before a restart to {self.done}")
         return len(pairs)
 
+    def _copied(self, experience: int, rec: dict[str, Any]) -> bool:
+        """True if the journal says where this file of ``experience`` went and it is there (a move
+        across file systems cut short between the copy and the removal of the original)."""
+        done = {f["id"]: f for f in self.journal.experiences.get(experience, [])}.get(rec["id"])
+        return done is not None and _holds(self.done / done["moved_to"], rec)
+
     def _move_learned(self, experience: int, pairs: list[tuple[inbox.Item, dict[str, Any]]]) -> None:
         """Record where the files of the committed ``experience`` go (durably: the journal), then move them."""
+        copied = [(item, rec) for item, rec in pairs if self._copied(experience, rec)]
+        for item, _ in copied:
+            inbox.remove(item)
+        pairs = [(item, rec) for item, rec in pairs if (item, rec) not in copied]
         targets = [inbox.target(item, self.done) for item, _ in pairs]
         self.journal.record(experience, [{**rec, "moved_to": to.relative_to(self.done).as_posix()}
                                          for (_, rec), to in zip(pairs, targets)])
