@@ -329,6 +329,20 @@ def test_small_disk_needs_room_for_two_generations_and_recovers(tmp_path, monkey
     assert StateStore(store.directory).load().meta == {"i": 5}
 
 
+def test_full_disk_prunes_nothing_before_writing_unless_the_state_is_intact(tmp_path, monkeypatch):
+    """A store that has not loaded the state, whose committed generation is damaged: a save on a full
+    disk must not make room by removing the older intact generation (the only good one left)."""
+    store = saved(tmp_path, 2)
+    damaged = store.directory / "gen-00000002" / "arrays.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-1])
+    small_disk(monkeypatch, store.directory, [0])
+    with pytest.raises(StateWriteError, match="disk full"):
+        StateStore(store.directory).save(*small_state(3))
+    assert StateStore(store.directory).generations() == [1, 2]
+    with pytest.warns(UserWarning, match="gen-00000002: arrays.safetensors checksum mismatch"):
+        assert StateStore(store.directory).load().generation == 1
+
+
 def test_fsync_failure_keeps_previous_state(tmp_path, monkeypatch):
     store = saved(tmp_path, 1)
     before = tree(store.directory)

@@ -366,10 +366,18 @@ class StateStore:
 
     def _prune_before_write(self, new: int, old: int | None) -> bool:
         """On a full disk, before ``new`` is written: remove what saving it would prune anyway (the
-        committed state and the ``keep - 2`` generations before it stay). True if room was made."""
+        committed state and the ``keep - 2`` generations before it stay). Only when the generation
+        kept as the state is known intact (loaded or written by this store, or verified now): then
+        a failed retry still leaves it. True if room was made."""
+        good = self._good if self._good is not None else old
+        keep = self._keep(new, old) - {new}
+        if good is None or good not in keep:
+            return False
         try:
-            return self._remove_except(self._keep(new, old) - {new})
-        except OSError:
+            if good != self._good:
+                self.verify(good)
+            return self._remove_except(keep)
+        except (OSError, StateError):
             return False
 
     @contextmanager

@@ -114,6 +114,8 @@ class LearnLoop:
         for item, _ in copied:
             inbox.remove(item)
         pairs = [(item, rec) for item, rec in pairs if (item, rec) not in copied]
+        if not pairs:
+            return
         targets = [inbox.target(item, self.done) for item, _ in pairs]
         self.journal.record(experience, [{**rec, "moved_to": to.relative_to(self.done).as_posix()}
                                          for (_, rec), to in zip(pairs, targets)])
