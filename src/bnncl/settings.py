@@ -146,8 +146,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shrinkage", float, DEFAULT_SHRINKAGE, "slda: shrinkage of the shared covariance toward the identity",
             "a number in [0, 1)", lambda v: isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
             and 0 <= v < 1),
-    Setting("cov_bits", int, 32, "slda: storage bits of the shared covariance (16 halves it but drifts when learning a few "
-            "images at a time: docs/design.md §1.8)", _words(COV_BITS) + " bits",
+    Setting("cov_bits", int, 32,
+            "slda: storage bits of the shared covariance (16 halves it but drifts when learning a few images at "
+            "a time: docs/design.md §1.8)", _words(COV_BITS) + " bits",
             lambda v: _is_int(v) and v in COV_BITS, choices=COV_BITS),
 )
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
