@@ -89,10 +89,11 @@ def test_unusable_file_is_rejected_with_a_reason(tmp_path, model, state, kit, ki
     else:
         bad = _image(inc / "bad.png")
     before = kit.snapshot(state)
-    assert _learn(model, state, inc) == 0
+    assert _learn(model, state, inc) == learn.EXIT_ALL_REJECTED  # nothing learned
     out = capsys.readouterr()
-    assert "nothing new to learn" in out.out
-    assert out.err.count("\n") == 1 and out.err.startswith("warning: ") and reason in out.err, out.err
+    assert out.out == ""
+    assert out.err.count("\n") == 2 and out.err.startswith("warning: ") and reason in out.err, out.err
+    assert out.err.splitlines()[1].startswith("nothing learned: 1 image(s) rejected (reasons beside them in ")
     moved = inc / "rejected" / ("Bag" if kind != "unlabelled" else "_unlabelled") / "bad.png"
     assert moved.exists() and not bad.exists()
     assert reason in moved.with_name("bad.png.reason.txt").read_text()
@@ -126,7 +127,7 @@ def test_file_over_the_size_limit_is_rejected_unread(tmp_path, model, state, cap
     big = _image(inc / "Bag" / "big.png")
     with open(big, "r+b") as fh:
         fh.truncate(8 * 12845056 + (1 << 20) + 1)  # sparse: takes no room on disk
-    assert _learn(model, state, inc) == 0
+    assert _learn(model, state, inc) == learn.EXIT_ALL_REJECTED  # nothing learned
     assert "file too large (103809025 bytes; at most 103809024 for the model's input)" in capsys.readouterr().err
 
 
@@ -149,7 +150,7 @@ def test_32_bit_image_is_rejected_with_its_format(tmp_path, model, state, capsys
     inc = tmp_path / "inc"
     (inc / "Bag").mkdir(parents=True)
     Image.fromarray(np.ones((28, 28), np.float32)).save(inc / "Bag" / "f.tif")
-    assert _learn(model, state, inc) == 0
+    assert _learn(model, state, inc) == learn.EXIT_ALL_REJECTED  # nothing learned
     reason = "unsupported pixel format 'F' (32-bit float samples); expected 1-, 8- or 16-bit samples"
     assert reason in capsys.readouterr().err and reason in (inc / "rejected" / "Bag" / "f.tif.reason.txt").read_text()
 
@@ -171,7 +172,7 @@ def test_file_name_at_the_length_limit_learned_again_and_rejected(tmp_path, mode
     bad = inc / "Shirt" / ("\u00e9" * 125 + ".png")  # 254 bytes in UTF-8
     bad.parent.mkdir()
     bad.write_text("not an image")
-    assert _learn(model, state, inc) == 0
+    assert _learn(model, state, inc) == learn.EXIT_ALL_REJECTED  # nothing learned
     assert "rejected, moved to" in capsys.readouterr().err
     rejected = sorted(p.name for p in (inc / "rejected" / "Shirt").iterdir())
     assert len(rejected) == 2 and rejected[1] == rejected[0] + ".reason.txt", rejected

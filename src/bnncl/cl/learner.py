@@ -43,6 +43,7 @@ library never prints.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -139,6 +140,30 @@ class TrainStats:
 
 BatchCallback = Callable[[BatchProgress], None]
 ExperienceCallback = Callable[[ExperienceResult], None]
+
+
+#: state arrays with one row per head class (grown by :func:`grow_classes`)
+CLASS_ROW_ARRAYS = ("engine/head", "cwr/cw", "cwr/past", "slda/means", "slda/counts", "probe/weight", "probe/bias")
+
+
+def grow_classes(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], num_classes: int
+                 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A :meth:`ContinualLearner.state_dict` output with room for ``num_classes`` head rows: every per-class
+    array gets zero rows at the end (a class not seen yet), so the learner resumes with more free classes.
+    ValueError if ``num_classes`` is smaller than the state's."""
+    out = dict(arrays)
+    for key in CLASS_ROW_ARRAYS:
+        if key in out:
+            a = np.asarray(out[key])
+            if num_classes < a.shape[0]:
+                raise ValueError(f"cannot shrink the head from {a.shape[0]} to {num_classes} classes")
+            pad = np.zeros((num_classes - a.shape[0],) + a.shape[1:], dtype=a.dtype)
+            out[key] = np.concatenate([a, pad])
+    new_meta = json.loads(json.dumps(dict(meta)))
+    for part in new_meta.values():
+        if isinstance(part, dict) and "num_classes" in part:
+            part["num_classes"] = int(num_classes)
+    return out, new_meta
 
 
 def mixed_minibatches(

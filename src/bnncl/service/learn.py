@@ -47,10 +47,13 @@ from bnncl.errors import BnnclError, DataError
 from bnncl.service import inbox
 from bnncl.service.folders import read_item
 from bnncl.service.journal import Journal
-from bnncl.service.session import LearnerSession
+from bnncl.service.session import FREE_ROWS, LearnerSession
 from bnncl.settings import add_arguments, given_settings
 
 LOCK_NAME = "LEARNER.lock"
+EXIT_ALL_REJECTED = 3
+"""Exit status of ``bnncl learn --once`` when images were there but every one was rejected (0: learned
+something or found nothing; 2: a usage or state error; 1: stdout closed)."""
 
 
 def _holds(path: Path, rec: dict[str, Any]) -> bool:
@@ -80,6 +83,7 @@ class LearnLoop:
         self.say = say
         self.warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
         self._warned: set[Path] = set()  # entries never taken, warned about once
+        self.rejected_count = 0  # images moved to (or left for) REJECTED in this run
         self.stop = stop if stop is not None else Stop()
         self.journal = Journal.load(session.store.directory, self.warn)
 
@@ -148,6 +152,7 @@ class LearnLoop:
         return False
 
     def _reject(self, item: inbox.Item, reason: str) -> None:
+        self.rejected_count += 1
         try:
             target = inbox.reject(item, self.rejected, reason)
         except OSError as exc:  # e.g. disk full: leave it where it is, try again at the next scan
@@ -207,7 +212,8 @@ class LearnLoop:
         for name in labels:
             counts[name] = counts.get(name, 0) + 1
         summary = ", ".join(f"{n} x{k}" for n, k in sorted(counts.items()))
-        self.say(f"experience {s.position['experience']}: learned {len(taken)} image(s) ({summary}); "
+        report = f"; {s.last_report.line()}" if s.last_report is not None else ""
+        self.say(f"experience {s.position['experience']}: learned {len(taken)} image(s) ({summary}){report}; "
                  f"state generation {gen}; {time.perf_counter() - t0:.2f} s")
         return len(taken)
 
@@ -265,7 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bnncl learn",
         description="Learn continually from labelled images dropped into a folder (INCOMING/<class>/<image>). "
-                    "The first start deploys the model into --state; later starts resume from it.")
+                    "The first start deploys the model into --state; later starts resume from it.",
+        epilog=f"exit status: 0 learned (or nothing to learn, or stopped by a signal at a safe point); "
+               f"{EXIT_ALL_REJECTED} with --once when every image found was rejected (reasons in REJECTED); "
+               f"2 a usage, model or state error; 1 stdout closed.")
     p.add_argument("--model", required=True, help="device model file (.bnn), or a shipped model's name "
                                                    "(fmnist-b5, cifar10-b5)")
     p.add_argument("--state", required=True, help="state directory (created at the first start)")
@@ -281,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("deployment settings (fixed at the first start, kept in the state)")
     add_arguments(g)
     g.add_argument("--capacity", default=None, metavar="N",
-                   help="head rows = most classes ever (default the number of the model's class names)")
+                   help=f"head rows = most classes ever (default the model's class names + {FREE_ROWS} free rows); "
+                        f"a larger value on an existing state grows it")
     return p
 
 
@@ -379,6 +389,18 @@ def _main(args: argparse.Namespace) -> int:
         return 130
 
 
+def _open_session(args: argparse.Namespace, state: Path, existed: bool) -> LearnerSession:
+    """Resume or deploy; a refused deployment leaves no state folder behind when it made it (``existed``
+    False: the folder holds only the lock taken for this start)."""
+    try:
+        model = resolve_model(args.model, ".bnn")  # a path, or a shipped model's name
+        return LearnerSession.open(model, state, settings_from_args(args), base=args.base, threads=args.threads)
+    except BaseException:
+        if not existed and state.is_dir() and {p.name for p in state.iterdir()} <= {LOCK_NAME}:
+            atomic.rmtree(state, ignore_errors=True)
+        raise
+
+
 def _learn(args: argparse.Namespace, stop: Stop | None = None) -> int:
     incoming = Path(args.incoming)
     if not incoming.is_dir():
@@ -386,11 +408,10 @@ def _learn(args: argparse.Namespace, stop: Stop | None = None) -> int:
     if args.poll <= 0 or args.max_images < 0 or args.threads < 1:
         raise BnnclError("--poll must be > 0, --max-images >= 0 and --threads >= 1")
     state = Path(args.state)
+    existed = state.exists()
     with learner_lock(state):
         fresh = not (state / "CURRENT").exists() and not any(state.glob("gen-*"))
-        model = resolve_model(args.model, ".bnn")  # a path, or a shipped model's name
-        session = LearnerSession.open(model, state, settings_from_args(args), base=args.base,
-                                      threads=args.threads)
+        session = _open_session(args, state, existed)
         if fresh:
             print(f"deployed {args.model} into {state}: {session.deployment_summary()}; "
                   f"state generation {session.generation}")
@@ -404,6 +425,10 @@ def _learn(args: argparse.Namespace, stop: Stop | None = None) -> int:
             print(f"stopped by {loop.stop.reason} at a safe point: state generation {session.generation} "
                   f"(experience {session.position['experience']}); {total} image(s) learned in this run")
         elif args.once:
+            if total == 0 and loop.rejected_count:
+                print(f"nothing learned: {loop.rejected_count} image(s) rejected (reasons beside them in "
+                      f"{loop.rejected})", file=sys.stderr)
+                return EXIT_ALL_REJECTED
             print("nothing new to learn" if total == 0 else f"learned {total} image(s); incoming folder is empty")
     return 0
 

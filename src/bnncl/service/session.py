@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bnncl.assemble import build_learner
+from bnncl.cl.learner import grow_classes
 from bnncl.cl.state import (
     LoadedState,
     NoStateError,
@@ -108,6 +109,31 @@ def check_images(images: Any, image_shape: Sequence[int], what: str = "images") 
     return np.rint(arr).astype(np.uint8)
 
 
+FREE_ROWS = 16
+"""Head rows a deployment leaves free beyond the model's class names, for the classes a user adds."""
+
+REPORT_SAMPLE = 512
+"""At most this many replayed patterns are scored in the report after each experience."""
+
+
+@dataclass(frozen=True)
+class LearnReport:
+    """What one :meth:`LearnerSession.learn` did (``bnncl learn`` prints it)."""
+
+    images: int
+    accuracy_new: float
+    """Accuracy on the experience's own images, after learning them."""
+    replay: tuple[int, float] | None
+    """``(patterns, accuracy)`` on a sample of the replay buffer, or None without one."""
+    seconds: float
+
+    def line(self) -> str:
+        out = f"accuracy on them {100 * self.accuracy_new:.0f}%"
+        if self.replay is not None:
+            out += f", on {self.replay[0]} replayed patterns {100 * self.replay[1]:.0f}%"
+        return out
+
+
 class LearnerSession:
     """A deployed learner bound to one model file and one state directory (module docstring)."""
 
@@ -133,6 +159,7 @@ class LearnerSession:
         self.position: dict[str, Any] = {}
         self.generation = 0
         self.fell_back = False
+        self.last_report: LearnReport | None = None
 
     # -- open -------------------------------------------------------------------------------
     @classmethod
@@ -162,18 +189,42 @@ class LearnerSession:
         except NoStateError:
             if not deploy:
                 raise
+            if given.get("capacity") is None:
+                given["capacity"] = len(dm.class_names) + FREE_ROWS
             chosen = Settings(**given)  # and together (e.g. a strategy that trains no tail with --tail-blocks)
             session = cls(model_path, store, chosen, dm, sha, threads)
             session._deploy(base)
             return session
         saved = Settings.from_dict(state.position.get("settings", {}))
+        grew = False
+        if given.get("capacity") is not None:
+            state, saved, grew = cls._grown(state, saved, given.pop("capacity"), len(dm.class_names), state_dir)
         diff = [f"--{k.replace('_', '-')} {getattr(saved, k)}" for k, v in given.items() if getattr(saved, k) != v]
         if diff:
             raise BnnclError(f"{state_dir}: state was deployed with {', '.join(diff)}; drop the conflicting "
                              f"option(s) or deploy into a new state directory")
         session = cls(model_path, store, saved, dm, sha, threads)
         session._restore(state)
+        if grew:
+            session._commit(session.position)  # the grown head, committed before anything is learned
         return session
+
+    @staticmethod
+    def _grown(state: LoadedState, saved: Settings, capacity: int, names: int, where: str | Path
+               ) -> tuple[LoadedState, Settings, bool]:
+        """``state`` and its settings with ``capacity`` head rows (more than it has: zero rows added), and
+        whether it grew."""
+        have = saved.capacity or names
+        Settings(**(asdict(saved) | {"capacity": capacity}))  # checks the value
+        if capacity == have:
+            return state, saved, False
+        if capacity < have:
+            raise BnnclError(f"{where}: --capacity {capacity} is smaller than the deployed head ({have} rows); "
+                             f"a head can grow, not shrink")
+        arrays, meta = grow_classes(state.arrays, state.meta, capacity)
+        position = json.loads(json.dumps(state.position))
+        position["settings"]["capacity"] = capacity
+        return replace(state, arrays=arrays, meta=meta, position=position), replace(saved, capacity=capacity), True
 
     def _restore(self, state: LoadedState) -> None:
         if state.position.get("service") != SERVICE_VERSION:
@@ -289,7 +340,9 @@ class LearnerSession:
             raise
         try:
             exp = int(self.position["experience"]) + 1
-            self.learner.learn_images(x, y, exp)
+            latents = self.learner.extract(x)
+            stats = self.learner.train_experience(latents, y, exp)
+            self.last_report = self._report(latents, y, stats.seconds)
             pos = dict(self.position)
             per_class = list(pos["learned_per_class"]) + [0] * (len(self.classes) - len(pos["learned_per_class"]))
             base = list(pos["base_per_class"]) + [0] * (len(self.classes) - len(pos["base_per_class"]))
@@ -304,6 +357,17 @@ class LearnerSession:
                 self.reload()
             raise
         return self.generation
+
+    def _report(self, latents: np.ndarray, y: np.ndarray, seconds: float) -> LearnReport:
+        """How the learner now does on what it just learned and, where it keeps a replay buffer, on a sample
+        of it (every k-th stored pattern, at most :data:`REPORT_SAMPLE`)."""
+        new_acc = float(np.mean(self.learner.predict(latents) == y))
+        held: tuple[int, float] | None = None
+        if self.buffer is not None and len(self.buffer):
+            idx = np.arange(0, len(self.buffer), max(1, -(-len(self.buffer) // REPORT_SAMPLE)))
+            pred = self.learner.predict(self.buffer.latents()[idx])
+            held = (len(idx), float(np.mean(pred == self.buffer.labels[idx])))
+        return LearnReport(len(y), new_acc, held, seconds)
 
     def _commit(self, position: Mapping[str, Any]) -> None:
         arrays, meta = self.learner.state_dict()
