@@ -47,13 +47,38 @@ def test_classifier_is_the_lda_rule_with_shrinkage():
     a = 0.9 * _within_class_cov(x, y) + 0.1 * np.eye(6)
     mu = np.stack([x[y == c].mean(0) for c in range(4)]).astype(np.float64)
     w = mu @ np.linalg.inv(a)
-    b = -0.5 * np.sum(mu * w, axis=1)
+    n = np.bincount(y, minlength=4)
+    b = -0.5 * (np.sum(mu * w, axis=1) - np.trace(np.linalg.inv(a) @ _within_class_cov(x, y)) / (n + 2.0))
     got_w, got_b = s.classifier()
     np.testing.assert_allclose(got_w, w, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got_b, b, rtol=1e-4, atol=1e-5)
     logits = s.logits(x)
     assert logits.dtype == np.float32 and logits.shape == (400, 4)
     assert np.mean(logits.argmax(1) == y) > 0.9  # well separated blobs
+
+
+def test_a_class_seen_a_few_times_is_not_drowned_by_the_bias_of_its_mean():
+    """Many base features define the covariance; new classes come with 3 features each. Without the
+    small-sample correction a noisy 3-sample mean is far from the centre and its class rarely wins."""
+    rng = np.random.default_rng(5)
+    dim, classes = 40, 8
+    centres = rng.normal(0, 0.6, (classes, dim))
+    def draw(c, n):
+        return centres[c] + rng.normal(0, 1, (n, dim))
+    s = StreamingLDA(classes, dim)
+    for c in range(4):
+        s.update(draw(c, 500), np.full(500, c))
+    for c in range(4, classes):
+        s.update(draw(c, 3), np.full(3, c))
+    test_y = np.repeat(np.arange(classes), 300)
+    test_x = np.concatenate([draw(c, 300) for c in range(classes)])
+    with_correction = np.mean(s.logits(test_x).argmax(1) == test_y)
+    w, b = s.classifier()
+    plain = -0.5 * np.einsum("cd,cd->c", s.means.astype(np.float64), w)
+    without = np.mean((test_x @ w.T + plain).argmax(1) == test_y)
+    new = test_y >= 4
+    assert np.mean(s.logits(test_x[new]).argmax(1) >= 4) > np.mean((test_x[new] @ w.T + plain).argmax(1) >= 4) + 0.2
+    assert with_correction > without
 
 
 def test_scores_do_not_depend_on_the_batch():
