@@ -26,11 +26,16 @@ import numpy as np
 from bnncl.experiment import config_for, run_protocol
 
 #: variant name -> settings over the protocol's tuned ones (as ``bnncl run`` flags)
+#: variant names of records measured before the small-sample correction of slda (kept in the JSON files)
+PLAIN = {"lda_plain": "plain LDA (slda without the small-sample correction)",
+         "lda_plain_fp16": "plain LDA, float16 covariance", "ncm_plain": "plain nearest class mean"}
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "slda": {"strategy": "slda"},
     "slda_fp16": {"strategy": "slda", "cov_bits": 16},
     "probe": {"strategy": "probe"},
-    "ncm": {"strategy": "slda", "shrinkage": 0.999999},  # shared covariance -> identity: nearest class mean
+    # shared covariance -> identity: nearest class mean (with the same small-sample correction of its bias)
+    "ncm": {"strategy": "slda", "shrinkage": 0.999999},
     "cwr_star": {"strategy": "cwr_star"},
     "cwr_star_k0": {"strategy": "cwr_star", "tail_blocks": 0, "lr_bits": 8},
     "cwr_star_balanced": {"strategy": "cwr_star", "mixing": "balanced"},
@@ -81,6 +86,37 @@ def markdown(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def plot_shots(records: list[dict[str, Any]], path: Path) -> Path:
+    """Final accuracy (mean ± std over seeds) against the images per new class, one panel per few-shot
+    protocol, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shot_recs = [r for r in records if r["shots"]]
+    protocols = sorted({r["protocol"] for r in shot_recs})
+    fig, axes = plt.subplots(1, len(protocols), figsize=(5.2 * len(protocols), 3.8), dpi=120, squeeze=False)
+    for ax, protocol in zip(axes[0], protocols):
+        for variant in sorted({r["variant"] for r in shot_recs if r["protocol"] == protocol}):
+            rs = [r for r in shot_recs if r["protocol"] == protocol and r["variant"] == variant]
+            ks = sorted({r["shots"] for r in rs})
+            acc = [100 * np.array([r["final_accuracy"] for r in rs if r["shots"] == k]) for k in ks]
+            ax.errorbar(ks, [a.mean() for a in acc], yerr=[a.std() for a in acc], marker="o", capsize=3,
+                        label=PLAIN.get(variant, variant))
+        ax.set_xscale("log")
+        ax.set_xticks([1, 5, 10, 20, 50], ["1", "5", "10", "20", "50"])
+        ax.set_xlabel("images per new class (k)")
+        ax.set_ylabel("final accuracy, all 10 classes (%)")
+        ax.set_title(protocol)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--protocols", nargs="+", default=["fmnist-on-cifar", "cifar-on-fmnist"])
@@ -91,9 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--validation", type=float, default=0.0)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None, help="print the table of this JSON file and exit")
+    p.add_argument("--plot", type=Path, default=None, help="with --markdown: also plot accuracy vs shots here")
     args = p.parse_args(argv)
     if args.markdown:
-        print(markdown(json.loads(args.markdown.read_text())))
+        records = json.loads(args.markdown.read_text())
+        print(markdown(records))
+        if args.plot:
+            print(f"wrote {plot_shots(records, args.plot)}")
         return 0
     records: list[dict[str, Any]] = []
     if args.out and args.out.exists():

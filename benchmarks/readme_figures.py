@@ -2,7 +2,9 @@
 
     .venv/bin/python benchmarks/readme_figures.py [--only fmnist-b5|cifar10-b5] [--skip-existing]
 
-Each figure is one `bnncl run` (seeded, 1 thread); its results.json goes where benchmarks/README.md
+These are the CWR* figures (the papers' method, `--strategy cwr_star`); the default strategy's figures
+(streaming LDA) come from `benchmarks/field_protocols.py`. Each figure is one `bnncl run` (seeded,
+1 thread); its results.json goes where benchmarks/README.md
 says, and a summary (per-seed final accuracy, mean ± std, memory) is printed and written to
 benchmarks/readme-figures.json. Every run is deterministic on a given machine and locked environment
 (constraints.txt), so a rerun reproduces the printed digits; the seconds are not figures of this script.
@@ -28,7 +30,7 @@ HEAD_ONLY = ["--tail-blocks", "0", "--lr-bits", "8"]
 
 def runs(protocol: str) -> list[tuple[str, list[str], Path]]:
     """(label, bnncl run arguments, where its results.json goes) for one protocol."""
-    p = ["--protocol", protocol]
+    p = ["--protocol", protocol, "--strategy", "cwr_star"]  # the papers' method (slda: field_protocols.py)
     out: list[tuple[str, list[str], Path]] = []
     if protocol == "fmnist-b5":
         for s in (0, 1, 2):
