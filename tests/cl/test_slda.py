@@ -203,3 +203,17 @@ def test_probe_fits_all_features_seen_and_resumes_exactly():
         probe.update(x[y >= 2], y[y >= 2])
     np.testing.assert_array_equal(p.logits(x), q.logits(x))
     assert np.mean(p.logits(x).argmax(1) == y) > 0.9 and p.nbytes >= x.nbytes
+
+
+def test_shrinkage_is_raised_while_a_class_is_rare_and_fades_as_it_grows():
+    from bnncl.cl.slda import RARE_CLASS_COUNT, RARE_CLASS_SHRINKAGE
+
+    x, y = _blobs(400)
+    s = StreamingLDA(5, 6)
+    assert s.effective_shrinkage == s.shrinkage  # nothing seen yet
+    s.update(x, y)
+    n_min = int(np.bincount(y).min())
+    assert s.effective_shrinkage == max(1e-4, RARE_CLASS_SHRINKAGE * RARE_CLASS_COUNT / (n_min + RARE_CLASS_COUNT))
+    s.update(x[:1], np.array([4]))  # a class of one feature
+    assert s.effective_shrinkage == RARE_CLASS_SHRINKAGE * RARE_CLASS_COUNT / (1 + RARE_CLASS_COUNT)
+    assert StreamingLDA(5, 6, shrinkage=0.5).effective_shrinkage == 0.5  # the setting is a floor

@@ -9,7 +9,14 @@ rule with shrinkage ``eps`` toward the identity::
     b[c] = -0.5 * (mu[c] . W[c] - tr(Lambda Sigma) / (n[c] + n0))
     logits = x @ W.T + b
 
-The last term corrects the bias of a class estimated from few features: a mean of ``n`` samples lies
+``eps`` is the ``shrinkage`` setting, raised while some class has few features: at least
+``0.05 * 5 / (n_min + 5)`` (:data:`RARE_CLASS_SHRINKAGE`, :data:`RARE_CLASS_COUNT`), ``n_min`` the count
+of the rarest class seen. A class mean from a handful of features is noisy, and the LDA metric amplifies
+that noise along the directions of small variance; moving the metric toward the Euclidean one while a
+class is that rare keeps it in check, and the raise fades as the class grows (for 300 features it is
+below 1e-3).
+
+The last term of ``b`` corrects the bias of a class estimated from few features: a mean of ``n`` samples lies
 farther from the centre than the true mean (``E[mu^ Lambda mu^] = mu Lambda mu + tr(Lambda Sigma) / n``), so
 without it a class shown once or five times loses to classes seen thousands of times. ``n0``
 (:data:`SMALL_SAMPLE_PRIOR`, chosen on validation splits of the few-shot protocols) tempers it for n = 1;
@@ -42,6 +49,10 @@ _COV_DTYPE = {32: np.float32, 16: np.float16}
 DEFAULT_SHRINKAGE = 1e-4
 SMALL_SAMPLE_PRIOR = 2.0
 """``n0`` of the small-sample bias correction (module docstring)."""
+RARE_CLASS_SHRINKAGE = 0.05
+RARE_CLASS_COUNT = 5
+"""The shrinkage used is at least ``RARE_CLASS_SHRINKAGE * RARE_CLASS_COUNT / (n_min + RARE_CLASS_COUNT)``,
+``n_min`` the count of the rarest class seen (module docstring)."""
 
 
 def check_shrinkage(eps: float) -> float:
@@ -138,10 +149,19 @@ class StreamingLDA:
         return x.astype(np.float64), y.astype(np.int64)
 
     # -- prediction ------------------------------------------------------------------------
+    @property
+    def effective_shrinkage(self) -> float:
+        """The shrinkage the classifier uses: the setting, raised while the rarest seen class is small."""
+        seen = self.counts[self.counts > 0]
+        if not seen.size:
+            return self.shrinkage
+        rare = RARE_CLASS_SHRINKAGE * RARE_CLASS_COUNT / (int(seen.min()) + RARE_CLASS_COUNT)
+        return max(self.shrinkage, rare)
+
     def classifier(self) -> tuple[np.ndarray, np.ndarray]:
         """The cached ``(W (C, D), b (C,))`` float64 of the LDA rule, solved again after an update."""
         if self._w is None or self._b is None:
-            eps = self.shrinkage
+            eps = self.effective_shrinkage
             a = (1.0 - eps) * self.covariance() + eps * np.eye(self.dim)
             try:
                 chol = np.linalg.cholesky(a)
