@@ -187,3 +187,17 @@ def test_domain_stream_order_and_errors():
         domain_stream(FULL_LABELS, FULL_SESSIONS[:-1])
     with pytest.raises(ValueError, match=">= 1"):
         unit_nic_stream(FULL_LABELS, FULL_SESSIONS, units_per_experience=0)
+
+
+@pytest.mark.parametrize("protocol", ["core50-ni", "core50-nc"])
+def test_core50_protocols_run_end_to_end(core50_env, protocol):
+    """``bnncl run --protocol core50-*`` on the fixture: a fresh head of one row per CORe50 object, every
+    experience learned, tested on sessions 3, 7 and 10 only."""
+    from bnncl.experiment import RunConfig, run_protocol
+
+    r = run_protocol(RunConfig(protocol=protocol, seed=0))
+    assert r["num_classes"] == len(OBJECT_CLASSES) and r["config"]["strategy"] == "slda"  # 50 rows, 12 used here
+    assert len(r["experiences"]) == len(get_protocol(protocol).stream(
+        load_dataset("core50", "train").labels, 0))
+    assert sum(np.asarray(r["confusion"]).sum(axis=1)) == N_OBJECTS * len(TEST_SESSIONS) * FRAMES
+    assert 0.0 <= r["final_accuracy"] <= 1.0
