@@ -108,8 +108,8 @@ _int_at_least = lambda low: (lambda v: _is_int(v) and v >= low)
 SETTINGS: tuple[Setting, ...] = (
     Setting("strategy", str, DEFAULT_STRATEGY,
             "how the device learns: slda = streaming LDA on the frozen features (closed form, no replay); "
-            "cwr_star = CWR* with latent replay and a trained tail (the papers' method); cwr, naive, joint = baselines; "
-            "probe = a joint linear probe on the frozen features (head-only upper bound; keeps every feature)",
+            "cwr_star = CWR* with latent replay and a trained tail (the papers' method); cwr, naive, joint = "
+            "baselines; probe = a joint linear probe on the frozen features (head-only upper bound; keeps every feature)",
             _words(STRATEGIES), lambda v: v in STRATEGIES, choices=STRATEGIES),
     Setting("tail_blocks", int, None,
             f"trainable binary blocks above the latent-replay layer (auto: 0 for {_words(FEATURE_STRATEGIES)}, "
