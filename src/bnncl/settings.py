@@ -109,7 +109,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("strategy", str, DEFAULT_STRATEGY,
             "how the device learns: slda = streaming LDA on the frozen features (closed form, no replay); "
             "cwr_star = CWR* with latent replay and a trained tail (the papers' method); cwr, naive, joint = "
-            "baselines; probe = a joint linear probe on the frozen features (head-only upper bound; keeps every feature)",
+            "baselines; probe = a joint linear probe on the frozen features (head-only upper bound, keeps all)",
             _words(STRATEGIES), lambda v: v in STRATEGIES, choices=STRATEGIES),
     Setting("tail_blocks", int, None,
             f"trainable binary blocks above the latent-replay layer (auto: 0 for {_words(FEATURE_STRATEGIES)}, "
