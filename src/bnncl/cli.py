@@ -224,6 +224,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return int(info_main(rest) or 0)
 
 
+def _cmd_export_c(args: argparse.Namespace) -> int:
+    from bnncl.assets import resolve_model
+    from bnncl.device.export_c import export_c
+    from bnncl.device.modelfile import DeviceModel
+
+    figures = export_c(DeviceModel.load(resolve_model(args.model, ".bnn")), args.out, args.symbol)
+    print(f"wrote {args.out}/model.c, model.h, model_config.h: {figures['array_bytes']} bytes of const arrays, "
+          f"arena {figures['arena_bytes']} bytes")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bnncl.data.protocols import PROTOCOLS
     from bnncl.settings import add_arguments
@@ -288,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="layers, bit widths and memory of a device model file", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("export-c", help="write a device model as const C arrays for libbnncl (model.c, model.h)")
+    p.add_argument("model", help="device model (.bnn path or a shipped model's name)")
+    p.add_argument("-o", "--out", required=True, help="output folder (model.c, model.h, model_config.h)")
+    p.add_argument("--symbol", default="bnncl_exported_model", help="C name of the model (default: %(default)s)")
+    p.set_defaults(func=_cmd_export_c)
 
     for name, func, text in (
         ("learn", _cmd_learn, "the on-device loop: learn what arrives in an incoming folder, crash-safe"),

@@ -1,0 +1,188 @@
+"""``bnncl export-c``: a device model as const C arrays for libbnncl (``libbnncl/include/bnncl.h``).
+
+Writes three files into the output folder:
+
+* ``model.c``: the arrays (binary weights in the C core's panel layout, the fused per-channel
+  transforms, the int8 stem, the head) and the ``bnncl_model`` that points at them;
+* ``model.h``: declares that model (``bnncl_exported_model`` unless ``--symbol``);
+* ``model_config.h``: ``BNNCL_ARENA_BYTES`` (the exact arena :func:`arena_bytes`, the same figure as the
+  library's ``bnncl_arena_size``), the input shape, the class count and the arrays' bytes.
+
+The values are the ones :class:`bnncl.device.frozen.FrozenEngine` computes and runs (its stem weights,
+fused stem bias with the border correction, block transforms and transposed head), written exactly
+(hexadecimal floats), so libbnncl's predict is bit-identical to the engine's logits.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bnncl.device.bitpack import words_for
+from bnncl.device.frozen import FrozenEngine, resolve_stem
+from bnncl.device.modelfile import DeviceModel
+from bnncl.device.shapes import block_geometry
+from bnncl.errors import BnnclError
+
+NB = 32  # output channels per weight panel (BNNCL_NB)
+ROWS = 12  # im2col rows per block in libbnncl (src/bnncl.c)
+CTX_RESERVE = 512  # arena bytes reserved for the context (src/bnncl.c)
+MODEL_VERSION = 1
+ADDMAP_FULL, ADDMAP_NINE = 0, 1
+_C_TYPES = {np.dtype(np.uint64): "uint64_t", np.dtype(np.float32): "float", np.dtype(np.int8): "int8_t",
+            np.dtype(np.int32): "int32_t"}
+
+
+def conv_panels(weight: np.ndarray, in_channels: int) -> np.ndarray:
+    """Packed (O, 3, 3, words) weights -> the C core's panels (ceil(O / 32), kk, 32) uint64: per output
+    channel the bit stream of its 9 taps (``cin`` bits each, tap-major), as ``conv_panels`` in core.c."""
+    o, kh, kw, _ = weight.shape
+    taps = np.unpackbits(np.ascontiguousarray(weight).view(np.uint8).reshape(o, kh * kw, -1), axis=2,
+                         bitorder="little")[:, :, :in_channels]
+    k = kh * kw * in_channels
+    kk = words_for(k)
+    stream = np.zeros((o, kk * 64), np.uint8)
+    stream[:, :k] = taps.reshape(o, k)
+    rows = np.packbits(stream, axis=1, bitorder="little").view(np.uint64).reshape(o, kk)
+    npanels = -(-o // NB)
+    padded = np.zeros((npanels * NB, kk), np.uint64)
+    padded[:o] = rows
+    return np.ascontiguousarray(padded.reshape(npanels, NB, kk).transpose(0, 2, 1))
+
+
+def _pad(v: np.ndarray) -> np.ndarray:
+    out = np.zeros(-(-len(v) // NB) * NB, np.float32)
+    out[:len(v)] = v
+    return out
+
+
+def nine_patterns(addmap: np.ndarray) -> np.ndarray | None:
+    """The (H, W, C) stem addmap as (3, 3, C) by border class (first / middle / last row and column), or None
+    when that does not reproduce every value bit for bit (then the full map is written)."""
+    h, w, _ = addmap.shape
+    if h < 3 or w < 3:
+        return None
+    ry = np.clip(np.arange(h), 0, 1) + (np.arange(h) == h - 1)
+    rx = np.clip(np.arange(w), 0, 1) + (np.arange(w) == w - 1)
+    nine = addmap[[0, 1, h - 1]][:, [0, 1, w - 1]]
+    rebuilt = nine[ry][:, rx]
+    return np.ascontiguousarray(nine) if np.array_equal(rebuilt.view(np.uint32), addmap.view(np.uint32)) else None
+
+
+def arena_bytes(model: DeviceModel) -> int:
+    """The arena libbnncl needs for predict on this model (``bnncl_arena_size``: the same layout)."""
+    arch = model.architecture
+    h, w, c = arch["input_shape"]
+    sc = arch["stem_channels"]
+    geo = block_geometry(arch)
+    act, bits, kk, cin = h * w * sc, 0, 0, 0
+    for g in geo:
+        ho, wo = (g["in_h"] - 1) // g["stride"] + 1, (g["in_w"] - 1) // g["stride"] + 1
+        act = max(act, ho * wo * g["out_channels"])
+        bits = max(bits, g["in_h"] * g["in_w"] * words_for(g["in_channels"]))
+        kk = max(kk, words_for(9 * g["in_channels"]))
+        cin = max(cin, g["in_channels"])
+    int8_stem = resolve_stem(arch) == "int8"
+
+    def up(n: int) -> int:
+        return (n + 15) // 16 * 16
+
+    ncls = len(model.pretrained_classes)
+    sizes = [up(9 * c * sc * 4) if int8_stem else 0, up((h + 2) * (w + 2) * c * 4), 2 * up(act * 4), 2 * up(bits * 8),
+             up(ROWS * kk * 8), up(cin * 4), up(sc * 4), up(geo[-1]["out_channels"] * 4), up(ncls * 4)]
+    return CTX_RESERVE + sum(sizes)
+
+
+@dataclass
+class _Writer:
+    """Collects const arrays as C source and counts their bytes."""
+
+    prefix: str
+    lines: list[str] = field(default_factory=list)
+    nbytes: int = 0
+
+    def array(self, name: str, a: np.ndarray) -> str:
+        a = np.ascontiguousarray(a).reshape(-1)
+        ctype = _C_TYPES[a.dtype]
+        sym = f"{self.prefix}_{name}"
+        self.nbytes += a.nbytes
+        vals = [_literal(v, a.dtype) for v in a.tolist()]
+        body = ",\n".join("    " + ", ".join(vals[i:i + 8]) for i in range(0, len(vals), 8))
+        self.lines.append(f"static const {ctype} {sym}[{len(vals)}] = {{\n{body}\n}};\n")
+        return sym
+
+
+def _literal(v: float | int, dtype: np.dtype) -> str:
+    if dtype == np.uint64:
+        return f"0x{v:016x}u"
+    if dtype != np.float32:
+        return str(v)
+    if math.isnan(v):
+        return "NAN"
+    if math.isinf(v):
+        return "INFINITY" if v > 0 else "-INFINITY"
+    return f"{float(v).hex()}f"
+
+
+def export_c(model: DeviceModel, out: str | Path, symbol: str = "bnncl_exported_model") -> dict[str, int]:
+    """Write model.c, model.h and model_config.h for ``model`` into ``out``; returns the figures
+    (``arena_bytes``, ``array_bytes``)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", symbol):
+        raise BnnclError(f"--symbol: expected a C identifier, got {symbol!r}")
+    eng = FrozenEngine(model, tune_heap=False)
+    arch = model.architecture
+    h, w, c = arch["input_shape"]
+    wr = _Writer(symbol)
+    stem_w = eng._stem_w
+    if eng.stem_precision == "int8":
+        q = stem_w.astype(np.int8)
+        if not np.array_equal(q.astype(np.float32), stem_w):
+            raise BnnclError(f"{model.path}: int8 stem weights are not integers in [-128, 127]")
+        stem = f"{wr.array('stem_w_i8', q)}, NULL"
+    else:
+        stem = f"NULL, {wr.array('stem_w_f32', stem_w)}"
+    addmap = np.ascontiguousarray(eng._stem_bias, dtype=np.float32)
+    nine = nine_patterns(addmap)
+    kind = ADDMAP_FULL if nine is None else ADDMAP_NINE
+    addmap_sym = wr.array("stem_addmap", addmap if nine is None else nine)
+    s_in, s_sl, s_out = (wr.array(f"stem_{n}", a) for n, a in zip(("shift_in", "slope", "shift_out"), eng._stem_act))
+    stem_mul = wr.array("stem_mul", eng._stem_scale)
+    blocks = []
+    for i, (b, g) in enumerate(zip(eng.blocks, eng._geometry)):
+        n = f"b{i}_"
+        syms = [wr.array(n + "panels", conv_panels(b.weight, b.in_channels)), wr.array(n + "scale", _pad(b.scale)),
+                wr.array(n + "bias", _pad(b.bias)), wr.array(n + "input_bias", b.input_bias),
+                *(wr.array(n + k, a) for k, a in zip(("shift_in", "slope", "shift_out"), b.act))]
+        blocks.append(f"    {{{g['in_channels']}, {g['out_channels']}, {g['stride']}, {g['in_h']}, {g['in_w']}, "
+                      f"{int(b.binary_input)}, {', '.join(syms)}}},")
+    head = wr.array("head", eng._head_t.astype(np.float32))
+    classes = wr.array("class_ids", np.asarray(model.pretrained_classes, np.int32))
+    features, ncls = eng._head_t.shape
+    arena = arena_bytes(model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = arch.get("name", "?")
+    (out / "model.c").write_text(
+        f"/* {name}: written by `bnncl export-c` from {Path(model.path).name}; do not edit. */\n"
+        "#include <math.h>\n#include <stddef.h>\n\n#include \"model.h\"\n\n" + "\n".join(wr.lines)
+        + f"\nstatic const bnncl_block_desc {symbol}_blocks[{len(blocks)}] = {{\n" + "\n".join(blocks) + "\n};\n\n"
+        + f"const bnncl_model {symbol} = {{\n    BNNCL_MODEL_MAGIC, {MODEL_VERSION}, {h}, {w}, {c}, "
+        f"{arch['stem_channels']},\n    {stem}, {stem_mul}, {kind}, {addmap_sym}, {s_in}, {s_sl}, {s_out},\n"
+        f"    {len(blocks)}, {symbol}_blocks, {features}, {ncls}, {head}, {classes}}};\n")
+    guard = f"{symbol.upper()}_H"
+    (out / "model.h").write_text(
+        f"/* {name}: written by `bnncl export-c`; do not edit. */\n#ifndef {guard}\n#define {guard}\n\n"
+        f"#include \"bnncl.h\"\n#include \"model_config.h\"\n\nextern const bnncl_model {symbol};\n\n#endif\n")
+    (out / "model_config.h").write_text(
+        f"/* {name}: written by `bnncl export-c`; do not edit. */\n#ifndef {guard[:-2]}_CONFIG_H\n"
+        f"#define {guard[:-2]}_CONFIG_H\n\n"
+        f"#define BNNCL_ARENA_BYTES {arena} /* bnncl_arena_size(&{symbol}): RAM for predict */\n"
+        f"#define BNNCL_MODEL_ARRAY_BYTES {wr.nbytes} /* const arrays (flash) */\n"
+        f"#define BNNCL_INPUT_H {h}\n#define BNNCL_INPUT_W {w}\n#define BNNCL_INPUT_C {c}\n"
+        f"#define BNNCL_NUM_CLASSES {ncls}\n\n#endif\n")
+    return {"arena_bytes": arena, "array_bytes": wr.nbytes}
+
