@@ -1,9 +1,19 @@
 /* libbnncl: the bnncl device engine as a portable C library (C99, no Python, no malloc).
  *
- * What works now: predict on the host.  One uint8 image in, the class and the float32 scores out,
- * bit-identical to the Python frozen engine (bnncl.device.frozen.FrozenEngine.logits) on its scalar
- * kernel path.  The model comes from `bnncl export-c MODEL.bnn -o DIR` as const C arrays (model.c,
- * model.h) and a config header (model_config.h) with the exact arena size.
+ * What works now (host, AArch64):
+ *   - predict: one uint8 image in, the class and the float32 scores out; the frozen forward is
+ *     bit-identical to the Python frozen engine (bnncl.device.frozen.FrozenEngine) on its scalar path;
+ *   - learn: streaming LDA on the pooled features (bnncl.cl.slda.StreamingLDA: exact class-mean and
+ *     shared-covariance merge, float64 accumulation, Cholesky refresh of the classifier);
+ *   - state_size / state_save / state_load through caller callbacks: versioned, CRC32-checked.
+ * The model comes from `bnncl export-c MODEL.bnn -o DIR` as const C arrays (model.c, model.h) and a
+ * config header (model_config.h) with the exact arena size, predict and learn included.
+ *
+ * How a device starts: the exported model may embed an initial SLDA state (the one
+ * bnncl.api.Learner(model).deploy(...) computes in Python on the base classes); bnncl_init copies it
+ * into the arena.  While no class has been learned (no state embedded, nothing learned or loaded),
+ * predict uses the pretrained head; once any class has a count, predict uses the SLDA classifier,
+ * restricted to the classes seen (count > 0), as bnncl.cl.learner.Learner.predict does.
  *
  * Usage:
  *     static uint64_t arena[(BNNCL_ARENA_BYTES + 7) / 8];       (8-byte aligned, from model_config.h)
@@ -32,13 +42,22 @@ extern "C" {
 #define BNNCL_E_ALIGN (-4)       /* the arena is not 8-byte aligned */
 #define BNNCL_E_CTX (-5)         /* the context was not made by bnncl_init (or its arena was overwritten) */
 #define BNNCL_E_SIZE (-6)        /* the image has the wrong number of bytes, or the scores buffer is too short */
+#define BNNCL_E_IO (-7)          /* a state read or write callback reported a failure (or a short read) */
+#define BNNCL_E_STATE_CORRUPT (-8) /* not a libbnncl state, a version this library does not read, or a
+                                      checksum mismatch (damaged); the live state is left unchanged */
+#define BNNCL_E_STATE_FOREIGN (-9) /* a valid state of another model or configuration (fingerprint, class
+                                      count, feature count or strategy differ); the live state is unchanged */
+#define BNNCL_E_NO_LEARNING (-10)  /* the model was exported without a learning configuration */
+#define BNNCL_E_LABEL (-11)      /* a label is outside [0, slda_classes); nothing was learned */
+#define BNNCL_E_NUMERIC (-12)    /* non-finite features (nothing learned) or a covariance the Cholesky
+                                    factorisation refuses (the state is updated, predict then fails) */
 
 /* A short English description of an error code (never NULL). */
 const char *bnncl_strerror(int code);
 
 /* ---- model description (written by `bnncl export-c`; do not fill by hand) ------------------- */
 #define BNNCL_MODEL_MAGIC 0x4C434E42u /* "BNCL" */
-#define BNNCL_MODEL_VERSION 1
+#define BNNCL_MODEL_VERSION 2
 #define BNNCL_ADDMAP_FULL 0  /* stem_addmap: (H, W, stem_channels) */
 #define BNNCL_ADDMAP_NINE 1  /* stem_addmap: (3, 3, stem_channels), by (top/middle/bottom, left/middle/right) */
 
@@ -65,6 +84,13 @@ typedef struct bnncl_model {
     int32_t features, num_classes;
     const float *head;             /* (features, num_classes): the bias-free linear head, transposed */
     const int32_t *class_ids;      /* num_classes: dataset class of each score */
+    uint32_t fingerprint;          /* CRC32 of the arrays above (export-c): a saved state names its model by it */
+    /* learning (streaming LDA on the pooled features); slda_classes = 0: predict only */
+    int32_t slda_classes;          /* rows of the state: dataset classes 0 .. slda_classes - 1 */
+    double slda_shrinkage;         /* the shrinkage setting eps of StreamingLDA, in [0, 1) */
+    const float *slda_means;       /* initial state (slda_classes, features), or NULL: start empty */
+    const int64_t *slda_counts;    /* slda_classes (NULL with slda_means) */
+    const float *slda_cov;         /* features * (features + 1) / 2: upper triangle row by row */
 } bnncl_model;
 
 /* ---- API ------------------------------------------------------------------------------------ */
@@ -79,10 +105,43 @@ size_t bnncl_arena_size(const bnncl_model *model);
 int bnncl_init(const bnncl_model *model, void *arena, size_t arena_bytes, bnncl_ctx **ctx);
 
 /* Classifies one uint8 image (H, W, C row-major, image_bytes = H * W * C): *cls = the dataset class
- * of the highest score (the first on ties); scores (optional, NULL to skip) receives the
- * num_classes float32 logits when nscores >= num_classes. */
+ * of the highest score (the first on ties).  scores (optional, NULL to skip) receives
+ * bnncl_num_scores(ctx) float32 logits when nscores >= that: with the pretrained head, score j is
+ * dataset class class_ids[j]; with the SLDA classifier, score c is dataset class c (only the seen
+ * classes compete for *cls).  BNNCL_MAX_SCORES (model_config.h) is always enough. */
 int bnncl_predict(bnncl_ctx *ctx, const uint8_t *image, size_t image_bytes, int32_t *cls, float *scores,
                   size_t nscores);
+
+/* Scores predict writes now: num_classes (pretrained head) or slda_classes (SLDA); 0 on a bad ctx. */
+size_t bnncl_num_scores(const bnncl_ctx *ctx);
+
+/* The pooled features (the latents of the SLDA strategy, FrozenEngine.latents(split="gap")) of one
+ * image: nfeatures >= features float32 values. */
+int bnncl_features(bnncl_ctx *ctx, const uint8_t *image, size_t image_bytes, float *features, size_t nfeatures);
+
+/* Learns one experience: n images (n * image_bytes bytes, each H, W, C) with their dataset classes.
+ * Streaming LDA: the exact merge of StreamingLDA.update (float64), then the classifier refresh.
+ * All labels are checked first; on an error before the merge the state is unchanged.  n = 0: no-op. */
+int bnncl_learn(bnncl_ctx *ctx, const uint8_t *images, size_t n, size_t image_bytes, const int32_t *labels);
+
+/* ---- state (the learned SLDA means, counts and covariance) ------------------------------------
+ * Format (little-endian, the same on every target):
+ *   header  8 x uint32: magic "BLST" (0x54534C42), version 1, model fingerprint, strategy (1 = slda),
+ *           classes K, features D, payload bytes, CRC32 of the 28 bytes before it
+ *   payload counts int64 x K, means float32 x K*D, covariance float32 x D(D+1)/2 (upper, row by row)
+ *   trailer CRC32 (zlib's) of the payload
+ * A callback returns 0 on success (read: exactly n bytes), anything else is a failure (BNNCL_E_IO). */
+typedef int (*bnncl_write_fn)(void *user, const void *data, size_t n);
+typedef int (*bnncl_read_fn)(void *user, void *data, size_t n);
+#define BNNCL_STATE_MAGIC 0x54534C42u /* "BLST" */
+#define BNNCL_STATE_VERSION 1
+
+/* Bytes bnncl_state_save writes (0 on a bad ctx or a model without learning). */
+size_t bnncl_state_size(const bnncl_ctx *ctx);
+int bnncl_state_save(const bnncl_ctx *ctx, bnncl_write_fn write, void *user);
+/* Reads and checks a whole state before it replaces the live one (then the classifier is refreshed);
+ * a damaged state gives BNNCL_E_STATE_CORRUPT, another model's BNNCL_E_STATE_FOREIGN. */
+int bnncl_state_load(bnncl_ctx *ctx, bnncl_read_fn read, void *user);
 
 #ifdef __cplusplus
 }

@@ -7,8 +7,12 @@
  *   block  bnncl_im2col_rows + bnncl_panel_scalar (y = scale * dot + bias), then per pixel the block
  *          epilogue (bnncl_epi_pixel: + shortcut, RPReLU, packed signs for the next block);
  *   head   bnncl_tail_gap (average pool, summed in order) + bnncl_matmul_f32 (fixed order).
+ * Learning: streaming LDA on the pooled features, the formulas of bnncl.cl.slda.StreamingLDA (update:
+ * exact merge of class means and the pooled within-class scatter in float64; classifier: Cholesky of
+ * (1 - eps) Sigma + eps I, W = mu Lambda, b = -0.5 (mu.W - tr(Lambda Sigma) / (n + n0))).
  * No allocation: every buffer is a slice of the arena laid out by bnncl_init.
  */
+#include <math.h>
 #include <string.h>
 
 #include "bnncl.h"
@@ -22,6 +26,11 @@ int bnncl_tail_gap(const float *x, int64_t b, int64_t hw, int64_t c, int quantiz
 #define CTX_RESERVE 512u         /* arena bytes reserved for struct bnncl_ctx on every target */
 #define ROWS 12                  /* output pixels per im2col block */
 #define MAX_BLOCKS 64
+#define SMALL_SAMPLE_PRIOR 2.0   /* bnncl.cl.slda: n0 of the small-sample bias correction */
+#define RARE_CLASS_SHRINKAGE 0.05
+#define RARE_CLASS_COUNT 5
+#define STRATEGY_SLDA 1u
+#define STATE_HEADER 32u
 
 struct bnncl_ctx {
     uint32_t magic;
@@ -35,6 +44,20 @@ struct bnncl_ctx {
     float *acc;         /* stem_channels floats */
     float *feat;        /* features floats */
     float *logits;      /* num_classes floats */
+    /* streaming LDA (K = slda_classes rows of D = features; P = D (D + 1) / 2); all NULL when K = 0 */
+    int32_t K, D;
+    int64_t P;
+    float *means;       /* state: K x D */
+    int64_t *counts;    /* state: K */
+    float *cov;         /* state: P, upper triangle row by row */
+    double *W, *b;      /* classifier: K x D, K */
+    double *sacc;       /* scratch: the scatter accumulator (learn), the Cholesky factor, a state being loaded */
+    double *bsum;       /* scratch: per-class sum of the batch's shifted features, K x D */
+    int64_t *bcount;    /* scratch: per-class batch count, K */
+    double *tmp;        /* scratch: D */
+    float *slogits;     /* K */
+    int seen;           /* some class has a count: predict uses the SLDA classifier */
+    int ready;          /* W and b are solved for the current state */
 };
 
 typedef char ctx_fits_reserve[sizeof(struct bnncl_ctx) <= CTX_RESERVE ? 1 : -1];
@@ -48,6 +71,12 @@ const char *bnncl_strerror(int code) {
     case BNNCL_E_ALIGN: return "arena not 8-byte aligned";
     case BNNCL_E_CTX: return "context not initialised by bnncl_init";
     case BNNCL_E_SIZE: return "wrong image size or scores buffer too short";
+    case BNNCL_E_IO: return "state read or write callback failed";
+    case BNNCL_E_STATE_CORRUPT: return "state damaged or not a libbnncl state of a known version";
+    case BNNCL_E_STATE_FOREIGN: return "state of another model or configuration";
+    case BNNCL_E_NO_LEARNING: return "model exported without learning";
+    case BNNCL_E_LABEL: return "label outside the learner's classes";
+    case BNNCL_E_NUMERIC: return "non-finite features or covariance not positive definite";
     default: return "unknown error code";
     }
 }
@@ -73,7 +102,14 @@ static int model_ok(const bnncl_model *m) {
             return 0;
         h = (h - 1) / b->stride + 1, w = (w - 1) / b->stride + 1, c = b->out_channels;
     }
-    return m->features == c && m->num_classes >= 1 && m->head && m->class_ids;
+    if (m->features != c || m->num_classes < 1 || !m->head || !m->class_ids) return 0;
+    if (m->slda_classes < 0 || m->slda_classes > 1 << 20 || m->features > 1 << 14) return 0;
+    if (m->slda_classes > 0) {
+        if (!(m->slda_shrinkage >= 0.0 && m->slda_shrinkage < 1.0)) return 0;
+        int given = (m->slda_means != NULL) + (m->slda_counts != NULL) + (m->slda_cov != NULL);
+        if (given != 0 && given != 3) return 0;
+    }
+    return 1;
 }
 
 static size_t up16(size_t n) { return (n + 15) & ~(size_t)15; }
@@ -81,7 +117,10 @@ static size_t up16(size_t n) { return (n + 15) & ~(size_t)15; }
 /* Arena layout: sizes of the regions in the order bnncl_init lays them out. */
 typedef struct {
     size_t stem_w, xpad, act, bits, cols, shortcut, acc, feat, logits;
+    size_t means, counts, cov, W, b, sacc, bsum, bcount, tmp, slogits; /* learning (0 without) */
 } layout;
+
+static size_t state_payload(int64_t K, int64_t D) { return (size_t)(8 * K + 4 * K * D + 4 * (D * (D + 1) / 2)); }
 
 static void plan(const bnncl_model *m, layout *L) {
     int64_t act = (int64_t)m->in_h * m->in_w * m->stem_channels, bits = 0, kk = 0, cin = 0;
@@ -103,6 +142,18 @@ static void plan(const bnncl_model *m, layout *L) {
     L->acc = up16((size_t)m->stem_channels * sizeof(float));
     L->feat = up16((size_t)m->features * sizeof(float));
     L->logits = up16((size_t)m->num_classes * sizeof(float));
+    const int64_t K = m->slda_classes, D = m->features, P = D * (D + 1) / 2;
+    size_t sacc = (size_t)P * sizeof(double), payload = K ? state_payload(K, D) : 0;
+    L->means = up16((size_t)(K * D) * sizeof(float));
+    L->counts = up16((size_t)K * sizeof(int64_t));
+    L->cov = K ? up16((size_t)P * sizeof(float)) : 0;
+    L->W = up16((size_t)(K * D) * sizeof(double));
+    L->b = up16((size_t)K * sizeof(double));
+    L->sacc = K ? up16(sacc > payload ? sacc : payload) : 0;
+    L->bsum = up16((size_t)(K * D) * sizeof(double));
+    L->bcount = up16((size_t)K * sizeof(int64_t));
+    L->tmp = K ? up16((size_t)D * sizeof(double)) : 0;
+    L->slogits = up16((size_t)K * sizeof(float));
 }
 
 size_t bnncl_arena_size(const bnncl_model *m) {
@@ -110,8 +161,10 @@ size_t bnncl_arena_size(const bnncl_model *m) {
     layout L;
     plan(m, &L);
     return CTX_RESERVE + L.stem_w + L.xpad + 2 * L.act + 2 * L.bits + L.cols + L.shortcut + L.acc + L.feat +
-           L.logits;
+           L.logits + L.means + L.counts + L.cov + L.W + L.b + L.sacc + L.bsum + L.bcount + L.tmp + L.slogits;
 }
+
+static int refresh(bnncl_ctx *c);
 
 int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx **out) {
     if (!m || !arena || !out) return BNNCL_E_NULL;
@@ -138,6 +191,16 @@ int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx 
     TAKE(acc, float, L.acc);
     TAKE(feat, float, L.feat);
     TAKE(logits, float, L.logits);
+    TAKE(means, float, L.means);
+    TAKE(counts, int64_t, L.counts);
+    TAKE(cov, float, L.cov);
+    TAKE(W, double, L.W);
+    TAKE(b, double, L.b);
+    TAKE(sacc, double, L.sacc);
+    TAKE(bsum, double, L.bsum);
+    TAKE(bcount, int64_t, L.bcount);
+    TAKE(tmp, double, L.tmp);
+    TAKE(slogits, float, L.slogits);
 #undef TAKE
     if (m->stem_weight_i8) {
         for (int64_t i = 0; i < 9 * (int64_t)m->in_c * m->stem_channels; ++i) c->stem_w[i] = (float)m->stem_weight_i8[i];
@@ -145,6 +208,20 @@ int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx 
         c->stem_w = (float *)m->stem_weight_f32; /* read only */
     }
     c->m = m;
+    c->K = m->slda_classes, c->D = m->features, c->P = (int64_t)c->D * (c->D + 1) / 2;
+    if (c->K) {
+        if (m->slda_means) {
+            memcpy(c->means, m->slda_means, (size_t)c->K * c->D * sizeof(float));
+            memcpy(c->counts, m->slda_counts, (size_t)c->K * sizeof(int64_t));
+            memcpy(c->cov, m->slda_cov, (size_t)c->P * sizeof(float));
+        } else {
+            memset(c->means, 0, (size_t)c->K * c->D * sizeof(float));
+            memset(c->counts, 0, (size_t)c->K * sizeof(int64_t));
+            memset(c->cov, 0, (size_t)c->P * sizeof(float));
+        }
+        int rc = refresh(c);
+        if (rc != BNNCL_OK) return rc;
+    }
     c->magic = CTX_MAGIC;
     *out = c;
     return BNNCL_OK;
@@ -201,13 +278,9 @@ static void run_block(bnncl_ctx *c, int32_t i, int cur) {
         }
 }
 
-int bnncl_predict(bnncl_ctx *c, const uint8_t *image, size_t image_bytes, int32_t *cls, float *scores,
-                  size_t nscores) {
-    if (!c || !image || !cls) return BNNCL_E_NULL;
-    if (c->magic != CTX_MAGIC || !c->m) return BNNCL_E_CTX;
+/* The frozen forward of one image: the pooled features in c->feat. */
+static void forward(bnncl_ctx *c, const uint8_t *image) {
     const bnncl_model *m = c->m;
-    if (image_bytes != (size_t)m->in_h * m->in_w * m->in_c) return BNNCL_E_SIZE;
-    if (scores && nscores < (size_t)m->num_classes) return BNNCL_E_SIZE;
     run_stem(c, image);
     int cur = 0;
     int64_t h = m->in_h, w = m->in_w;
@@ -216,6 +289,48 @@ int bnncl_predict(bnncl_ctx *c, const uint8_t *image, size_t image_bytes, int32_
         h = (h - 1) / m->blocks[i].stride + 1, w = (w - 1) / m->blocks[i].stride + 1;
     }
     bnncl_tail_gap(c->act[cur], 1, h * w, m->features, 0, 0.0f, 0.0f, c->feat, BNNCL_PATH_SCALAR);
+}
+
+static int ctx_ok(const bnncl_ctx *c) { return c->magic == CTX_MAGIC && c->m; }
+
+size_t bnncl_num_scores(const bnncl_ctx *c) {
+    if (!c || !ctx_ok(c)) return 0;
+    return c->seen ? (size_t)c->K : (size_t)c->m->num_classes;
+}
+
+int bnncl_features(bnncl_ctx *c, const uint8_t *image, size_t image_bytes, float *features, size_t nfeatures) {
+    if (!c || !image || !features) return BNNCL_E_NULL;
+    if (!ctx_ok(c)) return BNNCL_E_CTX;
+    const bnncl_model *m = c->m;
+    if (image_bytes != (size_t)m->in_h * m->in_w * m->in_c || nfeatures < (size_t)m->features) return BNNCL_E_SIZE;
+    forward(c, image);
+    memcpy(features, c->feat, (size_t)m->features * sizeof(float));
+    return BNNCL_OK;
+}
+
+int bnncl_predict(bnncl_ctx *c, const uint8_t *image, size_t image_bytes, int32_t *cls, float *scores,
+                  size_t nscores) {
+    if (!c || !image || !cls) return BNNCL_E_NULL;
+    if (!ctx_ok(c)) return BNNCL_E_CTX;
+    const bnncl_model *m = c->m;
+    if (image_bytes != (size_t)m->in_h * m->in_w * m->in_c) return BNNCL_E_SIZE;
+    if (scores && nscores < bnncl_num_scores(c)) return BNNCL_E_SIZE;
+    if (c->seen && !c->ready) return BNNCL_E_NUMERIC;
+    forward(c, image);
+    if (c->seen) { /* SLDA: logits = x . W[k] + b[k] in float64 (StreamingLDA.logits), argmax over seen classes */
+        const int64_t D = c->D;
+        int32_t best = -1;
+        for (int32_t k = 0; k < c->K; ++k) {
+            const double *w = c->W + k * D;
+            double s = 0.0;
+            for (int64_t d = 0; d < D; ++d) s += (double)c->feat[d] * w[d];
+            c->slogits[k] = (float)(s + c->b[k]);
+            if (c->counts[k] > 0 && (best < 0 || c->slogits[k] > c->slogits[best])) best = k;
+        }
+        *cls = best;
+        if (scores) memcpy(scores, c->slogits, (size_t)c->K * sizeof(float));
+        return BNNCL_OK;
+    }
     bnncl_matmul_f32(c->feat, m->head, 1, m->features, m->num_classes, c->logits, BNNCL_PATH_SCALAR);
     int32_t best = 0;
     for (int32_t j = 1; j < m->num_classes; ++j)
@@ -223,4 +338,277 @@ int bnncl_predict(bnncl_ctx *c, const uint8_t *image, size_t image_bytes, int32_
     *cls = m->class_ids[best];
     if (scores) memcpy(scores, c->logits, (size_t)m->num_classes * sizeof(float));
     return BNNCL_OK;
+}
+
+/* ---- streaming LDA ---------------------------------------------------------------------------- */
+
+/* index of (i, j), i <= j, in the upper triangle packed row by row (numpy.triu_indices order) */
+static int64_t up_index(int64_t D, int64_t i, int64_t j) { return i * D - i * (i - 1) / 2 + (j - i); }
+/* index of (i, j), j <= i, in the lower triangle packed row by row */
+static int64_t lo_index(int64_t i, int64_t j) { return i * (i + 1) / 2 + j; }
+
+/* StreamingLDA.classifier: eps = effective_shrinkage, L L^T = (1 - eps) Sigma + eps I (in c->sacc),
+ * W[k] = L^-T L^-1 mu[k], spread = tr(Lambda Sigma) = (D - eps tr(Lambda)) / (1 - eps),
+ * b[k] = -0.5 (mu[k] . W[k] - spread / (n[k] + n0)). */
+static int refresh(bnncl_ctx *c) {
+    const int64_t K = c->K, D = c->D;
+    int64_t nmin = -1;
+    for (int64_t k = 0; k < K; ++k)
+        if (c->counts[k] > 0 && (nmin < 0 || c->counts[k] < nmin)) nmin = c->counts[k];
+    c->seen = nmin > 0;
+    c->ready = 0;
+    if (!c->seen) return BNNCL_OK;
+    double eps = c->m->slda_shrinkage;
+    double rare = RARE_CLASS_SHRINKAGE * RARE_CLASS_COUNT / (double)(nmin + RARE_CLASS_COUNT);
+    if (rare > eps) eps = rare;
+    double *L = c->sacc, *z = c->tmp;
+    for (int64_t i = 0; i < D; ++i)
+        for (int64_t j = 0; j <= i; ++j)
+            L[lo_index(i, j)] = (1.0 - eps) * (double)c->cov[up_index(D, j, i)] + (i == j ? eps : 0.0);
+    for (int64_t i = 0; i < D; ++i) { /* Cholesky-Banachiewicz, in place */
+        double *li = L + lo_index(i, 0);
+        for (int64_t j = 0; j <= i; ++j) {
+            const double *lj = L + lo_index(j, 0);
+            double s = li[j];
+            for (int64_t k = 0; k < j; ++k) s -= li[k] * lj[k];
+            if (i == j) {
+                if (!(s > 0.0) || !isfinite(s)) return BNNCL_E_NUMERIC;
+                li[i] = sqrt(s);
+            } else {
+                li[j] = s / lj[j];
+            }
+        }
+    }
+    double tr_inv = 0.0; /* tr(Lambda) = |L^-1|_F^2, column by column */
+    for (int64_t i = 0; i < D; ++i) {
+        z[i] = 1.0 / L[lo_index(i, i)];
+        double col = z[i] * z[i];
+        for (int64_t r = i + 1; r < D; ++r) {
+            const double *lr = L + lo_index(r, 0);
+            double s = 0.0;
+            for (int64_t k = i; k < r; ++k) s += lr[k] * z[k];
+            z[r] = -s / lr[r];
+            col += z[r] * z[r];
+        }
+        tr_inv += col;
+    }
+    const double spread = ((double)D - eps * tr_inv) / (1.0 - eps);
+    for (int64_t k = 0; k < K; ++k) {
+        const float *mu = c->means + k * D;
+        double *w = c->W + k * D;
+        for (int64_t i = 0; i < D; ++i) { /* L z = mu */
+            const double *li = L + lo_index(i, 0);
+            double s = (double)mu[i];
+            for (int64_t j = 0; j < i; ++j) s -= li[j] * z[j];
+            z[i] = s / li[i];
+        }
+        for (int64_t i = D - 1; i >= 0; --i) { /* L^T w = z */
+            double s = z[i];
+            for (int64_t r = i + 1; r < D; ++r) s -= L[lo_index(r, i)] * w[r];
+            w[i] = s / L[lo_index(i, i)];
+        }
+        double dot = 0.0;
+        for (int64_t i = 0; i < D; ++i) dot += (double)mu[i] * w[i];
+        c->b[k] = -0.5 * (dot - spread / ((double)c->counts[k] + SMALL_SAMPLE_PRIOR));
+    }
+    c->ready = 1;
+    return BNNCL_OK;
+}
+
+/* StreamingLDA.update on the features of n images.  Per class, features are accumulated shifted by the
+ * class's stored mean (0 for a new class): their sum and, over all classes together, the sum of outer
+ * products; then scatter = Sigma n_old + sum (x - s)(x - s)^T - nb m m^T (m: the batch mean of x - s)
+ * + delta delta^T na nb / (na + nb) per class seen before, all in float64.  The state is only written
+ * once every image is through, so an error before that leaves it (and the classifier) unchanged. */
+int bnncl_learn(bnncl_ctx *c, const uint8_t *images, size_t n, size_t image_bytes, const int32_t *labels) {
+    if (!c) return BNNCL_E_NULL;
+    if (!ctx_ok(c)) return BNNCL_E_CTX;
+    const bnncl_model *m = c->m;
+    if (!c->K) return BNNCL_E_NO_LEARNING;
+    if (image_bytes != (size_t)m->in_h * m->in_w * m->in_c) return BNNCL_E_SIZE;
+    if (!n) return BNNCL_OK;
+    if (!images || !labels) return BNNCL_E_NULL;
+    for (size_t i = 0; i < n; ++i)
+        if (labels[i] < 0 || labels[i] >= c->K) return BNNCL_E_LABEL;
+    const int64_t K = c->K, D = c->D, P = c->P;
+    int64_t n_old = 0;
+    for (int64_t k = 0; k < K; ++k) n_old += c->counts[k];
+    for (int64_t p = 0; p < P; ++p) c->sacc[p] = (double)c->cov[p] * (double)n_old;
+    memset(c->bsum, 0, (size_t)(K * D) * sizeof(double));
+    memset(c->bcount, 0, (size_t)K * sizeof(int64_t));
+    double *d = c->tmp;
+    for (size_t i = 0; i < n; ++i) {
+        forward(c, images + i * image_bytes);
+        const int64_t y = labels[i];
+        const float *s = c->means + y * D;
+        const int shifted = c->counts[y] > 0;
+        for (int64_t j = 0; j < D; ++j) {
+            if (!isfinite(c->feat[j])) {
+                if (c->seen) refresh(c); /* sacc held the factor: solve again (same values) */
+                return BNNCL_E_NUMERIC;
+            }
+            d[j] = (double)c->feat[j] - (shifted ? (double)s[j] : 0.0);
+        }
+        double *sum = c->bsum + y * D;
+        for (int64_t j = 0; j < D; ++j) sum[j] += d[j];
+        c->bcount[y] += 1;
+        for (int64_t a = 0; a < D; ++a) {
+            double *row = c->sacc + up_index(D, a, a) - a, da = d[a];
+            for (int64_t e = a; e < D; ++e) row[e] += da * d[e];
+        }
+    }
+    for (int64_t k = 0; k < K; ++k) {
+        const int64_t nb = c->bcount[k], na = c->counts[k];
+        if (!nb) continue;
+        double *mb = c->bsum + k * D; /* -> the batch mean of x - s */
+        for (int64_t j = 0; j < D; ++j) mb[j] /= (double)nb;
+        for (int64_t a = 0; a < D; ++a) { /* within-class scatter: - nb m m^T */
+            double *row = c->sacc + up_index(D, a, a) - a;
+            for (int64_t e = a; e < D; ++e) row[e] -= mb[a] * mb[e] * (double)nb;
+        }
+        float *mu = c->means + k * D;
+        if (na) { /* delta = batch mean - old mean = mb exactly (the shift is the old mean) */
+            const double f = (double)na * (double)nb / (double)(na + nb), g = (double)nb / (double)(na + nb);
+            for (int64_t a = 0; a < D; ++a) {
+                double *row = c->sacc + up_index(D, a, a) - a;
+                for (int64_t e = a; e < D; ++e) row[e] += mb[a] * mb[e] * f;
+            }
+            for (int64_t j = 0; j < D; ++j) mu[j] = (float)((double)mu[j] + mb[j] * g);
+        } else {
+            for (int64_t j = 0; j < D; ++j) mu[j] = (float)mb[j];
+        }
+        c->counts[k] = na + nb;
+    }
+    const double total = (double)(n_old + (int64_t)n);
+    for (int64_t p = 0; p < P; ++p) c->cov[p] = (float)(c->sacc[p] / total);
+    return refresh(c);
+}
+
+/* ---- state ------------------------------------------------------------------------------------ */
+
+static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n) { /* zlib's CRC32, bit by bit */
+    crc = ~crc;
+    while (n--) {
+        crc ^= *p++;
+        for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+    }
+    return ~crc;
+}
+
+static void put32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);
+}
+static uint32_t get32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+typedef struct {
+    bnncl_write_fn fn;
+    void *user;
+    uint32_t crc;
+    size_t n;
+    int err;
+    uint8_t buf[64];
+} wstream;
+
+static void w_flush(wstream *s) {
+    if (s->n && !s->err && s->fn(s->user, s->buf, s->n) != 0) s->err = 1;
+    s->n = 0;
+}
+static void w_put(wstream *s, const uint8_t *p, size_t n) {
+    s->crc = crc32_update(s->crc, p, n);
+    for (size_t i = 0; i < n; ++i) {
+        s->buf[s->n++] = p[i];
+        if (s->n == sizeof s->buf) w_flush(s);
+    }
+}
+static void w_u32(wstream *s, uint32_t v) {
+    uint8_t b[4];
+    put32(b, v);
+    w_put(s, b, 4);
+}
+static void w_f32(wstream *s, float f) {
+    uint32_t v;
+    memcpy(&v, &f, 4);
+    w_u32(s, v);
+}
+
+static void state_header(const bnncl_ctx *c, uint8_t *h) {
+    put32(h, BNNCL_STATE_MAGIC), put32(h + 4, BNNCL_STATE_VERSION), put32(h + 8, c->m->fingerprint);
+    put32(h + 12, STRATEGY_SLDA), put32(h + 16, (uint32_t)c->K), put32(h + 20, (uint32_t)c->D);
+    put32(h + 24, (uint32_t)state_payload(c->K, c->D));
+    put32(h + 28, crc32_update(0, h, 28));
+}
+
+size_t bnncl_state_size(const bnncl_ctx *c) {
+    if (!c || !ctx_ok(c) || !c->K) return 0;
+    return STATE_HEADER + state_payload(c->K, c->D) + 4;
+}
+
+int bnncl_state_save(const bnncl_ctx *c, bnncl_write_fn write, void *user) {
+    if (!c || !write) return BNNCL_E_NULL;
+    if (!ctx_ok(c)) return BNNCL_E_CTX;
+    if (!c->K) return BNNCL_E_NO_LEARNING;
+    uint8_t h[STATE_HEADER];
+    state_header(c, h);
+    if (write(user, h, sizeof h) != 0) return BNNCL_E_IO;
+    wstream s;
+    memset(&s, 0, sizeof s);
+    s.fn = write, s.user = user;
+    for (int64_t k = 0; k < c->K; ++k) {
+        uint64_t v = (uint64_t)c->counts[k];
+        w_u32(&s, (uint32_t)v), w_u32(&s, (uint32_t)(v >> 32));
+    }
+    for (int64_t i = 0; i < c->K * c->D; ++i) w_f32(&s, c->means[i]);
+    for (int64_t i = 0; i < c->P; ++i) w_f32(&s, c->cov[i]);
+    w_flush(&s);
+    uint8_t t[4];
+    put32(t, s.crc);
+    if (s.err || write(user, t, 4) != 0) return BNNCL_E_IO;
+    return BNNCL_OK;
+}
+
+int bnncl_state_load(bnncl_ctx *c, bnncl_read_fn read, void *user) {
+    if (!c || !read) return BNNCL_E_NULL;
+    if (!ctx_ok(c)) return BNNCL_E_CTX;
+    if (!c->K) return BNNCL_E_NO_LEARNING;
+    uint8_t h[STATE_HEADER], want[STATE_HEADER], t[4];
+    if (read(user, h, sizeof h) != 0) return BNNCL_E_IO;
+    if (get32(h) != BNNCL_STATE_MAGIC || get32(h + 4) != BNNCL_STATE_VERSION ||
+        get32(h + 28) != crc32_update(0, h, 28))
+        return BNNCL_E_STATE_CORRUPT;
+    state_header(c, want);
+    if (memcmp(h, want, 28) != 0) return BNNCL_E_STATE_FOREIGN;
+    const size_t payload = state_payload(c->K, c->D);
+    uint8_t *buf = (uint8_t *)c->sacc; /* the scratch holds the payload until it is checked */
+    if (read(user, buf, payload) != 0 || read(user, t, 4) != 0) {
+        if (c->seen) refresh(c); /* the scratch held the factor */
+        return BNNCL_E_IO;
+    }
+    int ok = get32(t) == crc32_update(0, buf, payload);
+    const uint8_t *p = buf;
+    for (int64_t k = 0; ok && k < c->K; ++k, p += 8)
+        ok = ((int64_t)((uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32)) >= 0;
+    for (const uint8_t *q = p; ok && q < buf + payload; q += 4) {
+        uint32_t v = get32(q);
+        float f;
+        memcpy(&f, &v, 4);
+        ok = isfinite(f);
+    }
+    if (!ok) {
+        if (c->seen) refresh(c);
+        return BNNCL_E_STATE_CORRUPT;
+    }
+    for (int64_t k = 0; k < c->K; ++k)
+        c->counts[k] = (int64_t)((uint64_t)get32(buf + 8 * k) | (uint64_t)get32(buf + 8 * k + 4) << 32);
+    p = buf + 8 * c->K;
+    for (int64_t i = 0; i < c->K * c->D; ++i, p += 4) {
+        uint32_t v = get32(p);
+        memcpy(&c->means[i], &v, 4);
+    }
+    for (int64_t i = 0; i < c->P; ++i, p += 4) {
+        uint32_t v = get32(p);
+        memcpy(&c->cov[i], &v, 4);
+    }
+    return refresh(c);
 }

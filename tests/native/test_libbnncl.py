@@ -6,6 +6,13 @@ equal ``FrozenEngine.logits`` bit for bit on the scalar kernel path, and its cla
 fmnist-b5 on 64 embedded test images, cifar10-b5 (3 channels, 8 blocks) on 16 random images.  The fmnist-b5
 program cross-built for AArch64 runs under qemu-user when ``gcc-aarch64-linux-gnu`` and ``qemu-user`` are
 installed.
+
+Learning (``libbnncl/tests/learn_main.c``): fmnist-b5 exported with the streaming-LDA state that
+``bnncl.api.Learner`` deploys on the embedded base images; the program learns Fashion classes 5 and 7 (50
+embedded training images each) and must agree with the same Learner learning the same images: pooled features
+bit for bit, counts exactly, means and covariance within rtol 1e-5 (observed: bit-identical), the 200
+test predictions identically; a saved state reloads to the same predictions; a state with one flipped byte,
+a short one and one of another model (cifar10-b5) are refused with their error codes.
 """
 
 from __future__ import annotations
@@ -18,8 +25,9 @@ import numpy as np
 import pytest
 
 from bnncl import assets
+from bnncl.api import Learner
 from bnncl.data.embedded import load_embedded
-from bnncl.device.export_c import arena_bytes, conv_panels, export_c
+from bnncl.device.export_c import STATE_HEADER, arena_bytes, conv_panels, export_c, state_bytes
 from bnncl.device.frozen import FrozenEngine
 from bnncl.device.kernels import kernel_path
 from bnncl.device.modelfile import DeviceModel
@@ -29,6 +37,9 @@ LIB = ROOT / "libbnncl"
 CROSS_CC, QEMU, SYSROOT = "aarch64-linux-gnu-gcc", "qemu-aarch64", Path("/usr/aarch64-linux-gnu")
 ERRORS = {"null_model": -1, "foreign_model": -2, "small_arena": -3, "misaligned": -4, "uninit_ctx": -5,
           "wrong_image_size": -6, "short_scores": -6}
+LEARN_CHECKS = {"bad_label": -11, "learn_wrong_size": -6, "corrupt_payload": -8, "corrupt_header": -8,
+                "short_state": -7, "foreign_state": -9, "unchanged_after_refusals": 0}
+NEW_CLASSES, NEW_PER_CLASS, NTEST = (5, 7), 50, 200
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +56,17 @@ def _export(tmp: Path, name: str, images: np.ndarray) -> tuple[DeviceModel, dict
     return model, figures, tmp / name
 
 
-def _build_and_run(tmp: Path, name: str, cc: str, runner: list[str]) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
-    prog = tmp / f"predict-{name}-{cc}"
-    cmd = ["make", "-s", "-j2", "-C", str(LIB), f"BUILD={tmp / ('build-' + cc)}", f"MODEL={tmp / name}", f"CC={cc}",
-           f"PROG={prog}", "predict"]
+def _make(tmp: Path, model_dir: Path, cc: str, target: str) -> Path:
+    prog = tmp / f"{target}-{model_dir.name}-{cc}"
+    cmd = ["make", "-s", "-j2", "-C", str(LIB), f"BUILD={tmp / ('build-' + cc)}", f"MODEL={model_dir}", f"CC={cc}",
+           f"PROG={prog}", target]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stderr[-4000:]}"
+    return prog
+
+
+def _build_and_run(tmp: Path, name: str, cc: str, runner: list[str]) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+    prog = _make(tmp, tmp / name, cc, "predict")
     r = subprocess.run([*runner, str(prog), str(tmp / f"{name}.u8")], capture_output=True, text=True, timeout=120,
                        check=False)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -113,3 +129,85 @@ def test_conv_panels_layout():
     p = conv_panels(w, in_channels=3)
     assert p.shape == (2, 1, 32) and np.count_nonzero(p) == 1
     assert p[1, 0, 0] == 0b101 << 15
+
+
+def _run_learn(prog: Path, tmp: Path, test: np.ndarray, train: np.ndarray, labels: np.ndarray, state: Path,
+               other: Path | None = None) -> dict[str, list[list[str]]]:
+    for name, a in (("test.u8", test), ("train.u8", train), ("labels.i32", labels.astype(np.int32))):
+        np.ascontiguousarray(a).tofile(tmp / name)
+    args = [str(prog), str(tmp / "test.u8"), str(tmp / "train.u8"), str(tmp / "labels.i32"), str(state)]
+    r = subprocess.run(args + ([str(other)] if other else []), capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out: dict[str, list[list[str]]] = {}
+    for line in r.stdout.splitlines():
+        head, *rest = line.split()
+        out.setdefault(head, []).append(rest)
+    return out
+
+
+def _read_state(path: Path, classes: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(header uint32 x 8, counts, means, packed covariance) of a state written by bnncl_state_save."""
+    b = path.read_bytes()
+    assert len(b) == state_bytes(classes, dim)
+    p = np.frombuffer(b, np.uint8)
+    header = p[:STATE_HEADER].view("<u4")
+    at = STATE_HEADER
+    counts = p[at:at + 8 * classes].view("<i8")
+    at += 8 * classes
+    means = p[at:at + 4 * classes * dim].view("<f4").reshape(classes, dim)
+    at += 4 * classes * dim
+    cov = p[at:len(b) - 4].view("<f4")
+    return header, counts, means, cov
+
+
+def test_host_learn_fmnist_b5_agrees_with_the_python_learner(tmp):
+    train, test_split = load_embedded("train"), load_embedded("test")
+    model = DeviceModel.load(assets.model_path("fmnist-b5", ".bnn"))
+    base = np.isin(train.labels, model.pretrained_classes)
+    rng = np.random.default_rng(13)
+    new = rng.permutation(np.concatenate([np.flatnonzero(train.labels == c)[:NEW_PER_CLASS] for c in NEW_CLASSES]))
+    images, labels = train.images[new], train.labels[new].astype(np.int32)
+    test = test_split.images[rng.choice(len(test_split.images), NTEST, replace=False)]
+    with kernel_path("scalar"):
+        learner = Learner(model)
+        learner.deploy(train.images[base], train.labels[base])
+        figures = export_c(model, tmp / "fmnist-b5-slda", slda=learner.learner.feature_head)
+        test_latents = learner.learner.extract(test)
+        first_features = learner.learner.extract(images[:4])
+        before = learner.learner.predict(test_latents)
+        learner.learn(images, labels)
+        logits, after = learner.learner.logits(test_latents), learner.learner.predict(test_latents)
+    slda = learner.learner.feature_head
+
+    # a state of another model: cifar10-b5 exported without a state, nothing learned
+    cifar = DeviceModel.load(assets.model_path("cifar10-b5", ".bnn"))
+    export_c(cifar, tmp / "cifar10-b5-learn")
+    cifar_dir = tmp / "cifar-run"
+    cifar_dir.mkdir()
+    cifar_images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    _run_learn(_make(tmp, tmp / "cifar10-b5-learn", "gcc", "learn"), cifar_dir, cifar_images, cifar_images[:0],
+               np.zeros(0, np.int32), tmp / "cifar.state")
+
+    state = tmp / "fmnist.state"
+    out = _run_learn(_make(tmp, tmp / "fmnist-b5-slda", "gcc", "learn"), tmp, test, images, labels, state,
+                     tmp / "cifar.state")
+    assert int(out["arena"][0][0]) == figures["arena_bytes"] == arena_bytes(model)
+    assert int(out["state_size"][0][0]) == figures["state_bytes"] == state_bytes(10, slda.dim)
+    assert {k: int(v) for k, v in out["check"]} == LEARN_CHECKS
+    assert [int(out[k][0][0]) for k in ("learn", "save", "load")] == [0, 0, 0]
+    feats = np.array([[int(v, 16) for v in row] for row in out["feat"]], np.uint32)
+    assert np.array_equal(feats, first_features.view(np.uint32)), "pooled features differ from the Python engine"
+    assert np.array_equal([int(r[0]) for r in out["p0"]], before), "predictions with the deployed state differ"
+
+    header, counts, means, cov = _read_state(state, slda.num_classes, slda.dim)
+    assert header[:7].tolist() == [0x54534C42, 1, figures["fingerprint"], 1, 10, slda.dim,
+                                   state_bytes(10, slda.dim) - STATE_HEADER - 4]
+    assert np.array_equal(counts, slda.counts)
+    np.testing.assert_allclose(means, slda.means, rtol=1e-5, atol=1e-6 * float(np.abs(slda.means).max()))
+    np.testing.assert_allclose(cov, slda.cov_packed, rtol=1e-5, atol=1e-6 * float(np.abs(slda.cov_packed).max()))
+    scores = np.array([[int(v, 16) for v in r[1:]] for r in out["p1"]], np.uint32).view(np.float32)
+    np.testing.assert_allclose(scores, logits, rtol=1e-5, atol=1e-5 * float(np.abs(logits).max()))
+    assert np.array_equal([int(r[0]) for r in out["p1"]], after), "predictions after learning differ"
+    assert np.array_equal([int(r[0]) for r in out["p2"]], after), "predictions after save and load differ"
+    assert set(after.tolist()) & set(NEW_CLASSES), "the learned classes are never predicted"

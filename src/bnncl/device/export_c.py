@@ -6,7 +6,15 @@ Writes three files into the output folder:
   transforms, the int8 stem, the head) and the ``bnncl_model`` that points at them;
 * ``model.h``: declares that model (``bnncl_exported_model`` unless ``--symbol``);
 * ``model_config.h``: ``BNNCL_ARENA_BYTES`` (the exact arena :func:`arena_bytes`, the same figure as the
-  library's ``bnncl_arena_size``), the input shape, the class count and the arrays' bytes.
+  library's ``bnncl_arena_size``, predict and learn included), the input shape, the class counts, the
+  bytes of a saved state and of the arrays.
+
+Learning is streaming LDA on the pooled features (:class:`bnncl.cl.slda.StreamingLDA`) over ``capacity``
+rows (dataset classes ``0 .. capacity - 1``; default: the model's class names). ``slda`` (optional) is an
+initial state, e.g. the one ``bnncl.api.Learner(model).deploy(images, labels)`` computes on the base
+classes (``learner.learner.feature_head``): it is written as const arrays that ``bnncl_init`` copies into
+the arena, so the device predicts with it from the start. Without it the device starts empty and predicts
+with the pretrained head until it learns.
 
 The values are the ones :class:`bnncl.device.frozen.FrozenEngine` computes and runs (its stem weights,
 fused stem bias with the border correction, block transforms and transposed head), written exactly
@@ -17,11 +25,13 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from bnncl.cl.slda import DEFAULT_SHRINKAGE, StreamingLDA
 from bnncl.device.bitpack import words_for
 from bnncl.device.frozen import FrozenEngine, resolve_stem
 from bnncl.device.modelfile import DeviceModel
@@ -31,10 +41,11 @@ from bnncl.errors import BnnclError
 NB = 32  # output channels per weight panel (BNNCL_NB)
 ROWS = 12  # im2col rows per block in libbnncl (src/bnncl.c)
 CTX_RESERVE = 512  # arena bytes reserved for the context (src/bnncl.c)
-MODEL_VERSION = 1
+MODEL_VERSION = 2
+STATE_HEADER = 32  # bytes of a saved state's header (include/bnncl.h)
 ADDMAP_FULL, ADDMAP_NINE = 0, 1
 _C_TYPES = {np.dtype(np.uint64): "uint64_t", np.dtype(np.float32): "float", np.dtype(np.int8): "int8_t",
-            np.dtype(np.int32): "int32_t"}
+            np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t"}
 
 
 def conv_panels(weight: np.ndarray, in_channels: int) -> np.ndarray:
@@ -73,8 +84,19 @@ def nine_patterns(addmap: np.ndarray) -> np.ndarray | None:
     return np.ascontiguousarray(nine) if np.array_equal(rebuilt.view(np.uint32), addmap.view(np.uint32)) else None
 
 
-def arena_bytes(model: DeviceModel) -> int:
-    """The arena libbnncl needs for predict on this model (``bnncl_arena_size``: the same layout)."""
+def state_payload(classes: int, features: int) -> int:
+    """Bytes of a saved state's payload: counts int64, means float32, packed covariance float32."""
+    return 8 * classes + 4 * classes * features + 4 * (features * (features + 1) // 2)
+
+
+def state_bytes(classes: int, features: int) -> int:
+    """Bytes ``bnncl_state_save`` writes (header, payload, CRC32 trailer)."""
+    return STATE_HEADER + state_payload(classes, features) + 4
+
+
+def arena_bytes(model: DeviceModel, capacity: int | None = None) -> int:
+    """The arena libbnncl needs for predict and streaming-LDA learning over ``capacity`` classes (default:
+    the model's class names; 0: predict only) on this model (``bnncl_arena_size``: the same layout)."""
     arch = model.architecture
     h, w, c = arch["input_shape"]
     sc = arch["stem_channels"]
@@ -92,8 +114,16 @@ def arena_bytes(model: DeviceModel) -> int:
         return (n + 15) // 16 * 16
 
     ncls = len(model.pretrained_classes)
+    d = geo[-1]["out_channels"]
     sizes = [up(9 * c * sc * 4) if int8_stem else 0, up((h + 2) * (w + 2) * c * 4), 2 * up(act * 4), 2 * up(bits * 8),
-             up(ROWS * kk * 8), up(cin * 4), up(sc * 4), up(geo[-1]["out_channels"] * 4), up(ncls * 4)]
+             up(ROWS * kk * 8), up(cin * 4), up(sc * 4), up(d * 4), up(ncls * 4)]
+    k = len(model.class_names) if capacity is None else capacity
+    if k:
+        p = d * (d + 1) // 2
+        # state (means, counts, cov), classifier (W, b), scratch (accumulator / factor / loaded state,
+        # per-class batch sums and counts, one vector), SLDA logits
+        sizes += [up(k * d * 4), up(k * 8), up(p * 4), up(k * d * 8), up(k * 8), up(max(p * 8, state_payload(k, d))),
+                  up(k * d * 8), up(k * 8), up(d * 8), up(k * 4)]
     return CTX_RESERVE + sum(sizes)
 
 
@@ -104,12 +134,14 @@ class _Writer:
     prefix: str
     lines: list[str] = field(default_factory=list)
     nbytes: int = 0
+    crc: int = 0  # zlib.crc32 of every array's bytes, in order: the model's fingerprint
 
     def array(self, name: str, a: np.ndarray) -> str:
         a = np.ascontiguousarray(a).reshape(-1)
         ctype = _C_TYPES[a.dtype]
         sym = f"{self.prefix}_{name}"
         self.nbytes += a.nbytes
+        self.crc = zlib.crc32(a.tobytes(), self.crc)
         vals = [_literal(v, a.dtype) for v in a.tolist()]
         body = ",\n".join("    " + ", ".join(vals[i:i + 8]) for i in range(0, len(vals), 8))
         self.lines.append(f"static const {ctype} {sym}[{len(vals)}] = {{\n{body}\n}};\n")
@@ -128,9 +160,13 @@ def _literal(v: float | int, dtype: np.dtype) -> str:
     return f"{float(v).hex()}f"
 
 
-def export_c(model: DeviceModel, out: str | Path, symbol: str = "bnncl_exported_model") -> dict[str, int]:
+def export_c(model: DeviceModel, out: str | Path, symbol: str = "bnncl_exported_model", *,
+             slda: StreamingLDA | None = None, capacity: int | None = None,
+             shrinkage: float = DEFAULT_SHRINKAGE) -> dict[str, int]:
     """Write model.c, model.h and model_config.h for ``model`` into ``out``; returns the figures
-    (``arena_bytes``, ``array_bytes``)."""
+    (``arena_bytes``, ``array_bytes`` (the model's), ``state_array_bytes`` (the embedded initial state),
+    ``state_bytes`` (a saved state), ``fingerprint``). ``slda``: the initial learning state (module
+    docstring); it fixes ``capacity`` and ``shrinkage``."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", symbol):
         raise BnnclError(f"--symbol: expected a C identifier, got {symbol!r}")
     eng = FrozenEngine(model, tune_heap=False)
@@ -162,7 +198,22 @@ def export_c(model: DeviceModel, out: str | Path, symbol: str = "bnncl_exported_
     head = wr.array("head", eng._head_t.astype(np.float32))
     classes = wr.array("class_ids", np.asarray(model.pretrained_classes, np.int32))
     features, ncls = eng._head_t.shape
-    arena = arena_bytes(model)
+    fingerprint, model_bytes = wr.crc, wr.nbytes
+    if slda is not None:
+        if slda.dim != features or slda.cov_bits != 32:
+            raise BnnclError(f"export-c: the SLDA state has {slda.dim} features at {slda.cov_bits} bits; the model "
+                             f"has {features} and libbnncl stores the covariance at 32 bits")
+        capacity, shrinkage = slda.num_classes, slda.shrinkage
+        init = (f"{wr.array('slda_means', slda.means.astype(np.float32))}, "
+                f"{wr.array('slda_counts', slda.counts.astype(np.int64))}, "
+                f"{wr.array('slda_cov', slda.cov_packed.astype(np.float32))}")
+    else:
+        init = "NULL, NULL, NULL"
+    capacity = len(model.class_names) if capacity is None else int(capacity)
+    if capacity < 0:
+        raise BnnclError(f"export-c: capacity must be >= 0, got {capacity}")
+    arena = arena_bytes(model, capacity)
+    saved = state_bytes(capacity, features) if capacity else 0
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = arch.get("name", "?")
@@ -172,7 +223,8 @@ def export_c(model: DeviceModel, out: str | Path, symbol: str = "bnncl_exported_
         + f"\nstatic const bnncl_block_desc {symbol}_blocks[{len(blocks)}] = {{\n" + "\n".join(blocks) + "\n};\n\n"
         + f"const bnncl_model {symbol} = {{\n    BNNCL_MODEL_MAGIC, {MODEL_VERSION}, {h}, {w}, {c}, "
         f"{arch['stem_channels']},\n    {stem}, {stem_mul}, {kind}, {addmap_sym}, {s_in}, {s_sl}, {s_out},\n"
-        f"    {len(blocks)}, {symbol}_blocks, {features}, {ncls}, {head}, {classes}}};\n")
+        f"    {len(blocks)}, {symbol}_blocks, {features}, {ncls}, {head}, {classes},\n"
+        f"    0x{fingerprint:08x}u, {capacity}, {float(shrinkage).hex()}, {init}}};\n")
     guard = f"{symbol.upper()}_H"
     (out / "model.h").write_text(
         f"/* {name}: written by `bnncl export-c`; do not edit. */\n#ifndef {guard}\n#define {guard}\n\n"
@@ -180,9 +232,15 @@ def export_c(model: DeviceModel, out: str | Path, symbol: str = "bnncl_exported_
     (out / "model_config.h").write_text(
         f"/* {name}: written by `bnncl export-c`; do not edit. */\n#ifndef {guard[:-2]}_CONFIG_H\n"
         f"#define {guard[:-2]}_CONFIG_H\n\n"
-        f"#define BNNCL_ARENA_BYTES {arena} /* bnncl_arena_size(&{symbol}): RAM for predict */\n"
-        f"#define BNNCL_MODEL_ARRAY_BYTES {wr.nbytes} /* const arrays (flash) */\n"
+        f"#define BNNCL_ARENA_BYTES {arena} /* bnncl_arena_size(&{symbol}): RAM for predict and learn */\n"
+        f"#define BNNCL_MODEL_ARRAY_BYTES {model_bytes} /* const arrays of the model (flash) */\n"
+        f"#define BNNCL_STATE_ARRAY_BYTES {wr.nbytes - model_bytes} /* const initial SLDA state (flash) */\n"
+        f"#define BNNCL_STATE_BYTES {saved} /* bnncl_state_size: a saved state */\n"
+        f"#define BNNCL_MODEL_FINGERPRINT 0x{fingerprint:08x}u\n"
         f"#define BNNCL_INPUT_H {h}\n#define BNNCL_INPUT_W {w}\n#define BNNCL_INPUT_C {c}\n"
-        f"#define BNNCL_NUM_CLASSES {ncls}\n\n#endif\n")
-    return {"arena_bytes": arena, "array_bytes": wr.nbytes}
+        f"#define BNNCL_NUM_CLASSES {ncls} /* scores of the pretrained head */\n"
+        f"#define BNNCL_SLDA_CLASSES {capacity} /* rows of the learner: dataset classes 0 .. {capacity - 1} */\n"
+        f"#define BNNCL_MAX_SCORES {max(ncls, capacity)}\n\n#endif\n")
+    return {"arena_bytes": arena, "array_bytes": model_bytes, "state_array_bytes": wr.nbytes - model_bytes,
+            "state_bytes": saved, "fingerprint": fingerprint}
 
