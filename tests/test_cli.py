@@ -267,3 +267,17 @@ def test_package_data_stays_small_and_has_no_host_models():
     assert sorted(p.name for p in host.glob("*.safetensors")) == shipped
     assert (host / "cifar10-b5.bnn").is_file() and not (pkg / "assets" / "models" / "cifar10-b5.bnn").exists()
     assert 'bnncl_models = ["*.safetensors", "*.bnn"]' in (REPO / "bnncl-models" / "pyproject.toml").read_text()
+
+
+def test_export_c_embeds_the_deployed_streaming_lda_state(tmp_path, capsys):
+    assert main(["export-c", "fmnist-b5", "-o", str(tmp_path / "a")]) == 0
+    plain = capsys.readouterr().out
+    assert main(["export-c", "fmnist-b5", "-o", str(tmp_path / "b"), "--deploy", "--capacity", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "initial streaming-LDA state" in out and "initial" not in plain
+    # means (12 x 128 float32) + counts (12 int64) + the packed covariance (128 * 129 / 2 float32), at least
+    state = int(out.split("initial streaming-LDA state ")[1].split(" bytes")[0])
+    assert state >= 12 * 128 * 4 + 12 * 8 + 128 * 129 // 2 * 4
+    assert (tmp_path / "b" / "model.c").stat().st_size > (tmp_path / "a" / "model.c").stat().st_size
+    assert main(["export-c", "cifar10-b5", "-o", str(tmp_path / "c"), "--deploy"]) == 2
+    assert "--deploy: give --base DIR" in capsys.readouterr().err

@@ -229,10 +229,60 @@ def _cmd_export_c(args: argparse.Namespace) -> int:
     from bnncl.device.export_c import export_c
     from bnncl.device.modelfile import DeviceModel
 
-    figures = export_c(DeviceModel.load(resolve_model(args.model, ".bnn")), args.out, args.symbol)
-    print(f"wrote {args.out}/model.c, model.h, model_config.h: {figures['array_bytes']} bytes of const arrays, "
-          f"arena {figures['arena_bytes']} bytes")
+    path = resolve_model(args.model, ".bnn")
+    model = DeviceModel.load(path)
+    slda = _deployed_slda(model, path, args) if args.deploy else None
+    figures = export_c(model, args.out, args.symbol, slda=slda)
+    state = f", initial streaming-LDA state {figures['state_array_bytes']} bytes" if slda is not None else ""
+    print(f"wrote {args.out}/model.c, model.h, model_config.h: {figures['array_bytes']} bytes of const arrays"
+          f"{state}, arena {figures['arena_bytes']} bytes")
     return 0
+
+
+def _is_shipped(path, name: str) -> bool:
+    """True when ``path`` holds the shipped model ``name`` (same bytes)."""
+    from bnncl.assets import model_path
+    from bnncl.cl.state import sha256_file
+
+    try:
+        return sha256_file(path) == sha256_file(model_path(name, ".bnn"))
+    except (OSError, BnnclError):
+        return False
+
+
+def _deployed_slda(model, path, args: argparse.Namespace):
+    """The streaming-LDA state a device starts from: deployed on the model's base classes (the embedded
+    Fashion-MNIST subset for the shipped fmnist-b5, else ``--base DIR``), with ``--capacity`` head rows."""
+    import numpy as np
+
+    from bnncl.api import Learner
+    from bnncl.service.session import FREE_ROWS
+
+    names = list(model.class_names)
+    if args.base:
+        from pathlib import Path
+
+        from bnncl.service.folders import load_labelled_folder
+        from bnncl.service.inbox import folder_name
+
+        images, labels = load_labelled_folder(Path(args.base), model.architecture["input_shape"])
+        rows = {folder_name(n): i for i, n in enumerate(names)}
+        unknown = sorted({n for n in labels if n not in rows})
+        if unknown or not len(images):
+            raise BnnclError(f"--base {args.base}: expected <dir>/<class>/<image> of the model's classes "
+                             f"{names[:5]}...; unknown class folders {unknown[:5]}")
+        y = np.array([rows[n] for n in labels])
+    elif _is_shipped(path, "fmnist-b5"):
+        from bnncl.data.embedded import BASE_CLASSES, load_embedded
+
+        train = load_embedded("train")
+        keep = np.isin(train.labels, BASE_CLASSES)
+        images, y = train.images[keep], train.labels[keep]
+    else:
+        raise BnnclError(f"--deploy: give --base DIR (an ImageFolder of {path.name}'s base-class images)")
+    learner = Learner(model, num_classes=args.capacity or len(names) + FREE_ROWS, strategy="slda")
+    learner.deploy(images, y)
+    return learner.learner.feature_head
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="device model (.bnn path or a shipped model's name)")
     p.add_argument("-o", "--out", required=True, help="output folder (model.c, model.h, model_config.h)")
     p.add_argument("--symbol", default="bnncl_exported_model", help="C name of the model (default: %(default)s)")
+    p.add_argument("--deploy", action="store_true",
+                   help="embed the streaming-LDA state deployed on the base classes, so the device learns from "
+                        "its first image (the embedded subset for fmnist-b5; other models need --base)")
+    p.add_argument("--base", default=None, help="with --deploy: ImageFolder <dir>/<class>/<image> of base images")
+    p.add_argument("--capacity", type=int, default=None,
+                   help="with --deploy: classes the device can hold (default the model's names + 16)")
     p.set_defaults(func=_cmd_export_c)
 
     for name, func, text in (
