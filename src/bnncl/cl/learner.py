@@ -35,7 +35,7 @@ After training, the buffer is offered the experience's latents (``buffer.add``).
 Deployment: a stream's base experience (``is_base``) either is trained like any other, or, with a
 host-pretrained engine (``run(..., pretrained_base=True)``), is only *deployed*: the buffer is
 prefilled with its latents, CWR*'s ``cw`` rows of the base classes are the pretrained head's rows
-and ``past[c]`` their training counts.
+and ``past[c]`` their training counts; the base features start SLDA's class means and shared covariance.
 
 Progress goes to callbacks (``on_batch(BatchProgress)``, ``on_experience(ExperienceResult)``); the
 library never prints.
@@ -281,7 +281,8 @@ class ContinualLearner:
 
     # -- the loop ------------------------------------------------------------------------------
     def deploy(self, latents: np.ndarray, labels: np.ndarray, experience_index: int = 0) -> None:
-        """Deploy on a base experience the engine was pretrained on: prefill the buffer, seed CWR*."""
+        """Deploy on a base experience the engine was pretrained on: prefill the buffer, seed CWR* (or start
+        the feature head's statistics, for ``slda`` and ``probe``)."""
         self._deploy(*self._check(latents, labels, experience_index), experience_index)
 
     def deploy_images(self, images: np.ndarray, labels: np.ndarray, experience_index: int = 0) -> None:
