@@ -1,6 +1,6 @@
 /* libbnncl: the bnncl device engine as a portable C library (C99, no Python, no malloc).
  *
- * What works now (host, AArch64):
+ * What works now (host, AArch64 Linux, bare-metal Cortex-M4F):
  *   - predict: one uint8 image in, the class and the float32 scores out; the frozen forward is
  *     bit-identical to the Python frozen engine (bnncl.device.frozen.FrozenEngine) on its scalar path;
  *   - learn: streaming LDA on the pooled features (bnncl.cl.slda.StreamingLDA: exact class-mean and
