@@ -37,8 +37,11 @@ struct bnncl_ctx {
     const bnncl_model *m;
     float *stem_w;      /* float32 stem weights (converted from int8, or the model's) */
     float *xpad;        /* zero-padded float copy of the image */
-    float *act[2];      /* activations, ping-pong */
-    uint64_t *bits[2];  /* packed signs of the next block's input, ping-pong */
+    float *fbuf[2];     /* real-valued block outputs (full or 2x2-pooled maps); a block may write in place */
+    float *line;        /* the stem's output rows that block 0's shortcut reads (recomputed, stride lines) */
+    float *ybuf;        /* a block's conv output for ROWS pixels, before its epilogue */
+    float *ptmp;        /* the pair sum (s10 + s11) of a 2x2 pool being written */
+    uint64_t *bits[2];  /* packed signs of the block inputs: bits[i % 2] for block i */
     uint64_t *cols;     /* im2col rows: ROWS x max kk words */
     float *shortcut;    /* max in_channels floats */
     float *acc;         /* stem_channels floats */
@@ -114,29 +117,61 @@ static int model_ok(const bnncl_model *m) {
 
 static size_t up16(size_t n) { return (n + 15) & ~(size_t)15; }
 
+/* The memory plan of the real-valued maps.  A block's output is read only by the next block's shortcut
+ * (pixel by pixel at stride 1, as 2x2 averages at stride 2) and by the pooling of the last one, so it is
+ * kept as what that reader takes: the 2x2 averages when the next block has stride 2 (a quarter of the map,
+ * computed as the output is written, in the epilogue's order and operations; of the signs when that block's
+ * shortcut is binarized), else the full map.  The stem's output is not kept: block 0 recomputes the stem
+ * rows its shortcut reads.  A stride-1 block with as many outputs as inputs writes over its input (pixel p's
+ * output goes where input pixel p was, once its shortcut is read; the conv reads the packed bits), else it
+ * writes the other buffer.  Block i writes fbuf[dst[i]]; fl[k]: floats of fbuf[k]. */
+static int pooled_out(const bnncl_model *m, int32_t i) {
+    return i + 1 < m->num_blocks && m->blocks[i + 1].stride == 2;
+}
+
+static void float_plan(const bnncl_model *m, int64_t fl[2], int dst[MAX_BLOCKS]) {
+    int cur = -1; /* buffer holding the current block's input map; -1: the stem (recomputed) */
+    fl[0] = fl[1] = 0;
+    for (int32_t i = 0; i < m->num_blocks; ++i) {
+        const bnncl_block_desc *b = &m->blocks[i];
+        const int64_t ho = (b->in_h - 1) / b->stride + 1, wo = (b->in_w - 1) / b->stride + 1;
+        const int64_t n = pooled_out(m, i) ? (ho / 2) * (wo / 2) * b->out_channels : ho * wo * b->out_channels;
+        const int in_place = cur >= 0 && b->stride == 1 && b->out_channels == b->in_channels;
+        const int d = in_place ? cur : (cur == 0 ? 1 : 0);
+        if (n > fl[d]) fl[d] = n;
+        dst[i] = cur = d;
+    }
+}
+
 /* Arena layout: sizes of the regions in the order bnncl_init lays them out. */
 typedef struct {
-    size_t stem_w, xpad, act, bits, cols, shortcut, acc, feat, logits;
+    size_t stem_w, xpad, fbuf[2], line, ybuf, ptmp, bits[2], cols, shortcut, acc, feat, logits;
     size_t means, counts, cov, W, b, sacc, bsum, bcount, tmp, slogits; /* learning (0 without) */
 } layout;
 
 static size_t state_payload(int64_t K, int64_t D) { return (size_t)(8 * K + 4 * K * D + 4 * (D * (D + 1) / 2)); }
 
 static void plan(const bnncl_model *m, layout *L) {
-    int64_t act = (int64_t)m->in_h * m->in_w * m->stem_channels, bits = 0, kk = 0, cin = 0;
+    int64_t bits[2] = {0, 0}, kk = 0, cin = 0, o = 0, fl[2];
+    int dst[MAX_BLOCKS];
     for (int32_t i = 0; i < m->num_blocks; ++i) {
         const bnncl_block_desc *b = &m->blocks[i];
-        int64_t ho = (b->in_h - 1) / b->stride + 1, wo = (b->in_w - 1) / b->stride + 1;
         int64_t in_words = (int64_t)b->in_h * b->in_w * words_for(b->in_channels);
-        if (ho * wo * b->out_channels > act) act = ho * wo * b->out_channels;
-        if (in_words > bits) bits = in_words;
+        if (in_words > bits[i % 2]) bits[i % 2] = in_words;
         if (words_for(9 * (int64_t)b->in_channels) > kk) kk = words_for(9 * (int64_t)b->in_channels);
         if (b->in_channels > cin) cin = b->in_channels;
+        if (b->out_channels > o) o = b->out_channels;
     }
+    float_plan(m, fl, dst);
     L->stem_w = m->stem_weight_i8 ? up16((size_t)(9 * m->in_c * m->stem_channels) * sizeof(float)) : 0;
     L->xpad = up16((size_t)((m->in_h + 2) * (m->in_w + 2) * m->in_c) * sizeof(float));
-    L->act = up16((size_t)act * sizeof(float));
-    L->bits = up16((size_t)bits * sizeof(uint64_t));
+    L->fbuf[0] = up16((size_t)fl[0] * sizeof(float));
+    L->fbuf[1] = up16((size_t)fl[1] * sizeof(float));
+    L->line = up16((size_t)(m->blocks[0].stride * m->in_w * m->stem_channels) * sizeof(float));
+    L->ybuf = up16((size_t)(ROWS * o) * sizeof(float));
+    L->ptmp = up16((size_t)o * sizeof(float));
+    L->bits[0] = up16((size_t)bits[0] * sizeof(uint64_t));
+    L->bits[1] = up16((size_t)bits[1] * sizeof(uint64_t));
     L->cols = up16((size_t)(ROWS * kk) * sizeof(uint64_t));
     L->shortcut = up16((size_t)cin * sizeof(float));
     L->acc = up16((size_t)m->stem_channels * sizeof(float));
@@ -160,7 +195,8 @@ size_t bnncl_arena_size(const bnncl_model *m) {
     if (!model_ok(m)) return 0;
     layout L;
     plan(m, &L);
-    return CTX_RESERVE + L.stem_w + L.xpad + 2 * L.act + 2 * L.bits + L.cols + L.shortcut + L.acc + L.feat +
+    return CTX_RESERVE + L.stem_w + L.xpad + L.fbuf[0] + L.fbuf[1] + L.line + L.ybuf + L.ptmp + L.bits[0] +
+           L.bits[1] + L.cols + L.shortcut + L.acc + L.feat +
            L.logits + L.means + L.counts + L.cov + L.W + L.b + L.sacc + L.bsum + L.bcount + L.tmp + L.slogits;
 }
 
@@ -182,10 +218,13 @@ int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx 
 #define TAKE(field, type, bytes) (c->field = (type *)p, p += (bytes))
     TAKE(stem_w, float, L.stem_w);
     TAKE(xpad, float, L.xpad);
-    TAKE(act[0], float, L.act);
-    TAKE(act[1], float, L.act);
-    TAKE(bits[0], uint64_t, L.bits);
-    TAKE(bits[1], uint64_t, L.bits);
+    TAKE(fbuf[0], float, L.fbuf[0]);
+    TAKE(fbuf[1], float, L.fbuf[1]);
+    TAKE(line, float, L.line);
+    TAKE(ybuf, float, L.ybuf);
+    TAKE(ptmp, float, L.ptmp);
+    TAKE(bits[0], uint64_t, L.bits[0]);
+    TAKE(bits[1], uint64_t, L.bits[1]);
     TAKE(cols, uint64_t, L.cols);
     TAKE(shortcut, float, L.shortcut);
     TAKE(acc, float, L.acc);
@@ -227,68 +266,109 @@ int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx 
     return BNNCL_OK;
 }
 
-/* Stem: conv, then per pixel * mul + addmap, RPReLU and the packed signs of + blocks[0].input_bias. */
-static void run_stem(bnncl_ctx *c, const uint8_t *image) {
+/* Stem row y: the conv of that row into out (w x stem_channels floats), then per pixel * mul + addmap,
+ * RPReLU and (bits not NULL) the packed signs of + blocks[0].input_bias.  A row of the stem conv is the
+ * same function of the padded image whichever rows are computed with it (bnncl_stem_lines). */
+static void stem_row(bnncl_ctx *c, int64_t y, float *out, uint64_t *bits) {
     const bnncl_model *m = c->m;
     const int64_t h = m->in_h, w = m->in_w, oc = m->stem_channels, nw = words_for(oc);
-    bnncl_stem_pad_u8(image, 1, h, w, m->in_c, c->xpad);
-    bnncl_stem_lines(c->xpad, h, w, m->in_c, c->stem_w, oc, 0, h, c->act[0], c->acc, 0, NULL);
+    /* the padded rows y .. y + 2 as an image of height 1 */
+    bnncl_stem_lines(c->xpad + y * (w + 2) * m->in_c, 1, w, m->in_c, c->stem_w, oc, 0, 1, out, c->acc, 0, NULL);
     /* the addmap row is passed per pixel at (0, 0): the stem epilogue reads no other pixel */
     bnncl_epi_args a = {1, 1, oc, h, w, oc, 1, nw, m->stem_mul, NULL, NULL, NULL,
                         m->stem_shift_in, m->stem_slope, m->stem_shift_out, m->blocks[0].input_bias};
-    for (int64_t y = 0; y < h; ++y)
-        for (int64_t x = 0; x < w; ++x) {
-            int64_t pix = y * w + x;
-            if (m->addmap_kind == BNNCL_ADDMAP_NINE) {
-                int64_t ry = y == 0 ? 0 : (y == h - 1 ? 2 : 1), rx = x == 0 ? 0 : (x == w - 1 ? 2 : 1);
-                a.addmap = m->stem_addmap + (ry * 3 + rx) * oc;
-            } else {
-                a.addmap = m->stem_addmap + pix * oc;
-            }
-            bnncl_epi_pixel(&a, 0, 0, 0, c->act[0] + pix * oc, c->shortcut, c->bits[0] + pix * nw, 0);
+    for (int64_t x = 0; x < w; ++x) {
+        if (m->addmap_kind == BNNCL_ADDMAP_NINE) {
+            int64_t ry = y == 0 ? 0 : (y == h - 1 ? 2 : 1), rx = x == 0 ? 0 : (x == w - 1 ? 2 : 1);
+            a.addmap = m->stem_addmap + (ry * 3 + rx) * oc;
+        } else {
+            a.addmap = m->stem_addmap + (y * w + x) * oc;
         }
+        bnncl_epi_pixel(&a, 0, 0, 0, out + x * oc, c->shortcut, bits ? bits + x * nw : NULL, 0);
+    }
 }
 
-/* Block i: binary conv from bits[cur] into act[1 - cur], then the epilogue (shortcut from act[cur]). */
-static void run_block(bnncl_ctx *c, int32_t i, int cur) {
+/* Stem: the packed signs of its output (block 0's input) into bits[0]; its real values are not kept. */
+static void run_stem(bnncl_ctx *c, const uint8_t *image) {
+    const bnncl_model *m = c->m;
+    bnncl_stem_pad_u8(image, 1, m->in_h, m->in_w, m->in_c, c->xpad);
+    for (int64_t y = 0; y < m->in_h; ++y) stem_row(c, y, c->line, c->bits[0] + y * m->in_w * words_for(m->stem_channels));
+}
+
+/* Block i: binary conv from bits[i % 2], ROWS output pixels at a time into ybuf, then per pixel the epilogue
+ * (shortcut from fbuf[src], or from the recomputed stem rows when src < 0) and the packed signs into
+ * bits[(i + 1) % 2]; the output is stored into fbuf[dst] as the memory plan says (full or 2x2-pooled). */
+static void run_block(bnncl_ctx *c, int32_t i, int src, int dst) {
     const bnncl_model *m = c->m;
     const bnncl_block_desc *b = &m->blocks[i];
     const int64_t cin = b->in_channels, o = b->out_channels, s = b->stride;
-    bnncl_conv_geom g = {c->bits[cur], b->in_h, b->in_w, words_for(cin), 3, 3, cin, s, 1, 0, 0, 0, NULL,
+    bnncl_conv_geom g = {c->bits[i % 2], b->in_h, b->in_w, words_for(cin), 3, 3, cin, s, 1, 0, 0, 0, NULL,
                          b->in_h + 2, b->in_w + 2, cin / 32};
     g.ho = (b->in_h - 1) / s + 1, g.wo = (b->in_w - 1) / s + 1, g.kk = words_for(9 * cin);
-    float *y = c->act[1 - cur];
-    const bnncl_epi e = {BNNCL_OUT_FLOAT, 9 * cin, o, b->scale, b->bias, NULL, NULL, y, o};
+    const bnncl_epi e = {BNNCL_OUT_FLOAT, 9 * cin, o, b->scale, b->bias, NULL, NULL, c->ybuf, o};
     const int64_t pixels = g.ho * g.wo, npanels = (o + BNNCL_NB - 1) / BNNCL_NB;
+    const int last = i + 1 == m->num_blocks, pool = pooled_out(m, i);
+    const float *sign_bias = pool && m->blocks[i + 1].binary_input ? m->blocks[i + 1].input_bias : NULL;
+    const int64_t nw = words_for(o), pw = g.wo / 2;
+    uint64_t *bits_out = last ? NULL : c->bits[(i + 1) % 2];
+    float *out = c->fbuf[dst], *t = c->ptmp;
+    /* the shortcut's source: the stem rows (recomputed), the full input map, or its 2x2 averages (stride 2;
+     * the signs already taken when binarized) read as a stride-1 map */
+    bnncl_epi_args a = {g.ho, g.wo, o, b->in_h, b->in_w, cin, s, nw, NULL, NULL, NULL,
+                        b->binary_input ? b->input_bias : NULL, b->shift_in, b->slope, b->shift_out,
+                        last ? NULL : m->blocks[i + 1].input_bias};
+    if (src < 0) {
+        a.src = c->line, a.h = s;
+    } else {
+        a.src = c->fbuf[src];
+        if (s == 2) a.h = g.ho, a.w = g.wo, a.stride = 1, a.src_bias = NULL;
+    }
+    int64_t stem_oy = -1;
     for (int64_t r0 = 0; r0 < pixels; r0 += ROWS) {
         int64_t rows = pixels - r0 < ROWS ? pixels - r0 : ROWS;
         bnncl_im2col_rows(&g, r0, rows, c->cols);
         for (int64_t p = 0; p < npanels; ++p)
-            bnncl_panel_scalar(c->cols, rows, g.kk, b->panels + p * g.kk * BNNCL_NB, p * BNNCL_NB, r0, &e);
-    }
-    const int last = i + 1 == m->num_blocks;
-    const int64_t nw = words_for(o);
-    bnncl_epi_args a = {g.ho, g.wo, o, b->in_h, b->in_w, cin, s, nw, NULL, NULL, c->act[cur],
-                        b->binary_input ? b->input_bias : NULL, b->shift_in, b->slope, b->shift_out,
-                        last ? NULL : m->blocks[i + 1].input_bias};
-    for (int64_t oy = 0; oy < g.ho; ++oy)
-        for (int64_t ox = 0; ox < g.wo; ++ox) {
-            int64_t pix = oy * g.wo + ox;
-            bnncl_epi_pixel(&a, 0, oy, ox, y + pix * o, c->shortcut, last ? NULL : c->bits[1 - cur] + pix * nw, 0);
+            bnncl_panel_scalar(c->cols, rows, g.kk, b->panels + p * g.kk * BNNCL_NB, p * BNNCL_NB, 0, &e);
+        for (int64_t r = 0; r < rows; ++r) {
+            const int64_t pix = r0 + r, oy = pix / g.wo, ox = pix % g.wo;
+            float *y = c->ybuf + r * o;
+            if (src < 0 && oy != stem_oy) {
+                for (int64_t k = 0; k < s; ++k) stem_row(c, s * oy + k, c->line + k * b->in_w * cin, NULL);
+                stem_oy = oy;
+            }
+            bnncl_epi_pixel(&a, 0, src < 0 ? 0 : oy, ox, y, c->shortcut, bits_out ? bits_out + pix * nw : NULL, 0);
+            if (!pool) {
+                memcpy(out + pix * o, y, (size_t)o * sizeof(float));
+                continue;
+            }
+            /* ((s00 + s01) + (s10 + s11)) * 0.25, as the next block's epilogue computes it */
+            float *q = out + ((oy / 2) * pw + ox / 2) * o;
+            const int corner = (int)(oy % 2) * 2 + (int)(ox % 2);
+            for (int64_t ch = 0; ch < o; ++ch) {
+                const float v = sign_bias ? (y[ch] + sign_bias[ch] < 0.0f ? -1.0f : 1.0f) : y[ch];
+                if (corner == 0) q[ch] = v;
+                else if (corner == 1) q[ch] = q[ch] + v;
+                else if (corner == 2) t[ch] = v;
+                else q[ch] = (q[ch] + (t[ch] + v)) * 0.25f;
+            }
         }
+    }
 }
 
 /* The frozen forward of one image: the pooled features in c->feat. */
 static void forward(bnncl_ctx *c, const uint8_t *image) {
     const bnncl_model *m = c->m;
+    int64_t fl[2];
+    int dst[MAX_BLOCKS], cur = -1;
+    float_plan(m, fl, dst);
     run_stem(c, image);
-    int cur = 0;
-    int64_t h = m->in_h, w = m->in_w;
-    for (int32_t i = 0; i < m->num_blocks; ++i, cur = 1 - cur) {
-        run_block(c, i, cur);
-        h = (h - 1) / m->blocks[i].stride + 1, w = (w - 1) / m->blocks[i].stride + 1;
+    for (int32_t i = 0; i < m->num_blocks; ++i) {
+        run_block(c, i, cur, dst[i]);
+        cur = dst[i];
     }
-    bnncl_tail_gap(c->act[cur], 1, h * w, m->features, 0, 0.0f, 0.0f, c->feat, BNNCL_PATH_SCALAR);
+    const bnncl_block_desc *b = &m->blocks[m->num_blocks - 1];
+    const int64_t h = (b->in_h - 1) / b->stride + 1, w = (b->in_w - 1) / b->stride + 1;
+    bnncl_tail_gap(c->fbuf[cur], 1, h * w, m->features, 0, 0.0f, 0.0f, c->feat, BNNCL_PATH_SCALAR);
 }
 
 static int ctx_ok(const bnncl_ctx *c) { return c->magic == CTX_MAGIC && c->m; }

@@ -94,6 +94,21 @@ def state_bytes(classes: int, features: int) -> int:
     return STATE_HEADER + state_payload(classes, features) + 4
 
 
+def float_plan(geo: list[dict[str, int]]) -> list[int]:
+    """Floats of libbnncl's two real-valued map buffers (``float_plan`` in src/bnncl.c): a block's output is kept
+    2x2-pooled when the next block has stride 2, else in full; the stem's output is recomputed, not kept; a
+    stride-1 block with as many outputs as inputs writes over its input, any other block the other buffer."""
+    fl, cur = [0, 0], -1
+    for i, g in enumerate(geo):
+        ho, wo = (g["in_h"] - 1) // g["stride"] + 1, (g["in_w"] - 1) // g["stride"] + 1
+        pooled = i + 1 < len(geo) and geo[i + 1]["stride"] == 2
+        n = (ho // 2) * (wo // 2) * g["out_channels"] if pooled else ho * wo * g["out_channels"]
+        in_place = cur >= 0 and g["stride"] == 1 and g["out_channels"] == g["in_channels"]
+        cur = cur if in_place else (1 if cur == 0 else 0)
+        fl[cur] = max(fl[cur], n)
+    return fl
+
+
 def arena_bytes(model: DeviceModel, capacity: int | None = None) -> int:
     """The arena libbnncl needs for predict and streaming-LDA learning over ``capacity`` classes (default:
     the model's class names; 0: predict only) on this model (``bnncl_arena_size``: the same layout)."""
@@ -101,13 +116,12 @@ def arena_bytes(model: DeviceModel, capacity: int | None = None) -> int:
     h, w, c = arch["input_shape"]
     sc = arch["stem_channels"]
     geo = block_geometry(arch)
-    act, bits, kk, cin = h * w * sc, 0, 0, 0
-    for g in geo:
-        ho, wo = (g["in_h"] - 1) // g["stride"] + 1, (g["in_w"] - 1) // g["stride"] + 1
-        act = max(act, ho * wo * g["out_channels"])
-        bits = max(bits, g["in_h"] * g["in_w"] * words_for(g["in_channels"]))
+    bits, kk, cin, o = [0, 0], 0, 0, 0
+    for i, g in enumerate(geo):
+        bits[i % 2] = max(bits[i % 2], g["in_h"] * g["in_w"] * words_for(g["in_channels"]))
         kk = max(kk, words_for(9 * g["in_channels"]))
         cin = max(cin, g["in_channels"])
+        o = max(o, g["out_channels"])
     int8_stem = resolve_stem(arch) == "int8"
 
     def up(n: int) -> int:
@@ -115,7 +129,12 @@ def arena_bytes(model: DeviceModel, capacity: int | None = None) -> int:
 
     ncls = len(model.pretrained_classes)
     d = geo[-1]["out_channels"]
-    sizes = [up(9 * c * sc * 4) if int8_stem else 0, up((h + 2) * (w + 2) * c * 4), 2 * up(act * 4), 2 * up(bits * 8),
+    fl = float_plan(geo)
+    # stem weights, padded image, the two real-valued map buffers, the stem rows block 0 recomputes, the conv
+    # rows before the epilogue, the 2x2-pool pair sum, packed bits of even / odd blocks' inputs, im2col rows,
+    # shortcut, stem accumulator, features, logits
+    sizes = [up(9 * c * sc * 4) if int8_stem else 0, up((h + 2) * (w + 2) * c * 4), up(fl[0] * 4), up(fl[1] * 4),
+             up(geo[0]["stride"] * w * sc * 4), up(ROWS * o * 4), up(o * 4), up(bits[0] * 8), up(bits[1] * 8),
              up(ROWS * kk * 8), up(cin * 4), up(sc * 4), up(d * 4), up(ncls * 4)]
     k = len(model.class_names) if capacity is None else capacity
     if k:
