@@ -55,7 +55,8 @@ struct bnncl_ctx {
     float *cov;         /* state: P, upper triangle row by row */
     double *W, *b;      /* classifier: K x D, K */
     double *sacc;       /* scratch: the scatter accumulator (learn), the Cholesky factor, a state being loaded */
-    double *bsum;       /* scratch: per-class sum of the batch's shifted features, K x D */
+    double *bsum;       /* scratch: per-class sum of the batch's shifted features, K x D; shares W's memory
+                         * (bnncl_learn overwrites W, which refresh solves again on every way out) */
     int64_t *bcount;    /* scratch: per-class batch count, K */
     double *tmp;        /* scratch: D */
     float *slogits;     /* K */
@@ -146,7 +147,7 @@ static void float_plan(const bnncl_model *m, int64_t fl[2], int dst[MAX_BLOCKS])
 /* Arena layout: sizes of the regions in the order bnncl_init lays them out. */
 typedef struct {
     size_t stem_w, xpad, fbuf[2], line, ybuf, ptmp, bits[2], cols, shortcut, acc, feat, logits;
-    size_t means, counts, cov, W, b, sacc, bsum, bcount, tmp, slogits; /* learning (0 without) */
+    size_t means, counts, cov, W, b, sacc, bcount, tmp, slogits; /* learning (0 without) */
 } layout;
 
 static size_t state_payload(int64_t K, int64_t D) { return (size_t)(8 * K + 4 * K * D + 4 * (D * (D + 1) / 2)); }
@@ -185,7 +186,6 @@ static void plan(const bnncl_model *m, layout *L) {
     L->W = up16((size_t)(K * D) * sizeof(double));
     L->b = up16((size_t)K * sizeof(double));
     L->sacc = K ? up16(sacc > payload ? sacc : payload) : 0;
-    L->bsum = up16((size_t)(K * D) * sizeof(double));
     L->bcount = up16((size_t)K * sizeof(int64_t));
     L->tmp = K ? up16((size_t)D * sizeof(double)) : 0;
     L->slogits = up16((size_t)K * sizeof(float));
@@ -197,7 +197,7 @@ size_t bnncl_arena_size(const bnncl_model *m) {
     plan(m, &L);
     return CTX_RESERVE + L.stem_w + L.xpad + L.fbuf[0] + L.fbuf[1] + L.line + L.ybuf + L.ptmp + L.bits[0] +
            L.bits[1] + L.cols + L.shortcut + L.acc + L.feat +
-           L.logits + L.means + L.counts + L.cov + L.W + L.b + L.sacc + L.bsum + L.bcount + L.tmp + L.slogits;
+           L.logits + L.means + L.counts + L.cov + L.W + L.b + L.sacc + L.bcount + L.tmp + L.slogits;
 }
 
 static int refresh(bnncl_ctx *c);
@@ -234,9 +234,9 @@ int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx 
     TAKE(counts, int64_t, L.counts);
     TAKE(cov, float, L.cov);
     TAKE(W, double, L.W);
+    c->bsum = c->W;
     TAKE(b, double, L.b);
     TAKE(sacc, double, L.sacc);
-    TAKE(bsum, double, L.bsum);
     TAKE(bcount, int64_t, L.bcount);
     TAKE(tmp, double, L.tmp);
     TAKE(slogits, float, L.slogits);
@@ -524,7 +524,7 @@ int bnncl_learn(bnncl_ctx *c, const uint8_t *images, size_t n, size_t image_byte
         const int shifted = c->counts[y] > 0;
         for (int64_t j = 0; j < D; ++j) {
             if (!isfinite(c->feat[j])) {
-                if (c->seen) refresh(c); /* sacc held the factor: solve again (same values) */
+                if (c->seen) refresh(c); /* sacc held the factor, W the batch sums: solve again (same values) */
                 return BNNCL_E_NUMERIC;
             }
             d[j] = (double)c->feat[j] - (shifted ? (double)s[j] : 0.0);

@@ -139,10 +139,10 @@ def arena_bytes(model: DeviceModel, capacity: int | None = None) -> int:
     k = len(model.class_names) if capacity is None else capacity
     if k:
         p = d * (d + 1) // 2
-        # state (means, counts, cov), classifier (W, b), scratch (accumulator / factor / loaded state,
-        # per-class batch sums and counts, one vector), SLDA logits
+        # state (means, counts, cov), classifier (W, whose memory also holds learn's per-class batch sums, b),
+        # scratch (accumulator / factor / loaded state, per-class batch counts, one vector), SLDA logits
         sizes += [up(k * d * 4), up(k * 8), up(p * 4), up(k * d * 8), up(k * 8), up(max(p * 8, state_payload(k, d))),
-                  up(k * d * 8), up(k * 8), up(d * 8), up(k * 4)]
+                  up(k * 8), up(d * 8), up(k * 4)]
     return CTX_RESERVE + sum(sizes)
 
 
