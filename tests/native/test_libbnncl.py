@@ -31,6 +31,7 @@ from bnncl.device.export_c import STATE_HEADER, arena_bytes, conv_panels, export
 from bnncl.device.frozen import FrozenEngine
 from bnncl.device.kernels import kernel_path
 from bnncl.device.modelfile import DeviceModel
+from libbnncl_inputs import learning_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "libbnncl"
@@ -162,16 +163,10 @@ def _read_state(path: Path, classes: int, dim: int) -> tuple[np.ndarray, np.ndar
 
 
 def test_host_learn_fmnist_b5_agrees_with_the_python_learner(tmp):
-    train, test_split = load_embedded("train"), load_embedded("test")
-    model = DeviceModel.load(assets.model_path("fmnist-b5", ".bnn"))
-    base = np.isin(train.labels, model.pretrained_classes)
-    rng = np.random.default_rng(13)
-    new = rng.permutation(np.concatenate([np.flatnonzero(train.labels == c)[:NEW_PER_CLASS] for c in NEW_CLASSES]))
-    images, labels = train.images[new], train.labels[new].astype(np.int32)
-    test = test_split.images[rng.choice(len(test_split.images), NTEST, replace=False)]
+    model, base_images, base_labels, images, labels, test = learning_inputs(NEW_CLASSES, NEW_PER_CLASS, NTEST)
     with kernel_path("scalar"):
         learner = Learner(model)
-        learner.deploy(train.images[base], train.labels[base])
+        learner.deploy(base_images, base_labels)
         figures = export_c(model, tmp / "fmnist-b5-slda", slda=learner.learner.feature_head)
         test_latents = learner.learner.extract(test)
         first_features = learner.learner.extract(images[:4])

@@ -36,13 +36,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnncl import assets
 from bnncl.api import Learner
-from bnncl.data.embedded import load_embedded
 from bnncl.device.export_c import STATE_HEADER, arena_bytes, export_c, state_bytes
 from bnncl.device.frozen import FrozenEngine
 from bnncl.device.kernels import kernel_path
-from bnncl.device.modelfile import DeviceModel
+from libbnncl_inputs import learning_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "libbnncl"
@@ -80,18 +78,12 @@ def test_cortex_m4_predict_learn_save_load_agree_with_the_python_engine(tmp_path
     reason = _tools_missing()
     if reason:
         pytest.skip(reason)
-    train, test_split = load_embedded("train"), load_embedded("test")
-    model = DeviceModel.load(assets.model_path("fmnist-b5", ".bnn"))
-    base = np.isin(train.labels, model.pretrained_classes)
-    rng = np.random.default_rng(13)
-    new = rng.permutation(np.concatenate([np.flatnonzero(train.labels == c)[:NEW_PER_CLASS] for c in NEW_CLASSES]))
-    images, labels = train.images[new], train.labels[new].astype(np.int32)
-    test = test_split.images[rng.choice(len(test_split.images), NTEST, replace=False)]
+    model, base_images, base_labels, images, labels, test = learning_inputs(NEW_CLASSES, NEW_PER_CLASS, NTEST)
     with kernel_path("scalar"):
         engine = FrozenEngine(model)
         frozen_logits, frozen_classes = engine.logits(test), engine.predict(test)
         learner = Learner(model)
-        learner.deploy(train.images[base], train.labels[base])
+        learner.deploy(base_images, base_labels)
         figures = export_c(model, tmp_path / "model", slda=learner.learner.feature_head)
         latents = learner.learner.extract(test)
         logits0, before = learner.learner.logits(latents), learner.learner.predict(latents)
