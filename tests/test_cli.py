@@ -280,4 +280,4 @@ def test_export_c_embeds_the_deployed_streaming_lda_state(tmp_path, capsys):
     assert state >= 12 * 128 * 4 + 12 * 8 + 128 * 129 // 2 * 4
     assert (tmp_path / "b" / "model.c").stat().st_size > (tmp_path / "a" / "model.c").stat().st_size
     assert main(["export-c", "cifar10-b5", "-o", str(tmp_path / "c"), "--deploy"]) == 2
-    assert "--deploy: give --base DIR" in capsys.readouterr().err
+    assert "cifar10-b5.bnn: not the shipped fmnist-b5 model; give --base DIR" in capsys.readouterr().err

@@ -239,49 +239,26 @@ def _cmd_export_c(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_shipped(path, name: str) -> bool:
-    """True when ``path`` holds the shipped model ``name`` (same bytes)."""
-    from bnncl.assets import model_path
-    from bnncl.cl.state import sha256_file
-
-    try:
-        return sha256_file(path) == sha256_file(model_path(name, ".bnn"))
-    except (OSError, BnnclError):
-        return False
-
-
 def _deployed_slda(model, path, args: argparse.Namespace):
     """The streaming-LDA state a device starts from: deployed on the model's base classes (the embedded
     Fashion-MNIST subset for the shipped fmnist-b5, else ``--base DIR``), with ``--capacity`` head rows."""
     import numpy as np
 
     from bnncl.api import Learner
+    from bnncl.cl.state import sha256_file
+    from bnncl.service.folders import deployment_images
+    from bnncl.service.inbox import folder_name
     from bnncl.service.session import FREE_ROWS
 
     names = list(model.class_names)
-    if args.base:
-        from pathlib import Path
-
-        from bnncl.service.folders import load_labelled_folder
-        from bnncl.service.inbox import folder_name
-
-        images, labels = load_labelled_folder(Path(args.base), model.architecture["input_shape"])
-        rows = {folder_name(n): i for i, n in enumerate(names)}
-        unknown = sorted({n for n in labels if n not in rows})
-        if unknown or not len(images):
-            raise BnnclError(f"--base {args.base}: expected <dir>/<class>/<image> of the model's classes "
-                             f"{names[:5]}...; unknown class folders {unknown[:5]}")
-        y = np.array([rows[n] for n in labels])
-    elif _is_shipped(path, "fmnist-b5"):
-        from bnncl.data.embedded import BASE_CLASSES, load_embedded
-
-        train = load_embedded("train")
-        keep = np.isin(train.labels, BASE_CLASSES)
-        images, y = train.images[keep], train.labels[keep]
-    else:
-        raise BnnclError(f"--deploy: give --base DIR (an ImageFolder of {path.name}'s base-class images)")
+    images, labels = deployment_images(sha256_file(path), args.base, model.architecture["input_shape"], str(path))
+    rows = {n: i for i, n in enumerate(names)} | {folder_name(n): i for i, n in enumerate(names)}
+    unknown = sorted({n for n in labels if n not in rows})
+    if unknown:
+        raise BnnclError(f"--base {args.base}: class folders {unknown[:5]} are not classes of the model "
+                         f"(expected among {names})")
     learner = Learner(model, num_classes=args.capacity or len(names) + FREE_ROWS, strategy="slda")
-    learner.deploy(images, y)
+    learner.deploy(images, np.array([rows[n] for n in labels]))
     return learner.learner.feature_head
 
 

@@ -162,7 +162,8 @@ class StreamingLDA:
         """The cached ``(W (C, D), b (C,))`` float64 of the LDA rule, solved again after an update."""
         if self._w is None or self._b is None:
             eps = self.effective_shrinkage
-            a = (1.0 - eps) * self.covariance() + eps * np.eye(self.dim)
+            cov = self.covariance()
+            a = (1.0 - eps) * cov + eps * np.eye(self.dim)
             try:
                 chol = np.linalg.cholesky(a)
             except np.linalg.LinAlgError:  # singular without shrinkage: fall back to the pseudo-inverse
@@ -170,7 +171,7 @@ class StreamingLDA:
             else:
                 z = np.linalg.solve(chol, self.means.astype(np.float64).T)  # L z = mu^T
                 w = np.linalg.solve(chol.T, z).T  # L^T W^T = z
-            spread = float(np.trace(np.linalg.lstsq(a, self.covariance(), rcond=None)[0]))  # tr(Lambda Sigma)
+            spread = float(np.trace(np.linalg.lstsq(a, cov, rcond=None)[0]))  # tr(Lambda Sigma)
             self._w = w
             self._b = -0.5 * (np.einsum("cd,cd->c", self.means.astype(np.float64), w)
                               - spread / (self.counts + SMALL_SAMPLE_PRIOR))

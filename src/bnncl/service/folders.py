@@ -75,3 +75,37 @@ def load_labelled_folder(root: Path, image_shape: Sequence[int]) -> tuple[np.nda
         names.append(item.label)
     shape = (0,) + tuple(int(v) for v in image_shape)
     return (np.stack(arrays) if arrays else np.zeros(shape, np.uint8)), names
+
+
+def shipped_fmnist_sha() -> str | None:
+    """sha256 of the shipped fmnist-b5 device model, or None when it is not installed."""
+    from bnncl.assets import model_path
+    from bnncl.cl.state import sha256_file
+    from bnncl.errors import BnnclError
+
+    try:
+        return sha256_file(model_path("fmnist-b5", ".bnn"))
+    except (BnnclError, OSError):
+        return None
+
+
+def deployment_images(model_sha: str, base: str | os.PathLike | None, image_shape: Sequence[int],
+                      where: str) -> tuple[np.ndarray, list[str]]:
+    """The base-class images a deployment starts from and their class names: the ImageFolder ``base``, or,
+    for the shipped fmnist-b5 model (``model_sha``), the embedded subset's base-class train images.
+    :class:`BnnclError` naming ``where`` (the model) when neither applies or ``base`` holds no image."""
+    from bnncl.errors import BnnclError
+
+    if base is not None:
+        images, names = load_labelled_folder(Path(base), image_shape)
+        if not len(images):
+            raise BnnclError(f"--base {base}: no images found (expected <base>/<class>/<image>)")
+        return images, names
+    if model_sha != shipped_fmnist_sha():
+        raise BnnclError(f"{where}: not the shipped fmnist-b5 model; give --base DIR (an ImageFolder of its "
+                         f"base-class images) for the deployment")
+    from bnncl.data.embedded import BASE_CLASSES, load_embedded
+
+    train = load_embedded("train")
+    keep = np.isin(train.labels, BASE_CLASSES)
+    return train.images[keep], [train.class_names[int(c)] for c in train.labels[keep]]

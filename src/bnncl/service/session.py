@@ -73,15 +73,6 @@ class Settings(LearningSettings):
         return cls(**values)
 
 
-def _shipped_fmnist_sha() -> str | None:
-    try:
-        from bnncl.assets import model_path
-
-        return sha256_file(model_path("fmnist-b5", ".bnn"))
-    except (BnnclError, OSError):
-        return None
-
-
 def check_images(images: Any, image_shape: Sequence[int], what: str = "images") -> np.ndarray:
     """``images`` as uint8 ``(N, H, W, C)`` of the model's input shape, or one :class:`InputError` line.
 
@@ -248,22 +239,11 @@ class LearnerSession:
 
     # -- deployment -------------------------------------------------------------------------
     def _base_images(self, base: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
-        if base is not None:
-            from bnncl.service.folders import load_labelled_folder
+        from bnncl.service.folders import deployment_images
 
-            images, names = load_labelled_folder(Path(base), self.image_shape)
-            if not len(images):
-                raise BnnclError(f"--base {base}: no images found (expected <base>/<class>/<image>)")
-            return images, self.label_indices(names, allow_new=False, what=f"--base {base}")
-        if self.model_sha != _shipped_fmnist_sha():
-            raise BnnclError(f"{self.model_path}: not the shipped fmnist-b5 model; give --base DIR (an ImageFolder "
-                             f"of its base-class images) to fill the replay buffer at deployment")
-        from bnncl.data.embedded import BASE_CLASSES, load_embedded
-
-        train = load_embedded("train")
-        keep = np.isin(train.labels, BASE_CLASSES)
-        names = [train.class_names[int(c)] for c in train.labels[keep]]
-        return train.images[keep], self.label_indices(names, allow_new=False, what="embedded base images")
+        images, names = deployment_images(self.model_sha, base, self.image_shape, str(self.model_path))
+        what = f"--base {base}" if base is not None else "embedded base images"
+        return images, self.label_indices(names, allow_new=False, what=what)
 
     def _deploy(self, base: str | Path | None) -> None:
         images, labels = self._base_images(base)
