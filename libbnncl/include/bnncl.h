@@ -100,6 +100,10 @@ typedef struct bnncl_ctx bnncl_ctx; /* opaque; lives at the start of the arena *
  * model description is invalid. */
 size_t bnncl_arena_size(const bnncl_model *model);
 
+/* Images bnncl_learn merges at a time (BNNCL_LEARN_CHUNK in model_config.h): the float32 features of
+ * that many images fit in the arena's learning scratch; 0 without learning or for an invalid model. */
+size_t bnncl_learn_chunk(const bnncl_model *model);
+
 /* Checks the model and lays out the context in arena (8-byte aligned, arena_bytes >= bnncl_arena_size).
  * The model's arrays are read in place (flash) for the context's lifetime. */
 int bnncl_init(const bnncl_model *model, void *arena, size_t arena_bytes, bnncl_ctx **ctx);
@@ -120,8 +124,11 @@ size_t bnncl_num_scores(const bnncl_ctx *ctx);
 int bnncl_features(bnncl_ctx *ctx, const uint8_t *image, size_t image_bytes, float *features, size_t nfeatures);
 
 /* Learns one experience: n images (n * image_bytes bytes, each H, W, C) with their dataset classes.
- * Streaming LDA: the exact merge of StreamingLDA.update (float64), then the classifier refresh.
- * All labels are checked first; on an error before the merge the state is unchanged.  n = 0: no-op. */
+ * Streaming LDA: the exact merge of StreamingLDA.update (float64), then the classifier refresh.  The
+ * images are merged in chunks of bnncl_learn_chunk(model): n <= that is one merge, a longer call rounds
+ * the float32 state between chunks (the same state in exact arithmetic).  All labels are checked first
+ * (BNNCL_E_LABEL: nothing learned); non-finite features stop the call with the chunks before learned.
+ * n = 0: no-op. */
 int bnncl_learn(bnncl_ctx *ctx, const uint8_t *images, size_t n, size_t image_bytes, const int32_t *labels);
 
 /* ---- state (the learned SLDA means, counts and covariance) ------------------------------------

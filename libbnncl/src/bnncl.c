@@ -49,16 +49,20 @@ struct bnncl_ctx {
     float *logits;      /* num_classes floats */
     /* streaming LDA (K = slda_classes rows of D = features; P = D (D + 1) / 2); all NULL when K = 0 */
     int32_t K, D;
-    int64_t P;
+    int64_t P, B;       /* B: images learned per chunk (their features kept as float32 across forwards) */
     float *means;       /* state: K x D */
     int64_t *counts;    /* state: K */
     float *cov;         /* state: P, upper triangle row by row */
     double *W, *b;      /* classifier: K x D, K */
-    double *sacc;       /* scratch: the scatter accumulator (learn), the Cholesky factor, a state being loaded */
-    double *bsum;       /* scratch: per-class sum of the batch's shifted features, K x D; shares W's memory
-                         * (bnncl_learn overwrites W, which refresh solves again on every way out) */
-    int64_t *bcount;    /* scratch: per-class batch count, K */
-    double *tmp;        /* scratch: D */
+    /* scratch in the work area, each live only while no forward runs (the memory plan, below) */
+    unsigned char *work; /* the work area: the forward's buffers, or the fold's, the factor's, a loaded state */
+    float *chunk;       /* the features of a chunk of up to B images: from the end of the forward's buffers on,
+                         * running into W (bnncl_learn overwrites W, which refresh solves again on every way out) */
+    double *bsum;       /* fold: per-class sum of the chunk's shifted features, K x D, then their means */
+    int64_t *bcount;    /* fold: per-class chunk count, K */
+    double *row;        /* fold: one row of the scatter, D */
+    double *factor;     /* refresh: the Cholesky factor, P (lower triangle row by row) */
+    double *tmp;        /* refresh: D */
     float *slogits;     /* K */
     int seen;           /* some class has a count: predict uses the SLDA classifier */
     int ready;          /* W and b are solved for the current state */
@@ -144,10 +148,21 @@ static void float_plan(const bnncl_model *m, int64_t fl[2], int dst[MAX_BLOCKS])
     }
 }
 
-/* Arena layout: sizes of the regions in the order bnncl_init lays them out. */
+/* Arena layout (the memory plan).  After the context: the float stem weights (int8 stems), then the work
+ * area, a union of what is live in turn, at its start:
+ *   forward   the forward's buffers (xpad .. logits, below), during a prediction and each image learned;
+ *   fold      the per-class chunk sums and counts and one scatter row, while a chunk is merged;
+ *   refresh   the Cholesky factor (P doubles) and a vector, while the classifier is solved;
+ *   load      the payload of a state being read, until it is checked;
+ * and from chunk_off (past the forward's and the fold's buffers) the features of the chunk being learned,
+ * live across its forwards, which run on into W, right after the work area (W is solved again after every
+ * learn); B = the feature vectors that fit there, at least MIN_CHUNK (the work area grows for that).
+ * Then the classifier (W, b), the state (means, counts, covariance) and the SLDA logits. */
+#define MIN_CHUNK 16
 typedef struct {
-    size_t stem_w, xpad, fbuf[2], line, ybuf, ptmp, bits[2], cols, shortcut, acc, feat, logits;
-    size_t means, counts, cov, W, b, sacc, bcount, tmp, slogits; /* learning (0 without) */
+    size_t stem_w, xpad, fbuf[2], line, ybuf, ptmp, bits[2], cols, shortcut, acc, feat, logits; /* forward */
+    size_t bsum, bcount, row, factor, tmp, chunk_off, work, chunk_rows;                    /* learning (0 without) */
+    size_t W, b, means, counts, cov, slogits;
 } layout;
 
 static size_t state_payload(int64_t K, int64_t D) { return (size_t)(8 * K + 4 * K * D + 4 * (D * (D + 1) / 2)); }
@@ -178,26 +193,50 @@ static void plan(const bnncl_model *m, layout *L) {
     L->acc = up16((size_t)m->stem_channels * sizeof(float));
     L->feat = up16((size_t)m->features * sizeof(float));
     L->logits = up16((size_t)m->num_classes * sizeof(float));
+    const size_t fwd = L->xpad + L->fbuf[0] + L->fbuf[1] + L->line + L->ybuf + L->ptmp + L->bits[0] + L->bits[1] +
+                       L->cols + L->shortcut + L->acc + L->feat + L->logits;
     const int64_t K = m->slda_classes, D = m->features, P = D * (D + 1) / 2;
-    size_t sacc = (size_t)P * sizeof(double), payload = K ? state_payload(K, D) : 0;
-    L->means = up16((size_t)(K * D) * sizeof(float));
-    L->counts = up16((size_t)K * sizeof(int64_t));
-    L->cov = K ? up16((size_t)P * sizeof(float)) : 0;
+    L->bsum = L->bcount = L->row = L->factor = L->tmp = L->chunk_off = L->chunk_rows = 0;
+    L->W = L->b = L->means = L->counts = L->cov = L->slogits = 0;
+    L->work = fwd;
+    if (!K) return;
+    L->bsum = up16((size_t)(K * D) * sizeof(double));
+    L->bcount = up16((size_t)K * sizeof(int64_t));
+    L->row = up16((size_t)D * sizeof(double));
+    L->factor = up16((size_t)P * sizeof(double));
+    L->tmp = up16((size_t)D * sizeof(double));
     L->W = up16((size_t)(K * D) * sizeof(double));
     L->b = up16((size_t)K * sizeof(double));
-    L->sacc = K ? up16(sacc > payload ? sacc : payload) : 0;
-    L->bcount = up16((size_t)K * sizeof(int64_t));
-    L->tmp = K ? up16((size_t)D * sizeof(double)) : 0;
+    L->means = up16((size_t)(K * D) * sizeof(float));
+    L->counts = up16((size_t)K * sizeof(int64_t));
+    L->cov = up16((size_t)P * sizeof(float));
     L->slogits = up16((size_t)K * sizeof(float));
+    const size_t fold = L->bsum + L->bcount + L->row, vec = (size_t)D * sizeof(float);
+    size_t work = L->factor + L->tmp;
+    if (up16(state_payload(K, D)) > work) work = up16(state_payload(K, D));
+    L->chunk_off = fwd > fold ? fwd : fold;
+    if (L->chunk_off > work) work = L->chunk_off;
+    if (work - L->chunk_off + L->W < MIN_CHUNK * vec) work = up16(L->chunk_off + MIN_CHUNK * vec - L->W);
+    L->work = work;
+    L->chunk_rows = (work - L->chunk_off + L->W) / vec;
+}
+
+static size_t plan_total(const layout *L) {
+    return CTX_RESERVE + L->stem_w + L->work + L->W + L->b + L->means + L->counts + L->cov + L->slogits;
 }
 
 size_t bnncl_arena_size(const bnncl_model *m) {
     if (!model_ok(m)) return 0;
     layout L;
     plan(m, &L);
-    return CTX_RESERVE + L.stem_w + L.xpad + L.fbuf[0] + L.fbuf[1] + L.line + L.ybuf + L.ptmp + L.bits[0] +
-           L.bits[1] + L.cols + L.shortcut + L.acc + L.feat +
-           L.logits + L.means + L.counts + L.cov + L.W + L.b + L.sacc + L.bcount + L.tmp + L.slogits;
+    return plan_total(&L);
+}
+
+size_t bnncl_learn_chunk(const bnncl_model *m) {
+    if (!model_ok(m)) return 0;
+    layout L;
+    plan(m, &L);
+    return L.chunk_rows;
 }
 
 static int refresh(bnncl_ctx *c);
@@ -217,7 +256,8 @@ int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx 
     p += CTX_RESERVE;
 #define TAKE(field, type, bytes) (c->field = (type *)p, p += (bytes))
     TAKE(stem_w, float, L.stem_w);
-    TAKE(xpad, float, L.xpad);
+    c->work = p;
+    TAKE(xpad, float, L.xpad); /* the forward's buffers, from the start of the work area */
     TAKE(fbuf[0], float, L.fbuf[0]);
     TAKE(fbuf[1], float, L.fbuf[1]);
     TAKE(line, float, L.line);
@@ -230,15 +270,21 @@ int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx 
     TAKE(acc, float, L.acc);
     TAKE(feat, float, L.feat);
     TAKE(logits, float, L.logits);
+    p = c->work; /* the fold's buffers */
+    TAKE(bsum, double, L.bsum);
+    TAKE(bcount, int64_t, L.bcount);
+    TAKE(row, double, L.row);
+    p = c->work; /* the refresh's */
+    TAKE(factor, double, L.factor);
+    TAKE(tmp, double, L.tmp);
+    c->chunk = (float *)(c->work + L.chunk_off);
+    c->B = (int64_t)L.chunk_rows;
+    p = c->work + L.work;
+    TAKE(W, double, L.W);
+    TAKE(b, double, L.b);
     TAKE(means, float, L.means);
     TAKE(counts, int64_t, L.counts);
     TAKE(cov, float, L.cov);
-    TAKE(W, double, L.W);
-    c->bsum = c->W;
-    TAKE(b, double, L.b);
-    TAKE(sacc, double, L.sacc);
-    TAKE(bcount, int64_t, L.bcount);
-    TAKE(tmp, double, L.tmp);
     TAKE(slogits, float, L.slogits);
 #undef TAKE
     if (m->stem_weight_i8) {
@@ -427,7 +473,7 @@ static int64_t up_index(int64_t D, int64_t i, int64_t j) { return i * D - i * (i
 /* index of (i, j), j <= i, in the lower triangle packed row by row */
 static int64_t lo_index(int64_t i, int64_t j) { return i * (i + 1) / 2 + j; }
 
-/* StreamingLDA.classifier: eps = effective_shrinkage, L L^T = (1 - eps) Sigma + eps I (in c->sacc),
+/* StreamingLDA.classifier: eps = effective_shrinkage, L L^T = (1 - eps) Sigma + eps I (in c->factor),
  * W[k] = L^-T L^-1 mu[k], spread = tr(Lambda Sigma) = (D - eps tr(Lambda)) / (1 - eps),
  * b[k] = -0.5 (mu[k] . W[k] - spread / (n[k] + n0)). */
 static int refresh(bnncl_ctx *c) {
@@ -441,7 +487,7 @@ static int refresh(bnncl_ctx *c) {
     double eps = c->m->slda_shrinkage;
     double rare = RARE_CLASS_SHRINKAGE * RARE_CLASS_COUNT / (double)(nmin + RARE_CLASS_COUNT);
     if (rare > eps) eps = rare;
-    double *L = c->sacc, *z = c->tmp;
+    double *L = c->factor, *z = c->tmp;
     for (int64_t i = 0; i < D; ++i)
         for (int64_t j = 0; j <= i; ++j)
             L[lo_index(i, j)] = (1.0 - eps) * (double)c->cov[up_index(D, j, i)] + (i == j ? eps : 0.0);
@@ -495,11 +541,78 @@ static int refresh(bnncl_ctx *c) {
     return BNNCL_OK;
 }
 
-/* StreamingLDA.update on the features of n images.  Per class, features are accumulated shifted by the
- * class's stored mean (0 for a new class): their sum and, over all classes together, the sum of outer
- * products; then scatter = Sigma n_old + sum (x - s)(x - s)^T - nb m m^T (m: the batch mean of x - s)
- * + delta delta^T na nb / (na + nb) per class seen before, all in float64.  The state is only written
- * once every image is through, so an error before that leaves it (and the classifier) unchanged. */
+/* StreamingLDA.update on the features of m <= B images, the chunk's features in c->chunk.  Per class,
+ * features are taken shifted by the class's stored mean (0 for a new class): their sum and, over all classes
+ * together, the sum of outer products; then scatter = Sigma n_old + sum (x - s)(x - s)^T - nb m m^T (m: the
+ * batch mean of x - s) + delta delta^T na nb / (na + nb) per class seen before, all in float64.  The scatter
+ * is formed one row of the upper triangle at a time (its elements in the order above: the images in turn,
+ * then the classes) and rounded into the stored covariance at once, so no P-double accumulator is kept. */
+static void fold_chunk(bnncl_ctx *c, int64_t m, const int32_t *labels) {
+    const int64_t K = c->K, D = c->D;
+    const float *F = c->chunk;
+    int64_t n_old = 0;
+    for (int64_t k = 0; k < K; ++k) n_old += c->counts[k];
+    memset(c->bsum, 0, (size_t)(K * D) * sizeof(double));
+    memset(c->bcount, 0, (size_t)K * sizeof(int64_t));
+    for (int64_t i = 0; i < m; ++i) {
+        const int64_t y = labels[i];
+        const float *x = F + i * D, *s = c->means + y * D;
+        double *sum = c->bsum + y * D;
+        if (c->counts[y] > 0) {
+            for (int64_t j = 0; j < D; ++j) sum[j] += (double)x[j] - (double)s[j];
+        } else {
+            for (int64_t j = 0; j < D; ++j) sum[j] += (double)x[j];
+        }
+        c->bcount[y] += 1;
+    }
+    for (int64_t k = 0; k < K; ++k) /* -> the batch mean of x - s */
+        for (int64_t j = 0; c->bcount[k] && j < D; ++j) c->bsum[k * D + j] /= (double)c->bcount[k];
+    const double total = (double)(n_old + m);
+    double *row = c->row;
+    for (int64_t a = 0; a < D; ++a) {
+        float *cv = c->cov + up_index(D, a, a) - a; /* cv[e]: element (a, e), e >= a */
+        for (int64_t e = a; e < D; ++e) row[e] = (double)cv[e] * (double)n_old;
+        for (int64_t i = 0; i < m; ++i) {
+            const int64_t y = labels[i];
+            const float *x = F + i * D, *s = c->means + y * D;
+            if (c->counts[y] > 0) {
+                const double da = (double)x[a] - (double)s[a];
+                for (int64_t e = a; e < D; ++e) row[e] += da * ((double)x[e] - (double)s[e]);
+            } else {
+                const double da = (double)x[a];
+                for (int64_t e = a; e < D; ++e) row[e] += da * (double)x[e];
+            }
+        }
+        for (int64_t k = 0; k < K; ++k) {
+            const int64_t nb = c->bcount[k], na = c->counts[k];
+            if (!nb) continue;
+            const double *mb = c->bsum + k * D;
+            for (int64_t e = a; e < D; ++e) row[e] -= mb[a] * mb[e] * (double)nb; /* within-class: - nb m m^T */
+            if (na) { /* delta = batch mean - old mean = mb exactly (the shift is the old mean) */
+                const double f = (double)na * (double)nb / (double)(na + nb);
+                for (int64_t e = a; e < D; ++e) row[e] += mb[a] * mb[e] * f;
+            }
+        }
+        for (int64_t e = a; e < D; ++e) cv[e] = (float)(row[e] / total);
+    }
+    for (int64_t k = 0; k < K; ++k) {
+        const int64_t nb = c->bcount[k], na = c->counts[k];
+        if (!nb) continue;
+        const double *mb = c->bsum + k * D;
+        float *mu = c->means + k * D;
+        if (na) {
+            const double g = (double)nb / (double)(na + nb);
+            for (int64_t j = 0; j < D; ++j) mu[j] = (float)((double)mu[j] + mb[j] * g);
+        } else {
+            for (int64_t j = 0; j < D; ++j) mu[j] = (float)mb[j];
+        }
+        c->counts[k] = na + nb;
+    }
+}
+
+/* One experience: chunks of B images in turn, each its forwards (features kept in c->chunk) then its fold;
+ * then the classifier refresh.  A call of n <= B images is one exact merge (the float32 state is rounded
+ * once); a longer one rounds the state between chunks (exact in exact arithmetic). */
 int bnncl_learn(bnncl_ctx *c, const uint8_t *images, size_t n, size_t image_bytes, const int32_t *labels) {
     if (!c) return BNNCL_E_NULL;
     if (!ctx_ok(c)) return BNNCL_E_CTX;
@@ -510,57 +623,21 @@ int bnncl_learn(bnncl_ctx *c, const uint8_t *images, size_t n, size_t image_byte
     if (!images || !labels) return BNNCL_E_NULL;
     for (size_t i = 0; i < n; ++i)
         if (labels[i] < 0 || labels[i] >= c->K) return BNNCL_E_LABEL;
-    const int64_t K = c->K, D = c->D, P = c->P;
-    int64_t n_old = 0;
-    for (int64_t k = 0; k < K; ++k) n_old += c->counts[k];
-    for (int64_t p = 0; p < P; ++p) c->sacc[p] = (double)c->cov[p] * (double)n_old;
-    memset(c->bsum, 0, (size_t)(K * D) * sizeof(double));
-    memset(c->bcount, 0, (size_t)K * sizeof(int64_t));
-    double *d = c->tmp;
-    for (size_t i = 0; i < n; ++i) {
-        forward(c, images + i * image_bytes);
-        const int64_t y = labels[i];
-        const float *s = c->means + y * D;
-        const int shifted = c->counts[y] > 0;
-        for (int64_t j = 0; j < D; ++j) {
-            if (!isfinite(c->feat[j])) {
-                if (c->seen) refresh(c); /* sacc held the factor, W the batch sums: solve again (same values) */
-                return BNNCL_E_NUMERIC;
+    const int64_t D = c->D;
+    for (size_t at = 0; at < n; at += (size_t)c->B) {
+        const int64_t cn = n - at < (size_t)c->B ? (int64_t)(n - at) : c->B;
+        for (int64_t i = 0; i < cn; ++i) {
+            forward(c, images + (at + (size_t)i) * image_bytes);
+            for (int64_t j = 0; j < D; ++j) {
+                if (!isfinite(c->feat[j])) {
+                    refresh(c); /* the chunk overwrote W: solve again (the chunks before are learned) */
+                    return BNNCL_E_NUMERIC;
+                }
             }
-            d[j] = (double)c->feat[j] - (shifted ? (double)s[j] : 0.0);
+            memcpy(c->chunk + i * D, c->feat, (size_t)D * sizeof(float));
         }
-        double *sum = c->bsum + y * D;
-        for (int64_t j = 0; j < D; ++j) sum[j] += d[j];
-        c->bcount[y] += 1;
-        for (int64_t a = 0; a < D; ++a) {
-            double *row = c->sacc + up_index(D, a, a) - a, da = d[a];
-            for (int64_t e = a; e < D; ++e) row[e] += da * d[e];
-        }
+        fold_chunk(c, cn, labels + at);
     }
-    for (int64_t k = 0; k < K; ++k) {
-        const int64_t nb = c->bcount[k], na = c->counts[k];
-        if (!nb) continue;
-        double *mb = c->bsum + k * D; /* -> the batch mean of x - s */
-        for (int64_t j = 0; j < D; ++j) mb[j] /= (double)nb;
-        for (int64_t a = 0; a < D; ++a) { /* within-class scatter: - nb m m^T */
-            double *row = c->sacc + up_index(D, a, a) - a;
-            for (int64_t e = a; e < D; ++e) row[e] -= mb[a] * mb[e] * (double)nb;
-        }
-        float *mu = c->means + k * D;
-        if (na) { /* delta = batch mean - old mean = mb exactly (the shift is the old mean) */
-            const double f = (double)na * (double)nb / (double)(na + nb), g = (double)nb / (double)(na + nb);
-            for (int64_t a = 0; a < D; ++a) {
-                double *row = c->sacc + up_index(D, a, a) - a;
-                for (int64_t e = a; e < D; ++e) row[e] += mb[a] * mb[e] * f;
-            }
-            for (int64_t j = 0; j < D; ++j) mu[j] = (float)((double)mu[j] + mb[j] * g);
-        } else {
-            for (int64_t j = 0; j < D; ++j) mu[j] = (float)mb[j];
-        }
-        c->counts[k] = na + nb;
-    }
-    const double total = (double)(n_old + (int64_t)n);
-    for (int64_t p = 0; p < P; ++p) c->cov[p] = (float)(c->sacc[p] / total);
     return refresh(c);
 }
 
@@ -660,11 +737,8 @@ int bnncl_state_load(bnncl_ctx *c, bnncl_read_fn read, void *user) {
     state_header(c, want);
     if (memcmp(h, want, 28) != 0) return BNNCL_E_STATE_FOREIGN;
     const size_t payload = state_payload(c->K, c->D);
-    uint8_t *buf = (uint8_t *)c->sacc; /* the scratch holds the payload until it is checked */
-    if (read(user, buf, payload) != 0 || read(user, t, 4) != 0) {
-        if (c->seen) refresh(c); /* the scratch held the factor */
-        return BNNCL_E_IO;
-    }
+    uint8_t *buf = c->work; /* the work area holds the payload until it is checked (W and b are apart) */
+    if (read(user, buf, payload) != 0 || read(user, t, 4) != 0) return BNNCL_E_IO;
     int ok = get32(t) == crc32_update(0, buf, payload);
     const uint8_t *p = buf;
     for (int64_t k = 0; ok && k < c->K; ++k, p += 8)
@@ -675,10 +749,7 @@ int bnncl_state_load(bnncl_ctx *c, bnncl_read_fn read, void *user) {
         memcpy(&f, &v, 4);
         ok = isfinite(f);
     }
-    if (!ok) {
-        if (c->seen) refresh(c);
-        return BNNCL_E_STATE_CORRUPT;
-    }
+    if (!ok) return BNNCL_E_STATE_CORRUPT;
     for (int64_t k = 0; k < c->K; ++k)
         c->counts[k] = (int64_t)((uint64_t)get32(buf + 8 * k) | (uint64_t)get32(buf + 8 * k + 4) << 32);
     p = buf + 8 * c->K;

@@ -3,7 +3,7 @@
  *   learn_main TEST.u8 TRAIN.u8 TRAIN_LABELS.i32 STATE_OUT [OTHER_MODEL_STATE]
  *
  * Prints (compared with the Python engine by tests/native/test_libbnncl.py):
- *   arena BYTES / state_size BYTES
+ *   arena BYTES / state_size BYTES / chunk IMAGES (bnncl_learn_chunk)
  *   feat HEX...            the pooled features of the first 4 training images (float32 bits)
  *   p0 CLASS               per test image, before learning (the exported initial state)
  *   learn RC
@@ -88,6 +88,8 @@ int main(int argc, char **argv) {
     int rc = bnncl_init(&bnncl_exported_model, arena, sizeof arena, &ctx);
     if (rc != BNNCL_OK) return fail(bnncl_strerror(rc));
     printf("state_size %zu\n", bnncl_state_size(ctx));
+    printf("chunk %zu\n", bnncl_learn_chunk(&bnncl_exported_model));
+    if (bnncl_learn_chunk(&bnncl_exported_model) != BNNCL_LEARN_CHUNK) return fail("chunk differs from BNNCL_LEARN_CHUNK");
     if (bnncl_state_size(ctx) != BNNCL_STATE_BYTES) return fail("bnncl_state_size differs from BNNCL_STATE_BYTES");
     float feat[512];
     for (size_t i = 0; i < ntrain && i < 4; ++i) {

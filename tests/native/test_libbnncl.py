@@ -10,13 +10,17 @@ installed.
 Learning (``libbnncl/tests/learn_main.c``): fmnist-b5 exported with the streaming-LDA state that
 ``bnncl.api.Learner`` deploys on the embedded base images; the program learns Fashion classes 5 and 7 (50
 embedded training images each) and must agree with the same Learner learning the same images: pooled features
-bit for bit, counts exactly, means and covariance within rtol 1e-5 (observed: bit-identical), the 200
-test predictions identically; a saved state reloads to the same predictions; a state with one flipped byte,
-a short one and one of another model (cifar10-b5) are refused with their error codes.
+bit for bit, counts exactly, means and covariance within rtol 1e-5, the 200 test predictions identically; a
+saved state reloads to the same predictions; a state with one flipped byte, a short one and one of another
+model (cifar10-b5) are refused with their error codes.  The library merges ``bnncl_learn_chunk`` images at a
+time (20 for fmnist-b5 over 10 classes), so the 100 images are 5 merges, the float32 state rounded between
+them: against ``StreamingLDA.update`` fed the same chunks in turn the state is bit-identical, against one
+update of all 100 within the rtol above.
 """
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,7 +31,7 @@ import pytest
 from bnncl import assets
 from bnncl.api import Learner
 from bnncl.data.embedded import load_embedded
-from bnncl.device.export_c import STATE_HEADER, arena_bytes, conv_panels, export_c, state_bytes
+from bnncl.device.export_c import STATE_HEADER, arena_bytes, arena_plan, conv_panels, export_c, state_bytes
 from bnncl.device.frozen import FrozenEngine
 from bnncl.device.kernels import kernel_path
 from bnncl.device.modelfile import DeviceModel
@@ -171,6 +175,11 @@ def test_host_learn_fmnist_b5_agrees_with_the_python_learner(tmp):
         test_latents = learner.learner.extract(test)
         first_features = learner.learner.extract(images[:4])
         before = learner.learner.predict(test_latents)
+        chunked = copy.deepcopy(learner.learner.feature_head)  # the library's merges: chunks of learn_chunk images
+        chunk = arena_plan(model, 10)["learn_chunk"]
+        train_latents = learner.learner.extract(images)
+        for at in range(0, len(images), chunk):
+            chunked.update(train_latents[at:at + chunk], labels[at:at + chunk])
         learner.learn(images, labels)
         logits, after = learner.learner.logits(test_latents), learner.learner.predict(test_latents)
     slda = learner.learner.feature_head
@@ -189,6 +198,7 @@ def test_host_learn_fmnist_b5_agrees_with_the_python_learner(tmp):
                      tmp / "cifar.state")
     assert int(out["arena"][0][0]) == figures["arena_bytes"] == arena_bytes(model)
     assert int(out["state_size"][0][0]) == figures["state_bytes"] == state_bytes(10, slda.dim)
+    assert int(out["chunk"][0][0]) == figures["learn_chunk"] == chunk == 20
     assert {k: int(v) for k, v in out["check"]} == LEARN_CHECKS
     assert [int(out[k][0][0]) for k in ("learn", "save", "load")] == [0, 0, 0]
     feats = np.array([[int(v, 16) for v in row] for row in out["feat"]], np.uint32)
@@ -201,6 +211,9 @@ def test_host_learn_fmnist_b5_agrees_with_the_python_learner(tmp):
     assert np.array_equal(counts, slda.counts)
     np.testing.assert_allclose(means, slda.means, rtol=1e-5, atol=1e-6 * float(np.abs(slda.means).max()))
     np.testing.assert_allclose(cov, slda.cov_packed, rtol=1e-5, atol=1e-6 * float(np.abs(slda.cov_packed).max()))
+    assert np.array_equal(counts, chunked.counts)
+    assert np.array_equal(means.view(np.uint32), chunked.means.view(np.uint32)), "means differ from chunked updates"
+    assert np.array_equal(cov.view(np.uint32), chunked.cov_packed.view(np.uint32)), "cov differs from chunked updates"
     scores = np.array([[int(v, 16) for v in r[1:]] for r in out["p1"]], np.uint32).view(np.float32)
     np.testing.assert_allclose(scores, logits, rtol=1e-5, atol=1e-5 * float(np.abs(logits).max()))
     assert np.array_equal([int(r[0]) for r in out["p1"]], after), "predictions after learning differ"

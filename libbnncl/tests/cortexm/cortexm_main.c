@@ -5,7 +5,7 @@
  * new classes and their labels) are const arrays in flash; the arena and the buffer the state is saved
  * to are static arrays in RAM.  Prints (compared with the Python engine by
  * tests/native/test_libbnncl_cortexm.py), one line each:
- *   arena BYTES / state_size BYTES
+ *   arena BYTES / state_size BYTES / chunk IMAGES (bnncl_learn_chunk)
  *   f CLASS HEX...      per test image: the frozen forward with the pretrained head (the model started
  *                       without its state), class and float32 logits (bits)
  *   feat HEX...         per test image: the pooled features (the latents of the SLDA strategy)
@@ -154,6 +154,9 @@ int main(void) {
     if ((rc = bnncl_init(&bnncl_exported_model, arena, sizeof arena, &ctx)) != BNNCL_OK) return error("init", rc);
     put("state_size ");
     put_int((long)bnncl_state_size(ctx));
+    endl();
+    put("chunk ");
+    put_int((long)bnncl_learn_chunk(&bnncl_exported_model));
     endl();
     if (bnncl_state_size(ctx) != sizeof state_buf) return error("state_size", -1);
     if (predict_all(ctx, "p0", NULL)) return 1;

@@ -109,9 +109,14 @@ def float_plan(geo: list[dict[str, int]]) -> list[int]:
     return fl
 
 
-def arena_bytes(model: DeviceModel, capacity: int | None = None) -> int:
-    """The arena libbnncl needs for predict and streaming-LDA learning over ``capacity`` classes (default:
-    the model's class names; 0: predict only) on this model (``bnncl_arena_size``: the same layout)."""
+MIN_CHUNK = 16  # feature vectors bnncl_learn keeps at least (src/bnncl.c)
+
+
+def arena_plan(model: DeviceModel, capacity: int | None = None) -> dict[str, int]:
+    """libbnncl's memory plan for predict and streaming-LDA learning over ``capacity`` classes (default: the
+    model's class names; 0: predict only), as ``plan`` in src/bnncl.c: ``arena_bytes`` (``bnncl_arena_size``),
+    ``learn_chunk`` (``bnncl_learn_chunk``: images merged at a time), ``work`` (the work area: the forward's
+    buffers, or in turn the fold's, the Cholesky factor, a state being loaded) and ``forward`` (its buffers)."""
     arch = model.architecture
     h, w, c = arch["input_shape"]
     sc = arch["stem_channels"]
@@ -130,20 +135,34 @@ def arena_bytes(model: DeviceModel, capacity: int | None = None) -> int:
     ncls = len(model.pretrained_classes)
     d = geo[-1]["out_channels"]
     fl = float_plan(geo)
-    # stem weights, padded image, the two real-valued map buffers, the stem rows block 0 recomputes, the conv
-    # rows before the epilogue, the 2x2-pool pair sum, packed bits of even / odd blocks' inputs, im2col rows,
-    # shortcut, stem accumulator, features, logits
-    sizes = [up(9 * c * sc * 4) if int8_stem else 0, up((h + 2) * (w + 2) * c * 4), up(fl[0] * 4), up(fl[1] * 4),
-             up(geo[0]["stride"] * w * sc * 4), up(ROWS * o * 4), up(o * 4), up(bits[0] * 8), up(bits[1] * 8),
-             up(ROWS * kk * 8), up(cin * 4), up(sc * 4), up(d * 4), up(ncls * 4)]
+    stem_w = up(9 * c * sc * 4) if int8_stem else 0
+    # padded image, the two real-valued map buffers, the stem rows block 0 recomputes, the conv rows before the
+    # epilogue, the 2x2-pool pair sum, packed bits of even / odd blocks' inputs, im2col rows, shortcut, stem
+    # accumulator, features, logits
+    fwd = sum([up((h + 2) * (w + 2) * c * 4), up(fl[0] * 4), up(fl[1] * 4), up(geo[0]["stride"] * w * sc * 4),
+               up(ROWS * o * 4), up(o * 4), up(bits[0] * 8), up(bits[1] * 8), up(ROWS * kk * 8), up(cin * 4),
+               up(sc * 4), up(d * 4), up(ncls * 4)])
     k = len(model.class_names) if capacity is None else capacity
-    if k:
-        p = d * (d + 1) // 2
-        # state (means, counts, cov), classifier (W, whose memory also holds learn's per-class batch sums, b),
-        # scratch (accumulator / factor / loaded state, per-class batch counts, one vector), SLDA logits
-        sizes += [up(k * d * 4), up(k * 8), up(p * 4), up(k * d * 8), up(k * 8), up(max(p * 8, state_payload(k, d))),
-                  up(k * 8), up(d * 8), up(k * 4)]
-    return CTX_RESERVE + sum(sizes)
+    if not k:
+        return {"arena_bytes": CTX_RESERVE + stem_w + fwd, "learn_chunk": 0, "work": fwd, "forward": fwd}
+    p = d * (d + 1) // 2
+    fold = up(k * d * 8) + up(k * 8) + up(d * 8)  # per-class chunk sums and counts, one scatter row
+    wbytes = up(k * d * 8)  # the classifier's W, which the chunk's features run into
+    work = max(up(p * 8) + up(d * 8), up(state_payload(k, d)))  # Cholesky factor and a vector; a loaded state
+    chunk_off = max(fwd, fold)
+    work = max(work, chunk_off)
+    if work - chunk_off + wbytes < MIN_CHUNK * d * 4:
+        work = up(chunk_off + MIN_CHUNK * d * 4 - wbytes)
+    # W, b, the state (means, counts, cov), the SLDA logits
+    rest = wbytes + up(k * 8) + up(k * d * 4) + up(k * 8) + up(p * 4) + up(k * 4)
+    return {"arena_bytes": CTX_RESERVE + stem_w + work + rest, "learn_chunk": (work - chunk_off + wbytes) // (d * 4),
+            "work": work, "forward": fwd}
+
+
+def arena_bytes(model: DeviceModel, capacity: int | None = None) -> int:
+    """The arena libbnncl needs for predict and streaming-LDA learning over ``capacity`` classes (default:
+    the model's class names; 0: predict only) on this model (``bnncl_arena_size``: the same layout)."""
+    return arena_plan(model, capacity)["arena_bytes"]
 
 
 @dataclass
@@ -183,8 +202,8 @@ def export_c(model: DeviceModel, out: str | Path, symbol: str = "bnncl_exported_
              slda: StreamingLDA | None = None, capacity: int | None = None,
              shrinkage: float = DEFAULT_SHRINKAGE) -> dict[str, int]:
     """Write model.c, model.h and model_config.h for ``model`` into ``out``; returns the figures
-    (``arena_bytes``, ``array_bytes`` (the model's), ``state_array_bytes`` (the embedded initial state),
-    ``state_bytes`` (a saved state), ``fingerprint``). ``slda``: the initial learning state (module
+    (``arena_bytes``, ``learn_chunk``, ``array_bytes`` (the model's), ``state_array_bytes`` (the embedded
+    initial state), ``state_bytes`` (a saved state), ``fingerprint``). ``slda``: the initial learning state (module
     docstring); it fixes ``capacity`` and ``shrinkage``."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", symbol):
         raise BnnclError(f"--symbol: expected a C identifier, got {symbol!r}")
@@ -231,7 +250,8 @@ def export_c(model: DeviceModel, out: str | Path, symbol: str = "bnncl_exported_
     capacity = len(model.class_names) if capacity is None else int(capacity)
     if capacity < 0:
         raise BnnclError(f"export-c: capacity must be >= 0, got {capacity}")
-    arena = arena_bytes(model, capacity)
+    mem = arena_plan(model, capacity)
+    arena = mem["arena_bytes"]
     saved = state_bytes(capacity, features) if capacity else 0
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -252,6 +272,7 @@ def export_c(model: DeviceModel, out: str | Path, symbol: str = "bnncl_exported_
         f"/* {name}: written by `bnncl export-c`; do not edit. */\n#ifndef {guard[:-2]}_CONFIG_H\n"
         f"#define {guard[:-2]}_CONFIG_H\n\n"
         f"#define BNNCL_ARENA_BYTES {arena} /* bnncl_arena_size(&{symbol}): RAM for predict and learn */\n"
+        f"#define BNNCL_LEARN_CHUNK {mem['learn_chunk']} /* bnncl_learn_chunk: images merged at a time */\n"
         f"#define BNNCL_MODEL_ARRAY_BYTES {model_bytes} /* const arrays of the model (flash) */\n"
         f"#define BNNCL_STATE_ARRAY_BYTES {wr.nbytes - model_bytes} /* const initial SLDA state (flash) */\n"
         f"#define BNNCL_STATE_BYTES {saved} /* bnncl_state_size: a saved state */\n"
@@ -260,6 +281,7 @@ def export_c(model: DeviceModel, out: str | Path, symbol: str = "bnncl_exported_
         f"#define BNNCL_NUM_CLASSES {ncls} /* scores of the pretrained head */\n"
         f"#define BNNCL_SLDA_CLASSES {capacity} /* rows of the learner: dataset classes 0 .. {capacity - 1} */\n"
         f"#define BNNCL_MAX_SCORES {max(ncls, capacity)}\n\n#endif\n")
-    return {"arena_bytes": arena, "array_bytes": model_bytes, "state_array_bytes": wr.nbytes - model_bytes,
+    return {"arena_bytes": arena, "learn_chunk": mem["learn_chunk"], "array_bytes": model_bytes,
+            "state_array_bytes": wr.nbytes - model_bytes,
             "state_bytes": saved, "fingerprint": fingerprint}
 
