@@ -11,8 +11,15 @@ batch 128 (fmnist-b5: 8 * ceil(2100 / 128) = 136 steps; cifar10-b5: 16 * ceil(18
 x the median step. Memory: the stored learning state (``memory_bytes()`` tail + head) and, for the
 device, the peak of Python-tracked (NumPy) allocations during one step (tracemalloc).
 
+``--slda`` times instead what the default strategy costs against the torch reference (issue 11's target:
+>= 20x faster): one experience of the protocol (every training image of its first new class) learned end
+to end by ``bnncl.api.Learner`` (device engine: frozen forward of the images, the streaming-LDA merge
+and the classifier solve), against the torch fp32 CWR* tail at the protocol's K, which extracts the
+same images and trains its experience (new patterns per epoch + 1500 replayed latents, at its
+epochs); the two alternate ``--repeats`` times in one process, and the medians are compared.
+
 ``python -m bnncl.bench.learning [--protocol fmnist-b5] [--ks 0,1,2,3] [--steps 7] [--experience]
-[--threads 1] [--json PATH]``
+[--slda] [--repeats 3] [--threads 1] [--json PATH]``
 """
 
 from __future__ import annotations
@@ -145,16 +152,82 @@ def run(ks: list[int], steps: int, experience: bool, threads: int, protocol: str
     }
 
 
+def run_slda(protocol: str, repeats: int, threads: int) -> dict:
+    """Default strategy (slda) vs the torch fp32 CWR* tail, one experience end to end (module docstring)."""
+    import torch
+
+    from bnncl.api import Learner
+    from bnncl.data.protocols import get_protocol
+    from bnncl.experiment import config_for
+
+    cfg = config_for(protocol, strategy="cwr_star")
+    new, epochs, lr = cfg.new_per_class or UNCAPPED_NEW.get(protocol, 10**9), cfg.epochs, cfg.lr
+    torch.set_num_threads(1)
+    data, _ = get_protocol(protocol).load()
+    labels = np.asarray(data.labels, dtype=np.int64)
+    bnn, _ = _model_paths(protocol)
+    base_idx = np.flatnonzero(labels < 5)
+    new_class = 5
+    new_idx = np.flatnonzero(labels == new_class)
+    imgs, ys = data.images[new_idx], labels[new_idx]
+    _, ref = _engines(protocol, cfg.tail_blocks, threads)
+    replay_idx = np.random.default_rng(0).choice(base_idx, REPLAY, replace=False)
+    replay_lat, replay_y = ref.extract(data.images[replay_idx]), labels[replay_idx]  # the buffer the device holds
+
+    def device_once() -> tuple[float, int]:
+        learner = Learner(bnn, strategy="slda", threads=threads)
+        learner.deploy(data.images[base_idx], labels[base_idx])
+        t = time.perf_counter()
+        learner.learn(imgs, ys)
+        learner.learner.feature_head.classifier()  # the solve a prediction would trigger
+        return time.perf_counter() - t, learner.learner.memory_bytes()["strategy"]
+
+    def torch_once() -> float:
+        t = time.perf_counter()
+        lat = ref.extract(imgs)
+        take = np.random.default_rng(1).choice(len(lat), min(new, len(lat)), replace=False)
+        _experience(ref, np.concatenate([lat[take], replay_lat]), np.concatenate([ys[take], replay_y]), lr, epochs)
+        return time.perf_counter() - t
+
+    device_once(), torch_once()  # warm-up
+    td, tr, mem = [], [], 0
+    for _ in range(repeats):
+        sec, mem = device_once()
+        td.append(sec)
+        tr.append(torch_once())
+    row = {"device_slda_s": statistics.median(td), "torch_cwr_star_s": statistics.median(tr),
+           "device_slda_all_s": td, "torch_cwr_star_all_s": tr, "images": int(len(imgs)),
+           "torch_tail_blocks": cfg.tail_blocks, "slda_state_bytes": int(mem)}
+    row["ratio"] = row["torch_cwr_star_s"] / row["device_slda_s"]
+    print(f"{protocol}: one experience ({len(imgs)} images of class {new_class}): device slda "
+          f"{row['device_slda_s']:.2f} s vs torch fp32 CWR* K={cfg.tail_blocks} {row['torch_cwr_star_s']:.2f} s "
+          f"({row['ratio']:.1f}x)", flush=True)
+    return {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "load_avg": os.getloadavg()},
+        "protocol": {"name": protocol, "new": new, "replay": REPLAY, "epochs": epochs, "lr": lr, "batch": BATCH},
+        "config": {"device": "slda", "torch": "fp32 CWR* tail", "threads": threads, "repeats": repeats,
+                   "kernel_path": _kernel_path()},
+        "rows": [row],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bnncl.bench.learning", description=__doc__.splitlines()[0])
     ap.add_argument("--protocol", default="fmnist-b5", help="fmnist-b5 (embedded data) or cifar10-b5")
     ap.add_argument("--ks", default="0,1,2,3", help="tail blocks to measure (comma list)")
     ap.add_argument("--steps", type=int, default=7, help="timed train_batch calls per engine and K")
     ap.add_argument("--experience", action="store_true", help="also time one full experience end to end")
+    ap.add_argument("--slda", action="store_true",
+                    help="time the default strategy (slda) on one experience against the torch fp32 CWR* tail")
+    ap.add_argument("--repeats", type=int, default=3, help="--slda: alternating timed runs per engine")
     ap.add_argument("--threads", type=int, default=1, help="C core threads of the device engine")
     ap.add_argument("--json", default=None, help="write the results here")
     a = ap.parse_args(argv)
-    res = run([int(k) for k in a.ks.split(",")], a.steps, a.experience, a.threads, a.protocol)
+    if a.slda:
+        res = run_slda(a.protocol, a.repeats, a.threads)
+    else:
+        res = run([int(k) for k in a.ks.split(",")], a.steps, a.experience, a.threads, a.protocol)
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump(res, f, indent=2)
