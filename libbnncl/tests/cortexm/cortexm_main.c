@@ -17,9 +17,10 @@
  *   p2 CLASS HEX...     per test image after the reload
  *   check corrupt_payload RC    one flipped byte in the saved buffer
  *   stack BYTES         the stack high-water mark (painted at reset)
- *   ticks NAME T        25 MHz timer ticks of: predict (the 16 frozen predictions), features, learn (the
- *                       experience), predict_slda (p1); meaningful under qemu -icount shift=0, where one
- *                       instruction takes 1 ns: instructions = 40 x T (to +-40)
+ *   ticks NAME T        25 MHz timer ticks of: predict (the frozen predictions), features, learn (the
+ *                       experience), predict_slda (p1), calib (a loop of CALIB_INSNS instructions);
+ *                       meaningful under qemu -icount shift=0, where one instruction takes 1 ns:
+ *                       instructions = 40 x T (to +-40), checked by calib
  * and exits (semihosting) with status 0, or 1 after "error WHAT RC". */
 #include <string.h>
 
@@ -104,7 +105,17 @@ static int read_mem(void *user, void *data, size_t n) {
     return 0;
 }
 
-static uint32_t t_predict, t_features, t_learn, t_slda;
+static uint32_t t_predict, t_features, t_learn, t_slda, t_calib;
+
+/* about CALIB_INSNS instructions: 2 per iteration (subs, bne), and the timer reads */
+#define CALIB_ITERS 1000000u
+#define CALIB_INSNS (2u * CALIB_ITERS)
+static uint32_t calibrate(void) {
+    uint32_t n = CALIB_ITERS;
+    uint32_t t0 = sh_ticks();
+    __asm__ volatile("1: subs %0, %0, #1\n\tbne 1b" : "+r"(n) : : "cc");
+    return sh_ticks() - t0;
+}
 
 static void put_ticks(const char *name, uint32_t t) {
     put("ticks ");
@@ -197,5 +208,10 @@ int main(void) {
     put_ticks("features", t_features);
     put_ticks("learn", t_learn);
     put_ticks("predict_slda", t_slda);
+    t_calib = calibrate();
+    put_ticks("calib", t_calib);
+    put("calib_insns ");
+    put_int((long)CALIB_INSNS);
+    endl();
     return 0;
 }
