@@ -35,3 +35,14 @@ def test_learning_bench_times_both_engines_on_the_embedded_protocol():
     for row in res["rows"]:
         assert row["device_step_ms"] > 0 and row["torch_step_ms"] > 0
         assert row["device_state_bytes"] < row["torch_state_bytes"]
+
+
+def test_learning_bench_times_the_default_strategy_against_the_torch_cwr_star_tail():
+    from bnncl.bench.learning import run_slda
+
+    res = run_slda("fmnist-b5", repeats=1, threads=1, epochs=1)
+    (row,) = res["rows"]
+    assert row["images"] == 600 and row["torch_tail_blocks"] == 2 and res["protocol"]["epochs"] == 1
+    assert row["device_slda_s"] > 0 and row["torch_cwr_star_s"] > 0
+    assert row["ratio"] == row["torch_cwr_star_s"] / row["device_slda_s"]
+    assert row["slda_state_bytes"] > 0

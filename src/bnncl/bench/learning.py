@@ -152,8 +152,9 @@ def run(ks: list[int], steps: int, experience: bool, threads: int, protocol: str
     }
 
 
-def run_slda(protocol: str, repeats: int, threads: int) -> dict:
-    """Default strategy (slda) vs the torch fp32 CWR* tail, one experience end to end (module docstring)."""
+def run_slda(protocol: str, repeats: int, threads: int, epochs: int | None = None) -> dict:
+    """Default strategy (slda) vs the torch fp32 CWR* tail, one experience end to end (module docstring);
+    ``epochs`` replaces the reference's (the protocol's) for a quick check."""
     import torch
 
     from bnncl.api import Learner
@@ -161,7 +162,7 @@ def run_slda(protocol: str, repeats: int, threads: int) -> dict:
     from bnncl.experiment import config_for
 
     cfg = config_for(protocol, strategy="cwr_star")
-    new, epochs, lr = cfg.new_per_class or UNCAPPED_NEW.get(protocol, 10**9), cfg.epochs, cfg.lr
+    new, epochs, lr = cfg.new_per_class or UNCAPPED_NEW.get(protocol, 10**9), epochs or cfg.epochs, cfg.lr
     torch.set_num_threads(1)
     data, _ = get_protocol(protocol).load()
     labels = np.asarray(data.labels, dtype=np.int64)
