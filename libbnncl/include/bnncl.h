@@ -51,11 +51,19 @@ extern "C" {
 #define BNNCL_E_LABEL (-11)      /* a label is outside [0, slda_classes); nothing was learned */
 #define BNNCL_E_NUMERIC (-12)    /* non-finite features (nothing learned) or a covariance the Cholesky
                                     factorisation refuses (the state is updated, predict then fails) */
+#define BNNCL_E_UNSUPPORTED (-13) /* bnncl_set_kernel_path: a kernel path this CPU or build does not run */
 
 /* A short English description of an error code (never NULL). */
 const char *bnncl_strerror(int code);
 
 /* ---- model description (written by `bnncl export-c`; do not fill by hand) ------------------- */
+/* The packed weight panels are 64-byte aligned where the AVX-512 kernel may read them (x86-64, GCC/Clang);
+ * a block whose panels are not aligned runs the scalar kernel (bit-identical). */
+#if defined(__GNUC__) && defined(__x86_64__)
+#define BNNCL_PANEL_ALIGN __attribute__((aligned(64)))
+#else
+#define BNNCL_PANEL_ALIGN
+#endif
 #define BNNCL_MODEL_MAGIC 0x4C434E42u /* "BNCL" */
 #define BNNCL_MODEL_VERSION 2
 #define BNNCL_ADDMAP_FULL 0  /* stem_addmap: (H, W, stem_channels) */
@@ -107,6 +115,18 @@ size_t bnncl_learn_chunk(const bnncl_model *model);
 /* Checks the model and lays out the context in arena (8-byte aligned, arena_bytes >= bnncl_arena_size).
  * The model's arrays are read in place (flash) for the context's lifetime. */
 int bnncl_init(const bnncl_model *model, void *arena, size_t arena_bytes, bnncl_ctx **ctx);
+
+/* Kernel paths of the binary convolution, all bit-identical: bnncl_init picks the fastest the CPU runs
+ * (runtime detection: AVX-512 (F, BW, VL, VPOPCNTDQ) or AVX2 on x86-64, NEON on AArch64, else scalar, as on
+ * Cortex-M).  bnncl_set_kernel_path forces one (BNNCL_KERNEL_AUTO: the fastest again); bnncl_kernel_path
+ * says which runs. */
+#define BNNCL_KERNEL_AUTO (-1)
+#define BNNCL_KERNEL_SCALAR 0
+#define BNNCL_KERNEL_AVX2 1
+#define BNNCL_KERNEL_AVX512 2
+#define BNNCL_KERNEL_NEON 3
+int bnncl_set_kernel_path(bnncl_ctx *ctx, int path);
+int bnncl_kernel_path(const bnncl_ctx *ctx);
 
 /* Classifies one uint8 image (H, W, C row-major, image_bytes = H * W * C): *cls = the dataset class
  * of the highest score (the first on ties).  scores (optional, NULL to skip) receives

@@ -35,6 +35,8 @@ int bnncl_tail_gap(const float *x, int64_t b, int64_t hw, int64_t c, int quantiz
 struct bnncl_ctx {
     uint32_t magic;
     const bnncl_model *m;
+    bnncl_panel_fn panel; /* the binary conv kernel: the best path this CPU runs, or the one set */
+    int path;
     float *stem_w;      /* float32 stem weights (converted from int8, or the model's) */
     float *xpad;        /* zero-padded float copy of the image */
     float *fbuf[2];     /* real-valued block outputs (full or 2x2-pooled maps); a block may write in place */
@@ -85,6 +87,7 @@ const char *bnncl_strerror(int code) {
     case BNNCL_E_NO_LEARNING: return "model exported without learning";
     case BNNCL_E_LABEL: return "label outside the learner's classes";
     case BNNCL_E_NUMERIC: return "non-finite features or covariance not positive definite";
+    case BNNCL_E_UNSUPPORTED: return "kernel path not supported by this CPU or build";
     default: return "unknown error code";
     }
 }
@@ -240,6 +243,28 @@ size_t bnncl_learn_chunk(const bnncl_model *m) {
 }
 
 static int refresh(bnncl_ctx *c);
+static int ctx_ok(const bnncl_ctx *c);
+
+/* The fastest kernel path of this CPU (runtime detection; every path is bit-identical to the scalar one). */
+static int best_path(void) {
+    const int mask = bnncl_supported_paths();
+    if (mask & (1 << BNNCL_PATH_AVX512)) return BNNCL_PATH_AVX512;
+    if (mask & (1 << BNNCL_PATH_AVX2)) return BNNCL_PATH_AVX2;
+    if (mask & (1 << BNNCL_PATH_NEON)) return BNNCL_PATH_NEON;
+    return BNNCL_PATH_SCALAR;
+}
+
+int bnncl_set_kernel_path(bnncl_ctx *c, int path) {
+    if (!c) return BNNCL_E_NULL;
+    if (!ctx_ok(c)) return BNNCL_E_CTX;
+    if (path == BNNCL_KERNEL_AUTO) path = best_path();
+    bnncl_panel_fn fn = bnncl_panel_for(path);
+    if (!fn) return BNNCL_E_UNSUPPORTED;
+    c->path = path, c->panel = fn;
+    return BNNCL_OK;
+}
+
+int bnncl_kernel_path(const bnncl_ctx *c) { return c && ctx_ok(c) ? c->path : BNNCL_E_CTX; }
 
 int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx **out) {
     if (!m || !arena || !out) return BNNCL_E_NULL;
@@ -293,6 +318,8 @@ int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx 
         c->stem_w = (float *)m->stem_weight_f32; /* read only */
     }
     c->m = m;
+    c->path = best_path();
+    c->panel = bnncl_panel_for(c->path);
     c->K = m->slda_classes, c->D = m->features, c->P = (int64_t)c->D * (c->D + 1) / 2;
     if (c->K) {
         if (m->slda_means) {
@@ -369,12 +396,14 @@ static void run_block(bnncl_ctx *c, int32_t i, int src, int dst) {
         a.src = c->fbuf[src];
         if (s == 2) a.h = g.ho, a.w = g.wo, a.stride = 1, a.src_bias = NULL;
     }
+    /* the AVX-512 kernel reads the panels with aligned loads */
+    const bnncl_panel_fn panel = (uintptr_t)b->panels % 64 ? bnncl_panel_scalar : c->panel;
     int64_t stem_oy = -1;
     for (int64_t r0 = 0; r0 < pixels; r0 += ROWS) {
         int64_t rows = pixels - r0 < ROWS ? pixels - r0 : ROWS;
         bnncl_im2col_rows(&g, r0, rows, c->cols);
         for (int64_t p = 0; p < npanels; ++p)
-            bnncl_panel_scalar(c->cols, rows, g.kk, b->panels + p * g.kk * BNNCL_NB, p * BNNCL_NB, 0, &e);
+            panel(c->cols, rows, g.kk, b->panels + p * g.kk * BNNCL_NB, p * BNNCL_NB, 0, &e);
         for (int64_t r = 0; r < rows; ++r) {
             const int64_t pix = r0 + r, oy = pix / g.wo, ox = pix % g.wo;
             float *y = c->ybuf + r * o;

@@ -1,6 +1,6 @@
 /* Host test program of libbnncl: predicts raw uint8 images with the exported model.
  *
- *   predict_main IMAGES.u8    (N * H * W * C bytes)
+ *   predict_main IMAGES.u8    (N * H * W * C bytes; $BNNCL_KERNEL: a kernel path to force, BNNCL_KERNEL_*)
  *
  * Prints "arena BYTES", "check NAME RC" for the error paths, then per image one line: the class and
  * the scores as the hexadecimal bits of each float32 (compared bit for bit by tests/native/test_libbnncl.py).
@@ -37,6 +37,9 @@ int main(int argc, char **argv) {
     printf("check uninit_ctx %d\n", bnncl_predict((bnncl_ctx *)(void *)not_a_ctx, image, sizeof image, &cls, NULL, 0));
     int rc = bnncl_init(&bnncl_exported_model, arena, sizeof arena, &ctx);
     if (rc != BNNCL_OK) return fail(bnncl_strerror(rc));
+    if (getenv("BNNCL_KERNEL") && (rc = bnncl_set_kernel_path(ctx, atoi(getenv("BNNCL_KERNEL")))) != BNNCL_OK)
+        return fail(bnncl_strerror(rc));
+    fprintf(stderr, "kernel path %d\n", bnncl_kernel_path(ctx));
     printf("check wrong_image_size %d\n", bnncl_predict(ctx, image, sizeof image - 1, &cls, scores, BNNCL_NUM_CLASSES));
     printf("check short_scores %d\n", bnncl_predict(ctx, image, sizeof image, &cls, scores, BNNCL_NUM_CLASSES - 1));
     FILE *f = fopen(argv[1], "rb");

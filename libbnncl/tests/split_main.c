@@ -1,10 +1,11 @@
 /* Host test program of libbnncl: a protocol of experiences, then the classes of a whole test split.
  *
- *   split_main TEST.u8 TRAIN.u8 TRAIN_LABELS.i32 SIZES.i32
+ *   split_main TEST.u8 TRAIN.u8 TRAIN_LABELS.i32 SIZES.i32    ($BNNCL_KERNEL: a kernel path to force)
  *
  * From the exported model (with its initial state, if any), learns the training images as consecutive
  * experiences of SIZES[0], SIZES[1], ... images (one bnncl_learn call each), then predicts every test image.
  * Prints (compared with the Python Learner by tests/native/test_libbnncl_split.py):
+ *   path N                 the kernel path (bnncl_kernel_path)
  *   chunk IMAGES           bnncl_learn_chunk
  *   learn I RC             per experience
  *   p CLASS                per test image, after the last experience
@@ -51,6 +52,9 @@ int main(int argc, char **argv) {
     bnncl_ctx *ctx = NULL;
     int rc = bnncl_init(&bnncl_exported_model, arena, sizeof arena, &ctx);
     if (rc != BNNCL_OK) return fail(bnncl_strerror(rc));
+    if (getenv("BNNCL_KERNEL") && (rc = bnncl_set_kernel_path(ctx, atoi(getenv("BNNCL_KERNEL")))) != BNNCL_OK)
+        return fail(bnncl_strerror(rc));
+    printf("path %d\n", bnncl_kernel_path(ctx));
     printf("chunk %zu\n", bnncl_learn_chunk(&bnncl_exported_model));
     size_t at = 0;
     clock_t t0 = clock();

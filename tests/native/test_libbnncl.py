@@ -21,6 +21,7 @@ update of all 100 within the rtol above.
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -34,6 +35,7 @@ from bnncl.data.embedded import load_embedded
 from bnncl.device.export_c import STATE_HEADER, arena_bytes, arena_plan, conv_panels, export_c, state_bytes
 from bnncl.device.frozen import FrozenEngine
 from bnncl.device.kernels import kernel_path
+from bnncl.device.kernels.dispatch import available_paths
 from bnncl.device.modelfile import DeviceModel
 from libbnncl_inputs import learning_inputs
 
@@ -70,10 +72,12 @@ def _make(tmp: Path, model_dir: Path, cc: str, target: str) -> Path:
     return prog
 
 
-def _build_and_run(tmp: Path, name: str, cc: str, runner: list[str]) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+def _build_and_run(tmp: Path, name: str, cc: str, runner: list[str],
+                   kernel: int | None = None) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
     prog = _make(tmp, tmp / name, cc, "predict")
+    env = {**os.environ, "BNNCL_KERNEL": str(kernel)} if kernel is not None else None
     r = subprocess.run([*runner, str(prog), str(tmp / f"{name}.u8")], capture_output=True, text=True, timeout=120,
-                       check=False)
+                       check=False, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     info, classes, bits = {}, [], []
     for line in r.stdout.splitlines():
@@ -117,6 +121,19 @@ def test_host_predict_cifar10_b5_is_bit_identical_to_the_frozen_engine(tmp):
     images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
     model, figures, _ = _export(tmp, "cifar10-b5", images)
     _check(model, figures, images, _build_and_run(tmp, "cifar10-b5", "gcc", []))
+
+
+KERNELS = {"scalar": 0, "avx2": 1, "avx512": 2}  # BNNCL_KERNEL_* (include/bnncl.h)
+
+
+@pytest.mark.parametrize("path", sorted(KERNELS))
+def test_host_predict_on_each_kernel_path_is_bit_identical(tmp, path):
+    """The library picks the fastest kernel path at run time; each one, forced, gives the scalar path's logits."""
+    if path not in available_paths():
+        pytest.skip(f"this CPU does not run the {path} kernels")
+    images = _fmnist_images()[:16]
+    model, figures, _ = _export(tmp, "fmnist-b5", images)
+    _check(model, figures, images, _build_and_run(tmp, "fmnist-b5", "gcc", [], KERNELS[path]))
 
 
 def test_aarch64_predict_under_qemu_is_bit_identical(tmp):

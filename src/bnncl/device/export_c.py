@@ -174,7 +174,7 @@ class _Writer:
     nbytes: int = 0
     crc: int = 0  # zlib.crc32 of every array's bytes, in order: the model's fingerprint
 
-    def array(self, name: str, a: np.ndarray) -> str:
+    def array(self, name: str, a: np.ndarray, attr: str = "") -> str:
         a = np.ascontiguousarray(a).reshape(-1)
         ctype = _C_TYPES[a.dtype]
         sym = f"{self.prefix}_{name}"
@@ -182,7 +182,7 @@ class _Writer:
         self.crc = zlib.crc32(a.tobytes(), self.crc)
         vals = [_literal(v, a.dtype) for v in a.tolist()]
         body = ",\n".join("    " + ", ".join(vals[i:i + 8]) for i in range(0, len(vals), 8))
-        self.lines.append(f"static const {ctype} {sym}[{len(vals)}] = {{\n{body}\n}};\n")
+        self.lines.append(f"static const {ctype} {sym}[{len(vals)}]{attr} = {{\n{body}\n}};\n")
         return sym
 
 
@@ -228,7 +228,8 @@ def export_c(model: DeviceModel, out: str | Path, symbol: str = "bnncl_exported_
     blocks = []
     for i, (b, g) in enumerate(zip(eng.blocks, eng._geometry)):
         n = f"b{i}_"
-        syms = [wr.array(n + "panels", conv_panels(b.weight, b.in_channels)), wr.array(n + "scale", _pad(b.scale)),
+        syms = [wr.array(n + "panels", conv_panels(b.weight, b.in_channels), " BNNCL_PANEL_ALIGN"),
+                wr.array(n + "scale", _pad(b.scale)),
                 wr.array(n + "bias", _pad(b.bias)), wr.array(n + "input_bias", b.input_bias),
                 *(wr.array(n + k, a) for k, a in zip(("shift_in", "slope", "shift_out"), b.act))]
         blocks.append(f"    {{{g['in_channels']}, {g['out_channels']}, {g['stride']}, {g['in_h']}, {g['in_w']}, "
