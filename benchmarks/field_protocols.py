@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bnncl.experiment import config_for, run_protocol
+from bnncl.experiment import run_config, run_protocol
 
 #: variant name -> settings over the protocol's tuned ones (as ``bnncl run`` flags)
 #: variant names of records measured before the small-sample correction of slda (kept in the JSON files)
@@ -44,6 +44,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cwr_star_k0_e64": {"strategy": "cwr_star", "tail_blocks": 0, "lr_bits": 8, "epochs": 64},
     "cwr_star_fixed_k0": {"strategy": "cwr_star", "tail_blocks": 0, "lr_bits": 8, "mixing": "balanced",
                           "weight_align": "on"},
+    # head-only CWR* without recency collapse (issue 11, item 2; chosen on validation splits): standardized
+    # features, balanced minibatches, old rows' merge weight capped at 1, epochs from the experience size
+    "cwr_star_std_k0": {"strategy": "cwr_star", "tail_blocks": 0, "lr_bits": 8, "standardize": "on",
+                        "mixing": "balanced", "cwr_max_k": 1.0, "epochs": "auto", "lr": 0.1},
 }
 
 
@@ -56,7 +60,10 @@ def recalls(result: dict[str, Any]) -> list[float]:
 
 def one_run(protocol: str, variant: str, seed: int, shots: int | None, validation: float) -> dict[str, Any]:
     settings = dict(VARIANTS[variant])
-    cfg = config_for(protocol, seed=seed, shots=shots, validation=validation or None, **settings)
+    given = {k: None if k == "epochs" and v == "auto" else v for k, v in settings.items()}  # "auto" is None
+    extra = {"seed": seed} | ({"shots": shots} if shots is not None else {}) | ({"validation": validation}
+                                                                              if validation else {})
+    cfg = run_config(protocol, given | extra)
     t0 = time.perf_counter()
     result = run_protocol(cfg)
     rec = recalls(result)

@@ -34,7 +34,7 @@ BAD = [  # flag, value, the error's tail
     ("--qw-rounding", "up", "expected stochastic or nearest, got 'up'"),
     ("--tail-blocks", "4", "expected 0..3 blocks, got 4"),
     ("--buffer", "0", "expected an integer >= 1, got 0"),
-    ("--epochs", "1.5", "expected an integer >= 1, got '1.5'"),
+    ("--epochs", "1.5", "expected an integer >= 1 or 'auto', got '1.5'"),
     ("--lr", "-0.1", "expected a positive number, got -0.1"),
     ("--lr", "nan", "expected a positive number, got nan"),
     ("--minibatch", "0", "expected an integer >= 1, got 0"),

@@ -19,7 +19,14 @@ import numpy as np
 
 from bnncl.cl.replay import BITS as REPLAY_BITS
 from bnncl.cl.slda import COV_BITS, DEFAULT_SHRINKAGE
-from bnncl.cl.strategies import DEFAULT_STRATEGY, FEATURE_STRATEGIES, STRATEGIES
+from bnncl.cl.strategies import (
+    AUTO_PRESENTATIONS,
+    DEFAULT_STRATEGY,
+    FEATURE_STRATEGIES,
+    MAX_AUTO_EPOCHS,
+    REPLAY_STRATEGIES,
+    STRATEGIES,
+)
 from bnncl.device.quantize import (
     FLOAT_BITS,
     MAX_CODE_BITS,
@@ -128,7 +135,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lr_bits", int, 1, "bits per stored replay latent", _words(REPLAY_BITS) + " bits",
             lambda v: _is_int(v) and v in REPLAY_BITS, choices=REPLAY_BITS),
     Setting("buffer", int, 1500, "replay buffer capacity (patterns)", "an integer >= 1", _int_at_least(1)),
-    Setting("epochs", int, 8, "epochs per experience", "an integer >= 1", _int_at_least(1)),
+    Setting("epochs", int, 8,
+            "epochs per experience; auto = enough for each new pattern to be presented about "
+            f"{AUTO_PRESENTATIONS} times (more epochs for small experiences under balanced mixing, at most "
+            f"{MAX_AUTO_EPOCHS})", "an integer >= 1 or 'auto'", _int_at_least(1), none_word="auto", metavar="N|auto"),
     Setting("lr", float, 0.05, "SGD learning rate of the tail and head", "a positive number",
             lambda v: isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
             and math.isfinite(v) and v > 0),
@@ -144,6 +154,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("weight_align", str, "off",
             "CWR*: after each experience scale the new classes' rows to the old rows' mean norm", "off or on",
             lambda v: v in ("off", "on"), choices=("off", "on")),
+    Setting("standardize", str, "off",
+            "CWR* head-only (--tail-blocks 0): standardize the pooled features per feature, with statistics fixed "
+            "at deployment (or by the first experience learned)", "off or on",
+            lambda v: v in ("off", "on"), choices=("off", "on")),
+    Setting("cwr_max_k", float, None,
+            "CWR*: cap on the merge weight k = sqrt(past/cur) of a class seen before (none = the paper's rule; 1 = "
+            "an old row moves at least half-way to its trained value)", "a number >= 0 or 'none'",
+            lambda v: isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+            and v >= 0, none_word="none", metavar="K|none"),
     Setting("shrinkage", float, DEFAULT_SHRINKAGE, "slda: shrinkage of the shared covariance toward the identity",
             "a number in [0, 1)", lambda v: isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
             and 0 <= v < 1),
@@ -161,6 +180,10 @@ def _validate(self: Any) -> None:
     strategy that trains none."""
     for s in SETTINGS:
         s.check(getattr(self, s.name))
+    if self.standardize == "on" and (self.strategy not in REPLAY_STRATEGIES or self.tail_blocks != 0):
+        raise BnnclError(f"--standardize on: standardizes the features of a head-only CWR* head; it needs --strategy "
+                         f"{' or '.join(REPLAY_STRATEGIES)} with --tail-blocks 0 (got --strategy {self.strategy}, "
+                         f"--tail-blocks {self.tail_blocks})")
     if self.strategy in FEATURE_STRATEGIES and self.tail_blocks != 0:
         raise BnnclError(f"--tail-blocks {self.tail_blocks}: --strategy {self.strategy} trains no tail (it learns on "
                          f"the frozen pooled features); leave --tail-blocks out or choose --strategy cwr_star")

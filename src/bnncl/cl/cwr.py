@@ -15,6 +15,15 @@ pattern counters ``past`` ``(num_classes,)``. Per experience:
 :class:`CWR` is plain CWR+ (Maltoni & Lomonaco 2019, §CWR+): the head starts from zeros (no copy
 of ``cw``) and ``cw[c] = w[c] - avg`` overwrites, with no count weighting (``past`` is still kept).
 
+``max_k`` (default None: the paper's rule) caps the merge weight ``k`` of a class seen before: with
+latent replay, the trained row of an old class already started from ``cw`` and saw the class's replayed
+patterns, so the count ratio weighs the past twice and keeps old rows where they were while the new
+classes' rows are taken whole (docs/design.md §1.6).
+
+:class:`FeatureStandardizer`: per-feature ``(x - shift) / scale`` of the pooled features that a head-only
+CWR* head sees, with statistics fixed once (at deployment or at the first experience learned), so the
+consolidated rows keep meaning the same thing.
+
 State for safetensors: :meth:`~CWRStar.state_dict` -> ``(arrays, meta)``.
 """
 
@@ -40,11 +49,14 @@ class CWRStar:
 
     kind = "cwr_star"
 
-    def __init__(self, num_classes: int, dim: int) -> None:
+    def __init__(self, num_classes: int, dim: int, max_k: float | None = None) -> None:
         if num_classes < 1 or dim < 1:
             raise ValueError(f"num_classes and dim must be >= 1, got {num_classes}, {dim}")
+        if max_k is not None and not (np.isfinite(max_k) and max_k >= 0):
+            raise ValueError(f"max_k must be None or a number >= 0, got {max_k!r}")
         self.num_classes = int(num_classes)
         self.dim = int(dim)
+        self.max_k = None if max_k is None else float(max_k)
         self.cw = np.zeros((self.num_classes, self.dim), dtype=np.float32)
         self.past = np.zeros(self.num_classes, dtype=np.int64)
 
@@ -77,6 +89,8 @@ class CWRStar:
         if self.past[c] == 0:
             return w_prime
         k = np.sqrt(self.past[c] / cur)
+        if self.max_k is not None:
+            k = min(k, self.max_k)
         return (self.cw[c].astype(np.float64) * k + w_prime) / (k + 1.0)
 
     def align_rows(self, new_classes: Sequence[int], old_classes: Sequence[int]) -> None:
@@ -99,7 +113,8 @@ class CWRStar:
         """Seed ``cw``/``past`` from a pretrained head: rows of ``classes`` and their training counts.
 
         Used at deployment: the host-pretrained head's base-class rows become ``cw`` as they are (no
-        mean shift) and ``past[c]`` is the number of base patterns the host trained class ``c`` on.
+        mean shift; on standardized features, :meth:`FeatureStandardizer.head_rows` of them) and
+        ``past[c]`` is the number of base patterns the host trained class ``c`` on.
         """
         cls = _classes("classes", classes, self.num_classes)
         w = self._check_head("head", head)
@@ -154,6 +169,72 @@ class CWRStar:
             )
         self.cw = cw.astype(np.float32).copy()
         self.past = past.astype(np.int64).copy()
+
+
+class FeatureStandardizer:
+    """``(x - shift) / scale`` per feature, the statistics fixed by :meth:`fit` (once) and kept in the state.
+
+    The consolidated rows of CWR* are linear in the features the head sees; statistics that kept moving
+    would change what every stored row means, so they are taken once: from the base features at deployment,
+    or from the first experience learned. A feature that does not vary there keeps scale 1.
+    """
+
+    kind = "standardizer"
+
+    def __init__(self, dim: int) -> None:
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.dim = int(dim)
+        self.shift = np.zeros(self.dim, dtype=np.float32)
+        self.scale = np.ones(self.dim, dtype=np.float32)
+        self.fitted = False
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.shift.nbytes + self.scale.nbytes)
+
+    def fit(self, features: np.ndarray) -> None:
+        """Take the statistics of ``features`` ``(N, dim)`` (N >= 1); ValueError if already fitted."""
+        x = np.asarray(features, dtype=np.float64)
+        if self.fitted:
+            raise ValueError("the standardizer is fitted once (its statistics are fixed)")
+        if x.ndim != 2 or x.shape[1] != self.dim or len(x) < 1:
+            raise ValueError(f"features must be (N >= 1, {self.dim}), got {x.shape}")
+        std = x.std(axis=0)
+        self.shift = x.mean(axis=0).astype(np.float32)
+        self.scale = np.where(std > 1e-6, std, 1.0).astype(np.float32)
+        self.fitted = True
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        """The standardized ``features`` (float32); unchanged before :meth:`fit`."""
+        x = np.asarray(features, dtype=np.float32)
+        if not self.fitted:
+            return x
+        return ((x - self.shift) / self.scale).astype(np.float32, copy=False)
+
+    def head_rows(self, head: np.ndarray) -> np.ndarray:
+        """Rows ``w`` of a head trained on the raw features, for the standardized ones: ``w * scale`` gives the
+        same scores up to ``w . shift``, a per-class constant a bias-free head cannot hold (it is dropped)."""
+        return (np.asarray(head, dtype=np.float32) * self.scale).astype(np.float32)
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return {"shift": self.shift.copy(), "scale": self.scale.copy()}, {"kind": self.kind, "dim": self.dim,
+                                                                          "fitted": self.fitted}
+
+    def load_state_dict(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> None:
+        if meta is not None and meta.get("kind", self.kind) != self.kind:
+            raise ValueError(f"state kind {meta.get('kind')!r} does not match {self.kind!r}")
+        for key in ("shift", "scale"):
+            if key not in arrays:
+                raise ValueError(f"state is missing array {key!r}")
+            if np.asarray(arrays[key]).shape != (self.dim,):
+                raise ValueError(f"state {key} shape {np.asarray(arrays[key]).shape} does not match ({self.dim},)")
+        scale = np.asarray(arrays["scale"], dtype=np.float32)
+        if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+            raise ValueError("state scale must be finite and > 0")
+        self.shift = np.asarray(arrays["shift"], dtype=np.float32).copy()
+        self.scale = scale.copy()
+        self.fitted = bool((meta or {}).get("fitted", True))
 
 
 class CWR(CWRStar):

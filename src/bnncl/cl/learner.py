@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bnncl.cl.cwr import CWR, CWRStar
+from bnncl.cl.cwr import CWR, CWRStar, FeatureStandardizer
 from bnncl.cl.engine import Engine
 from bnncl.cl.metrics import (
     CLResults,
@@ -65,7 +65,7 @@ from bnncl.cl.metrics import (
 from bnncl.cl.probe import LinearProbe
 from bnncl.cl.replay import LatentReplayBuffer
 from bnncl.cl.slda import StreamingLDA
-from bnncl.cl.strategies import FEATURE_STRATEGIES, REPLAY_STRATEGIES, check_strategy
+from bnncl.cl.strategies import FEATURE_STRATEGIES, REPLAY_STRATEGIES, auto_epochs, check_strategy
 from bnncl.settings import BY_NAME, DEFAULTS
 
 if TYPE_CHECKING:  # only a type: keeps bnncl.cl free of bnncl.data's imports
@@ -78,7 +78,8 @@ class LearnerConfig:
     (:data:`bnncl.settings.SETTINGS`)."""
 
     strategy: str = DEFAULTS["strategy"]
-    epochs: int = DEFAULTS["epochs"]
+    epochs: int | None = DEFAULTS["epochs"]
+    """Epochs per experience; None = auto (:func:`bnncl.cl.strategies.auto_epochs`)."""
     lr: float = DEFAULTS["lr"]
     minibatch_size: int = DEFAULTS["minibatch"]
     seed: int = DEFAULTS["seed"]
@@ -97,6 +98,11 @@ class LearnerConfig:
     weight_align: str = DEFAULTS["weight_align"]
     """``on``: after consolidation, scale the rows of the classes new in the experience to the mean norm of
     the rows of the classes seen before (weight aligning, Zhao et al. 2020)."""
+    standardize: str = DEFAULTS["standardize"]
+    """``on`` (CWR*/CWR, no tail blocks): the head sees the pooled features standardized with statistics fixed at
+    deployment or by the first experience learned (:class:`bnncl.cl.cwr.FeatureStandardizer`)."""
+    cwr_max_k: float | None = DEFAULTS["cwr_max_k"]
+    """CWR*: cap on the merge weight of an old class's row (None: the paper's ``sqrt(past / cur)``)."""
 
     def __post_init__(self) -> None:
         check_strategy(self.strategy)
@@ -104,9 +110,10 @@ class LearnerConfig:
             raise ValueError(f"batch_size_eval must be >= 1, got {self.batch_size_eval}")
         for name, setting in (("epochs", "epochs"), ("lr", "lr"), ("minibatch_size", "minibatch"),
                               ("seed", "seed"), ("new_per_class", "new_per_class"), ("shrinkage", "shrinkage"),
-                              ("cov_bits", "cov_bits"), ("mixing", "mixing"), ("weight_align", "weight_align")):
+                              ("cov_bits", "cov_bits"), ("mixing", "mixing"), ("weight_align", "weight_align"),
+                              ("standardize", "standardize"), ("cwr_max_k", "cwr_max_k")):
             value = getattr(self, name)
-            if not (value is None and setting == "new_per_class") and not BY_NAME[setting].ok(value):
+            if not (value is None and BY_NAME[setting].none_word is not None) and not BY_NAME[setting].ok(value):
                 raise ValueError(f"{name}: expected {BY_NAME[setting].expected}, got {value!r}")
 
     @classmethod
@@ -114,7 +121,9 @@ class LearnerConfig:
         """The learner's part of a :class:`bnncl.settings.LearningSettings`."""
         return cls(settings.strategy, settings.epochs, settings.lr, settings.minibatch, settings.seed,
                    new_per_class=settings.new_per_class, shrinkage=settings.shrinkage, cov_bits=settings.cov_bits,
-                   mixing=settings.mixing, weight_align=settings.weight_align)
+                   mixing=settings.mixing, weight_align=settings.weight_align,
+                   standardize=getattr(settings, "standardize", DEFAULTS["standardize"]),
+                   cwr_max_k=getattr(settings, "cwr_max_k", DEFAULTS["cwr_max_k"]))
 
 
 @dataclass(frozen=True)
@@ -226,7 +235,15 @@ class ContinualLearner:
         self.consolidator: CWRStar | None = None
         if uses_cwr:
             cls = CWRStar if self.config.strategy == "cwr_star" else CWR
-            self.consolidator = cls(engine.num_classes, engine.head_dim)
+            self.consolidator = cls(engine.num_classes, engine.head_dim, self.config.cwr_max_k)
+        self.standardizer: FeatureStandardizer | None = None
+        """``standardize="on"``: the fixed standardization of the features the engine's head sees, else None."""
+        if self.config.standardize == "on":
+            if not uses_cwr or tuple(engine.latent_shape) != (engine.head_dim,):
+                raise ValueError(f"standardize='on' needs a head-only CWR* learner (strategy cwr_star or cwr, no tail "
+                                 f"blocks: latent shape ({engine.head_dim},)), got {self.config.strategy!r} with "
+                                 f"latent shape {tuple(engine.latent_shape)}")
+            self.standardizer = FeatureStandardizer(engine.head_dim)
         self.feature_head: StreamingLDA | LinearProbe | None = None
         """The strategy's own classifier on the pooled features (``slda``, ``probe``), else None."""
         if self.config.strategy in FEATURE_STRATEGIES:
@@ -296,7 +313,11 @@ class ContinualLearner:
         if self.feature_head is not None:
             self.feature_head.update(latents, labels)
         if self.consolidator is not None:
-            self.consolidator.init_from_head(self.engine.get_head(), classes, counts)
+            head = self.engine.get_head()
+            if self.standardizer is not None and not self.standardizer.fitted:
+                self.standardizer.fit(latents)
+                head = self.standardizer.head_rows(head)
+            self.consolidator.init_from_head(head, classes, counts)
             self.engine.set_head(self.consolidator.consolidated_head())
         if self.buffer is not None:
             self.buffer._insert(latents, labels, experience_index)
@@ -336,6 +357,10 @@ class ContinualLearner:
             new_y = np.concatenate([y for _, y in self._joint])
         elif self.buffer is not None and len(self.buffer):
             replay_x, replay_y = self.buffer.latents(), self.buffer.labels
+        if self.standardizer is not None:  # the buffer keeps raw latents; the head sees standardized ones
+            if not self.standardizer.fitted and len(latents):
+                self.standardizer.fit(latents)
+            new_x, replay_x = self.standardizer(new_x), self.standardizer(replay_x)
         present = np.union1d(np.unique(labels), np.unique(replay_y)).astype(np.int64)
         if self.consolidator is not None:
             self.engine.set_head(self.consolidator.begin_experience(present))
@@ -344,13 +369,17 @@ class ContinualLearner:
         step = getattr(self.engine, "_train_batch", self.engine.train_batch)
         losses: list[float] = []
         used = np.zeros(len(new_y), dtype=bool)
-        for epoch in range(cfg.epochs):
+        epochs = cfg.epochs
+        epoch = 0
+        while epochs is None or epoch < epochs:
             rows = self._epoch_rows(new_y)
             used[rows] = True
             if cfg.mixing == "balanced":
                 batches = balanced_minibatches(new_y[rows], replay_y, cfg.minibatch_size, self._rng)
             else:
                 batches = mixed_minibatches(len(rows), len(replay_y), cfg.minibatch_size, self._rng)
+            if epochs is None:  # auto: from how often the first epoch presents the new patterns
+                epochs = auto_epochs(sum(len(ni) for ni, _ in batches), len(new_y))
             for b, (ni, ri) in enumerate(batches):
                 ni = rows[ni]
                 x = np.concatenate([new_x[ni], replay_x[ri]])
@@ -359,6 +388,7 @@ class ContinualLearner:
                 losses.append(loss)
                 if on_batch is not None:
                     on_batch(BatchProgress(experience_index, epoch, b, len(batches), loss))
+            epoch += 1
 
         if self.consolidator is not None:
             n = self.engine.num_classes
@@ -393,6 +423,9 @@ class ContinualLearner:
         (``slda``, ``probe``) or the engine's tail + head."""
         bs = self.config.batch_size_eval
         scores = self.feature_head.logits if self.feature_head is not None else self.engine.logits
+        if self.standardizer is not None:
+            std, head_scores = self.standardizer, scores
+            scores = lambda x: head_scores(std(x))  # noqa: E731
         parts = [scores(latents[i : i + bs]) for i in range(0, len(latents), bs)]
         return np.concatenate(parts) if parts else np.zeros((0, self.engine.num_classes), dtype=np.float32)
 
@@ -466,8 +499,9 @@ class ContinualLearner:
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Everything needed to resume: ``(arrays, JSON-able meta)`` for safetensors + JSON.
 
-        Arrays are prefixed ``cwr/``, ``buffer/``, ``engine/tail/`` plus ``engine/head``; the
-        ``joint`` baseline's growing memory of latents is not saved.
+        Arrays are prefixed ``cwr/``, ``buffer/``, ``standardize/`` (``standardize="on"``), the feature
+        strategy's name, ``engine/tail/`` plus ``engine/head``; the ``joint`` baseline's growing memory of
+        latents is not saved.
         """
         arrays: dict[str, np.ndarray] = {"engine/head": self.engine.get_head()}
         arrays.update({f"engine/tail/{k}": v for k, v in self.engine.tail_state().items()})
@@ -508,7 +542,8 @@ class ContinualLearner:
 
     def _parts(self) -> tuple[tuple[str, Any], ...]:
         """The learner's stateful parts by state prefix (a part is None when the strategy has none)."""
-        return (("cwr", self.consolidator), ("buffer", self.buffer), (self.config.strategy, self.feature_head))
+        return (("cwr", self.consolidator), ("buffer", self.buffer), (self.config.strategy, self.feature_head),
+                ("standardize", self.standardizer))
 
     def memory_bytes(self) -> dict[str, int]:
         """Bytes the learner keeps beside the engine: ``replay`` (the buffer) and ``strategy`` (CWR*'s
@@ -518,6 +553,8 @@ class ContinualLearner:
             strategy = self.consolidator.cw.nbytes + self.consolidator.past.nbytes
         if self.feature_head is not None:
             strategy = self.feature_head.nbytes
+        if self.standardizer is not None:
+            strategy += self.standardizer.nbytes
         return {"replay": int(self.buffer.nbytes) if self.buffer is not None else 0, "strategy": int(strategy)}
 
     @property
@@ -536,5 +573,6 @@ class ContinualLearner:
         if self.feature_head is not None:
             return f"ContinualLearner({c.strategy}, {self.feature_head!r}, {len(self.seen_classes)} classes seen)"
         replay = f"replay {len(self.buffer)}/{self.buffer.capacity}" if self.buffer is not None else "no replay"
-        return (f"ContinualLearner({c.strategy}, {c.epochs} epochs, lr {c.lr}, minibatch {c.minibatch_size}, {replay}, "
+        epochs = "auto" if c.epochs is None else c.epochs
+        return (f"ContinualLearner({c.strategy}, {epochs} epochs, lr {c.lr}, minibatch {c.minibatch_size}, {replay}, "
                 f"{len(self.seen_classes)} of {self.engine.num_classes} classes seen)")

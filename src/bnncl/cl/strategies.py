@@ -23,6 +23,23 @@ FEATURE_STRATEGIES: tuple[str, ...] = ("slda", "probe")
 """Strategies with their own classifier on the frozen pooled features: the engine runs with no tail blocks
 and its head is unused."""
 
+AUTO_PRESENTATIONS = 16
+"""``epochs="auto"`` (SGD strategies): epochs enough for each new pattern of an experience to be presented about
+this many times (:func:`auto_epochs`); chosen on validation splits (benchmarks/README.md)."""
+MAX_AUTO_EPOCHS = 64
+"""The most epochs ``epochs="auto"`` gives one experience."""
+
+
+def auto_epochs(new_presentations_per_epoch: int, n_new: int) -> int:
+    """Epochs for ``epochs="auto"``: ``ceil(AUTO_PRESENTATIONS * n_new / new_presentations_per_epoch)``, within
+    ``[1, MAX_AUTO_EPOCHS]``, where one epoch presents the experience's ``n_new`` new patterns
+    ``new_presentations_per_epoch`` times in all (``n_new`` under proportional mixing without a cap, fewer with
+    ``new_per_class`` or under balanced mixing of a large experience, more for a few images under balanced
+    mixing). 1 when there is nothing new."""
+    if n_new <= 0 or new_presentations_per_epoch <= 0:
+        return 1
+    return int(min(MAX_AUTO_EPOCHS, max(1, -(-AUTO_PRESENTATIONS * n_new // new_presentations_per_epoch))))
+
 
 def check_strategy(name: str) -> str:
     """``name`` if it is a strategy; ValueError naming the known ones otherwise."""
