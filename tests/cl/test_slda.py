@@ -103,7 +103,7 @@ def test_state_round_trip_is_exact_and_learning_continues_identically():
     for key, value in a.state_dict()[0].items():
         np.testing.assert_array_equal(value, b.state_dict()[0][key], err_msg=key)
     np.testing.assert_array_equal(a.logits(x), b.logits(x))
-    assert a.nbytes == 4 * 6 * 4 + 4 * 8 + 21 * 2
+    assert a.nbytes == 4 * 6 * 4 + 4 * 8 + 21 * 2 + 11 * 8  # means, counts, covariance, leave-one-out counts
 
 
 def test_float16_covariance_costs_little_here():
@@ -205,15 +205,81 @@ def test_probe_fits_all_features_seen_and_resumes_exactly():
     assert np.mean(p.logits(x).argmax(1) == y) > 0.9 and p.nbytes >= x.nbytes
 
 
-def test_shrinkage_is_raised_while_a_class_is_rare_and_fades_as_it_grows():
-    from bnncl.cl.slda import RARE_CLASS_COUNT, RARE_CLASS_SHRINKAGE
+def test_shrinkage_falls_back_to_the_fading_rule_without_rare_classes_to_count():
+    from bnncl.cl.slda import LOO_MAX_COUNT, RARE_CLASS_COUNT, RARE_CLASS_SHRINKAGE
 
-    x, y = _blobs(400)
+    x, y = _blobs(2000)
     s = StreamingLDA(5, 6)
     assert s.effective_shrinkage == s.shrinkage  # nothing seen yet
     s.update(x, y)
     n_min = int(np.bincount(y).min())
+    assert n_min > LOO_MAX_COUNT and not s.loo_correct.any()  # large classes are not counted
     assert s.effective_shrinkage == max(1e-4, RARE_CLASS_SHRINKAGE * RARE_CLASS_COUNT / (n_min + RARE_CLASS_COUNT))
-    s.update(x[:1], np.array([4]))  # a class of one feature
+    s.update(x[:1], np.array([4]))  # a class of one feature: nothing to leave out
+    assert not s.loo_correct.any()
     assert s.effective_shrinkage == RARE_CLASS_SHRINKAGE * RARE_CLASS_COUNT / (1 + RARE_CLASS_COUNT)
     assert StreamingLDA(5, 6, shrinkage=0.5).effective_shrinkage == 0.5  # the setting is a floor
+
+
+def _loo_right_answers_by_hand(s: StreamingLDA, x: np.ndarray, y: np.ndarray, eps: float) -> int:
+    """Each feature scored by an LDA rule built from scratch, its class mean recomputed without it."""
+    from bnncl.cl.slda import SMALL_SAMPLE_PRIOR
+
+    cov = s.covariance()
+    lam_inv = np.linalg.inv((1 - eps) * cov + eps * np.eye(s.dim))
+    spread = np.trace(lam_inv @ cov)
+    seen = np.flatnonzero(s.counts)
+    right = 0
+    for xi, c in zip(x.astype(np.float64), y):
+        scores = {}
+        for k in seen:
+            n = s.counts[k]
+            mu = s.means[k].astype(np.float64)
+            if k == c:
+                mu, n = (n * mu - xi) / (n - 1), n - 1
+            scores[k] = xi @ lam_inv @ mu - 0.5 * mu @ lam_inv @ mu + 0.5 * spread / (n + SMALL_SAMPLE_PRIOR)
+        right += scores[c] >= max(scores.values())
+    return right
+
+
+def test_leave_one_out_counts_each_rare_feature_with_its_class_mean_taken_without_it():
+    from bnncl.cl.slda import SHRINKAGE_GRID
+
+    x, y = _blobs(1200, classes=3, seed=1)
+    s = StreamingLDA(5, 6)
+    s.update(x, y)  # base classes of ~400 features: not counted
+    assert not s.loo_correct.any()
+    rng = np.random.default_rng(2)
+    centre = rng.normal(0, 3, 6)
+    new = (centre + rng.normal(0, 1, (7, 6))).astype(np.float32)
+    s.update(new[:5], np.full(5, 3))
+    want = [_loo_right_answers_by_hand(s, new[:5], np.full(5, 3), eps) for eps in SHRINKAGE_GRID]
+    assert s.loo_correct.tolist() == want
+    s.update(new[5:], np.full(2, 4))  # a second rare class adds its two features' answers
+    assert s.loo_correct.sum() > sum(want)
+
+
+def test_the_shrinkage_with_most_right_answers_is_used_ties_going_to_the_rule():
+    from bnncl.cl.slda import RARE_CLASS_COUNT, RARE_CLASS_SHRINKAGE, SHRINKAGE_GRID
+
+    x, y = _blobs(60, classes=3)
+    s = StreamingLDA(4, 6)
+    s.update(x, y)
+    n_min = int(s.counts[s.counts > 0].min())
+    s.loo_correct[:] = 0
+    s.loo_correct[SHRINKAGE_GRID.index(0.3)] = 5
+    assert s.effective_shrinkage == 0.3
+    s.loo_correct[:] = 5  # all tied: the value nearest the rule on a log scale
+    rule = RARE_CLASS_SHRINKAGE * RARE_CLASS_COUNT / (n_min + RARE_CLASS_COUNT)
+    nearest = min(SHRINKAGE_GRID, key=lambda e: abs(np.log(e) - np.log(rule)))
+    assert s.effective_shrinkage == nearest
+    assert StreamingLDA(4, 6, shrinkage=0.6).effective_shrinkage == 0.6
+    arrays, meta = s.state_dict()
+    t = StreamingLDA(4, 6)
+    t.load_state_dict(arrays, meta)
+    assert t.loo_correct.tolist() == s.loo_correct.tolist() and t.effective_shrinkage == nearest
+    old = {k: v for k, v in arrays.items() if k != "loo_correct"}  # a state saved before the counts existed
+    t.load_state_dict(old, meta)
+    assert not t.loo_correct.any()
+    with pytest.raises(ValueError, match="loo_correct"):
+        t.load_state_dict(dict(arrays, loo_correct=np.zeros(3, np.int64)), meta)
