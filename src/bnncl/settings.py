@@ -24,6 +24,7 @@ from bnncl.cl.strategies import (
     DEFAULT_STRATEGY,
     FEATURE_STRATEGIES,
     MAX_AUTO_EPOCHS,
+    MIN_AUTO_EPOCHS,
     REPLAY_STRATEGIES,
     STRATEGIES,
 )
@@ -137,8 +138,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("buffer", int, 1500, "replay buffer capacity (patterns)", "an integer >= 1", _int_at_least(1)),
     Setting("epochs", int, 8,
             "epochs per experience; auto = enough for each new pattern to be presented about "
-            f"{AUTO_PRESENTATIONS} times (more epochs for small experiences under balanced mixing, at most "
-            f"{MAX_AUTO_EPOCHS})", "an integer >= 1 or 'auto'", _int_at_least(1), none_word="auto", metavar="N|auto"),
+            f"{AUTO_PRESENTATIONS} times ({MIN_AUTO_EPOCHS} to {MAX_AUTO_EPOCHS}; more for a large experience "
+            "under balanced mixing or a cap on new patterns)", "an integer >= 1 or 'auto'", _int_at_least(1),
+            none_word="auto", metavar="N|auto"),
     Setting("lr", float, 0.05, "SGD learning rate of the tail and head", "a positive number",
             lambda v: isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
             and math.isfinite(v) and v > 0),

@@ -11,7 +11,7 @@ from bnncl.cl.learner import ContinualLearner, LearnerConfig
 from bnncl.cl.linear_engine import NumpyLinearEngine
 from bnncl.cl.replay import LatentReplayBuffer
 from bnncl.cl.state import StateStore
-from bnncl.cl.strategies import AUTO_PRESENTATIONS, MAX_AUTO_EPOCHS, auto_epochs
+from bnncl.cl.strategies import AUTO_PRESENTATIONS, MAX_AUTO_EPOCHS, MIN_AUTO_EPOCHS, auto_epochs
 
 SHAPE = (4, 4, 1)
 
@@ -42,9 +42,10 @@ def learn(lrn: ContinualLearner, classes: tuple[int, ...], index: int, **kw) -> 
 def test_auto_epochs_rule():
     assert auto_epochs(100, 100) == AUTO_PRESENTATIONS  # proportional mixing: every new pattern once an epoch
     assert auto_epochs(40, 100) == -(-AUTO_PRESENTATIONS * 100 // 40)  # balanced mixing of a large experience
-    assert auto_epochs(250, 10) == 1  # ten images cycled 25 times an epoch
+    assert auto_epochs(250, 10) == MIN_AUTO_EPOCHS  # ten images cycled 25 times an epoch: the floor
     assert auto_epochs(1, 10_000) == MAX_AUTO_EPOCHS
-    assert auto_epochs(0, 0) == 1 and auto_epochs(5, 0) == 1
+    assert auto_epochs(0, 0) == MIN_AUTO_EPOCHS and auto_epochs(5, 0) == MIN_AUTO_EPOCHS
+    assert MIN_AUTO_EPOCHS <= AUTO_PRESENTATIONS <= MAX_AUTO_EPOCHS
 
 
 @pytest.mark.parametrize("mixing", ["proportional", "balanced"])
@@ -67,8 +68,8 @@ def test_auto_epochs_presents_each_new_pattern_about_the_target_times(mixing):
     assert AUTO_PRESENTATIONS <= per_image < AUTO_PRESENTATIONS + per_epoch + 1e-9
     if mixing == "proportional":
         assert len(epochs) == AUTO_PRESENTATIONS and per_image == AUTO_PRESENTATIONS
-    else:  # 40 images against 120 replayed over 4 classes: each image is drawn about once per epoch
-        assert len(epochs) < 2 * AUTO_PRESENTATIONS
+    else:  # 40 new images and 60 replayed (3 classes) in 4 minibatches of 32: 32 slots per class, 0.8 per image
+        assert round(per_epoch * n_new) == 32 and len(epochs) == auto_epochs(32, n_new) == 20
 
 
 # -- the capped merge weight ---------------------------------------------------------------------

@@ -26,19 +26,25 @@ and its head is unused."""
 AUTO_PRESENTATIONS = 16
 """``epochs="auto"`` (SGD strategies): epochs enough for each new pattern of an experience to be presented about
 this many times (:func:`auto_epochs`); chosen on validation splits (benchmarks/README.md)."""
+MIN_AUTO_EPOCHS = 8
+"""The fewest epochs ``epochs="auto"`` gives one experience (the default epochs): ten images of a new class,
+cycled ~25 times an epoch under balanced mixing, would get one epoch of ~12 SGD steps from the presentation
+rule alone, too few for the head (a user's three classes of ten images: 37 of 60 held-out images right at one
+epoch, 51 of 60 at eight)."""
 MAX_AUTO_EPOCHS = 64
 """The most epochs ``epochs="auto"`` gives one experience."""
 
 
 def auto_epochs(new_presentations_per_epoch: int, n_new: int) -> int:
     """Epochs for ``epochs="auto"``: ``ceil(AUTO_PRESENTATIONS * n_new / new_presentations_per_epoch)``, within
-    ``[1, MAX_AUTO_EPOCHS]``, where one epoch presents the experience's ``n_new`` new patterns
+    ``[MIN_AUTO_EPOCHS, MAX_AUTO_EPOCHS]``, where one epoch presents the experience's ``n_new`` new patterns
     ``new_presentations_per_epoch`` times in all (``n_new`` under proportional mixing without a cap, fewer with
     ``new_per_class`` or under balanced mixing of a large experience, more for a few images under balanced
-    mixing). 1 when there is nothing new."""
+    mixing). ``MIN_AUTO_EPOCHS`` when there is nothing new."""
     if n_new <= 0 or new_presentations_per_epoch <= 0:
-        return 1
-    return int(min(MAX_AUTO_EPOCHS, max(1, -(-AUTO_PRESENTATIONS * n_new // new_presentations_per_epoch))))
+        return MIN_AUTO_EPOCHS
+    wanted = -(-AUTO_PRESENTATIONS * n_new // new_presentations_per_epoch)
+    return int(min(MAX_AUTO_EPOCHS, max(MIN_AUTO_EPOCHS, wanted)))
 
 
 def check_strategy(name: str) -> str:
