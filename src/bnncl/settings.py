@@ -157,8 +157,8 @@ SETTINGS: tuple[Setting, ...] = (
             "CWR*: after each experience scale the new classes' rows to the old rows' mean norm", "off or on",
             lambda v: v in ("off", "on"), choices=("off", "on")),
     Setting("standardize", str, "off",
-            "CWR* head-only (--tail-blocks 0): standardize the pooled features per feature, with statistics fixed "
-            "at deployment (or by the first experience learned)", "off or on",
+            "CWR* head-only (--tail-blocks 0; other strategies ignore it): standardize the pooled features per "
+            "feature, with statistics fixed at deployment (or by the first experience learned)", "off or on",
             lambda v: v in ("off", "on"), choices=("off", "on")),
     Setting("cwr_max_k", float, None,
             "CWR*: cap on the merge weight k = sqrt(past/cur) of a class seen before (none = the paper's rule; 1 = "
@@ -182,10 +182,9 @@ def _validate(self: Any) -> None:
     strategy that trains none."""
     for s in SETTINGS:
         s.check(getattr(self, s.name))
-    if self.standardize == "on" and (self.strategy not in REPLAY_STRATEGIES or self.tail_blocks != 0):
-        raise BnnclError(f"--standardize on: standardizes the features of a head-only CWR* head; it needs --strategy "
-                         f"{' or '.join(REPLAY_STRATEGIES)} with --tail-blocks 0 (got --strategy {self.strategy}, "
-                         f"--tail-blocks {self.tail_blocks})")
+    if self.standardize == "on" and self.strategy in REPLAY_STRATEGIES and self.tail_blocks != 0:
+        raise BnnclError(f"--standardize on: standardizes the pooled features of a head-only CWR* head; it needs "
+                         f"--tail-blocks 0 (got {self.tail_blocks})")
     if self.strategy in FEATURE_STRATEGIES and self.tail_blocks != 0:
         raise BnnclError(f"--tail-blocks {self.tail_blocks}: --strategy {self.strategy} trains no tail (it learns on "
                          f"the frozen pooled features); leave --tail-blocks out or choose --strategy cwr_star")

@@ -138,15 +138,19 @@ def test_standardize_at_deployment_converts_the_pretrained_rows():
     np.testing.assert_allclose(lrn.logits(x) + head @ s.shift, x @ head.T, rtol=1e-4, atol=1e-4)
 
 
-def test_standardize_needs_a_head_only_replaying_learner():
+def test_standardize_needs_a_head_only_cwr_learner_and_other_strategies_ignore_it():
     engine = NumpyLinearEngine(SHAPE, 6, proj_dim=16, seed=0)
+    assert ContinualLearner(engine, LearnerConfig("naive", standardize="on")).standardizer is None
+    wide = NumpyLinearEngine(SHAPE, 6, seed=0)
+    wide.latent_shape = (4, 4, 1)  # as an engine with tail blocks: its latents are not the head's features
     with pytest.raises(ValueError, match="standardize"):
-        ContinualLearner(engine, LearnerConfig("naive", standardize="on"))
+        ContinualLearner(wide, LearnerConfig("cwr_star", standardize="on"), LatentReplayBuffer((4, 4, 1), 10, 32))
     from bnncl.errors import BnnclError
     from bnncl.settings import LearningSettings
 
     with pytest.raises(BnnclError, match="--standardize on"):
         LearningSettings(strategy="cwr_star", standardize="on")  # tail blocks: 2 by default
+    LearningSettings(strategy="slda", standardize="on")  # ignored, as --mixing is
     LearningSettings(strategy="cwr_star", tail_blocks=0, standardize="on", epochs=None, cwr_max_k=1.0)
     with pytest.raises(BnnclError, match="--cwr-max-k"):
         LearningSettings(strategy="cwr_star", cwr_max_k=-1.0)

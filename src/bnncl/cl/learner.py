@@ -99,8 +99,9 @@ class LearnerConfig:
     """``on``: after consolidation, scale the rows of the classes new in the experience to the mean norm of
     the rows of the classes seen before (weight aligning, Zhao et al. 2020)."""
     standardize: str = DEFAULTS["standardize"]
-    """``on`` (CWR*/CWR, no tail blocks): the head sees the pooled features standardized with statistics fixed at
-    deployment or by the first experience learned (:class:`bnncl.cl.cwr.FeatureStandardizer`)."""
+    """``on`` (CWR*/CWR, no tail blocks; ignored by the other strategies): the head sees the pooled features
+    standardized with statistics fixed at deployment or by the first experience learned
+    (:class:`bnncl.cl.cwr.FeatureStandardizer`)."""
     cwr_max_k: float | None = DEFAULTS["cwr_max_k"]
     """CWR*: cap on the merge weight of an old class's row (None: the paper's ``sqrt(past / cur)``)."""
 
@@ -238,11 +239,10 @@ class ContinualLearner:
             self.consolidator = cls(engine.num_classes, engine.head_dim, self.config.cwr_max_k)
         self.standardizer: FeatureStandardizer | None = None
         """``standardize="on"``: the fixed standardization of the features the engine's head sees, else None."""
-        if self.config.standardize == "on":
-            if not uses_cwr or tuple(engine.latent_shape) != (engine.head_dim,):
-                raise ValueError(f"standardize='on' needs a head-only CWR* learner (strategy cwr_star or cwr, no tail "
-                                 f"blocks: latent shape ({engine.head_dim},)), got {self.config.strategy!r} with "
-                                 f"latent shape {tuple(engine.latent_shape)}")
+        if self.config.standardize == "on" and uses_cwr:  # the other strategies ignore it
+            if tuple(engine.latent_shape) != (engine.head_dim,):
+                raise ValueError(f"standardize='on' needs a head-only CWR* learner (no tail blocks: latent shape "
+                                 f"({engine.head_dim},)), got latent shape {tuple(engine.latent_shape)}")
             self.standardizer = FeatureStandardizer(engine.head_dim)
         self.feature_head: StreamingLDA | LinearProbe | None = None
         """The strategy's own classifier on the pooled features (``slda``, ``probe``), else None."""
