@@ -176,3 +176,18 @@ def test_state_round_trip_through_the_store_then_continue_equals_uninterrupted(t
     assert np.array_equal(second.logits(x), full.logits(x))
     got, want = second.state_dict(), full.state_dict()
     assert got[1] == want[1] and all(np.array_equal(got[0][k], want[0][k]) for k in want[0])
+
+
+def test_bnncl_run_options_reach_the_learner():
+    from bnncl.cli import build_parser
+    from bnncl.experiment import run_config
+    from bnncl.settings import given_settings
+
+    args = build_parser().parse_args(["run", "--protocol", "cifar-on-fmnist", "--strategy", "cwr_star", "--tail-blocks",
+                                      "0", "--lr-bits", "8", "--standardize", "on", "--mixing", "balanced",
+                                      "--cwr-max-k", "1", "--epochs", "auto", "--lr", "0.1"])
+    cfg = run_config("cifar-on-fmnist", given_settings(args))
+    assert (cfg.epochs, cfg.standardize, cfg.cwr_max_k, cfg.mixing) == (None, "on", 1.0, "balanced")
+    learner_cfg = LearnerConfig.from_settings(cfg)
+    assert (learner_cfg.epochs, learner_cfg.standardize, learner_cfg.cwr_max_k) == (None, "on", 1.0)
+    assert run_config("cifar-on-fmnist", {}).epochs == 8 and run_config("cifar-on-fmnist", {}).cwr_max_k is None
