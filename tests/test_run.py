@@ -46,7 +46,8 @@ def test_default_slda_run_learns_without_replay_and_beats_cwr_star(device_result
     mem = r["memory_bytes"]
     assert mem["replay"] == 0 and mem["tail"] == 0 and mem["head"] == 0
     # means (10 x 128 float32) + counts (10 int64) + the packed covariance triangle (128 * 129 / 2 float32)
-    assert mem["strategy"] == 10 * 128 * 4 + 10 * 8 + 128 * 129 // 2 * 4
+    # + the leave-one-out counts of the shrinkage selection (11 int64)
+    assert mem["strategy"] == 10 * 128 * 4 + 10 * 8 + 128 * 129 // 2 * 4 + 11 * 8
     assert all(e["n_replay"] == 0 for e in r["experiences"])
     assert r["final_accuracy"] > device_result["final_accuracy"] + 0.03
     again = run_protocol(RunConfig(seed=0))
@@ -128,13 +129,15 @@ def test_new_per_class_flag_rejects_nonsense(text, capsys):
 def test_settings_line_names_the_resolved_settings():
     from dataclasses import asdict
 
-    from bnncl.experiment import config_for
+    from bnncl.experiment import config_for, run_config
     from bnncl.report.tables import settings_line
 
     line = settings_line(asdict(config_for("cifar10-b5", strategy="cwr_star")))
     assert "epochs 16" in line and "lr 0.2" in line and "new per class 300" in line and "8/16/8" in line
     assert "K=2 tail blocks" in line
     assert "new per class all" in settings_line(asdict(config_for(strategy="cwr_star")))
+    auto = run_config("fmnist-b5", {"strategy": "cwr_star", "epochs": None})  # --epochs auto
+    assert "epochs auto" in settings_line(asdict(auto))
     assert settings_line(asdict(config_for())) == ("slda on the frozen pooled features, shrinkage 0.0001, "
                                                    "covariance at 32 bits, seed 0")
 

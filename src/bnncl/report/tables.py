@@ -18,9 +18,10 @@ def settings_line(config: dict[str, Any]) -> str:
         return (f"slda on the frozen pooled features, shrinkage {c.get('shrinkage')}, covariance at "
                 f"{c.get('cov_bits')} bits, seed {c['seed']}")
     cap = "all" if c.get("new_per_class") is None else c["new_per_class"]
+    epochs = "auto" if c.get("epochs") is None else c["epochs"]
     qw = f"{c['qw']}" if c["qw"] == 32 else f"{c['qw']} ({c.get('qw_rounding', 'nearest')} rounding)"
     return (f"K={c['tail_blocks']} tail blocks, q_f/q_b/q_w {c['qf']}/{c['qb']}/{qw}, LR {c['lr_bits']} bit, "
-            f"buffer {c['buffer']}, epochs {c['epochs']}, lr {c['lr']}, minibatch {c['minibatch']}, "
+            f"buffer {c['buffer']}, epochs {epochs}, lr {c['lr']}, minibatch {c['minibatch']}, "
             f"new per class {cap}, {strategy}, seed {c['seed']}")
 
 
