@@ -14,10 +14,12 @@ its finished runs kept; ``--markdown`` prints the mean ± std table of a JSON fi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +27,27 @@ import numpy as np
 
 from bnncl.experiment import run_config, run_protocol
 
-#: variant name -> settings over the protocol's tuned ones (as ``bnncl run`` flags)
-#: variant names of records measured before the small-sample correction of slda (kept in the JSON files)
-PLAIN = {"lda_plain": "plain LDA (slda without the small-sample correction)",
+#: baselines with slda's small-sample adjustments switched off (no bias correction, no raised shrinkage, no
+#: leave-one-out selection): the plain LDA and nearest class mean of issue 11's targets; run with
+#: :func:`plain_slda` around ``bnncl run`` (``lda_plain_fp16``: records of an earlier run, kept in b5.json)
+PLAIN = {"lda_plain": "plain LDA (shrinkage 1e-4, no adjustment)",
          "lda_plain_fp16": "plain LDA, float16 covariance", "ncm_plain": "plain nearest class mean"}
+
+
+@contextlib.contextmanager
+def plain_slda() -> Iterator[None]:
+    """slda as plain LDA while the block runs: the small-sample bias correction, the raised shrinkage and its
+    leave-one-out selection off (module constants of :mod:`bnncl.cl.slda`, read at every solve)."""
+    from bnncl.cl import slda
+
+    saved = slda.SMALL_SAMPLE_PRIOR, slda.RARE_CLASS_SHRINKAGE, slda.LOO_MAX_COUNT
+    slda.SMALL_SAMPLE_PRIOR, slda.RARE_CLASS_SHRINKAGE, slda.LOO_MAX_COUNT = float("inf"), 0.0, 0
+    try:
+        yield
+    finally:
+        slda.SMALL_SAMPLE_PRIOR, slda.RARE_CLASS_SHRINKAGE, slda.LOO_MAX_COUNT = saved
+
+#: variant name -> settings over the protocol's tuned ones (as ``bnncl run`` flags)
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "slda": {"strategy": "slda"},
@@ -36,6 +55,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "probe": {"strategy": "probe"},
     # shared covariance -> identity: nearest class mean (with the same small-sample correction of its bias)
     "ncm": {"strategy": "slda", "shrinkage": 0.999999},
+    "lda_plain": {"strategy": "slda"},  # under plain_slda()
+    "ncm_plain": {"strategy": "slda", "shrinkage": 0.999999},  # under plain_slda()
     "cwr_star": {"strategy": "cwr_star"},
     "cwr_star_k0": {"strategy": "cwr_star", "tail_blocks": 0, "lr_bits": 8},
     "cwr_star_balanced": {"strategy": "cwr_star", "mixing": "balanced"},
@@ -65,7 +86,8 @@ def one_run(protocol: str, variant: str, seed: int, shots: int | None, validatio
                                                                               if validation else {})
     cfg = run_config(protocol, given | extra)
     t0 = time.perf_counter()
-    result = run_protocol(cfg)
+    with plain_slda() if variant in PLAIN else contextlib.nullcontext():
+        result = run_protocol(cfg)
     rec = recalls(result)
     return {
         "protocol": protocol, "variant": variant, "seed": seed, "shots": shots, "validation": validation,
