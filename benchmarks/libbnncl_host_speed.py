@@ -75,8 +75,8 @@ def main() -> int:
                 lr.learn(images, labels)
                 best = min(best, time.perf_counter() - t0)
         rows.append((f"Python Learner.learn, {name} path", best))
-    print(f"one experience of {len(images)} fmnist-b5 images (forward, merge, classifier refresh), 1 thread, "
-          f"best of {a.repeat}:\n\n| learner | seconds |\n|---|---|")
+    print(f"one experience of {len(images)} fmnist-b5 images (forward, merge, leave-one-out tally, classifier "
+          f"refresh), 1 thread, best of {a.repeat}:\n\n| learner | seconds |\n|---|---|")
     for name, sec in rows:
         print(f"| {name} | {sec:.4f} |")
     return 0

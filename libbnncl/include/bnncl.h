@@ -4,7 +4,8 @@
  *   - predict: one uint8 image in, the class and the float32 scores out; the frozen forward is
  *     bit-identical to the Python frozen engine (bnncl.device.frozen.FrozenEngine) on its scalar path;
  *   - learn: streaming LDA on the pooled features (bnncl.cl.slda.StreamingLDA: exact class-mean and
- *     shared-covariance merge, float64 accumulation, Cholesky refresh of the classifier);
+ *     shared-covariance merge, float64 accumulation, the leave-one-out tally of the shrinkage grid for
+ *     rare classes, Cholesky refresh of the classifier);
  *   - state_size / state_save / state_load through caller callbacks: versioned, CRC32-checked.
  * The model comes from `bnncl export-c MODEL.bnn -o DIR` as const C arrays (model.c, model.h) and a
  * config header (model_config.h) with the exact arena size, predict and learn included.
@@ -65,7 +66,7 @@ const char *bnncl_strerror(int code);
 #define BNNCL_PANEL_ALIGN
 #endif
 #define BNNCL_MODEL_MAGIC 0x4C434E42u /* "BNCL" */
-#define BNNCL_MODEL_VERSION 2
+#define BNNCL_MODEL_VERSION 3
 #define BNNCL_ADDMAP_FULL 0  /* stem_addmap: (H, W, stem_channels) */
 #define BNNCL_ADDMAP_NINE 1  /* stem_addmap: (3, 3, stem_channels), by (top/middle/bottom, left/middle/right) */
 
@@ -99,7 +100,13 @@ typedef struct bnncl_model {
     const float *slda_means;       /* initial state (slda_classes, features), or NULL: start empty */
     const int64_t *slda_counts;    /* slda_classes (NULL with slda_means) */
     const float *slda_cov;         /* features * (features + 1) / 2: upper triangle row by row */
+    const int64_t *slda_loo;       /* BNNCL_SHRINKAGE_GRID leave-one-out counts of the initial state
+                                      (StreamingLDA.loo_correct), or NULL: zeros; read only with slda_means */
 } bnncl_model;
+
+/* The shrinkage values the leave-one-out selection compares (bnncl.cl.slda.SHRINKAGE_GRID):
+ * 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 2e-2, 4e-2, 8e-2, 0.15, 0.3, 0.5. */
+#define BNNCL_SHRINKAGE_GRID 11
 
 /* ---- API ------------------------------------------------------------------------------------ */
 typedef struct bnncl_ctx bnncl_ctx; /* opaque; lives at the start of the arena */
@@ -144,24 +151,35 @@ size_t bnncl_num_scores(const bnncl_ctx *ctx);
 int bnncl_features(bnncl_ctx *ctx, const uint8_t *image, size_t image_bytes, float *features, size_t nfeatures);
 
 /* Learns one experience: n images (n * image_bytes bytes, each H, W, C) with their dataset classes.
- * Streaming LDA: the exact merge of StreamingLDA.update (float64), then the classifier refresh.  The
- * images are merged in chunks of bnncl_learn_chunk(model): n <= that is one merge, a longer call rounds
- * the float32 state between chunks (the same state in exact arithmetic).  All labels are checked first
- * (BNNCL_E_LABEL: nothing learned); non-finite features stop the call with the chunks before learned.
- * n = 0: no-op. */
+ * Streaming LDA: the exact merge of StreamingLDA.update (float64), then the leave-one-out tally (the images
+ * of the call whose class now holds 2 .. 100 features, each scored with its class mean taken without it, for
+ * every value of the shrinkage grid, on the statistics after the whole call; their forwards run again), then
+ * the classifier refresh.  The images are merged in chunks of bnncl_learn_chunk(model): n <= that is one
+ * merge, a longer call rounds the float32 state between chunks (the same state in exact arithmetic).  All
+ * labels are checked first (BNNCL_E_LABEL: nothing learned); non-finite features stop the call with the
+ * chunks before learned (and no tally).  n = 0: no-op. */
 int bnncl_learn(bnncl_ctx *ctx, const uint8_t *images, size_t n, size_t image_bytes, const int32_t *labels);
 
-/* ---- state (the learned SLDA means, counts and covariance) ------------------------------------
+/* The shrinkage the SLDA classifier uses now (StreamingLDA.effective_shrinkage: while the rarest seen class
+ * has at most 100 features and some leave-one-out count is nonzero, the grid value with the most right
+ * answers, ties to the one nearest on a log scale to the fallback rule 0.05 * 5 / (n_min + 5); else that
+ * rule; the shrinkage setting is a floor) into *shrinkage (the setting itself while no class is seen), and
+ * the BNNCL_SHRINKAGE_GRID leave-one-out counts into loo_correct (optional, NULL to skip). */
+int bnncl_slda_selection(const bnncl_ctx *ctx, double *shrinkage, int64_t *loo_correct);
+
+/* ---- state (the learned SLDA means, counts, covariance and leave-one-out counts) ---------------
  * Format (little-endian, the same on every target):
- *   header  8 x uint32: magic "BLST" (0x54534C42), version 1, model fingerprint, strategy (1 = slda),
+ *   header  8 x uint32: magic "BLST" (0x54534C42), version 2, model fingerprint, strategy (1 = slda),
  *           classes K, features D, payload bytes, CRC32 of the 28 bytes before it
- *   payload counts int64 x K, means float32 x K*D, covariance float32 x D(D+1)/2 (upper, row by row)
+ *   payload counts int64 x K, means float32 x K*D, covariance float32 x D(D+1)/2 (upper, row by row),
+ *           leave-one-out counts int64 x BNNCL_SHRINKAGE_GRID
  *   trailer CRC32 (zlib's) of the payload
+ * bnncl_state_load also reads version 1 (the same without the leave-one-out counts: they load as zeros).
  * A callback returns 0 on success (read: exactly n bytes), anything else is a failure (BNNCL_E_IO). */
 typedef int (*bnncl_write_fn)(void *user, const void *data, size_t n);
 typedef int (*bnncl_read_fn)(void *user, void *data, size_t n);
 #define BNNCL_STATE_MAGIC 0x54534C42u /* "BLST" */
-#define BNNCL_STATE_VERSION 1
+#define BNNCL_STATE_VERSION 2
 
 /* Bytes bnncl_state_save writes (0 on a bad ctx or a model without learning). */
 size_t bnncl_state_size(const bnncl_ctx *ctx);

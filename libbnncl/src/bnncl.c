@@ -8,8 +8,9 @@
  *          epilogue (bnncl_epi_pixel: + shortcut, RPReLU, packed signs for the next block);
  *   head   bnncl_tail_gap (average pool, summed in order) + bnncl_matmul_f32 (fixed order).
  * Learning: streaming LDA on the pooled features, the formulas of bnncl.cl.slda.StreamingLDA (update:
- * exact merge of class means and the pooled within-class scatter in float64; classifier: Cholesky of
- * (1 - eps) Sigma + eps I, W = mu Lambda, b = -0.5 (mu.W - tr(Lambda Sigma) / (n + n0))).
+ * exact merge of class means and the pooled within-class scatter in float64; the leave-one-out tally of the
+ * shrinkage grid on the features of rare classes; classifier: Cholesky of (1 - eps) Sigma + eps I,
+ * W = mu Lambda, b = -0.5 (mu.W - tr(Lambda Sigma) / (n + n0)), eps chosen as effective_shrinkage does).
  * No allocation: every buffer is a slice of the arena laid out by bnncl_init.
  */
 #include <math.h>
@@ -29,6 +30,9 @@ int bnncl_tail_gap(const float *x, int64_t b, int64_t hw, int64_t c, int quantiz
 #define SMALL_SAMPLE_PRIOR 2.0   /* bnncl.cl.slda: n0 of the small-sample bias correction */
 #define RARE_CLASS_SHRINKAGE 0.05
 #define RARE_CLASS_COUNT 5
+#define LOO_MAX_COUNT 100        /* bnncl.cl.slda: classes of at most this many features are tallied */
+#define GRID BNNCL_SHRINKAGE_GRID
+static const double shrinkage_grid[GRID] = {1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 2e-2, 4e-2, 8e-2, 0.15, 0.3, 0.5};
 #define STRATEGY_SLDA 1u
 #define STATE_HEADER 32u
 
@@ -65,6 +69,12 @@ struct bnncl_ctx {
     double *row;        /* fold: one row of the scatter, D */
     double *factor;     /* refresh: the Cholesky factor, P (lower triangle row by row) */
     double *tmp;        /* refresh: D */
+    float *hold;        /* leave-one-out: the features of up to BL images, past the forward's buffers and the
+                         * factor (and tmp), running into W like chunk */
+    int64_t BL;
+    int64_t loo[GRID];  /* state: right answers of the leave-one-out test per grid value (loo_correct) */
+    double loo_spread[GRID]; /* leave-one-out: tr(Lambda Sigma) per grid value, for the later holds of a call */
+    double eps;         /* the shrinkage of the classifier solved last (effective_shrinkage) */
     float *slogits;     /* K */
     int seen;           /* some class has a count: predict uses the SLDA classifier */
     int ready;          /* W and b are solved for the current state */
@@ -119,6 +129,8 @@ static int model_ok(const bnncl_model *m) {
         if (!(m->slda_shrinkage >= 0.0 && m->slda_shrinkage < 1.0)) return 0;
         int given = (m->slda_means != NULL) + (m->slda_counts != NULL) + (m->slda_cov != NULL);
         if (given != 0 && given != 3) return 0;
+        for (int j = 0; m->slda_means && m->slda_loo && j < GRID; ++j)
+            if (m->slda_loo[j] < 0) return 0;
     }
     return 1;
 }
@@ -160,15 +172,22 @@ static void float_plan(const bnncl_model *m, int64_t fl[2], int dst[MAX_BLOCKS])
  * and from chunk_off (past the forward's and the fold's buffers) the features of the chunk being learned,
  * live across its forwards, which run on into W, right after the work area (W is solved again after every
  * learn); B = the feature vectors that fit there, at least MIN_CHUNK (the work area grows for that).
+ * The leave-one-out pass holds features from loo_off (past the forward's buffers, the fold's and the
+ * refresh's factor and vector, which it uses, one grid value at a time) on into W the same way: BL = the
+ * vectors that fit, at least MIN_CHUNK (the work area grows for that).
  * Then the classifier (W, b), the state (means, counts, covariance) and the SLDA logits. */
 #define MIN_CHUNK 16
 typedef struct {
     size_t stem_w, xpad, fbuf[2], line, ybuf, ptmp, bits[2], cols, shortcut, acc, feat, logits; /* forward */
-    size_t bsum, bcount, row, factor, tmp, chunk_off, work, chunk_rows;                    /* learning (0 without) */
+    size_t bsum, bcount, row, factor, tmp, chunk_off, work, chunk_rows, loo_off, loo_rows; /* learning (0 without) */
     size_t W, b, means, counts, cov, slogits;
 } layout;
 
-static size_t state_payload(int64_t K, int64_t D) { return (size_t)(8 * K + 4 * K * D + 4 * (D * (D + 1) / 2)); }
+/* payload bytes of a saved state: version 2, or 1 (without the leave-one-out counts) */
+static size_t state_payload_v(int64_t K, int64_t D, uint32_t version) {
+    return (size_t)(8 * K + 4 * K * D + 4 * (D * (D + 1) / 2)) + (version >= 2 ? 8u * GRID : 0u);
+}
+static size_t state_payload(int64_t K, int64_t D) { return state_payload_v(K, D, BNNCL_STATE_VERSION); }
 
 static void plan(const bnncl_model *m, layout *L) {
     int64_t bits[2] = {0, 0}, kk = 0, cin = 0, o = 0, fl[2];
@@ -199,7 +218,7 @@ static void plan(const bnncl_model *m, layout *L) {
     const size_t fwd = L->xpad + L->fbuf[0] + L->fbuf[1] + L->line + L->ybuf + L->ptmp + L->bits[0] + L->bits[1] +
                        L->cols + L->shortcut + L->acc + L->feat + L->logits;
     const int64_t K = m->slda_classes, D = m->features, P = D * (D + 1) / 2;
-    L->bsum = L->bcount = L->row = L->factor = L->tmp = L->chunk_off = L->chunk_rows = 0;
+    L->bsum = L->bcount = L->row = L->factor = L->tmp = L->chunk_off = L->chunk_rows = L->loo_off = L->loo_rows = 0;
     L->W = L->b = L->means = L->counts = L->cov = L->slogits = 0;
     L->work = fwd;
     if (!K) return;
@@ -220,8 +239,11 @@ static void plan(const bnncl_model *m, layout *L) {
     L->chunk_off = fwd > fold ? fwd : fold;
     if (L->chunk_off > work) work = L->chunk_off;
     if (work - L->chunk_off + L->W < MIN_CHUNK * vec) work = up16(L->chunk_off + MIN_CHUNK * vec - L->W);
+    L->loo_off = L->chunk_off > L->factor + L->tmp ? L->chunk_off : L->factor + L->tmp;
+    if (work - L->loo_off + L->W < MIN_CHUNK * vec) work = up16(L->loo_off + MIN_CHUNK * vec - L->W);
     L->work = work;
     L->chunk_rows = (work - L->chunk_off + L->W) / vec;
+    L->loo_rows = (work - L->loo_off + L->W) / vec;
 }
 
 static size_t plan_total(const layout *L) {
@@ -304,6 +326,8 @@ int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx 
     TAKE(tmp, double, L.tmp);
     c->chunk = (float *)(c->work + L.chunk_off);
     c->B = (int64_t)L.chunk_rows;
+    c->hold = (float *)(c->work + L.loo_off);
+    c->BL = (int64_t)L.loo_rows;
     p = c->work + L.work;
     TAKE(W, double, L.W);
     TAKE(b, double, L.b);
@@ -326,6 +350,7 @@ int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx 
             memcpy(c->means, m->slda_means, (size_t)c->K * c->D * sizeof(float));
             memcpy(c->counts, m->slda_counts, (size_t)c->K * sizeof(int64_t));
             memcpy(c->cov, m->slda_cov, (size_t)c->P * sizeof(float));
+            if (m->slda_loo) memcpy(c->loo, m->slda_loo, sizeof c->loo);
         } else {
             memset(c->means, 0, (size_t)c->K * c->D * sizeof(float));
             memset(c->counts, 0, (size_t)c->K * sizeof(int64_t));
@@ -502,25 +527,14 @@ static int64_t up_index(int64_t D, int64_t i, int64_t j) { return i * D - i * (i
 /* index of (i, j), j <= i, in the lower triangle packed row by row */
 static int64_t lo_index(int64_t i, int64_t j) { return i * (i + 1) / 2 + j; }
 
-/* StreamingLDA.classifier: eps = effective_shrinkage, L L^T = (1 - eps) Sigma + eps I (in c->factor),
- * W[k] = L^-T L^-1 mu[k], spread = tr(Lambda Sigma) = (D - eps tr(Lambda)) / (1 - eps),
- * b[k] = -0.5 (mu[k] . W[k] - spread / (n[k] + n0)). */
-static int refresh(bnncl_ctx *c) {
-    const int64_t K = c->K, D = c->D;
-    int64_t nmin = -1;
-    for (int64_t k = 0; k < K; ++k)
-        if (c->counts[k] > 0 && (nmin < 0 || c->counts[k] < nmin)) nmin = c->counts[k];
-    c->seen = nmin > 0;
-    c->ready = 0;
-    if (!c->seen) return BNNCL_OK;
-    double eps = c->m->slda_shrinkage;
-    double rare = RARE_CLASS_SHRINKAGE * RARE_CLASS_COUNT / (double)(nmin + RARE_CLASS_COUNT);
-    if (rare > eps) eps = rare;
-    double *L = c->factor, *z = c->tmp;
+/* L L^T = (1 - eps) Sigma + eps I into c->factor (lower triangle row by row; Cholesky-Banachiewicz). */
+static int factorize(bnncl_ctx *c, double eps) {
+    const int64_t D = c->D;
+    double *L = c->factor;
     for (int64_t i = 0; i < D; ++i)
         for (int64_t j = 0; j <= i; ++j)
             L[lo_index(i, j)] = (1.0 - eps) * (double)c->cov[up_index(D, j, i)] + (i == j ? eps : 0.0);
-    for (int64_t i = 0; i < D; ++i) { /* Cholesky-Banachiewicz, in place */
+    for (int64_t i = 0; i < D; ++i) {
         double *li = L + lo_index(i, 0);
         for (int64_t j = 0; j <= i; ++j) {
             const double *lj = L + lo_index(j, 0);
@@ -534,7 +548,15 @@ static int refresh(bnncl_ctx *c) {
             }
         }
     }
-    double tr_inv = 0.0; /* tr(Lambda) = |L^-1|_F^2, column by column */
+    return BNNCL_OK;
+}
+
+/* tr(Lambda Sigma) = (D - eps tr(Lambda)) / (1 - eps) of the factor of eps, tr(Lambda) = |L^-1|_F^2 column by
+ * column (c->tmp). */
+static double spread_of(bnncl_ctx *c, double eps) {
+    const int64_t D = c->D;
+    const double *L = c->factor;
+    double *z = c->tmp, tr_inv = 0.0;
     for (int64_t i = 0; i < D; ++i) {
         z[i] = 1.0 / L[lo_index(i, i)];
         double col = z[i] * z[i];
@@ -547,16 +569,66 @@ static int refresh(bnncl_ctx *c) {
         }
         tr_inv += col;
     }
-    const double spread = ((double)D - eps * tr_inv) / (1.0 - eps);
+    return ((double)D - eps * tr_inv) / (1.0 - eps);
+}
+
+/* z = L^-1 v (forward substitution, in place: z may be v) with the factor in c->factor. */
+static void solve_lower(const bnncl_ctx *c, double *z) {
+    const double *L = c->factor;
+    for (int64_t i = 0; i < c->D; ++i) {
+        const double *li = L + lo_index(i, 0);
+        double s = z[i];
+        for (int64_t j = 0; j < i; ++j) s -= li[j] * z[j];
+        z[i] = s / li[i];
+    }
+}
+
+/* StreamingLDA.effective_shrinkage: the setting, raised while the rarest seen class (nmin features) is small:
+ * while nmin <= LOO_MAX_COUNT and some leave-one-out count is nonzero, the grid value with the most right
+ * answers (ties: the one nearest to the fallback rule on a log scale, the first of equals), else the rule
+ * RARE_CLASS_SHRINKAGE * RARE_CLASS_COUNT / (nmin + RARE_CLASS_COUNT). */
+static double effective_shrinkage(const bnncl_ctx *c, int64_t nmin) {
+    double rule = RARE_CLASS_SHRINKAGE * RARE_CLASS_COUNT / (double)(nmin + RARE_CLASS_COUNT);
+    int64_t most = 0;
+    for (int j = 0; j < GRID; ++j)
+        if (c->loo[j] > most) most = c->loo[j];
+    if (nmin <= LOO_MAX_COUNT && most > 0) {
+        const double target = log(rule);
+        int best = -1;
+        double dist = 0.0;
+        for (int j = 0; j < GRID; ++j) {
+            if (c->loo[j] != most) continue;
+            const double d = fabs(log(shrinkage_grid[j]) - target);
+            if (best < 0 || d < dist) best = j, dist = d;
+        }
+        rule = shrinkage_grid[best];
+    }
+    return rule > c->m->slda_shrinkage ? rule : c->m->slda_shrinkage;
+}
+
+/* StreamingLDA.classifier: eps = effective_shrinkage, L L^T = (1 - eps) Sigma + eps I (in c->factor),
+ * W[k] = L^-T L^-1 mu[k], spread = tr(Lambda Sigma) = (D - eps tr(Lambda)) / (1 - eps),
+ * b[k] = -0.5 (mu[k] . W[k] - spread / (n[k] + n0)). */
+static int refresh(bnncl_ctx *c) {
+    const int64_t K = c->K, D = c->D;
+    int64_t nmin = -1;
+    for (int64_t k = 0; k < K; ++k)
+        if (c->counts[k] > 0 && (nmin < 0 || c->counts[k] < nmin)) nmin = c->counts[k];
+    c->seen = nmin > 0;
+    c->ready = 0;
+    c->eps = c->m->slda_shrinkage;
+    if (!c->seen) return BNNCL_OK;
+    const double eps = c->eps = effective_shrinkage(c, nmin);
+    int rc = factorize(c, eps);
+    if (rc != BNNCL_OK) return rc;
+    const double *L = c->factor;
+    const double spread = spread_of(c, eps);
+    double *z = c->tmp;
     for (int64_t k = 0; k < K; ++k) {
         const float *mu = c->means + k * D;
         double *w = c->W + k * D;
-        for (int64_t i = 0; i < D; ++i) { /* L z = mu */
-            const double *li = L + lo_index(i, 0);
-            double s = (double)mu[i];
-            for (int64_t j = 0; j < i; ++j) s -= li[j] * z[j];
-            z[i] = s / li[i];
-        }
+        for (int64_t i = 0; i < D; ++i) z[i] = (double)mu[i];
+        solve_lower(c, z); /* L z = mu */
         for (int64_t i = D - 1; i >= 0; --i) { /* L^T w = z */
             double s = z[i];
             for (int64_t r = i + 1; r < D; ++r) s -= L[lo_index(r, i)] * w[r];
@@ -568,6 +640,105 @@ static int refresh(bnncl_ctx *c) {
     }
     c->ready = 1;
     return BNNCL_OK;
+}
+
+/* Whether a feature of class y is tallied: its class holds 2 .. LOO_MAX_COUNT features now. */
+static int tallied(const bnncl_ctx *c, int32_t y) { return c->counts[y] >= 2 && c->counts[y] <= LOO_MAX_COUNT; }
+
+/* StreamingLDA._count_leave_one_out on the state after a whole learn call: each image of the call whose class
+ * c now holds n = 2 .. LOO_MAX_COUNT features is scored against every seen class k, with
+ *     score_k = mu_k . u - q_k / 2 + spread / (2 (n_k + n0)),   u = A^-1 x,  q_k = mu_k . A^-1 mu_k,
+ * for A = (1 - eps) Sigma + eps I, eps each grid value; its own class with the mean taken without it,
+ * mu' = (n mu_c - x) / (n - 1):  mu' . u = (n mu_c . u - x . u) / (n - 1),
+ * mu' . A^-1 mu' = (n^2 q_c - 2 n mu_c . u + x . u) / (n - 1)^2, and n - 1 for n_k.  A right answer (own score
+ * >= every other seen class's) adds one to loo[eps].  Python works in the eigenbasis of Sigma (eigenvalues
+ * clipped at 0); here A is factorised (Cholesky, float64) per grid value: the same scores up to rounding.
+ * The features are held in c->hold, which the factor does not reach, up to BL at a time: moved there from
+ * c->chunk when the call was one chunk (in_chunk) and they fit, else their forwards run again.  Per hold, per
+ * grid value: the factor, q in c->b (refresh solves b again), u in c->tmp; spread is computed for the first
+ * hold only (c->loo_spread).  A grid value whose factor fails counts nothing. */
+static void count_leave_one_out(bnncl_ctx *c, const uint8_t *images, size_t n, size_t image_bytes,
+                                const int32_t *labels, int in_chunk) {
+    const int64_t K = c->K, D = c->D;
+    int64_t total = 0;
+    for (size_t i = 0; i < n; ++i) total += tallied(c, labels[i]);
+    if (!total) return;
+    int first = 1;
+    for (size_t at = 0; at < n;) {
+        const size_t from = at;
+        int64_t held = 0;
+        if (in_chunk && total <= c->BL) { /* c->hold >= c->chunk: moved last first, none is overwritten unread */
+            held = total;
+            for (size_t i = n; i-- > 0;) {
+                if (!tallied(c, labels[i])) continue;
+                --total;
+                memmove(c->hold + total * D, c->chunk + i * D, (size_t)D * sizeof(float));
+            }
+            at = n;
+        }
+        for (; at < n && held < c->BL; ++at) {
+            if (!tallied(c, labels[at])) continue;
+            forward(c, images + at * image_bytes);
+            memcpy(c->hold + held * D, c->feat, (size_t)D * sizeof(float));
+            ++held;
+        }
+        if (!held) break;
+        for (int j = 0; j < GRID; ++j) {
+            const double eps = shrinkage_grid[j];
+            if (!first && isnan(c->loo_spread[j])) continue;
+            if (factorize(c, eps) != BNNCL_OK) {
+                if (first) c->loo_spread[j] = NAN;
+                continue;
+            }
+            if (first) c->loo_spread[j] = spread_of(c, eps);
+            const double spread = c->loo_spread[j];
+            if (isnan(spread)) continue;
+            double *u = c->tmp;
+            for (int64_t k = 0; k < K; ++k) { /* q_k = |L^-1 mu_k|^2 */
+                if (c->counts[k] <= 0) continue;
+                const float *mu = c->means + k * D;
+                for (int64_t i = 0; i < D; ++i) u[i] = (double)mu[i];
+                solve_lower(c, u);
+                double q = 0.0;
+                for (int64_t i = 0; i < D; ++i) q += u[i] * u[i];
+                c->b[k] = q;
+            }
+            int64_t h = 0;
+            for (size_t i = from; i < at; ++i) {
+                const int32_t y = labels[i];
+                if (!tallied(c, y)) continue;
+                const float *x = c->hold + h++ * D;
+                for (int64_t r = 0; r < D; ++r) u[r] = (double)x[r];
+                solve_lower(c, u);
+                const double *L = c->factor;
+                for (int64_t r = D - 1; r >= 0; --r) { /* L^T u = L^-1 x, in place */
+                    double s = u[r];
+                    for (int64_t t = r + 1; t < D; ++t) s -= L[lo_index(t, r)] * u[t];
+                    u[r] = s / L[lo_index(r, r)];
+                }
+                double xu = 0.0;
+                for (int64_t r = 0; r < D; ++r) xu += (double)x[r] * u[r];
+                double own = 0.0, other = -INFINITY;
+                for (int64_t k = 0; k < K; ++k) {
+                    if (c->counts[k] <= 0) continue;
+                    const float *mu = c->means + k * D;
+                    double mu_u = 0.0;
+                    for (int64_t r = 0; r < D; ++r) mu_u += (double)mu[r] * u[r];
+                    const double nk = (double)c->counts[k];
+                    if (k == y) {
+                        const double n1 = nk - 1.0;
+                        own = (nk * mu_u - xu) / n1 - 0.5 * (nk * nk * c->b[k] - 2.0 * nk * mu_u + xu) / (n1 * n1) +
+                              0.5 * spread / (n1 + SMALL_SAMPLE_PRIOR);
+                    } else {
+                        const double sk = mu_u - 0.5 * c->b[k] + 0.5 * spread / (nk + SMALL_SAMPLE_PRIOR);
+                        if (sk > other) other = sk;
+                    }
+                }
+                if (own >= other) c->loo[j] += 1;
+            }
+        }
+        first = 0;
+    }
 }
 
 /* StreamingLDA.update on the features of m <= B images, the chunk's features in c->chunk.  Per class,
@@ -667,7 +838,17 @@ int bnncl_learn(bnncl_ctx *c, const uint8_t *images, size_t n, size_t image_byte
         }
         fold_chunk(c, cn, labels + at);
     }
+    count_leave_one_out(c, images, n, image_bytes, labels, n <= (size_t)c->B);
     return refresh(c);
+}
+
+int bnncl_slda_selection(const bnncl_ctx *c, double *shrinkage, int64_t *loo_correct) {
+    if (!c || !shrinkage) return BNNCL_E_NULL;
+    if (!ctx_ok(c)) return BNNCL_E_CTX;
+    if (!c->K) return BNNCL_E_NO_LEARNING;
+    *shrinkage = c->eps;
+    if (loo_correct) memcpy(loo_correct, c->loo, sizeof c->loo);
+    return BNNCL_OK;
 }
 
 /* ---- state ------------------------------------------------------------------------------------ */
@@ -719,12 +900,14 @@ static void w_f32(wstream *s, float f) {
     w_u32(s, v);
 }
 
-static void state_header(const bnncl_ctx *c, uint8_t *h) {
-    put32(h, BNNCL_STATE_MAGIC), put32(h + 4, BNNCL_STATE_VERSION), put32(h + 8, c->m->fingerprint);
+static void state_header(const bnncl_ctx *c, uint8_t *h, uint32_t version) {
+    put32(h, BNNCL_STATE_MAGIC), put32(h + 4, version), put32(h + 8, c->m->fingerprint);
     put32(h + 12, STRATEGY_SLDA), put32(h + 16, (uint32_t)c->K), put32(h + 20, (uint32_t)c->D);
-    put32(h + 24, (uint32_t)state_payload(c->K, c->D));
+    put32(h + 24, (uint32_t)state_payload_v(c->K, c->D, version));
     put32(h + 28, crc32_update(0, h, 28));
 }
+
+static int64_t get64(const uint8_t *p) { return (int64_t)((uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32); }
 
 size_t bnncl_state_size(const bnncl_ctx *c) {
     if (!c || !ctx_ok(c) || !c->K) return 0;
@@ -736,7 +919,7 @@ int bnncl_state_save(const bnncl_ctx *c, bnncl_write_fn write, void *user) {
     if (!ctx_ok(c)) return BNNCL_E_CTX;
     if (!c->K) return BNNCL_E_NO_LEARNING;
     uint8_t h[STATE_HEADER];
-    state_header(c, h);
+    state_header(c, h, BNNCL_STATE_VERSION);
     if (write(user, h, sizeof h) != 0) return BNNCL_E_IO;
     wstream s;
     memset(&s, 0, sizeof s);
@@ -747,6 +930,10 @@ int bnncl_state_save(const bnncl_ctx *c, bnncl_write_fn write, void *user) {
     }
     for (int64_t i = 0; i < c->K * c->D; ++i) w_f32(&s, c->means[i]);
     for (int64_t i = 0; i < c->P; ++i) w_f32(&s, c->cov[i]);
+    for (int j = 0; j < GRID; ++j) {
+        uint64_t v = (uint64_t)c->loo[j];
+        w_u32(&s, (uint32_t)v), w_u32(&s, (uint32_t)(v >> 32));
+    }
     w_flush(&s);
     uint8_t t[4];
     put32(t, s.crc);
@@ -760,28 +947,28 @@ int bnncl_state_load(bnncl_ctx *c, bnncl_read_fn read, void *user) {
     if (!c->K) return BNNCL_E_NO_LEARNING;
     uint8_t h[STATE_HEADER], want[STATE_HEADER], t[4];
     if (read(user, h, sizeof h) != 0) return BNNCL_E_IO;
-    if (get32(h) != BNNCL_STATE_MAGIC || get32(h + 4) != BNNCL_STATE_VERSION ||
+    const uint32_t version = get32(h + 4);
+    if (get32(h) != BNNCL_STATE_MAGIC || (version != 1 && version != BNNCL_STATE_VERSION) ||
         get32(h + 28) != crc32_update(0, h, 28))
         return BNNCL_E_STATE_CORRUPT;
-    state_header(c, want);
+    state_header(c, want, version);
     if (memcmp(h, want, 28) != 0) return BNNCL_E_STATE_FOREIGN;
-    const size_t payload = state_payload(c->K, c->D);
+    const size_t payload = state_payload_v(c->K, c->D, version);
+    const size_t floats_end = (size_t)(8 * c->K + 4 * c->K * c->D + 4 * c->P);
     uint8_t *buf = c->work; /* the work area holds the payload until it is checked (W and b are apart) */
     if (read(user, buf, payload) != 0 || read(user, t, 4) != 0) return BNNCL_E_IO;
     int ok = get32(t) == crc32_update(0, buf, payload);
-    const uint8_t *p = buf;
-    for (int64_t k = 0; ok && k < c->K; ++k, p += 8)
-        ok = ((int64_t)((uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32)) >= 0;
-    for (const uint8_t *q = p; ok && q < buf + payload; q += 4) {
+    for (int64_t k = 0; ok && k < c->K; ++k) ok = get64(buf + 8 * k) >= 0;
+    for (const uint8_t *q = buf + 8 * c->K; ok && q < buf + floats_end; q += 4) {
         uint32_t v = get32(q);
         float f;
         memcpy(&f, &v, 4);
         ok = isfinite(f);
     }
+    for (const uint8_t *q = buf + floats_end; ok && q < buf + payload; q += 8) ok = get64(q) >= 0;
     if (!ok) return BNNCL_E_STATE_CORRUPT;
-    for (int64_t k = 0; k < c->K; ++k)
-        c->counts[k] = (int64_t)((uint64_t)get32(buf + 8 * k) | (uint64_t)get32(buf + 8 * k + 4) << 32);
-    p = buf + 8 * c->K;
+    for (int64_t k = 0; k < c->K; ++k) c->counts[k] = get64(buf + 8 * k);
+    const uint8_t *p = buf + 8 * c->K;
     for (int64_t i = 0; i < c->K * c->D; ++i, p += 4) {
         uint32_t v = get32(p);
         memcpy(&c->means[i], &v, 4);
@@ -790,5 +977,6 @@ int bnncl_state_load(bnncl_ctx *c, bnncl_read_fn read, void *user) {
         uint32_t v = get32(p);
         memcpy(&c->cov[i], &v, 4);
     }
+    for (int j = 0; j < GRID; ++j, p += 8) c->loo[j] = version >= 2 ? get64(p) : 0; /* version 1: none counted */
     return refresh(c);
 }

@@ -16,6 +16,14 @@ model (cifar10-b5) are refused with their error codes.  The library merges ``bnn
 time (20 for fmnist-b5 over 10 classes), so the 100 images are 5 merges, the float32 state rounded between
 them: against ``StreamingLDA.update`` fed the same chunks in turn the state is bit-identical, against one
 update of all 100 within the rtol above.
+
+The leave-one-out selection of the shrinkage (``StreamingLDA._count_leave_one_out``, ``effective_shrinkage``): the
+library tallies the images of a learn call whose class ends with 2 .. 100 features on the statistics after the
+whole call, as ``Learner.learn`` (one update) does; its scores come from a Cholesky factor per grid value where
+Python uses an eigendecomposition, so a near-tie could in principle come out the other way; on these inputs the
+tallies are asserted equal, and so is the shrinkage chosen (``bnncl_slda_selection``).  The fmnist-b5 test also
+loads a state of format version 1 (no leave-one-out counts: they load as zeros); the cifar10-b5 test learns one
+class from 5 images, where the selection moves the shrinkage far from the fallback rule (0.025 -> 1e-4).
 """
 
 from __future__ import annotations
@@ -23,7 +31,9 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import struct
 import subprocess
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +41,7 @@ import pytest
 
 from bnncl import assets
 from bnncl.api import Learner
+from bnncl.cl.slda import SHRINKAGE_GRID, StreamingLDA
 from bnncl.data.embedded import load_embedded
 from bnncl.device.export_c import STATE_HEADER, arena_bytes, arena_plan, conv_panels, export_c, state_bytes
 from bnncl.device.frozen import FrozenEngine
@@ -154,12 +165,12 @@ def test_conv_panels_layout():
 
 
 def _run_learn(prog: Path, tmp: Path, test: np.ndarray, train: np.ndarray, labels: np.ndarray, state: Path,
-               other: Path | None = None) -> dict[str, list[list[str]]]:
+               other: Path | None = None, v1: Path | None = None) -> dict[str, list[list[str]]]:
     for name, a in (("test.u8", test), ("train.u8", train), ("labels.i32", labels.astype(np.int32))):
         np.ascontiguousarray(a).tofile(tmp / name)
     args = [str(prog), str(tmp / "test.u8"), str(tmp / "train.u8"), str(tmp / "labels.i32"), str(state)]
-    r = subprocess.run(args + ([str(other)] if other else []), capture_output=True, text=True, timeout=120,
-                       check=False)
+    args += [str(a) for a in (other, v1) if a is not None]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     out: dict[str, list[list[str]]] = {}
     for line in r.stdout.splitlines():
@@ -168,8 +179,28 @@ def _run_learn(prog: Path, tmp: Path, test: np.ndarray, train: np.ndarray, label
     return out
 
 
+def _selection(out: dict[str, list[list[str]]], tag: str) -> tuple[float, np.ndarray]:
+    """(shrinkage, leave-one-out counts) of a ``selN RC HEX LOO...`` line of learn_main."""
+    (rc, bits, *loo), = out[tag]
+    assert int(rc) == 0
+    return struct.unpack("<d", int(bits, 16).to_bytes(8, "little"))[0], np.array([int(v) for v in loo], np.int64)
+
+
+def _same(selection: tuple[float, np.ndarray], eps: float, loo: np.ndarray) -> bool:
+    return selection[0] == eps and np.array_equal(selection[1], loo)
+
+
+def _write_state_v1(path: Path, fingerprint: int, slda: StreamingLDA) -> None:
+    """``slda`` in the state format of version 1 (no leave-one-out counts), as bnncl_state_save wrote it before."""
+    payload = (slda.counts.astype("<i8").tobytes() + slda.means.astype("<f4").tobytes()
+               + slda.cov_packed.astype("<f4").tobytes())
+    head = struct.pack("<7I", 0x54534C42, 1, fingerprint, 1, slda.num_classes, slda.dim, len(payload))
+    path.write_bytes(head + struct.pack("<I", zlib.crc32(head)) + payload + struct.pack("<I", zlib.crc32(payload)))
+
+
 def _read_state(path: Path, classes: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(header uint32 x 8, counts, means, packed covariance) of a state written by bnncl_state_save."""
+    """(header uint32 x 8, counts, means, packed covariance) of a state written by bnncl_state_save; the
+    leave-one-out counts after them are :func:`_read_loo`'s."""
     b = path.read_bytes()
     assert len(b) == state_bytes(classes, dim)
     p = np.frombuffer(b, np.uint8)
@@ -179,8 +210,13 @@ def _read_state(path: Path, classes: int, dim: int) -> tuple[np.ndarray, np.ndar
     at += 8 * classes
     means = p[at:at + 4 * classes * dim].view("<f4").reshape(classes, dim)
     at += 4 * classes * dim
-    cov = p[at:len(b) - 4].view("<f4")
+    cov = p[at:len(b) - 4 - 8 * len(SHRINKAGE_GRID)].view("<f4")
     return header, counts, means, cov
+
+
+def _read_loo(path: Path) -> np.ndarray:
+    b = path.read_bytes()
+    return np.frombuffer(b[len(b) - 4 - 8 * len(SHRINKAGE_GRID):len(b) - 4], "<i8")
 
 
 def test_host_learn_fmnist_b5_agrees_with_the_python_learner(tmp):
@@ -197,9 +233,17 @@ def test_host_learn_fmnist_b5_agrees_with_the_python_learner(tmp):
         train_latents = learner.learner.extract(images)
         for at in range(0, len(images), chunk):
             chunked.update(train_latents[at:at + chunk], labels[at:at + chunk])
+        eps_before = learner.learner.feature_head.effective_shrinkage
         learner.learn(images, labels)
         logits, after = learner.learner.logits(test_latents), learner.learner.predict(test_latents)
     slda = learner.learner.feature_head
+    assert slda.loo_correct.any(), "the learned classes (50 features each) are tallied"
+    # a version-1 state of the learned statistics: no leave-one-out counts, so the fallback rule
+    old = StreamingLDA(slda.num_classes, slda.dim, slda.shrinkage)
+    old.load_state_dict({k: v for k, v in slda.state_dict()[0].items() if k != "loo_correct"})
+    v1_logits = old.logits(test_latents)
+    v1_classes = np.argmax(np.where(old.counts > 0, v1_logits, -np.inf), axis=1)
+    _write_state_v1(tmp / "fmnist-v1.state", figures["fingerprint"], slda)
 
     # a state of another model: cifar10-b5 exported without a state, nothing learned
     cifar = DeviceModel.load(assets.model_path("cifar10-b5", ".bnn"))
@@ -212,7 +256,7 @@ def test_host_learn_fmnist_b5_agrees_with_the_python_learner(tmp):
 
     state = tmp / "fmnist.state"
     out = _run_learn(_make(tmp, tmp / "fmnist-b5-slda", "gcc", "learn"), tmp, test, images, labels, state,
-                     tmp / "cifar.state")
+                     tmp / "cifar.state", tmp / "fmnist-v1.state")
     assert int(out["arena"][0][0]) == figures["arena_bytes"] == arena_bytes(model)
     assert int(out["state_size"][0][0]) == figures["state_bytes"] == state_bytes(10, slda.dim)
     assert int(out["chunk"][0][0]) == figures["learn_chunk"] == chunk == 20
@@ -223,8 +267,22 @@ def test_host_learn_fmnist_b5_agrees_with_the_python_learner(tmp):
     assert np.array_equal([int(r[0]) for r in out["p0"]], before), "predictions with the deployed state differ"
 
     header, counts, means, cov = _read_state(state, slda.num_classes, slda.dim)
-    assert header[:7].tolist() == [0x54534C42, 1, figures["fingerprint"], 1, 10, slda.dim,
+    assert header[:7].tolist() == [0x54534C42, 2, figures["fingerprint"], 1, 10, slda.dim,
                                    state_bytes(10, slda.dim) - STATE_HEADER - 4]
+    # the leave-one-out tally (5 holds of 20 features) and the shrinkage it selects: as Python's
+    assert _same(_selection(out, "sel0"), eps_before, slda.loo_correct * 0)
+    assert np.array_equal(_read_loo(state), slda.loo_correct), "leave-one-out tally differs from Python"
+    assert _selection(out, "sel1")[0] == slda.effective_shrinkage
+    assert np.array_equal(_selection(out, "sel1")[1], slda.loo_correct)
+    assert _selection(out, "sel2")[0] == slda.effective_shrinkage
+    assert np.array_equal(_selection(out, "sel2")[1], slda.loo_correct)
+    # a version-1 state loads with zero counts: the fallback rule, as StreamingLDA.load_state_dict
+    assert int(out["v1"][0][0]) == 0
+    assert _same(_selection(out, "sel3"), old.effective_shrinkage, old.loo_correct)
+    assert old.effective_shrinkage != slda.effective_shrinkage
+    v1_scores = np.array([[int(v, 16) for v in r[1:]] for r in out["p3"]], np.uint32).view(np.float32)
+    np.testing.assert_allclose(v1_scores, v1_logits, rtol=1e-5, atol=1e-5 * float(np.abs(v1_logits).max()))
+    assert np.array_equal([int(r[0]) for r in out["p3"]], v1_classes), "predictions from a version-1 state differ"
     assert np.array_equal(counts, slda.counts)
     np.testing.assert_allclose(means, slda.means, rtol=1e-5, atol=1e-6 * float(np.abs(slda.means).max()))
     np.testing.assert_allclose(cov, slda.cov_packed, rtol=1e-5, atol=1e-6 * float(np.abs(slda.cov_packed).max()))
@@ -236,3 +294,42 @@ def test_host_learn_fmnist_b5_agrees_with_the_python_learner(tmp):
     assert np.array_equal([int(r[0]) for r in out["p1"]], after), "predictions after learning differ"
     assert np.array_equal([int(r[0]) for r in out["p2"]], after), "predictions after save and load differ"
     assert set(after.tolist()) & set(NEW_CLASSES), "the learned classes are never predicted"
+
+
+def test_host_learn_cifar10_b5_five_shot_selection_agrees_with_the_python_learner(tmp):
+    """cifar10-b5, the state deployed on the first 100 training images of each base class (tallied: 100
+    features each), then one class learned from 5 images: the selection keeps 1e-4 where the fallback rule
+    gives 0.025; C and Python agree on the tally, the shrinkage, the scores and the predictions."""
+    model, base_images, base_labels, images, labels, test = learning_inputs((5,), 5, 40, model_name="cifar10-b5",
+                                                                            base_per_class=100)
+    with kernel_path("scalar"):
+        learner = Learner(model)
+        learner.deploy(base_images, base_labels)
+        deployed = copy.deepcopy(learner.learner.feature_head)
+        out_dir = tmp / "cifar10-b5-slda"
+        figures = export_c(model, out_dir, slda=deployed)
+        test_latents = learner.learner.extract(test)
+        before = learner.learner.predict(test_latents)
+        learner.learn(images, labels)
+        logits, after = learner.learner.logits(test_latents), learner.learner.predict(test_latents)
+    slda = learner.learner.feature_head
+    rule = 0.05 * 5 / (5 + 5)
+    assert deployed.loo_correct.any() and slda.effective_shrinkage != rule, "the selection moves the shrinkage"
+    run = tmp / "cifar10-b5-run"
+    run.mkdir()
+    state = run / "cifar.state"
+    out = _run_learn(_make(tmp, out_dir, "gcc", "learn"), run, test, images, labels, state)
+    assert int(out["arena"][0][0]) == figures["arena_bytes"] == arena_bytes(model, 10)
+    assert int(out["learn"][0][0]) == 0
+    assert _same(_selection(out, "sel0"), deployed.effective_shrinkage, deployed.loo_correct)
+    assert np.array_equal([int(r[0]) for r in out["p0"]], before), "predictions with the deployed state differ"
+    assert np.array_equal(_read_loo(state), slda.loo_correct), "leave-one-out tally differs from Python"
+    assert _same(_selection(out, "sel1"), slda.effective_shrinkage, slda.loo_correct)
+    header, counts, means, cov = _read_state(state, slda.num_classes, slda.dim)
+    assert np.array_equal(counts, slda.counts)
+    np.testing.assert_allclose(means, slda.means, rtol=1e-5, atol=1e-6 * float(np.abs(slda.means).max()))
+    np.testing.assert_allclose(cov, slda.cov_packed, rtol=1e-5, atol=1e-6 * float(np.abs(slda.cov_packed).max()))
+    scores = np.array([[int(v, 16) for v in r[1:]] for r in out["p1"]], np.uint32).view(np.float32)
+    np.testing.assert_allclose(scores, logits, rtol=1e-5, atol=1e-5 * float(np.abs(logits).max()))
+    assert np.array_equal([int(r[0]) for r in out["p1"]], after), "predictions after learning differ"
+    assert np.array_equal([int(r[0]) for r in out["p2"]], after), "predictions after save and load differ"

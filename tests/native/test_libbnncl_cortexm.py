@@ -19,7 +19,10 @@ The program, under qemu with semihosting:
   (``bnncl_init``), reloads it and predicts again: classes identical to the Python ``Learner`` before and after
   learning and after the reload; SLDA scores and the learned state (counts exactly; means and covariance)
   within rtol 1e-5 (float32 in the FPU, float64 in software on the M4F and in the FPU on the M7, all IEEE-754
-  round-to-nearest; observed: bit-identical); a state with a flipped byte is refused (-8).
+  round-to-nearest; observed: bit-identical); a state with a flipped byte is refused (-8);
+* the leave-one-out tally of the shrinkage grid (the learned classes hold 8 or 4 features; cifar10-b5's deployed
+  state holds 100 per base class, tallied in Python and embedded) and the shrinkage it selects
+  (``bnncl_slda_selection``) equal to Python's, before and after learning.
 
 Flash (``.isr_vector + .text + .rodata + .ARM.exidx + .data`` from ``arm-none-eabi-size -A``; the
 embedded images are in ``.testdata``, counted apart) and RAM (``.data + .bss``, which holds the arena, plus
@@ -33,6 +36,7 @@ is missing (``apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-sys
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -43,6 +47,7 @@ import numpy as np
 import pytest
 
 from bnncl.api import Learner
+from bnncl.cl.slda import SHRINKAGE_GRID
 from bnncl.device.export_c import STATE_HEADER, arena_bytes, export_c, state_bytes
 from bnncl.device.frozen import FrozenEngine
 from bnncl.device.kernels import kernel_path
@@ -107,6 +112,7 @@ def run_board(tmp_path: Path, board: Board, model_name: str, new_classes: tuple[
         figures = export_c(model, tmp_path / "model", slda=learner.learner.feature_head)
         latents = learner.learner.extract(test)
         logits0, before = learner.learner.logits(latents), learner.learner.predict(latents)
+        selection0 = learner.learner.feature_head.effective_shrinkage, learner.learner.feature_head.loo_correct.copy()
         learner.learn(images, labels)
         logits1, after = learner.learner.logits(latents), learner.learner.predict(latents)
     slda = learner.learner.feature_head
@@ -155,15 +161,22 @@ def run_board(tmp_path: Path, board: Board, model_name: str, new_classes: tuple[
         scores = _hex_floats([r[1:] for r in out[tag]]).view(np.float32)
         np.testing.assert_allclose(scores, logits, rtol=1e-5, atol=1e-5 * float(np.abs(logits).max()))
         identical[tag] = bool(np.array_equal(scores.view(np.uint32), logits.view(np.uint32)))
+    for tag, (eps, loo) in (("sel0", selection0), ("sel1", (slda.effective_shrinkage, slda.loo_correct))):
+        (hi, lo, *counts_c), = out[tag]
+        got = struct.unpack("<d", (int(hi, 16) << 32 | int(lo, 16)).to_bytes(8, "little"))[0]
+        assert got == eps, f"{tag}: shrinkage {got} differs from Python's {eps}"
+        assert [int(v) for v in counts_c] == loo.tolist(), f"{tag}: leave-one-out tally differs from Python"
     state = bytes(int(v, 16) for row in out["state"] for v in row)
     assert len(state) == state_bytes(slda.num_classes, slda.dim)
     p = np.frombuffer(state, np.uint8)
     k, d = slda.num_classes, slda.dim
     header = p[:STATE_HEADER].view("<u4")
-    assert header[:7].tolist() == [0x54534C42, 1, figures["fingerprint"], 1, k, d, len(state) - STATE_HEADER - 4]
+    assert header[:7].tolist() == [0x54534C42, 2, figures["fingerprint"], 1, k, d, len(state) - STATE_HEADER - 4]
     counts = p[STATE_HEADER:STATE_HEADER + 8 * k].view("<i8")
     means = p[STATE_HEADER + 8 * k:STATE_HEADER + 8 * k + 4 * k * d].view("<f4").reshape(k, d)
-    cov = p[STATE_HEADER + 8 * k + 4 * k * d:len(state) - 4].view("<f4")
+    loo_at = len(state) - 4 - 8 * len(SHRINKAGE_GRID)
+    cov = p[STATE_HEADER + 8 * k + 4 * k * d:loo_at].view("<f4")
+    assert p[loo_at:len(state) - 4].view("<i8").tolist() == slda.loo_correct.tolist()
     assert np.array_equal(counts, slda.counts)
     np.testing.assert_allclose(means, slda.means, rtol=1e-5, atol=1e-6 * float(np.abs(slda.means).max()))
     np.testing.assert_allclose(cov, slda.cov_packed, rtol=1e-5, atol=1e-6 * float(np.abs(slda.cov_packed).max()))
@@ -180,7 +193,8 @@ def run_board(tmp_path: Path, board: Board, model_name: str, new_classes: tuple[
             "ram": sizes[".data"] + sizes[".bss"] + int(out["stack"][0][0]), "arena": figures["arena_bytes"],
             "chunk": figures["learn_chunk"], "classes": k, "identical": identical, "qemu_s": qemu_s,
             "insn_predict": 40 * ticks["predict"] / ntest, "insn_slda": 40 * ticks["predict_slda"] / ntest,
-            "insn_learn": 40 * ticks["learn"] / len(images), "learned": len(images)}
+            "insn_learn": 40 * ticks["learn"] / len(images), "learned": len(images),
+            "shrinkage": [selection0[0], slda.effective_shrinkage]}
 
 
 def report(board: str, model_name: str, r: dict) -> str:

@@ -6,7 +6,10 @@ embedded training images of each), in C (``libbnncl/tests/split_main.c``, host g
 per experience) and in Python (``Learner.learn`` per experience), then the 5,000 images of the embedded test
 split.  The library merges ``BNNCL_LEARN_CHUNK`` = 20 images at a time, so each experience is 30 merges
 (the float32 state rounded between them) where ``StreamingLDA.update`` merges 600 at once.  Checked: the 5,000
-predicted classes are identical; and against ``StreamingLDA.update`` fed the same chunks, the same.
+predicted classes are identical; and against ``StreamingLDA.update`` fed the same chunks, the same.  Each
+experience ends with its class at 600 features, so the leave-one-out tally (classes of 2 .. 100 features) counts
+nothing and every class stays above 100: the shrinkage is the fallback rule on both sides (the chunk-fed
+``StreamingLDA`` tallies its first chunks, which does not change its final rule).
 """
 
 from __future__ import annotations

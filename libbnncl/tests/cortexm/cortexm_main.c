@@ -10,7 +10,10 @@
  *                       without its state), class and float32 logits (bits)
  *   feat HEX...         per test image: the pooled features (the latents of the SLDA strategy)
  *   p0 CLASS HEX...     per test image with the deployed state (SLDA scores)
+ *   sel0 HEX HEX LOO... bnncl_slda_selection with the deployed state: the shrinkage (float64 bits, high
+ *                       and low words), the 11 leave-one-out counts
  *   learn RC            one experience: the training images
+ *   sel1 HEX HEX LOO... after learning
  *   p1 CLASS HEX...     per test image after learning
  *   save RC / state HEX... (the saved state, 128 bytes a line)
  *   load RC             after bnncl_init again, from the saved buffer
@@ -73,6 +76,23 @@ static void put_floats(const float *v, size_t n) {
         memcpy(&bits, &v[j], 4);
         put_hex(bits, 8);
     }
+}
+
+static void put_selection(bnncl_ctx *ctx, const char *tag) {
+    double eps = -1.0;
+    int64_t loo[BNNCL_SHRINKAGE_GRID];
+    memset(loo, 0, sizeof loo);
+    bnncl_slda_selection(ctx, &eps, loo);
+    uint64_t bits;
+    memcpy(&bits, &eps, 8);
+    put(tag);
+    put_hex((uint32_t)(bits >> 32), 8);
+    put_hex((uint32_t)bits, 8);
+    for (int j = 0; j < BNNCL_SHRINKAGE_GRID; ++j) {
+        put(" ");
+        put_int((long)loo[j]);
+    }
+    endl();
 }
 
 static int error(const char *what, int rc) {
@@ -149,7 +169,7 @@ int main(void) {
     endl();
 
     frozen = bnncl_exported_model;
-    frozen.slda_means = NULL, frozen.slda_counts = NULL, frozen.slda_cov = NULL;
+    frozen.slda_means = NULL, frozen.slda_counts = NULL, frozen.slda_cov = NULL, frozen.slda_loo = NULL;
     if ((rc = bnncl_init(&frozen, arena, sizeof arena, &ctx)) != BNNCL_OK) return error("init_frozen", rc);
     if (predict_all(ctx, "f", &t_predict)) return 1;
     for (uint32_t i = 0; i < bnncl_test_count; ++i) {
@@ -171,12 +191,14 @@ int main(void) {
     endl();
     if (bnncl_state_size(ctx) != sizeof state_buf) return error("state_size", -1);
     if (predict_all(ctx, "p0", NULL)) return 1;
+    put_selection(ctx, "sel0");
     t_learn = sh_ticks();
     rc = bnncl_learn(ctx, bnncl_train_images, bnncl_train_count, IMG, bnncl_train_labels);
     t_learn = sh_ticks() - t_learn;
     put("learn ");
     put_int(rc);
     endl();
+    put_selection(ctx, "sel1");
     if (predict_all(ctx, "p1", &t_slda)) return 1;
     membuf mb = {state_buf, sizeof state_buf, 0};
     rc = bnncl_state_save(ctx, write_mem, &mb);

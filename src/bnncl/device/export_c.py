@@ -12,9 +12,10 @@ Writes three files into the output folder:
 Learning is streaming LDA on the pooled features (:class:`bnncl.cl.slda.StreamingLDA`) over ``capacity``
 rows (dataset classes ``0 .. capacity - 1``; default: the model's class names). ``slda`` (optional) is an
 initial state, e.g. the one ``bnncl.api.Learner(model).deploy(images, labels)`` computes on the base
-classes (``learner.learner.feature_head``): it is written as const arrays that ``bnncl_init`` copies into
-the arena, so the device predicts with it from the start. Without it the device starts empty and predicts
-with the pretrained head until it learns.
+classes (``learner.learner.feature_head``): its means, counts, covariance and leave-one-out counts
+(``loo_correct``, so the device chooses the shrinkage as :attr:`StreamingLDA.effective_shrinkage` does) are
+written as const arrays that ``bnncl_init`` copies into the arena, so the device predicts with it from the
+start. Without it the device starts empty and predicts with the pretrained head until it learns.
 
 The values are the ones :class:`bnncl.device.frozen.FrozenEngine` computes and runs (its stem weights,
 fused stem bias with the border correction, block transforms and transposed head), written exactly
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bnncl.cl.slda import DEFAULT_SHRINKAGE, StreamingLDA
+from bnncl.cl.slda import DEFAULT_SHRINKAGE, SHRINKAGE_GRID, StreamingLDA
 from bnncl.device.bitpack import words_for
 from bnncl.device.frozen import FrozenEngine, resolve_stem
 from bnncl.device.modelfile import DeviceModel
@@ -41,7 +42,7 @@ from bnncl.errors import BnnclError
 NB = 32  # output channels per weight panel (BNNCL_NB)
 ROWS = 12  # im2col rows per block in libbnncl (src/bnncl.c)
 CTX_RESERVE = 512  # arena bytes reserved for the context (src/bnncl.c)
-MODEL_VERSION = 2
+MODEL_VERSION = 3
 STATE_HEADER = 32  # bytes of a saved state's header (include/bnncl.h)
 ADDMAP_FULL, ADDMAP_NINE = 0, 1
 _C_TYPES = {np.dtype(np.uint64): "uint64_t", np.dtype(np.float32): "float", np.dtype(np.int8): "int8_t",
@@ -84,9 +85,11 @@ def nine_patterns(addmap: np.ndarray) -> np.ndarray | None:
     return np.ascontiguousarray(nine) if np.array_equal(rebuilt.view(np.uint32), addmap.view(np.uint32)) else None
 
 
-def state_payload(classes: int, features: int) -> int:
-    """Bytes of a saved state's payload: counts int64, means float32, packed covariance float32."""
-    return 8 * classes + 4 * classes * features + 4 * (features * (features + 1) // 2)
+def state_payload(classes: int, features: int, version: int = 2) -> int:
+    """Bytes of a saved state's payload: counts int64, means float32, packed covariance float32 and (version 2) the
+    leave-one-out counts int64 (one per :data:`~bnncl.cl.slda.SHRINKAGE_GRID` value)."""
+    loo = 8 * len(SHRINKAGE_GRID) if version >= 2 else 0
+    return 8 * classes + 4 * classes * features + 4 * (features * (features + 1) // 2) + loo
 
 
 def state_bytes(classes: int, features: int) -> int:
@@ -115,8 +118,9 @@ MIN_CHUNK = 16  # feature vectors bnncl_learn keeps at least (src/bnncl.c)
 def arena_plan(model: DeviceModel, capacity: int | None = None) -> dict[str, int]:
     """libbnncl's memory plan for predict and streaming-LDA learning over ``capacity`` classes (default: the
     model's class names; 0: predict only), as ``plan`` in src/bnncl.c: ``arena_bytes`` (``bnncl_arena_size``),
-    ``learn_chunk`` (``bnncl_learn_chunk``: images merged at a time), ``work`` (the work area: the forward's
-    buffers, or in turn the fold's, the Cholesky factor, a state being loaded) and ``forward`` (its buffers)."""
+    ``learn_chunk`` (``bnncl_learn_chunk``: images merged at a time), ``loo_rows`` (feature vectors the
+    leave-one-out pass holds beside the Cholesky factor), ``work`` (the work area: the forward's buffers, or in turn
+    the fold's, the Cholesky factor, a state being loaded) and ``forward`` (its buffers)."""
     arch = model.architecture
     h, w, c = arch["input_shape"]
     sc = arch["stem_channels"]
@@ -144,19 +148,24 @@ def arena_plan(model: DeviceModel, capacity: int | None = None) -> dict[str, int
                up(sc * 4), up(d * 4), up(ncls * 4)])
     k = len(model.class_names) if capacity is None else capacity
     if not k:
-        return {"arena_bytes": CTX_RESERVE + stem_w + fwd, "learn_chunk": 0, "work": fwd, "forward": fwd}
+        return {"arena_bytes": CTX_RESERVE + stem_w + fwd, "learn_chunk": 0, "loo_rows": 0, "work": fwd,
+                "forward": fwd}
     p = d * (d + 1) // 2
     fold = up(k * d * 8) + up(k * 8) + up(d * 8)  # per-class chunk sums and counts, one scatter row
     wbytes = up(k * d * 8)  # the classifier's W, which the chunk's features run into
-    work = max(up(p * 8) + up(d * 8), up(state_payload(k, d)))  # Cholesky factor and a vector; a loaded state
+    factor = up(p * 8) + up(d * 8)  # Cholesky factor and a vector
+    work = max(factor, up(state_payload(k, d)))  # or a loaded state
     chunk_off = max(fwd, fold)
     work = max(work, chunk_off)
     if work - chunk_off + wbytes < MIN_CHUNK * d * 4:
         work = up(chunk_off + MIN_CHUNK * d * 4 - wbytes)
+    loo_off = max(chunk_off, factor)  # the leave-one-out pass holds features beside the factor, on into W
+    if work - loo_off + wbytes < MIN_CHUNK * d * 4:
+        work = up(loo_off + MIN_CHUNK * d * 4 - wbytes)
     # W, b, the state (means, counts, cov), the SLDA logits
     rest = wbytes + up(k * 8) + up(k * d * 4) + up(k * 8) + up(p * 4) + up(k * 4)
     return {"arena_bytes": CTX_RESERVE + stem_w + work + rest, "learn_chunk": (work - chunk_off + wbytes) // (d * 4),
-            "work": work, "forward": fwd}
+            "loo_rows": (work - loo_off + wbytes) // (d * 4), "work": work, "forward": fwd}
 
 
 def arena_bytes(model: DeviceModel, capacity: int | None = None) -> int:
@@ -245,9 +254,10 @@ def export_c(model: DeviceModel, out: str | Path, symbol: str = "bnncl_exported_
         capacity, shrinkage = slda.num_classes, slda.shrinkage
         init = (f"{wr.array('slda_means', slda.means.astype(np.float32))}, "
                 f"{wr.array('slda_counts', slda.counts.astype(np.int64))}, "
-                f"{wr.array('slda_cov', slda.cov_packed.astype(np.float32))}")
+                f"{wr.array('slda_cov', slda.cov_packed.astype(np.float32))}, "
+                f"{wr.array('slda_loo', np.asarray(slda.loo_correct, np.int64))}")
     else:
-        init = "NULL, NULL, NULL"
+        init = "NULL, NULL, NULL, NULL"
     capacity = len(model.class_names) if capacity is None else int(capacity)
     if capacity < 0:
         raise BnnclError(f"export-c: capacity must be >= 0, got {capacity}")
