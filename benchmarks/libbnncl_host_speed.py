@@ -3,10 +3,10 @@
     python benchmarks/libbnncl_host_speed.py [--repeat 5]
 
 fmnist-b5 with the streaming-LDA state deployed on the embedded base images; one experience of 100 embedded
-training images (50 each of classes 5 and 7): ``bnncl_learn`` in ``libbnncl/tests/split_main.c`` (gcc -O2,
-one thread; CPU seconds of the learn call, best of ``--repeat`` runs) with the kernel path forced by
-$BNNCL_KERNEL, and ``bnncl.api.Learner.learn`` of the same images on the default path and on the scalar path
-(wall seconds, best of ``--repeat``; one thread: OMP_NUM_THREADS=1 is set before NumPy loads).
+training images (50 each of classes 5 and 7): ``bnncl_learn`` in ``libbnncl/tests/split_main.c`` (gcc -O3,
+the Makefile default, one thread; CPU seconds of the learn call, best of ``--repeat`` runs) with the kernel
+path forced by $BNNCL_KERNEL, and ``bnncl.api.Learner.learn`` of the same images on the default path and on
+the scalar path (wall seconds, best of ``--repeat``; one thread: OMP_NUM_THREADS=1 is set before NumPy loads).
 """
 
 from __future__ import annotations
