@@ -9,8 +9,9 @@ float64 in software) and AN500 (Cortex-M7, FPv5 double precision) boards under q
 and the figures of ``tests/native/test_libbnncl_cortexm.py`` (``run_board``: predictions identical to the
 Python engine, frozen logits bit-identical), written as JSON and printed as a markdown table.
 Instructions from ``qemu -icount shift=0`` (calibrated on each run); learned-image figures include the
-leave-one-out tally of the experience (its classes hold 8 features: one Cholesky of D x D and tr(Lambda) per
-value of the shrinkage grid, 11) and the classifier refresh (one more), shared over its 16 images.
+leave-one-out tally of the experience (its classes hold 8 features: one Householder reduction of the D x D
+covariance to tridiagonal form, then O(D) work per image and value of the shrinkage grid, 11) and the
+classifier refresh (one Cholesky of D x D), shared over its 16 images.
 """
 
 from __future__ import annotations

@@ -67,13 +67,17 @@ struct bnncl_ctx {
     double *bsum;       /* fold: per-class sum of the chunk's shifted features, K x D, then their means */
     int64_t *bcount;    /* fold: per-class chunk count, K */
     double *row;        /* fold: one row of the scatter, D */
-    double *factor;     /* refresh: the Cholesky factor, P (lower triangle row by row) */
-    double *tmp;        /* refresh: D */
+    double *factor;     /* refresh: the Cholesky factor, P (lower triangle row by row); leave-one-out: Sigma in
+                         * tridiagonal form and the Householder reflectors (tridiagonalize) */
+    double *tmp;        /* refresh: D; leave-one-out: the reflectors' tau */
+    double *lvec;       /* leave-one-out: 3 vectors of D (Q^T x, the LDL^T pivots of M, a solution) */
+    double *qtab;       /* leave-one-out: mu~_k . M^-1 mu~_k per grid value and class, GRID x K */
+    double *mt;         /* leave-one-out: the class means in the basis of the tridiagonal form, K x D */
     float *hold;        /* leave-one-out: the features of up to BL images, past the forward's buffers and the
-                         * factor (and tmp), running into W like chunk */
+                         * reduced covariance (and tmp, lvec, qtab, mt), running into W like chunk */
     int64_t BL;
     int64_t loo[GRID];  /* state: right answers of the leave-one-out test per grid value (loo_correct) */
-    double loo_spread[GRID]; /* leave-one-out: tr(Lambda Sigma) per grid value, for the later holds of a call */
+    double loo_spread[GRID]; /* leave-one-out: tr(Lambda Sigma) per grid value (NaN: M not positive definite) */
     double eps;         /* the shrinkage of the classifier solved last (effective_shrinkage) */
     float *slogits;     /* K */
     int seen;           /* some class has a count: predict uses the SLDA classifier */
@@ -172,14 +176,16 @@ static void float_plan(const bnncl_model *m, int64_t fl[2], int dst[MAX_BLOCKS])
  * and from chunk_off (past the forward's and the fold's buffers) the features of the chunk being learned,
  * live across its forwards, which run on into W, right after the work area (W is solved again after every
  * learn); B = the feature vectors that fit there, at least MIN_CHUNK (the work area grows for that).
- * The leave-one-out pass holds features from loo_off (past the forward's buffers, the fold's and the
- * refresh's factor and vector, which it uses, one grid value at a time) on into W the same way: BL = the
- * vectors that fit, at least MIN_CHUNK (the work area grows for that).
+ * The leave-one-out pass holds features from loo_off (past the forward's buffers, the fold's, and its own:
+ * Sigma reduced to tridiagonal form in the factor's place, tmp, 3 vectors, q per grid value and class and the
+ * K class means in the reduced basis) on into W the same way: BL = the vectors that fit, at least MIN_CHUNK
+ * (the work area grows for that).
  * Then the classifier (W, b), the state (means, counts, covariance) and the SLDA logits. */
 #define MIN_CHUNK 16
 typedef struct {
     size_t stem_w, xpad, fbuf[2], line, ybuf, ptmp, bits[2], cols, shortcut, acc, feat, logits; /* forward */
-    size_t bsum, bcount, row, factor, tmp, chunk_off, work, chunk_rows, loo_off, loo_rows; /* learning (0 without) */
+    size_t bsum, bcount, row, factor, tmp, lvec, qtab, mt, chunk_off, work, chunk_rows, loo_off,
+        loo_rows; /* learning (0 without) */
     size_t W, b, means, counts, cov, slogits;
 } layout;
 
@@ -219,6 +225,7 @@ static void plan(const bnncl_model *m, layout *L) {
                        L->cols + L->shortcut + L->acc + L->feat + L->logits;
     const int64_t K = m->slda_classes, D = m->features, P = D * (D + 1) / 2;
     L->bsum = L->bcount = L->row = L->factor = L->tmp = L->chunk_off = L->chunk_rows = L->loo_off = L->loo_rows = 0;
+    L->lvec = L->qtab = L->mt = 0;
     L->W = L->b = L->means = L->counts = L->cov = L->slogits = 0;
     L->work = fwd;
     if (!K) return;
@@ -227,6 +234,9 @@ static void plan(const bnncl_model *m, layout *L) {
     L->row = up16((size_t)D * sizeof(double));
     L->factor = up16((size_t)P * sizeof(double));
     L->tmp = up16((size_t)D * sizeof(double));
+    L->lvec = up16((size_t)(3 * D) * sizeof(double));
+    L->qtab = up16((size_t)(GRID * K) * sizeof(double));
+    L->mt = up16((size_t)(K * D) * sizeof(double));
     L->W = up16((size_t)(K * D) * sizeof(double));
     L->b = up16((size_t)K * sizeof(double));
     L->means = up16((size_t)(K * D) * sizeof(float));
@@ -239,8 +249,9 @@ static void plan(const bnncl_model *m, layout *L) {
     L->chunk_off = fwd > fold ? fwd : fold;
     if (L->chunk_off > work) work = L->chunk_off;
     if (work - L->chunk_off + L->W < MIN_CHUNK * vec) work = up16(L->chunk_off + MIN_CHUNK * vec - L->W);
-    L->loo_off = L->chunk_off > L->factor + L->tmp ? L->chunk_off : L->factor + L->tmp;
-    if (work - L->loo_off + L->W < MIN_CHUNK * vec) work = up16(L->loo_off + MIN_CHUNK * vec - L->W);
+    const size_t loo_scratch = L->factor + L->tmp + L->lvec + L->qtab + L->mt;
+    L->loo_off = L->chunk_off > loo_scratch ? L->chunk_off : loo_scratch;
+    if (work + L->W < L->loo_off + MIN_CHUNK * vec) work = up16(L->loo_off + MIN_CHUNK * vec - L->W); /* unsigned */
     L->work = work;
     L->chunk_rows = (work - L->chunk_off + L->W) / vec;
     L->loo_rows = (work - L->loo_off + L->W) / vec;
@@ -324,6 +335,9 @@ int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx 
     p = c->work; /* the refresh's */
     TAKE(factor, double, L.factor);
     TAKE(tmp, double, L.tmp);
+    TAKE(lvec, double, L.lvec); /* the leave-one-out pass's, past the factor and tmp */
+    TAKE(qtab, double, L.qtab);
+    TAKE(mt, double, L.mt);
     c->chunk = (float *)(c->work + L.chunk_off);
     c->B = (int64_t)L.chunk_rows;
     c->hold = (float *)(c->work + L.loo_off);
@@ -652,17 +666,124 @@ static int tallied(const bnncl_ctx *c, int32_t y) { return c->counts[y] >= 2 && 
  * mu' = (n mu_c - x) / (n - 1):  mu' . u = (n mu_c . u - x . u) / (n - 1),
  * mu' . A^-1 mu' = (n^2 q_c - 2 n mu_c . u + x . u) / (n - 1)^2, and n - 1 for n_k.  A right answer (own score
  * >= every other seen class's) adds one to loo[eps].  Python works in the eigenbasis of Sigma (eigenvalues
- * clipped at 0); here A is factorised (Cholesky, float64) per grid value: the same scores up to rounding.
- * The features are held in c->hold, which the factor does not reach, up to BL at a time: moved there from
- * c->chunk when the call was one chunk (in_chunk) and they fit, else their forwards run again.  Per hold, per
- * grid value: the factor, q in c->b (refresh solves b again), u in c->tmp; spread is computed for the first
- * hold only (c->loo_spread).  A grid value whose factor fails counts nothing. */
+ * clipped at 0); here Sigma is reduced once (per hold, below) to tridiagonal form T = Q^T Sigma Q by Householder
+ * reflections (float64, as an eigensolver begins), so A = Q M Q^T with M = (1 - eps) T + eps I tridiagonal:
+ * the means and each image are taken into that basis once (mu~ = Q^T mu, x~ = Q^T x; O(D^2) each) and per grid
+ * value everything is O(D): the LDL^T pivots of M, u~ = M^-1 x~, mu . A^-1 x = mu~ . u~, q_k = mu~_k . M^-1 mu~_k,
+ * and spread = tr(A^-1 Sigma) = (D - eps tr(M^-1)) / (1 - eps), tr(M^-1) from the forward and backward pivots:
+ * the same scores up to rounding.  The features are held in c->hold, which the reduction does not reach, up to
+ * BL at a time: moved there from c->chunk when the call was one chunk (in_chunk) and they fit, else their
+ * forwards run again (and Sigma is reduced again for each hold: the same T, bit for bit).  A grid value whose M
+ * has a pivot <= 0 counts nothing (Python clips negative eigenvalues at 0 instead; only a Sigma with an
+ * eigenvalue below -eps / (1 - eps) in rounding differs). */
+
+/* T = Q^T Sigma Q into c->factor (lower triangle packed row by row): d_i = T[i][i] at (i, i), e_i = T[i + 1][i] at
+ * (i + 1, i); Q = H_0 H_1 ... H_{D-3}, H_k = I - tau_k v_k v_k^T, v_k zero above k + 1, v_k[k + 1] = 1 and
+ * v_k[r] at (r, k) for r >= k + 2; tau_k in c->tmp (0: H_k = I).  Scratch: the first two vectors of c->lvec. */
+static void tridiagonalize(bnncl_ctx *c) {
+    const int64_t D = c->D;
+    double *A = c->factor, *tau = c->tmp, *p = c->lvec, *v = c->lvec + D;
+    for (int64_t i = 0; i < D; ++i)
+        for (int64_t j = 0; j <= i; ++j) A[lo_index(i, j)] = (double)c->cov[up_index(D, j, i)];
+    for (int64_t k = 0; k + 2 < D; ++k) {
+        const double alpha = A[lo_index(k + 1, k)];
+        double xn = 0.0;
+        for (int64_t r = k + 2; r < D; ++r) xn += A[lo_index(r, k)] * A[lo_index(r, k)];
+        tau[k] = 0.0;
+        if (xn == 0.0) continue; /* the column is reduced already: e_k = alpha */
+        const double beta = alpha >= 0.0 ? -sqrt(alpha * alpha + xn) : sqrt(alpha * alpha + xn);
+        const double t = tau[k] = (beta - alpha) / beta, scale = 1.0 / (alpha - beta);
+        A[lo_index(k + 1, k)] = beta;
+        v[k + 1] = 1.0;
+        for (int64_t r = k + 2; r < D; ++r) v[r] = A[lo_index(r, k)] *= scale;
+        /* the trailing block B (rows and columns k + 1 ..) <- H B H: p = tau B v, w = p - (tau / 2) (p . v) v,
+         * B -= v w^T + w v^T */
+        for (int64_t r = k + 1; r < D; ++r) p[r] = 0.0;
+        for (int64_t r = k + 1; r < D; ++r) {
+            const double *ar = A + lo_index(r, 0), vr = v[r];
+            double s = 0.0;
+            for (int64_t j = k + 1; j < r; ++j) {
+                s += ar[j] * v[j];
+                p[j] += ar[j] * vr;
+            }
+            p[r] += s + ar[r] * vr;
+        }
+        double pv = 0.0;
+        for (int64_t r = k + 1; r < D; ++r) pv += (p[r] *= t) * v[r];
+        const double h = 0.5 * t * pv;
+        for (int64_t r = k + 1; r < D; ++r) p[r] -= h * v[r];
+        for (int64_t r = k + 1; r < D; ++r) {
+            double *ar = A + lo_index(r, 0);
+            const double vr = v[r], wr = p[r];
+            for (int64_t j = k + 1; j <= r; ++j) ar[j] -= vr * p[j] + wr * v[j];
+        }
+    }
+}
+
+/* y <- Q^T y (H_0 first) with the reflectors of tridiagonalize. */
+static void to_tridiagonal_basis(const bnncl_ctx *c, double *y) {
+    const int64_t D = c->D;
+    const double *A = c->factor, *tau = c->tmp;
+    for (int64_t k = 0; k + 2 < D; ++k) {
+        if (tau[k] == 0.0) continue;
+        double s = y[k + 1];
+        for (int64_t r = k + 2; r < D; ++r) s += A[lo_index(r, k)] * y[r];
+        s *= tau[k];
+        y[k + 1] -= s;
+        for (int64_t r = k + 2; r < D; ++r) y[r] -= s * A[lo_index(r, k)];
+    }
+}
+
+/* The LDL^T pivots of M = (1 - eps) T + eps I into piv; 0 when one is not > 0 (M not positive definite). */
+static int tridiagonal_pivots(const bnncl_ctx *c, double eps, double *piv) {
+    const double *A = c->factor, g = 1.0 - eps;
+    double prev = 0.0;
+    for (int64_t i = 0; i < c->D; ++i) {
+        double dv = g * A[lo_index(i, i)] + eps;
+        if (i) {
+            const double b = g * A[lo_index(i, i - 1)];
+            dv -= b * b / prev;
+        }
+        if (!(dv > 0.0) || !isfinite(dv)) return 0;
+        piv[i] = prev = dv;
+    }
+    return 1;
+}
+
+/* tr(Lambda Sigma) = (D - eps tr(M^-1)) / (1 - eps): (M^-1)_ii = 1 / (piv_i - b_i^2 / bpiv_{i+1}) with bpiv the
+ * pivots of M eliminated from the last row up. */
+static double tridiagonal_spread(const bnncl_ctx *c, double eps, const double *piv) {
+    const int64_t D = c->D;
+    const double *A = c->factor, g = 1.0 - eps;
+    double tr = 1.0 / piv[D - 1], bpiv = g * A[lo_index(D - 1, D - 1)] + eps;
+    for (int64_t i = D - 2; i >= 0; --i) {
+        const double b = g * A[lo_index(i + 1, i)], t = b * b / bpiv;
+        tr += 1.0 / (piv[i] - t);
+        bpiv = g * A[lo_index(i, i)] + eps - t;
+    }
+    return ((double)D - eps * tr) / (1.0 - eps);
+}
+
+/* u = M^-1 y (u may not be y) and y . u, with the pivots of M. */
+static double tridiagonal_solve(const bnncl_ctx *c, double eps, const double *piv, const double *y, double *u) {
+    const int64_t D = c->D;
+    const double *A = c->factor, g = 1.0 - eps;
+    u[0] = y[0];
+    for (int64_t i = 1; i < D; ++i) u[i] = y[i] - g * A[lo_index(i, i - 1)] / piv[i - 1] * u[i - 1];
+    u[D - 1] /= piv[D - 1];
+    for (int64_t i = D - 2; i >= 0; --i) u[i] = (u[i] - g * A[lo_index(i + 1, i)] * u[i + 1]) / piv[i];
+    double yu = 0.0;
+    for (int64_t i = 0; i < D; ++i) yu += y[i] * u[i];
+    return yu;
+}
+
 static void count_leave_one_out(bnncl_ctx *c, const uint8_t *images, size_t n, size_t image_bytes,
                                 const int32_t *labels, int in_chunk) {
     const int64_t K = c->K, D = c->D;
     int64_t total = 0;
     for (size_t i = 0; i < n; ++i) total += tallied(c, labels[i]);
     if (!total) return;
+    double *xt = c->lvec, *piv = c->lvec + D, *u = c->lvec + 2 * D;
     int first = 1;
     for (size_t at = 0; at < n;) {
         const size_t from = at;
@@ -683,54 +804,50 @@ static void count_leave_one_out(bnncl_ctx *c, const uint8_t *images, size_t n, s
             ++held;
         }
         if (!held) break;
+        tridiagonalize(c); /* again for each hold: the forwards between holds run over it */
+        for (int64_t k = 0; k < K; ++k) { /* mu~_k, and q_k per grid value */
+            if (c->counts[k] <= 0) continue;
+            double *mt = c->mt + k * D;
+            for (int64_t i = 0; i < D; ++i) mt[i] = (double)c->means[k * D + i];
+            to_tridiagonal_basis(c, mt);
+        }
         for (int j = 0; j < GRID; ++j) {
             const double eps = shrinkage_grid[j];
             if (!first && isnan(c->loo_spread[j])) continue;
-            if (factorize(c, eps) != BNNCL_OK) {
-                if (first) c->loo_spread[j] = NAN;
+            if (!tridiagonal_pivots(c, eps, piv)) {
+                c->loo_spread[j] = NAN;
                 continue;
             }
-            if (first) c->loo_spread[j] = spread_of(c, eps);
-            const double spread = c->loo_spread[j];
-            if (isnan(spread)) continue;
-            double *u = c->tmp;
-            for (int64_t k = 0; k < K; ++k) { /* q_k = |L^-1 mu_k|^2 */
-                if (c->counts[k] <= 0) continue;
-                const float *mu = c->means + k * D;
-                for (int64_t i = 0; i < D; ++i) u[i] = (double)mu[i];
-                solve_lower(c, u);
-                double q = 0.0;
-                for (int64_t i = 0; i < D; ++i) q += u[i] * u[i];
-                c->b[k] = q;
-            }
-            int64_t h = 0;
-            for (size_t i = from; i < at; ++i) {
-                const int32_t y = labels[i];
-                if (!tallied(c, y)) continue;
-                const float *x = c->hold + h++ * D;
-                for (int64_t r = 0; r < D; ++r) u[r] = (double)x[r];
-                solve_lower(c, u);
-                const double *L = c->factor;
-                for (int64_t r = D - 1; r >= 0; --r) { /* L^T u = L^-1 x, in place */
-                    double s = u[r];
-                    for (int64_t t = r + 1; t < D; ++t) s -= L[lo_index(t, r)] * u[t];
-                    u[r] = s / L[lo_index(r, r)];
-                }
-                double xu = 0.0;
-                for (int64_t r = 0; r < D; ++r) xu += (double)x[r] * u[r];
+            if (first) c->loo_spread[j] = tridiagonal_spread(c, eps, piv);
+            for (int64_t k = 0; k < K; ++k)
+                if (c->counts[k] > 0) c->qtab[j * K + k] = tridiagonal_solve(c, eps, piv, c->mt + k * D, u);
+        }
+        int64_t h = 0;
+        for (size_t i = from; i < at; ++i) {
+            const int32_t y = labels[i];
+            if (!tallied(c, y)) continue;
+            const float *x = c->hold + h++ * D;
+            for (int64_t r = 0; r < D; ++r) xt[r] = (double)x[r];
+            to_tridiagonal_basis(c, xt);
+            for (int j = 0; j < GRID; ++j) {
+                const double eps = shrinkage_grid[j], spread = c->loo_spread[j];
+                if (isnan(spread)) continue;
+                tridiagonal_pivots(c, eps, piv); /* positive definite: checked above */
+                const double xu = tridiagonal_solve(c, eps, piv, xt, u);
+                const double *q = c->qtab + j * K;
                 double own = 0.0, other = -INFINITY;
                 for (int64_t k = 0; k < K; ++k) {
                     if (c->counts[k] <= 0) continue;
-                    const float *mu = c->means + k * D;
+                    const double *mt = c->mt + k * D;
                     double mu_u = 0.0;
-                    for (int64_t r = 0; r < D; ++r) mu_u += (double)mu[r] * u[r];
+                    for (int64_t r = 0; r < D; ++r) mu_u += mt[r] * u[r];
                     const double nk = (double)c->counts[k];
                     if (k == y) {
                         const double n1 = nk - 1.0;
-                        own = (nk * mu_u - xu) / n1 - 0.5 * (nk * nk * c->b[k] - 2.0 * nk * mu_u + xu) / (n1 * n1) +
+                        own = (nk * mu_u - xu) / n1 - 0.5 * (nk * nk * q[k] - 2.0 * nk * mu_u + xu) / (n1 * n1) +
                               0.5 * spread / (n1 + SMALL_SAMPLE_PRIOR);
                     } else {
-                        const double sk = mu_u - 0.5 * c->b[k] + 0.5 * spread / (nk + SMALL_SAMPLE_PRIOR);
+                        const double sk = mu_u - 0.5 * q[k] + 0.5 * spread / (nk + SMALL_SAMPLE_PRIOR);
                         if (sk > other) other = sk;
                     }
                 }

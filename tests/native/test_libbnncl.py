@@ -19,9 +19,10 @@ update of all 100 within the rtol above.
 
 The leave-one-out selection of the shrinkage (``StreamingLDA._count_leave_one_out``, ``effective_shrinkage``): the
 library tallies the images of a learn call whose class ends with 2 .. 100 features on the statistics after the
-whole call, as ``Learner.learn`` (one update) does; its scores come from a Cholesky factor per grid value where
-Python uses an eigendecomposition, so a near-tie could in principle come out the other way; on these inputs the
-tallies are asserted equal, and so is the shrinkage chosen (``bnncl_slda_selection``).  The fmnist-b5 test also
+whole call, as ``Learner.learn`` (one update) does; its scores come from a Householder reduction of the
+covariance to tridiagonal form (O(D) per grid value) where Python uses an eigendecomposition, so a near-tie could
+in principle come out the other way; on these inputs the tallies are asserted equal, and so is the shrinkage
+chosen (``bnncl_slda_selection``).  The fmnist-b5 test also
 loads a state of format version 1 (no leave-one-out counts: they load as zeros); the cifar10-b5 test learns one
 class from 5 images, where the selection moves the shrinkage far from the fallback rule (0.025 -> 1e-4).
 """

@@ -119,8 +119,9 @@ def arena_plan(model: DeviceModel, capacity: int | None = None) -> dict[str, int
     """libbnncl's memory plan for predict and streaming-LDA learning over ``capacity`` classes (default: the
     model's class names; 0: predict only), as ``plan`` in src/bnncl.c: ``arena_bytes`` (``bnncl_arena_size``),
     ``learn_chunk`` (``bnncl_learn_chunk``: images merged at a time), ``loo_rows`` (feature vectors the
-    leave-one-out pass holds beside the Cholesky factor), ``work`` (the work area: the forward's buffers, or in turn
-    the fold's, the Cholesky factor, a state being loaded) and ``forward`` (its buffers)."""
+    leave-one-out pass holds beside the reduced covariance and its vectors), ``work`` (the work area: the
+    forward's buffers, or in turn the fold's, the Cholesky factor, a state being loaded) and ``forward`` (its
+    buffers)."""
     arch = model.architecture
     h, w, c = arch["input_shape"]
     sc = arch["stem_channels"]
@@ -159,7 +160,10 @@ def arena_plan(model: DeviceModel, capacity: int | None = None) -> dict[str, int
     work = max(work, chunk_off)
     if work - chunk_off + wbytes < MIN_CHUNK * d * 4:
         work = up(chunk_off + MIN_CHUNK * d * 4 - wbytes)
-    loo_off = max(chunk_off, factor)  # the leave-one-out pass holds features beside the factor, on into W
+    # the leave-one-out pass: Sigma reduced to tridiagonal form in the factor's place, tmp, 3 vectors, q per grid
+    # value and class, the class means in the reduced basis; it holds features past them, on into W
+    loo_scratch = factor + up(3 * d * 8) + up(len(SHRINKAGE_GRID) * k * 8) + up(k * d * 8)
+    loo_off = max(chunk_off, loo_scratch)
     if work - loo_off + wbytes < MIN_CHUNK * d * 4:
         work = up(loo_off + MIN_CHUNK * d * 4 - wbytes)
     # W, b, the state (means, counts, cov), the SLDA logits
