@@ -58,6 +58,11 @@ def test_own_classes_from_ten_images_each_with_the_defaults(tmp_path, model, cap
     info = json.loads(capsys.readouterr().out)
     assert info["head_capacity"] == 10 + FREE_ROWS
     assert [r["name"] for r in info["classes"][10:13]] == ["apple", "bolt", "cup"]
+    # three classes of ten images: the shrinkage is chosen by leave-one-out, each image counted once per value
+    assert info["slda"]["chosen_by"] == "leave-one-out"
+    assert all(0 < n <= 30 for n in info["slda"]["leave_one_out_right"].values())
+    assert show.main(["show", str(tmp_path / "state")]) == 0
+    assert "slda shrinkage in use: " in capsys.readouterr().out
 
 
 def test_capacity_grows_on_an_existing_state_and_never_shrinks(tmp_path, model, capsys):

@@ -2,7 +2,8 @@
 
 Prints the generation and when it was written, the model sha256 it belongs to, the settings, the
 classes (head row, name, images learned on the device, base images at deployment, CWR* pattern
-count, patterns in the replay buffer), the buffer fill and the memory of each part as stored."""
+count, patterns in the replay buffer), the buffer fill, the memory of each part as stored and, for
+streaming LDA, the shrinkage it predicts with and how it was chosen (design §1.8)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from bnncl.cl.slda import LOO_MAX_COUNT, SHRINKAGE_GRID, StreamingLDA
 from bnncl.cl.state import LoadedState, StateError, StateStore
 from bnncl.cl.strategies import FEATURE_STRATEGIES
 from bnncl.errors import BnnclError
@@ -64,7 +66,24 @@ def summarize(state: LoadedState) -> dict[str, Any]:
             "strategy": nbytes("") - nbytes("buffer/") - nbytes("engine/"),
         },
         "last_experience_files": len(pos.get("last_files", [])),
+        "slda": _slda_summary(arrays, settings),
     }
+
+
+def _slda_summary(arrays: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The shrinkage streaming LDA predicts with and why (``None`` for other strategies)."""
+    if "slda/means" not in arrays:
+        return None
+    means = np.asarray(arrays["slda/means"])
+    head = StreamingLDA(means.shape[0], means.shape[1], float(settings.get("shrinkage", 1e-4)),
+                        int(settings.get("cov_bits", 32)))
+    head.load_state_dict({k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("slda/")})
+    seen = head.counts[head.counts > 0]
+    loo = head.loo_correct
+    chosen = bool(seen.size and seen.min() <= LOO_MAX_COUNT and loo.any())
+    return {"shrinkage_used": head.effective_shrinkage,
+            "chosen_by": "leave-one-out" if chosen else "setting and fading rule",
+            "leave_one_out_right": dict(zip(map(str, SHRINKAGE_GRID), map(int, loo)))}
 
 
 def _kib(n: int) -> str:
@@ -89,6 +108,12 @@ def format_summary(info: dict[str, Any], directory: str) -> str:
     b, m = info["buffer"], info["memory_bytes"]
     if b["capacity"] is not None:
         lines.append(f"replay buffer: {b['patterns']} / {b['capacity']} patterns at {b['bits']} bit(s)")
+    if info.get("slda"):
+        sl = info["slda"]
+        best = max(sl["leave_one_out_right"].values())
+        why = (f"leave-one-out, {best} right answers at the best values" if sl["chosen_by"] == "leave-one-out"
+               else sl["chosen_by"])
+        lines.append(f"slda shrinkage in use: {sl['shrinkage_used']:.4g} (chosen by {why})")
     lines.append(f"memory: replay {_kib(m['replay'])}, tail weights {_kib(m['tail_weights'])}, "
                  f"head {_kib(m['head'])}, {s.get('strategy', 'cwr_star')} state {_kib(m['strategy'])}, "
                  f"total {_kib(sum(m.values()))}")
