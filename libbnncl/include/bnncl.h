@@ -188,6 +188,36 @@ int bnncl_state_save(const bnncl_ctx *ctx, bnncl_write_fn write, void *user);
  * a damaged state gives BNNCL_E_STATE_CORRUPT, another model's BNNCL_E_STATE_FOREIGN. */
 int bnncl_state_load(bnncl_ctx *ctx, bnncl_read_fn read, void *user);
 
+/* ---- head-only CWR* with latent replay: the deterministic pieces (src/cwr.c) -------------------
+ * Each function is one step of bnncl.api.Learner(model, strategy="cwr_star", tail_blocks=0) on caller
+ * buffers (no allocation), bit-identical to the Python device engine on the same inputs (tests/native/
+ * test_libbnncl_cwr.py).  A head is classes x features float32 values on the q_b grid (what
+ * TailTrainer.get_head returns); q_f, q_b: bit widths 1..24 or 32 (float32).  The experience loop that calls
+ * them (minibatch order, buffer policy) is not in the library yet. */
+
+/* exp of the softmax: float32 range reduction and a degree-7 polynomial, the same bits on every target
+ * (NumPy's exp is its own SIMD code, up to 3 ULP apart; the Python engine needs this one to agree bit for bit
+ * on every minibatch; see src/cwr.c). */
+float bnncl_cwr_expf(float x);
+/* TailTrainer.set_head: head <- Q_qb(head) in place. */
+int bnncl_cwr_set_head(float *head, int64_t classes, int64_t features, int qb);
+/* CWRStar.begin_experience then set_head: head = Q_qb(cw rows of the present classes, zeros elsewhere). */
+int bnncl_cwr_begin(const float *cw, const uint8_t *present, float *head, int64_t classes, int64_t features,
+                    int qb);
+/* Bytes of scratch bnncl_cwr_head_step needs for a minibatch of n (4-byte aligned). */
+size_t bnncl_cwr_step_scratch(int64_t n, int64_t features, int64_t classes);
+/* One SGD step of the head (TailTrainer._train_batch, no tail blocks) on the minibatch x (n x features
+ * float32, the features the head sees) with labels in [0, classes): head updated in place. */
+int bnncl_cwr_head_step(const float *x, const int32_t *labels, int64_t n, int64_t features, int64_t classes,
+                        float *head, float lr, int qf, int qb, void *scratch, size_t scratch_bytes);
+/* CWRStar.end_experience: consolidates the trained rows of the present classes (present[c] != 0) with cur[c]
+ * patterns into cw and past; max_k < 0: no cap (cwr_max_k None).  scratch: classes x features floats. */
+int bnncl_cwr_consolidate(const float *trained, const uint8_t *present, const int64_t *cur, float *cw,
+                          int64_t *past, int64_t classes, int64_t features, double max_k, float *scratch);
+/* LatentReplayBuffer(bits=8) storage with the buffer's value range (lo, hi): n values to codes and back. */
+int bnncl_replay_encode8(const float *x, int64_t n, double lo, double hi, uint8_t *codes);
+int bnncl_replay_decode8(const uint8_t *codes, int64_t n, double lo, double hi, float *x);
+
 #ifdef __cplusplus
 }
 #endif
