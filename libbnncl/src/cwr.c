@@ -86,26 +86,8 @@ static int bits_ok(int bits) { return (bits >= 1 && bits <= 24) || bits == 32; }
 
 /* ---- NumPy's pairwise sums (numpy/_core/src/umath/loops_utils.h.src; add.reduce from the identity 0) ---- */
 
-static float pairwise_f32(const float *a, int64_t n) {
-    if (n < 8) {
-        float r = -0.0f;
-        for (int64_t i = 0; i < n; ++i) r += a[i];
-        return r;
-    }
-    if (n <= 128) {
-        float r[8];
-        for (int j = 0; j < 8; ++j) r[j] = a[j];
-        int64_t i = 8;
-        for (; i < n - (n % 8); i += 8)
-            for (int j = 0; j < 8; ++j) r[j] += a[i + j];
-        float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for (; i < n; ++i) res += a[i];
-        return res;
-    }
-    int64_t n2 = n / 2;
-    n2 -= n2 % 8;
-    return pairwise_f32(a, n2) + pairwise_f32(a + n2, n - n2);
-}
+/* tail_elementwise.c (C core; NumPy's pairwise float32 sum, the one copy of that order) */
+float bnncl_np_pairwise_f32(const float *a, int64_t n);
 
 /* the same over float32 values taken as float64 (x.astype(np.float64).sum()), the values at stride 1 */
 static double pairwise_f64(const float *a, int64_t n) {
@@ -186,7 +168,7 @@ int bnncl_cwr_head_step(const float *x, const int32_t *labels, int64_t n, int64_
         float m = l[0];
         for (int64_t c = 1; c < K; ++c) m = l[c] > m ? l[c] : m;
         for (int64_t c = 0; c < K; ++c) ei[c] = bnncl_cwr_expf(l[c] - m);
-        const float sum = 0.0f + pairwise_f32(ei, K);
+        const float sum = 0.0f + bnncl_np_pairwise_f32(ei, K);
         for (int64_t c = 0; c < K; ++c) l[c] = ei[c] / sum;
     }
     fake_quantize(lg, n * K, qf);

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "host_io.h"
 #include "model.h"
 
 #define IMG (BNNCL_INPUT_H * BNNCL_INPUT_W * BNNCL_INPUT_C)
@@ -25,19 +26,6 @@ static uint64_t arena[(BNNCL_ARENA_BYTES + 7) / 8];
 static int fail(const char *what) {
     fprintf(stderr, "split_main: %s\n", what);
     return 1;
-}
-
-static uint8_t *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *p = (uint8_t *)malloc(len > 0 ? (size_t)len : 1);
-    if (p && len > 0 && fread(p, 1, (size_t)len, f) != (size_t)len) p = NULL;
-    fclose(f);
-    *n = len > 0 ? (size_t)len : 0;
-    return p;
 }
 
 int main(int argc, char **argv) {

@@ -438,8 +438,9 @@ INL void weight_g_body(const tail_g_args *A) {
 
 /* NumPy's pairwise summation of a contiguous float32 row (numpy/_core/src/umath/loops_utils.h.src):
  * blocks of <= 128 summed with 8 strided accumulators, larger rows split in two halves (a multiple of 8
- * first); np.add.reduce starts from the identity 0 (so an all -0.0 row sums to +0.0). */
-static float np_pairwise(const float *a, int64_t n) {
+ * first); np.add.reduce starts from the identity 0 (so an all -0.0 row sums to +0.0: add 0.0f to the
+ * result, as np_row_sum does).  Also used by libbnncl's CWR* head step (libbnncl/src/cwr.c). */
+float bnncl_np_pairwise_f32(const float *a, int64_t n) {
     if (n < 8) {
         float r = -0.0f;
         for (int64_t i = 0; i < n; ++i) r += a[i];
@@ -457,12 +458,12 @@ static float np_pairwise(const float *a, int64_t n) {
     }
     int64_t n2 = n / 2;
     n2 -= n2 % 8;
-    return np_pairwise(a, n2) + np_pairwise(a + n2, n - n2);
+    return bnncl_np_pairwise_f32(a, n2) + bnncl_np_pairwise_f32(a + n2, n - n2);
 }
 
 static float np_row_sum(const float *a, int64_t n) {
     /* recursion lives outside the always-inline bodies */
-    return 0.0f + np_pairwise(a, n);
+    return 0.0f + bnncl_np_pairwise_f32(a, n);
 }
 
 /* dW = s_o G + ((sum_k sign(W) G) / K) sgn(W): sign(W) = -1 where W < 0 else 1, sgn(W) = np.sign (0 at 0) */
