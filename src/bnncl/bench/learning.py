@@ -78,6 +78,12 @@ def _kernel_path() -> str:
     return active_path()
 
 
+def _machine() -> dict:
+    """Where the figures were measured (the load average says how shared the machine was)."""
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+            "load_avg": os.getloadavg()}
+
+
 def _time_step(engine, lat: np.ndarray, y: np.ndarray, lr: float) -> float:
     t = time.perf_counter()
     engine.train_batch(lat, y, lr)
@@ -142,8 +148,7 @@ def run(ks: list[int], steps: int, experience: bool, threads: int, protocol: str
               f"({row['step_ratio']:.2f}x); experience {row['device_experience_s']:.2f} s vs "
               f"{row['torch_experience_s']:.2f} s ({row['experience_ratio']:.2f}x)", flush=True)
     return {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "load_avg": os.getloadavg()},
+        "machine": _machine(),
         "protocol": {"name": protocol, "batch": BATCH, "new": new, "replay": REPLAY, "epochs": epochs, "lr": lr,
                      "steps_per_experience": steps_per_experience, "experience_measured": experience},
         "config": {"device": "8/16/8", "torch": "fp32", "threads": threads, "steps": steps,
@@ -204,8 +209,7 @@ def run_slda(protocol: str, repeats: int, threads: int, epochs: int | None = Non
           f"{row['device_slda_s']:.2f} s vs torch fp32 CWR* K={cfg.tail_blocks} {row['torch_cwr_star_s']:.2f} s "
           f"({row['ratio']:.1f}x)", flush=True)
     return {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "load_avg": os.getloadavg()},
+        "machine": _machine(),
         "protocol": {"name": protocol, "new": new, "replay": REPLAY, "epochs": epochs, "lr": lr, "batch": BATCH},
         "config": {"device": "slda", "torch": "fp32 CWR* tail", "threads": threads, "repeats": repeats,
                    "kernel_path": _kernel_path()},
