@@ -12,16 +12,11 @@ from bnncl.cl.linear_engine import NumpyLinearEngine
 from bnncl.cl.replay import LatentReplayBuffer
 from bnncl.cl.state import StateStore
 from bnncl.cl.strategies import AUTO_PRESENTATIONS, MAX_AUTO_EPOCHS, MIN_AUTO_EPOCHS, auto_epochs
-
-SHAPE = (4, 4, 1)
+from synthetic_images import SHAPE, class_images
 
 
 def images(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    means = np.random.default_rng(7).standard_normal((6, 16)) * 0.8
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(6), n_per_class)
-    x = means[y] + rng.standard_normal((len(y), 16))
-    return np.clip(170 + 30 * x, 0, 255).astype(np.uint8).reshape((-1,) + SHAPE), y.astype(np.int64)
+    return class_images(6, n_per_class, seed, means_seed=7)
 
 
 TRAIN = images(40, 1)

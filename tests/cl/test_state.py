@@ -28,8 +28,8 @@ from bnncl.cl.state import (
     sha256_file,
 )
 from bnncl.errors import BnnclError
+from synthetic_images import SHAPE, class_images
 
-SHAPE = (4, 4, 1)
 MODEL = "ab" * 32
 
 
@@ -54,11 +54,7 @@ def saved(tmp_path: Path, n: int = 2) -> StateStore:
 
 # -- a realistic learner state ----------------------------------------------------------------
 def images(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    means = np.random.default_rng(123).standard_normal((10, 16)) * 0.8
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(10), n_per_class)
-    x = means[y] + rng.standard_normal((len(y), 16))
-    return np.clip(170 + 30 * x, 0, 255).astype(np.uint8).reshape((-1,) + SHAPE), y.astype(np.int64)
+    return class_images(10, n_per_class, seed, means_seed=123)
 
 
 TRAIN = images(60, 1)
