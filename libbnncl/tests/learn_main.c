@@ -22,24 +22,12 @@
 #include <string.h>
 
 #include "host_io.h"
+#include "mem_stream.h"
 #include "model.h"
 
 #define IMG (BNNCL_INPUT_H * BNNCL_INPUT_W * BNNCL_INPUT_C)
 
 static uint64_t arena[(BNNCL_ARENA_BYTES + 7) / 8];
-
-typedef struct {
-    const uint8_t *data;
-    size_t size, pos;
-} membuf;
-
-static int read_mem(void *user, void *data, size_t n) {
-    membuf *m = (membuf *)user;
-    if (n > m->size - m->pos) return 1;
-    memcpy(data, m->data + m->pos, n);
-    m->pos += n;
-    return 0;
-}
 
 static int write_file(void *user, const void *data, size_t n) { return fwrite(data, 1, n, (FILE *)user) != n; }
 

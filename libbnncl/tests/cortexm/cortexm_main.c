@@ -29,6 +29,7 @@
 
 #include "model.h"
 #include "semihost.h"
+#include "../mem_stream.h"
 
 #define IMG (BNNCL_INPUT_H * BNNCL_INPUT_W * BNNCL_INPUT_C)
 
@@ -102,27 +103,6 @@ static int error(const char *what, int rc) {
     put_int(rc);
     endl();
     return 1;
-}
-
-typedef struct {
-    uint8_t *data;
-    size_t size, pos;
-} membuf;
-
-static int write_mem(void *user, const void *data, size_t n) {
-    membuf *m = (membuf *)user;
-    if (n > m->size - m->pos) return 1;
-    memcpy(m->data + m->pos, data, n);
-    m->pos += n;
-    return 0;
-}
-
-static int read_mem(void *user, void *data, size_t n) {
-    membuf *m = (membuf *)user;
-    if (n > m->size - m->pos) return 1;
-    memcpy(data, m->data + m->pos, n);
-    m->pos += n;
-    return 0;
 }
 
 static uint32_t t_predict, t_features, t_learn, t_slda, t_calib;
