@@ -324,15 +324,19 @@ def rewrite(original, name: str, tensors: dict, meta: dict, manifest, fix: str) 
 @example([(("checksum", "value"), "replace", None)], "tensors")  # the fix undoes the change: loads
 @example([(("architecture", "input_shape", 0), "huge", None)], "both")  # refused, not a NumPy error
 @example([(("architecture", "input_shape", 0), "replace", 2)], "both")  # another valid input size: runs
+@example([(("layers",), "replace", "00"), (("layers", 1), "delete", None)], "none")  # parent retyped to a string
 def test_rewritten_manifest_values_are_refused_or_valid(original, changes, fix):
     manifest = copy.deepcopy(original["model"].manifest)
     for path, kind, new in changes:
         try:
-            old = manifest
-            for key in path:
-                old = old[key]
+            parent = manifest
+            for key in path[:-1]:
+                parent = parent[key]
+            old = parent[path[-1]]
         except (KeyError, IndexError, TypeError):
             continue  # an earlier change removed or retyped this path
+        if not isinstance(parent, (dict, list)):
+            continue  # an earlier change made the parent a string (indexable, but not a container)
         set_path(manifest, path, tweak(old, kind, new), delete=kind == "delete")
     path = rewrite(original, "meta.bnn", original["model"].tensors, original["meta"], manifest, fix)
     # compare what was written: a recomputed checksum may undo a change made to the checksum itself
