@@ -1,11 +1,13 @@
 /* libbnncl glue: the frozen forward of one image on the C core's kernels, in a caller-provided arena.
  *
  * Per image, the stages of bnncl.device.frozen.FrozenEngine (per-layer path), each one a call of the
- * same C core function the Python extension runs, on the scalar kernel path:
+ * same C core function the Python extension runs, on the kernel path in use (bit-identical on every path):
  *   stem   bnncl_stem_pad_u8 + bnncl_stem_lines (float32, fixed order), then per pixel the stem
- *          epilogue (bnncl_epi_pixel: * mul + addmap, RPReLU, packed signs of + next input bias);
- *   block  bnncl_im2col_rows + bnncl_panel_scalar (y = scale * dot + bias), then per pixel the block
- *          epilogue (bnncl_epi_pixel: + shortcut, RPReLU, packed signs for the next block);
+ *          epilogue (bnncl_epi_pixel: * mul + addmap, RPReLU, packed signs of + next input bias); on the
+ *          AVX-512 path the stem tiles with that epilogue in their registers, as the Python engine's;
+ *   block  bnncl_im2col_rows (or bnncl_im2col_rows32 from the zero-padded 32-bit layout where it fits) +
+ *          the panel kernel (y = scale * dot + bias), then per pixel the block epilogue (bnncl_epi_pixel:
+ *          + shortcut, RPReLU, packed signs for the next block; its AVX-512 variant on that path);
  *   head   bnncl_tail_gap (average pool, summed in order) + bnncl_matmul_f32 (fixed order).
  * Learning: streaming LDA on the pooled features, the formulas of bnncl.cl.slda.StreamingLDA (update:
  * exact merge of class means and the pooled within-class scatter in float64; the leave-one-out tally of the
@@ -41,6 +43,13 @@ struct bnncl_ctx {
     const bnncl_model *m;
     bnncl_panel_fn panel; /* the binary conv kernel: the best path this CPU runs, or the one set */
     int path;
+    signed char epi512; /* the AVX-512 epilogue (path AVX-512, as the Python engine's) */
+    signed char stem512; /* the AVX-512 stem tiles (path AVX-512, stem_channels % 16 == 0 and <= 64) */
+    signed char stem_fused; /* ... with the stem epilogue in their registers (stem_channels % 32 == 0, and an
+                             * addmap row at hand: the model's full map, or for ADDMAP_NINE a row built in fbuf[1],
+                             * which is free until block 1 writes it) */
+    signed char amrow_ry; /* the border class (0 top, 1 middle, 2 bottom) of the addmap row in fbuf[1]; -1: none */
+    uint64_t padded;    /* bit i: block i's input signs in the zero-padded 32-bit layout (bits_sink) */
     float *stem_w;      /* float32 stem weights (converted from int8, or the model's) */
     float *xpad;        /* zero-padded float copy of the image */
     float *fbuf[2];     /* real-valued block outputs (full or 2x2-pooled maps); a block may write in place */
@@ -277,6 +286,7 @@ size_t bnncl_learn_chunk(const bnncl_model *m) {
 
 static int refresh(bnncl_ctx *c);
 static int ctx_ok(const bnncl_ctx *c);
+static int padded_fits(const bnncl_model *m, int32_t i, const layout *L);
 
 /* The fastest kernel path of this CPU (runtime detection; every path is bit-identical to the scalar one). */
 static int best_path(void) {
@@ -287,13 +297,28 @@ static int best_path(void) {
     return BNNCL_PATH_SCALAR;
 }
 
+/* The kernels of a path: the conv panels, and on the AVX-512 path the AVX-512 epilogue and stem tiles, as the
+ * Python engine runs them there (bnncl_fwd_run); all bit-identical to the scalar code. */
+static void use_path(bnncl_ctx *c, int path, bnncl_panel_fn fn, size_t fbuf1_bytes) {
+    const bnncl_model *m = c->m;
+    c->path = path, c->panel = fn;
+    c->epi512 = (signed char)bnncl_epi_use_avx512(path == BNNCL_PATH_AVX512);
+    c->stem512 = (signed char)(path == BNNCL_PATH_AVX512 && bnncl_stem_avx512_ok(m->stem_channels));
+    const size_t row = (size_t)m->in_w * (size_t)m->stem_channels * sizeof(float);
+    c->stem_fused = (signed char)(c->stem512 && m->stem_channels % 32 == 0 &&
+                                  (m->addmap_kind == BNNCL_ADDMAP_FULL || fbuf1_bytes >= row));
+    c->amrow_ry = -1;
+}
+
 int bnncl_set_kernel_path(bnncl_ctx *c, int path) {
     if (!c) return BNNCL_E_NULL;
     if (!ctx_ok(c)) return BNNCL_E_CTX;
     if (path == BNNCL_KERNEL_AUTO) path = best_path();
     bnncl_panel_fn fn = bnncl_panel_for(path);
     if (!fn) return BNNCL_E_UNSUPPORTED;
-    c->path = path, c->panel = fn;
+    layout L;
+    plan(c->m, &L);
+    use_path(c, path, fn, L.fbuf[1]);
     return BNNCL_OK;
 }
 
@@ -356,8 +381,9 @@ int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx 
         c->stem_w = (float *)m->stem_weight_f32; /* read only */
     }
     c->m = m;
-    c->path = best_path();
-    c->panel = bnncl_panel_for(c->path);
+    for (int32_t i = 0; i < m->num_blocks; ++i)
+        if (padded_fits(m, i, &L)) c->padded |= (uint64_t)1 << i;
+    use_path(c, best_path(), bnncl_panel_for(best_path()), L.fbuf[1]);
     c->K = m->slda_classes, c->D = m->features, c->P = (int64_t)c->D * (c->D + 1) / 2;
     if (c->K) {
         if (m->slda_means) {
@@ -378,17 +404,81 @@ int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx 
     return BNNCL_OK;
 }
 
+/* The stem addmap of row y as a full row (w x stem_channels): the model's, or for ADDMAP_NINE the row of its
+ * border class built in fbuf[1] (kept while the class does not change). */
+static const float *addmap_row(bnncl_ctx *c, int64_t y) {
+    const bnncl_model *m = c->m;
+    const int64_t h = m->in_h, w = m->in_w, oc = m->stem_channels;
+    if (m->addmap_kind != BNNCL_ADDMAP_NINE) return m->stem_addmap + y * w * oc;
+    const int64_t ry = y == 0 ? 0 : (y == h - 1 ? 2 : 1);
+    float *row = c->fbuf[1];
+    if (c->amrow_ry != ry) {
+        const float *nine = m->stem_addmap + ry * 3 * oc;
+        for (int64_t x = 0; x < w; ++x)
+            memcpy(row + x * oc, nine + (x == 0 ? 0 : (x == w - 1 ? 2 : 1)) * oc, (size_t)oc * sizeof(float));
+        c->amrow_ry = (signed char)ry;
+    }
+    return row;
+}
+
+/* Where the packed signs of block i's input go (the writer: the stem or block i - 1) and how block i reads them:
+ * words, nw = words_for(in_channels) per pixel (bnncl_im2col_rows), or, where c->padded has bit i, the zero-padded
+ * 32-bit layout of the Python engine, in_channels / 32 units per pixel with a zero border (bnncl_im2col_rows32,
+ * a plain copy; the same bits): in_channels % 32 == 0 and the padded map fits in bits[i % 2] (no arena grows).
+ * Pixel (y, x) at base + ((y + off) * wp + x + off) * bu uint32 units. */
+typedef struct {
+    uint32_t *base;
+    int64_t wp, bu, off;
+    int padded;
+} bits_sink;
+
+#define TB_WORDS 8 /* words of the signs of one pixel a padded writer builds on the stack (channels <= 512) */
+
+static int padded_fits(const bnncl_model *m, int32_t i, const layout *L) {
+    const bnncl_block_desc *b = &m->blocks[i];
+    const size_t units = (size_t)(b->in_h + 2) * (size_t)(b->in_w + 2) * (size_t)(b->in_channels / 32);
+    return b->in_channels % 32 == 0 && words_for(b->in_channels) <= TB_WORDS && units * 4 <= L->bits[i % 2];
+}
+
+/* The sink of block i's input (i = num_blocks: none); a padded one is cleared (its border must read 0). */
+static bits_sink sink_for(bnncl_ctx *c, int32_t i) {
+    bits_sink k = {NULL, 0, 0, 0, 0};
+    if (i >= c->m->num_blocks) return k;
+    const bnncl_block_desc *b = &c->m->blocks[i];
+    k.base = (uint32_t *)c->bits[i % 2];
+    if (c->padded >> i & 1u) {
+        k.wp = b->in_w + 2, k.bu = b->in_channels / 32, k.off = 1, k.padded = 1;
+        memset(k.base, 0, (size_t)((b->in_h + 2) * k.wp * k.bu) * sizeof(uint32_t));
+    } else {
+        k.wp = b->in_w, k.bu = 2 * words_for(b->in_channels);
+    }
+    return k;
+}
+
+static uint32_t *sink_at(const bits_sink *k, int64_t y, int64_t x) {
+    return k->base + ((y + k->off) * k->wp + x + k->off) * k->bu;
+}
+
 /* Stem row y: the conv of that row into out (w x stem_channels floats), then per pixel * mul + addmap,
- * RPReLU and (bits not NULL) the packed signs of + blocks[0].input_bias.  A row of the stem conv is the
- * same function of the padded image whichever rows are computed with it (bnncl_stem_lines). */
-static void stem_row(bnncl_ctx *c, int64_t y, float *out, uint64_t *bits) {
+ * RPReLU and (k not NULL) the packed signs of + blocks[0].input_bias into k.  A row of the stem conv is the
+ * same function of the padded image whichever rows are computed with it (bnncl_stem_lines).  On the AVX-512
+ * path the stem tiles run the conv, with the epilogue in their registers (stem_fused; the same operations). */
+static void stem_row(bnncl_ctx *c, int64_t y, float *out, const bits_sink *k) {
     const bnncl_model *m = c->m;
     const int64_t h = m->in_h, w = m->in_w, oc = m->stem_channels, nw = words_for(oc);
-    /* the padded rows y .. y + 2 as an image of height 1 */
-    bnncl_stem_lines(c->xpad + y * (w + 2) * m->in_c, 1, w, m->in_c, c->stem_w, oc, 0, 1, out, c->acc, 0, NULL);
+    const float *xp = c->xpad + y * (w + 2) * m->in_c; /* the padded rows y .. y + 2 as an image of height 1 */
+    if (c->stem_fused) { /* signs at unit x * bu of the row (units oc / 32 .. bu - 1 zeroed) */
+        const bnncl_stem_epi se = {w, m->stem_mul, addmap_row(c, y), m->stem_shift_in, m->stem_slope,
+                                   m->stem_shift_out, m->blocks[0].input_bias, k ? sink_at(k, y, 0) : NULL,
+                                   1, w, k ? k->bu : 0, 0};
+        bnncl_stem_lines(xp, 1, w, m->in_c, c->stem_w, oc, 0, 1, out, c->acc, 1, &se);
+        return;
+    }
+    bnncl_stem_lines(xp, 1, w, m->in_c, c->stem_w, oc, 0, 1, out, c->acc, c->stem512, NULL);
     /* the addmap row is passed per pixel at (0, 0): the stem epilogue reads no other pixel */
     bnncl_epi_args a = {1, 1, oc, h, w, oc, 1, nw, m->stem_mul, NULL, NULL, NULL,
                         m->stem_shift_in, m->stem_slope, m->stem_shift_out, m->blocks[0].input_bias};
+    uint64_t tb[TB_WORDS];
     for (int64_t x = 0; x < w; ++x) {
         if (m->addmap_kind == BNNCL_ADDMAP_NINE) {
             int64_t ry = y == 0 ? 0 : (y == h - 1 ? 2 : 1), rx = x == 0 ? 0 : (x == w - 1 ? 2 : 1);
@@ -396,15 +486,19 @@ static void stem_row(bnncl_ctx *c, int64_t y, float *out, uint64_t *bits) {
         } else {
             a.addmap = m->stem_addmap + (y * w + x) * oc;
         }
-        bnncl_epi_pixel(&a, 0, 0, 0, out + x * oc, c->shortcut, bits ? bits + x * nw : NULL, 0);
+        uint32_t *at = k ? sink_at(k, y, x) : NULL;
+        bnncl_epi_pixel(&a, 0, 0, 0, out + x * oc, c->shortcut, k ? (k->padded ? tb : (uint64_t *)(void *)at) : NULL,
+                        c->epi512);
+        if (k && k->padded) memcpy(at, tb, (size_t)k->bu * sizeof(uint32_t));
     }
 }
 
 /* Stem: the packed signs of its output (block 0's input) into bits[0]; its real values are not kept. */
 static void run_stem(bnncl_ctx *c, const uint8_t *image) {
     const bnncl_model *m = c->m;
+    const bits_sink k = sink_for(c, 0);
     bnncl_stem_pad_u8(image, 1, m->in_h, m->in_w, m->in_c, c->xpad);
-    for (int64_t y = 0; y < m->in_h; ++y) stem_row(c, y, c->line, c->bits[0] + y * m->in_w * words_for(m->stem_channels));
+    for (int64_t y = 0; y < m->in_h; ++y) stem_row(c, y, c->line, &k);
 }
 
 /* Block i: binary conv from bits[i % 2], ROWS output pixels at a time into ybuf, then per pixel the epilogue
@@ -414,15 +508,17 @@ static void run_block(bnncl_ctx *c, int32_t i, int src, int dst) {
     const bnncl_model *m = c->m;
     const bnncl_block_desc *b = &m->blocks[i];
     const int64_t cin = b->in_channels, o = b->out_channels, s = b->stride;
-    bnncl_conv_geom g = {c->bits[i % 2], b->in_h, b->in_w, words_for(cin), 3, 3, cin, s, 1, 0, 0, 0, NULL,
-                         b->in_h + 2, b->in_w + 2, cin / 32};
+    bnncl_conv_geom g = {c->bits[i % 2], b->in_h, b->in_w, words_for(cin), 3, 3, cin, s, 1, 0, 0, 0,
+                         c->padded >> i & 1u ? (const uint32_t *)c->bits[i % 2] : NULL, b->in_h + 2, b->in_w + 2,
+                         cin / 32};
     g.ho = (b->in_h - 1) / s + 1, g.wo = (b->in_w - 1) / s + 1, g.kk = words_for(9 * cin);
     const bnncl_epi e = {BNNCL_OUT_FLOAT, 9 * cin, o, b->scale, b->bias, NULL, NULL, c->ybuf, o};
     const int64_t pixels = g.ho * g.wo, npanels = (o + BNNCL_NB - 1) / BNNCL_NB;
     const int last = i + 1 == m->num_blocks, pool = pooled_out(m, i);
     const float *sign_bias = pool && m->blocks[i + 1].binary_input ? m->blocks[i + 1].input_bias : NULL;
     const int64_t nw = words_for(o), pw = g.wo / 2;
-    uint64_t *bits_out = last ? NULL : c->bits[(i + 1) % 2];
+    const bits_sink k = sink_for(c, i + 1);
+    uint64_t tb[TB_WORDS];
     float *out = c->fbuf[dst], *t = c->ptmp;
     /* the shortcut's source: the stem rows (recomputed), the full input map, or its 2x2 averages (stride 2;
      * the signs already taken when binarized) read as a stride-1 map */
@@ -440,17 +536,23 @@ static void run_block(bnncl_ctx *c, int32_t i, int src, int dst) {
     int64_t stem_oy = -1;
     for (int64_t r0 = 0; r0 < pixels; r0 += ROWS) {
         int64_t rows = pixels - r0 < ROWS ? pixels - r0 : ROWS;
-        bnncl_im2col_rows(&g, r0, rows, c->cols);
+        if (g.img)
+            bnncl_im2col_rows32(&g, r0, rows, c->cols);
+        else
+            bnncl_im2col_rows(&g, r0, rows, c->cols);
         for (int64_t p = 0; p < npanels; ++p)
             panel(c->cols, rows, g.kk, b->panels + p * g.kk * BNNCL_NB, p * BNNCL_NB, 0, &e);
         for (int64_t r = 0; r < rows; ++r) {
             const int64_t pix = r0 + r, oy = pix / g.wo, ox = pix % g.wo;
             float *y = c->ybuf + r * o;
             if (src < 0 && oy != stem_oy) {
-                for (int64_t k = 0; k < s; ++k) stem_row(c, s * oy + k, c->line + k * b->in_w * cin, NULL);
+                for (int64_t r = 0; r < s; ++r) stem_row(c, s * oy + r, c->line + r * b->in_w * cin, NULL);
                 stem_oy = oy;
             }
-            bnncl_epi_pixel(&a, 0, src < 0 ? 0 : oy, ox, y, c->shortcut, bits_out ? bits_out + pix * nw : NULL, 0);
+            uint32_t *at = last ? NULL : sink_at(&k, oy, ox);
+            bnncl_epi_pixel(&a, 0, src < 0 ? 0 : oy, ox, y, c->shortcut,
+                            last ? NULL : (k.padded ? tb : (uint64_t *)(void *)at), c->epi512);
+            if (!last && k.padded) memcpy(at, tb, (size_t)k.bu * sizeof(uint32_t));
             if (!pool) {
                 memcpy(out + pix * o, y, (size_t)o * sizeof(float));
                 continue;
@@ -475,6 +577,7 @@ static void forward(bnncl_ctx *c, const uint8_t *image) {
     int64_t fl[2];
     int dst[MAX_BLOCKS], cur = -1;
     float_plan(m, fl, dst);
+    c->amrow_ry = -1; /* block 1 writes over the addmap row in fbuf[1] */
     run_stem(c, image);
     for (int32_t i = 0; i < m->num_blocks; ++i) {
         run_block(c, i, cur, dst[i]);
