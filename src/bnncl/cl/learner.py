@@ -37,6 +37,11 @@ host-pretrained engine (``run(..., pretrained_base=True)``), is only *deployed*:
 prefilled with its latents, CWR*'s ``cw`` rows of the base classes are the pretrained head's rows
 and ``past[c]`` their training counts; the base features start SLDA's class means and shared covariance.
 
+Random draws (``rng``): ``numpy`` (default) draws the minibatch order and the buffer's choices from NumPy's
+``Generator``; ``portable`` from :class:`bnncl.cl.portable_rng.PortableRNG` (PCG32, the learner and the buffer
+on their own streams of ``seed``), with the softmax's exp taken from the C core: the draws and the arithmetic
+libbnncl's CWR* loop (``libbnncl/src/cwr_learn.c``) reproduces bit for bit.
+
 Progress goes to callbacks (``on_batch(BatchProgress)``, ``on_experience(ExperienceResult)``); the
 library never prints.
 """
@@ -62,6 +67,7 @@ from bnncl.cl.metrics import (
     per_class_accuracy,
     predict,
 )
+from bnncl.cl.portable_rng import BUFFER_STREAM, LEARNER_STREAM, RNG_KINDS, make_rng, rng_from_state
 from bnncl.cl.probe import LinearProbe
 from bnncl.cl.replay import LatentReplayBuffer
 from bnncl.cl.slda import StreamingLDA
@@ -104,9 +110,13 @@ class LearnerConfig:
     (:class:`bnncl.cl.cwr.FeatureStandardizer`)."""
     cwr_max_k: float | None = DEFAULTS["cwr_max_k"]
     """CWR*: cap on the merge weight of an old class's row (None: the paper's ``sqrt(past / cur)``)."""
+    rng: str = "numpy"
+    """Random draws of the learner and its replay buffer: ``numpy`` or ``portable`` (module docstring)."""
 
     def __post_init__(self) -> None:
         check_strategy(self.strategy)
+        if self.rng not in RNG_KINDS:
+            raise ValueError(f"rng: expected one of {RNG_KINDS}, got {self.rng!r}")
         if self.batch_size_eval < 1:
             raise ValueError(f"batch_size_eval must be >= 1, got {self.batch_size_eval}")
         for name, setting in (("epochs", "epochs"), ("lr", "lr"), ("minibatch_size", "minibatch"),
@@ -124,7 +134,8 @@ class LearnerConfig:
                    new_per_class=settings.new_per_class, shrinkage=settings.shrinkage, cov_bits=settings.cov_bits,
                    mixing=settings.mixing, weight_align=settings.weight_align,
                    standardize=getattr(settings, "standardize", DEFAULTS["standardize"]),
-                   cwr_max_k=getattr(settings, "cwr_max_k", DEFAULTS["cwr_max_k"]))
+                   cwr_max_k=getattr(settings, "cwr_max_k", DEFAULTS["cwr_max_k"]),
+                   rng=getattr(settings, "rng", "numpy"))
 
 
 @dataclass(frozen=True)
@@ -257,7 +268,13 @@ class ContinualLearner:
             else:
                 self.feature_head = LinearProbe(engine.num_classes, engine.head_dim)
         self.seen_classes: set[int] = set()
-        self._rng = np.random.default_rng(self.config.seed)
+        self._rng = make_rng(self.config.rng, self.config.seed, LEARNER_STREAM)
+        if self.config.rng == "portable":
+            if self.buffer is not None:
+                self.buffer.set_rng(self.config.rng, BUFFER_STREAM)
+            tail = getattr(engine, "tail", None)
+            if hasattr(tail, "softmax_exp"):
+                tail.softmax_exp = "portable"
         self._joint: list[tuple[np.ndarray, np.ndarray]] = []
 
     # -- input checks: once, where latents, labels or images enter a public method ------------------
@@ -537,8 +554,7 @@ class ContinualLearner:
                     raise ValueError(f"state has no {prefix!r} part but this learner uses one")
                 obj.load_state_dict(part(prefix), meta[prefix])
         self.seen_classes = {int(c) for c in meta["seen_classes"]}
-        self._rng = np.random.default_rng()
-        self._rng.bit_generator.state = meta["rng_state"]
+        self._rng = rng_from_state(meta["rng_state"])
 
     def _parts(self) -> tuple[tuple[str, Any], ...]:
         """The learner's stateful parts by state prefix (a part is None when the strategy has none)."""

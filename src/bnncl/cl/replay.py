@@ -11,7 +11,8 @@ Storage (one row per pattern, arrays sized to the patterns held, never above ``c
   :func:`bnncl.device.bitpack.pack_signs` (bit 1 = -1); decoding gives ±1 (sign(0) = +1). Meant for
   ±1 latents (a binary LR layer); real latents are binarised on the way in.
 
-Policies (the RNG is the buffer's own, seeded, and part of its state):
+Policies (the RNG is the buffer's own, seeded, and part of its state: NumPy's ``Generator``, or the portable
+stream of :mod:`bnncl.cl.portable_rng` after :meth:`LatentReplayBuffer.set_rng`):
 
 * ``class_balanced``: every class seen so far gets an equal share of ``capacity`` (water-filled:
   a class with fewer patterns than its share leaves the rest to the others). When a new class
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from bnncl.cl.portable_rng import BUFFER_STREAM, make_rng, rng_from_state, rng_kind
 from bnncl.device.bitpack import pack_signs, unpack_signs, words_for
 
 POLICIES = ("class_balanced", "random")
@@ -67,6 +69,12 @@ class LatentReplayBuffer:
         self._labels = np.zeros(0, dtype=np.int64)
         self._experience = np.zeros(0, dtype=np.int32)
         self._seen: dict[int, int] = {}
+
+    def set_rng(self, kind: str, stream: int = BUFFER_STREAM) -> None:
+        """Draw from ``kind`` (``numpy`` or ``portable``, :func:`bnncl.cl.portable_rng.make_rng`) seeded with
+        ``seed`` from now on; nothing happens when the buffer already draws from that kind."""
+        if rng_kind(self._rng) != kind:
+            self._rng = make_rng(kind, self.seed, stream)
 
     # -- encoding ------------------------------------------------------------------------------
     def _row_shape(self) -> tuple[int, ...]:
@@ -309,8 +317,7 @@ class LatentReplayBuffer:
         self._labels = np.asarray(arrays["labels"], dtype=np.int64).copy()
         self._experience = np.asarray(arrays["experience"], dtype=np.int32).copy()
         self._seen = {int(c): int(n) for c, n in zip(arrays["seen_classes"], arrays["seen_counts"])}
-        self._rng = np.random.default_rng()
-        self._rng.bit_generator.state = meta["rng_state"]
+        self._rng = rng_from_state(meta["rng_state"])
 
     def __repr__(self) -> str:
         shape = "x".join(map(str, self.latent_shape))

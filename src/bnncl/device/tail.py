@@ -162,6 +162,9 @@ class TailTrainer:
         self.qf, self.qb, self.qw = check_bits("qf", qf), check_bits("qb", qb), check_bits("qw", qw)
         self.weight_rounding, self.rounding_seed = check_rounding(weight_rounding), int(rounding_seed)
         self.updates = 0  # SGD steps taken (the stochastic-rounding noise stream's position)
+        self.softmax_exp = "numpy"
+        """The softmax's exp: ``numpy`` (``np.exp``) or ``portable`` (the C core's, as libbnncl computes it:
+        :func:`bnncl.device.kernels.tail_elementwise.softmax_exp`); the learner with ``rng="portable"`` sets it."""
         if not (np.isfinite(momentum) and 0.0 <= momentum < 1.0):
             raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)
@@ -288,7 +291,7 @@ class TailTrainer:
         caches: list = []
         logits, feats = self._forward(x, caches)
         z = logits - logits.max(axis=1, keepdims=True)
-        e = np.exp(z)
+        e = tail_elementwise.softmax_exp(z) if self.softmax_exp == "portable" else np.exp(z)
         p = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
         logp = z.astype(np.float64) - np.log(e.astype(np.float64).sum(axis=1, keepdims=True))
         loss = float(-np.mean(logp[np.arange(n), y]))

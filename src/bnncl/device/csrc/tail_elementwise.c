@@ -25,6 +25,9 @@
  *   bnncl_tail_weight_g    the conv's weight gradient G (float32) from the exact integer sums of tail_grad.c
  *   bnncl_tail_latent_grad the latent weight gradient s G + (sum_k sign(W) G) / K sgn(W), the row sums in
  *                          NumPy's own pairwise order (bit for bit what the NumPy expression gives)
+ *   bnncl_softmax_expf     exp of the head's softmax: float32 range reduction and a degree-7 polynomial, the
+ *                          same bits on every target (the one copy: libbnncl's bnncl_cwr_expf calls it, the
+ *                          Python engine with the portable RNG calls bnncl_softmax_exp_f32 through ctypes)
  */
 #include <math.h>
 #include <stdint.h>
@@ -608,5 +611,47 @@ int bnncl_tail_latent_grad(const float *g, const float *w, const float *wscale, 
     if (!prod) return 2;
     DISPATCH(latent_grad, path, (g, w, wscale, o, kk, dw, prod));
     free(prod);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* exp of the softmax: the same bits on every target                                                  */
+
+/* round to nearest even of a float32 of magnitude < 2^22 (1.5 * 2^23 trick; no libm, the same on every target) */
+static float round_even_f32(float v) {
+    const float m = 12582912.0f;
+    volatile float t = v + m; /* volatile: the sum is rounded to float32 here */
+    return t - m;
+}
+
+/* NumPy's float32 exp is its own SIMD code (up to 3 ULP from glibc's expf, and not the same on every CPU); this
+ * one is float32 range reduction x = k ln2 + r (ln2 in two parts: ln2_hi has 16 significant bits, so k ln2_hi is
+ * exact for |k| <= 128) and the degree-7 Taylor polynomial of e^r, |rel. error| < 4e-7 on [-87, 0]; below -87
+ * it flushes to 0 (2^-125.5: the softmax never needs it), above 88.5 it is inf, NaN stays NaN. */
+float bnncl_softmax_expf(float x) {
+    if (x != x) return x;
+    if (x > 88.5f) return INFINITY;
+    if (x < -87.0f) return 0.0f;
+    const float k = round_even_f32(x * 1.44269502f);
+    const float r = (x - k * 0.693145751953125f) - k * 1.42860677e-6f;
+    float p = 1.98412698e-4f; /* 1/5040 */
+    p = p * r + 1.38888889e-3f;
+    p = p * r + 8.33333333e-3f;
+    p = p * r + 4.16666667e-2f;
+    p = p * r + 1.66666667e-1f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const int32_t e = (int32_t)k + 127; /* 1 .. 255 on this range */
+    uint32_t bits = (uint32_t)e << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
+/* out[i] = bnncl_softmax_expf(x[i]) for n values (out may be x); 3 on bad arguments */
+int bnncl_softmax_exp_f32(const float *x, int64_t n, float *out) {
+    if (n < 0 || (n && (!x || !out))) return 3;
+    for (int64_t i = 0; i < n; ++i) out[i] = bnncl_softmax_expf(x[i]);
     return 0;
 }

@@ -21,6 +21,9 @@ in the same order, so every path agrees bit for bit (``tests/device/test_tail_el
   NumPy's own pairwise order, so it equals the NumPy expression bit for bit);
 * :func:`bwd_dx`: ``dx = (dxb + dxs) * ste`` (binary shortcut input) or ``dxb * ste + dxs``, ``dxs`` the
   shortcut adjoint of ``dz`` (copies summed in order, 2x2 pool: a quarter each); min/max.
+* :func:`softmax_exp`: the exp of the head's softmax as the C core (and libbnncl) computes it, the same bits
+  on every target (C only: the one copy of the algorithm is ``bnncl_softmax_expf``; NumPy's own exp is up to 3
+  ULP apart and differs between CPUs).
 
 ``Q`` is docs/design.md §1.5's quantizer with the tensor's own min/max (:class:`QParams`); bit maps are
 packed like :mod:`bnncl.device.bitpack` (uint64 words along channels, bit 1 = set).
@@ -58,6 +61,20 @@ _SIGNATURES = {
 @lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL:
     return native.bind(_SIGNATURES, "tail kernels")
+
+
+@lru_cache(maxsize=1)
+def _exp_lib() -> ctypes.CDLL:
+    return native.bind({"bnncl_softmax_exp_f32": (_int, [_p, _i64, _p])}, "the portable softmax exp")
+
+
+def softmax_exp(x: np.ndarray) -> np.ndarray:
+    """``exp`` of a float32 array by the C core's ``bnncl_softmax_expf`` (a new array of the same shape);
+    RuntimeError when the C core is not built."""
+    a = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(a)
+    native.check(_exp_lib().bnncl_softmax_exp_f32(a.ctypes.data, a.size, out.ctypes.data), "softmax_exp")
+    return out
 
 
 def _ptr(a: np.ndarray | None) -> int | None:
