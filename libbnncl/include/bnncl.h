@@ -193,12 +193,17 @@ int bnncl_state_load(bnncl_ctx *ctx, bnncl_read_fn read, void *user);
  * buffers (no allocation), bit-identical to the Python device engine on the same inputs (tests/native/
  * test_libbnncl_cwr.py).  A head is classes x features float32 values on the q_b grid (what
  * TailTrainer.get_head returns); q_f, q_b: bit widths 1..24 or 32 (float32).  The experience loop that calls
- * them (minibatch order, buffer policy) is not in the library yet. */
+ * them is bnncl_cwr_learn (src/cwr_learn.c, below). */
 
 /* exp of the softmax: float32 range reduction and a degree-7 polynomial, the same bits on every target
  * (NumPy's exp is its own SIMD code, up to 3 ULP apart; the Python engine needs this one to agree bit for bit
  * on every minibatch; see src/cwr.c). */
 float bnncl_cwr_expf(float x);
+/* TailTrainer.logits with no tail blocks: logits (n x classes) = Q_f(Q_f(x)) Q_f(head)^T, x (n x features) quantized
+ * as one tensor (the engine's batch), the products summed in order.  scratch: bnncl_cwr_logits_scratch bytes. */
+size_t bnncl_cwr_logits_scratch(int64_t n, int64_t features, int64_t classes);
+int bnncl_cwr_logits(const float *x, int64_t n, int64_t features, int64_t classes, const float *head, int qf,
+                     float *logits, void *scratch, size_t scratch_bytes);
 /* TailTrainer.set_head: head <- Q_qb(head) in place. */
 int bnncl_cwr_set_head(float *head, int64_t classes, int64_t features, int qb);
 /* CWRStar.begin_experience then set_head: head = Q_qb(cw rows of the present classes, zeros elsewhere). */
@@ -217,6 +222,102 @@ int bnncl_cwr_consolidate(const float *trained, const uint8_t *present, const in
 /* LatentReplayBuffer(bits=8) storage with the buffer's value range (lo, hi): n values to codes and back. */
 int bnncl_replay_encode8(const float *x, int64_t n, double lo, double hi, uint8_t *codes);
 int bnncl_replay_decode8(const uint8_t *codes, int64_t n, double lo, double hi, float *x);
+
+/* ---- the portable random stream (src/cwr_rng.c) -------------------------------------------------------
+ * PCG32 (O'Neill's pcg32_random_r: 64-bit LCG, XSH-RR output) with draws specified to the bit; its Python twin is
+ * bnncl.cl.portable_rng.PortableRNG, whose docstring specifies every draw.  The learner and its replay buffer
+ * draw from two streams of the same seed. */
+typedef struct {
+    uint64_t state, inc; /* inc odd */
+} bnncl_rng;
+#define BNNCL_RNG_LEARNER_STREAM 0u
+#define BNNCL_RNG_BUFFER_STREAM 1u
+void bnncl_rng_seed(bnncl_rng *rng, uint64_t seed, uint64_t stream);
+uint32_t bnncl_rng_next32(bnncl_rng *rng);
+/* uniform in [0, n) (Lemire's multiply-shift with rejection); n = 0 gives 0 and draws nothing */
+uint32_t bnncl_rng_bounded(bnncl_rng *rng, uint32_t n);
+/* uniform double in [0, 1) with 53 random bits (two draws) */
+double bnncl_rng_random(bnncl_rng *rng);
+/* partial Fisher-Yates from the front: items[0 .. size) become size distinct items of the n, as
+ * PortableRNG.choice(items, size, replace=False); size = n: PortableRNG.permutation.  n < 2^32. */
+int bnncl_rng_shuffle(bnncl_rng *rng, int32_t *items, int64_t n, int64_t size);
+
+/* ---- head-only CWR* experience loop (src/cwr_learn.c) ---------------------------------------------------
+ * bnncl.cl.learner.ContinualLearner with strategy cwr_star, no tail blocks and rng="portable", on the pooled
+ * features (bnncl_features): deploy (ContinualLearner.deploy) and learn one experience (ContinualLearner.
+ * train_experience): present classes = new + buffer classes, the fixed standardization (FeatureStandardizer,
+ * standardize on), begin, epochs (fixed or auto: bnncl.cl.strategies.auto_epochs), proportional or balanced
+ * minibatches (mixed_minibatches / balanced_minibatches, the new_per_class cap), head steps, the cur counts,
+ * consolidation (cwr_max_k), then the class-balanced buffer insertion (LatentReplayBuffer._add_balanced) at 8 or
+ * 32 bits, every draw from the portable stream in Python's order: cw, past, the buffer (codes, labels, order) and
+ * the standardizer are bit-identical to Python's (tests/native/test_libbnncl_cwr_loop.py).  Not here: weight_align
+ * (off), the random buffer policy, 1-bit replay (real-valued pooled features: bnncl refuses --lr-bits 1 there).
+ *
+ * The caller owns everything: a config, a state (bnncl_cwr_state_bytes of memory laid out by
+ * bnncl_cwr_state_init) and a scratch buffer per call (bnncl_cwr_learn_scratch_bytes / _predict_scratch_bytes,
+ * 8-byte aligned); nothing is allocated.  Errors: BNNCL_E_NULL, BNNCL_E_SIZE (a config or size out of range),
+ * BNNCL_E_ARENA_SMALL / BNNCL_E_ALIGN (scratch or state memory), BNNCL_E_LABEL (nothing learned),
+ * BNNCL_E_NUMERIC (non-finite features: nothing learned), BNNCL_E_NO_LEARNING (predict before any class). */
+#define BNNCL_CWR_MIX_PROPORTIONAL 0
+#define BNNCL_CWR_MIX_BALANCED 1
+typedef struct {
+    int32_t classes, features; /* K head rows (dataset classes 0 .. K - 1), D pooled features */
+    int32_t qf, qb;            /* forward / backward bits of the head step (1..24 or 32) */
+    float lr;                  /* SGD learning rate (> 0) */
+    int32_t minibatch;         /* patterns per minibatch (>= 1) */
+    int32_t epochs;            /* epochs per experience (>= 1), 0: auto */
+    int32_t new_per_class;     /* cap on the new patterns of a class per epoch (>= 1), 0: all */
+    int32_t mixing;            /* BNNCL_CWR_MIX_* */
+    int32_t standardize;       /* 1: FeatureStandardizer on (fitted at deployment or by the first experience) */
+    double max_k;              /* cwr_max_k (>= 0), < 0: none */
+    int32_t capacity;          /* replay buffer patterns (>= 1) */
+    int32_t lr_bits;           /* replay storage: 8 (uint8 codes, one value range) or 32 (float32) */
+} bnncl_cwr_config;
+
+typedef struct {
+    /* arrays inside the caller's state memory (bnncl_cwr_state_init) */
+    float *cw;          /* K x D consolidated rows (CWRStar.cw) */
+    int64_t *past;      /* K pattern counts (CWRStar.past) */
+    float *shift;       /* D (FeatureStandardizer.shift) */
+    float *scale;       /* D (FeatureStandardizer.scale) */
+    int64_t *seen;      /* K patterns of each class offered to the buffer so far (LatentReplayBuffer._seen) */
+    void *store;        /* capacity x D: uint8 codes (lr_bits 8) or float32 values, the first count rows held */
+    int32_t *labels;    /* capacity: class of each held row */
+    int32_t *experience; /* capacity: experience index of each held row */
+    /* scalars */
+    int64_t count;      /* rows held */
+    double lo, hi;      /* lr_bits 8: the buffer's value range (value_range), valid when has_range */
+    int32_t has_range;
+    int32_t fitted;     /* the standardizer's statistics are set */
+    bnncl_rng rng;      /* the learner's draws (ContinualLearner._rng) */
+    bnncl_rng buffer_rng; /* the buffer's draws (LatentReplayBuffer._rng) */
+} bnncl_cwr_state;
+
+/* Bytes of state memory for cfg (the arrays above, each 8-byte aligned), 0 for an invalid config. */
+size_t bnncl_cwr_state_bytes(const bnncl_cwr_config *cfg);
+/* Lays the state's arrays out in mem (8-byte aligned, >= bnncl_cwr_state_bytes), all zero (nothing learned,
+ * an empty buffer, shift 0 and scale 1), the two streams seeded with seed (LearnerConfig.seed). */
+int bnncl_cwr_state_init(const bnncl_cwr_config *cfg, uint64_t seed, void *mem, size_t mem_bytes,
+                         bnncl_cwr_state *st);
+/* Scratch bytes bnncl_cwr_learn and bnncl_cwr_deploy need for calls of at most n patterns (the exact layout
+ * they use; a call with fewer patterns fits too); 0 for an invalid config or n < 1. */
+size_t bnncl_cwr_learn_scratch_bytes(const bnncl_cwr_config *cfg, int64_t n);
+/* ContinualLearner.deploy on the base features x (n x D float32) with labels: the standardizer fitted on them (if
+ * on and not fitted), cw rows of the classes present = the pretrained head's rows (head: K x D, what the engine's
+ * get_head returns, on standardized features FeatureStandardizer.head_rows of it), past = their counts, and the
+ * buffer offered the patterns. */
+int bnncl_cwr_deploy(const bnncl_cwr_config *cfg, bnncl_cwr_state *st, const float *x, const int32_t *labels,
+                     int64_t n, int32_t experience_index, const float *head, void *scratch, size_t scratch_bytes);
+/* ContinualLearner.train_experience on n >= 1 feature rows x (n x D float32) with labels in [0, K). */
+int bnncl_cwr_learn(const bnncl_cwr_config *cfg, bnncl_cwr_state *st, const float *x, const int32_t *labels,
+                    int64_t n, int32_t experience_index, void *scratch, size_t scratch_bytes);
+/* Scratch bytes of bnncl_cwr_predict for a batch of n rows. */
+size_t bnncl_cwr_predict_scratch_bytes(const bnncl_cwr_config *cfg, int64_t n);
+/* ContinualLearner.predict / logits of a batch of n feature rows (quantized at q_f together, as the Python engine
+ * quantizes the batch it is given): cls[i] = the class with past > 0 of the highest score (the first on ties);
+ * scores (optional, NULL to skip): n x K logits. */
+int bnncl_cwr_predict(const bnncl_cwr_config *cfg, const bnncl_cwr_state *st, const float *x, int64_t n,
+                      int32_t *cls, float *scores, void *scratch, size_t scratch_bytes);
 
 #ifdef __cplusplus
 }

@@ -7,9 +7,11 @@
  *                          Q_f(head) (bnncl_matmul_f32, summed in order), softmax, dlogits = Q_b((Q_f(p) -
  *                          onehot) / B), head gradient Q_b(dlogits^T f) (bnncl_matmul_f32), head <- Q_b(head -
  *                          lr g).  The one operation that is not NumPy's: exp, which is bnncl_cwr_expf here (a
- *                          float32 range reduction and polynomial, the same bits on every target) where NumPy
+ *                          float32 range reduction and polynomial, the same bits on every target; its code is
+ *                          the C core's bnncl_softmax_expf, which the Python engine also calls) where NumPy
  *                          uses its own SIMD exp (up to 3 ULP apart from glibc's expf on x86-64 AVX-512); with
  *                          NumPy's exp replaced by this one the step is bit-identical (tests/native).
+ *   bnncl_cwr_logits       TailTrainer.logits: Q_f(Q_f(x)) Q_f(head)^T
  *   bnncl_cwr_consolidate  CWRStar.end_experience: avg (float64, NumPy's pairwise sum), w' = w - avg, merge
  *                          (cw k + w') / (k + 1), k = sqrt(past / cur) (optionally capped), past += cur
  *   bnncl_replay_encode8 / bnncl_replay_decode8
@@ -25,36 +27,12 @@
 #include "bnncl.h"
 #include "bnncl_core.h"
 
-/* ---- exp --------------------------------------------------------------------------------------- */
+/* ---- exp ---------------------------------------------------------------------------------------- */
 
-/* round to nearest even of a float32 of magnitude < 2^22 (1.5 * 2^23 trick; no libm, the same on every target) */
-static float round_even(float v) {
-    const float m = 12582912.0f;
-    volatile float t = v + m; /* volatile: the sum is rounded to float32 here */
-    return t - m;
-}
+/* tail_elementwise.c (C core): the one copy of the softmax's exp, shared with the Python engine */
+float bnncl_softmax_expf(float x);
 
-float bnncl_cwr_expf(float x) {
-    if (x != x) return x;
-    if (x > 88.5f) return INFINITY;
-    if (x < -87.0f) return 0.0f; /* below 2^-125.5: flushed (the softmax's e never needs it) */
-    const float k = round_even(x * 1.44269502f);
-    /* x - k ln 2 in two parts: ln2_hi has 16 significant bits, so k ln2_hi is exact for |k| <= 128 */
-    const float r = (x - k * 0.693145751953125f) - k * 1.42860677e-6f;
-    float p = 1.98412698e-4f; /* 1/5040 */
-    p = p * r + 1.38888889e-3f;
-    p = p * r + 8.33333333e-3f;
-    p = p * r + 4.16666667e-2f;
-    p = p * r + 1.66666667e-1f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const int32_t e = (int32_t)k + 127; /* 1 .. 255 on this range */
-    uint32_t bits = (uint32_t)e << 23;
-    float scale;
-    memcpy(&scale, &bits, 4);
-    return p * scale;
-}
+float bnncl_cwr_expf(float x) { return bnncl_softmax_expf(x); }
 
 /* ---- the device quantizer (bnncl.device.quantize) ------------------------------------------------ */
 
@@ -184,6 +162,30 @@ int bnncl_cwr_head_step(const float *x, const int32_t *labels, int64_t n, int64_
     fake_quantize(g, K * D, qb);
     for (int64_t i = 0; i < K * D; ++i) head[i] = head[i] - lr * g[i];
     fake_quantize(head, K * D, qb);
+    return BNNCL_OK;
+}
+
+size_t bnncl_cwr_logits_scratch(int64_t n, int64_t features, int64_t classes) {
+    if (n < 1 || features < 1 || classes < 1) return 0;
+    return (size_t)(n * features + 2 * features * classes) * sizeof(float);
+}
+
+int bnncl_cwr_logits(const float *x, int64_t n, int64_t features, int64_t classes, const float *head, int qf,
+                     float *logits, void *scratch, size_t scratch_bytes) {
+    if (!x || !head || !logits || !scratch) return BNNCL_E_NULL;
+    if (n < 1 || features < 1 || classes < 1 || !bits_ok(qf)) return BNNCL_E_SIZE;
+    if (scratch_bytes < bnncl_cwr_logits_scratch(n, features, classes)) return BNNCL_E_ARENA_SMALL;
+    if ((uintptr_t)scratch % sizeof(float)) return BNNCL_E_ALIGN;
+    const int64_t D = features, K = classes;
+    float *f = (float *)scratch, *g = f + n * D, *ht = g + K * D;
+    memcpy(f, x, (size_t)(n * D) * sizeof(float));
+    fake_quantize(f, n * D, qf);
+    fake_quantize(f, n * D, qf);
+    memcpy(g, head, (size_t)(K * D) * sizeof(float));
+    fake_quantize(g, K * D, qf);
+    for (int64_t c = 0; c < K; ++c)
+        for (int64_t j = 0; j < D; ++j) ht[j * K + c] = g[c * D + j];
+    bnncl_matmul_f32(f, ht, n, D, K, logits, BNNCL_PATH_SCALAR);
     return BNNCL_OK;
 }
 

@@ -1,7 +1,8 @@
 """libbnncl's head-only CWR* pieces (src/cwr.c) are bit-identical to the Python device engine on the same inputs.
 
-The library's sources are built as a shared object (the same flags as libbnncl/Makefile: -O3 -ffp-contract=off)
-and called through ctypes on fmnist-b5's pooled features of the embedded images:
+The library's sources are built as a shared object (the same flags as libbnncl/Makefile: -O3 -ffp-contract=off;
+tests/libbnncl_cwr_lib.py, fixture ``cwr_lib`` of tests/native/conftest.py) and called through ctypes on fmnist-b5's
+pooled features of the embedded images:
 
 * the head step: ``DeviceEngine`` (no tail blocks, q_f 8 / q_b 16, 10 classes) after ``set_head`` of a
   CWR*-like head takes 12 SGD steps on minibatches of new and base features; the library's head after each
@@ -15,11 +16,6 @@ and called through ctypes on fmnist-b5's pooled features of the embedded images:
 
 from __future__ import annotations
 
-import ctypes
-import shutil
-import subprocess
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -29,35 +25,10 @@ from bnncl.device.engine import DeviceEngine
 from bnncl.device.frozen import FrozenEngine
 from libbnncl_inputs import learning_inputs
 
-ROOT = Path(__file__).resolve().parents[2]
-LIB = ROOT / "libbnncl"
-CSRC = ROOT / "src" / "bnncl" / "device" / "csrc"
-CORE = ("core", "kern_scalar", "kern_avx2", "kern_avx512", "kern_neon", "epilogue", "im2col_u8", "linear",
-        "tail_elementwise")
-P = ctypes.c_void_p
-I64 = ctypes.c_int64
-
 
 @pytest.fixture(scope="module")
-def lib(tmp_path_factory):
-    if shutil.which("gcc") is None:
-        pytest.skip("libbnncl is built with gcc; not found")
-    tmp = tmp_path_factory.mktemp("libbnncl_cwr")
-    so = tmp / "libbnncl_cwr.so"
-    srcs = [str(CSRC / f"{n}.c") for n in CORE] + [str(LIB / "src" / "bnncl.c"), str(LIB / "src" / "cwr.c")]
-    subprocess.run(["gcc", "-O3", "-ffp-contract=off", "-fno-strict-aliasing", "-fPIC", "-shared", "-DBNNCL_NO_PYTHON",
-                    f"-I{LIB / 'include'}", f"-I{CSRC}", *srcs, "-lm", "-o", str(so)], check=True)
-    L = ctypes.CDLL(str(so))
-    L.bnncl_cwr_expf.argtypes, L.bnncl_cwr_expf.restype = [ctypes.c_float], ctypes.c_float
-    L.bnncl_cwr_set_head.argtypes = [P, I64, I64, ctypes.c_int]
-    L.bnncl_cwr_begin.argtypes = [P, P, P, I64, I64, ctypes.c_int]
-    L.bnncl_cwr_step_scratch.argtypes, L.bnncl_cwr_step_scratch.restype = [I64, I64, I64], ctypes.c_size_t
-    L.bnncl_cwr_head_step.argtypes = [P, P, I64, I64, I64, P, ctypes.c_float, ctypes.c_int, ctypes.c_int, P,
-                                      ctypes.c_size_t]
-    L.bnncl_cwr_consolidate.argtypes = [P, P, P, P, P, I64, I64, ctypes.c_double, P]
-    L.bnncl_replay_encode8.argtypes = [P, I64, ctypes.c_double, ctypes.c_double, P]
-    L.bnncl_replay_decode8.argtypes = [P, I64, ctypes.c_double, ctypes.c_double, P]
-    return L
+def lib(cwr_lib):
+    return cwr_lib
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,201 @@
+"""libbnncl's head-only CWR* experience loop (src/cwr_learn.c, src/cwr_rng.c) is bit-identical to the Python learner
+with the portable random stream (``LearnerConfig(rng="portable")``) on the same features.
+
+* the stream: ``PortableRNG`` (bnncl.cl.portable_rng) and the library's ``bnncl_rng_*`` give the same raw outputs,
+  bounded integers (bounds near 2^32 included, where Lemire's rejection runs often), doubles and shuffles, in an
+  interleaved sequence, and end in the same state;
+* the loop: the fmnist-b5 protocol head-only on the embedded images' pooled features (base classes 0-4 deployed,
+  then three experiences: class 5, class 6, classes 7 and 8), in Python (``ContinualLearner`` on ``DeviceEngine``
+  with no tail blocks) and in C on the same features, an 8-bit buffer smaller than the base set (so deployment
+  and every experience evict); after deployment and after each experience: ``cw`` (bits), ``past``, the buffer's
+  codes, labels, experience indices, value range and seen counts, the standardizer's statistics, both streams'
+  states; the predictions and scores on test features.  Tolerance: none, everything is compared bit for bit.
+  Cases: proportional and balanced mixing, standardize off and on, fixed and auto epochs, a new_per_class cap,
+  cwr_max_k, and one 32-bit buffer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+
+from bnncl.cl.learner import ContinualLearner, LearnerConfig
+from bnncl.cl.portable_rng import BUFFER_STREAM, LEARNER_STREAM, PortableRNG
+from bnncl.cl.replay import LatentReplayBuffer
+from bnncl.device.engine import DeviceEngine
+from bnncl.device.frozen import FrozenEngine
+from libbnncl_cwr_lib import Config, Rng, State, ptr, scratch
+from libbnncl_inputs import learning_inputs
+
+K = 10
+
+
+@pytest.fixture(scope="module")
+def lib(cwr_lib):
+    return cwr_lib
+
+
+@pytest.fixture(scope="module")
+def feats():
+    inp = learning_inputs((5, 6, 7, 8), 40, 300, base_per_class=40)
+    fe = FrozenEngine(inp.model)
+    test = fe.latents(inp.test, "gap")
+    return inp.model, fe.latents(inp.base_images, "gap"), inp.base_labels.astype(np.int64), \
+        fe.latents(inp.images, "gap"), inp.labels.astype(np.int64), test
+
+
+def _rng_state(r: Rng) -> tuple[int, int]:
+    return int(r.state), int(r.inc)
+
+
+def test_stream_twin(lib):
+    for seed, stream in ((0, LEARNER_STREAM), (12345, BUFFER_STREAM), (2**63 + 7, 5)):
+        py = PortableRNG(seed, stream)
+        c = Rng()
+        lib.bnncl_rng_seed(ctypes.byref(c), seed, stream)
+        assert _rng_state(c) == (py._state, py._inc)
+        raw = py._raw(5000)
+        assert [lib.bnncl_rng_next32(ctypes.byref(c)) for _ in range(5000)] == raw.tolist()
+        rnd = np.random.default_rng(seed % 1000)
+        for step in range(400):
+            kind = step % 5
+            if kind == 0:
+                n = int(rnd.choice([1, 2, 3, 7, 1000, 2**31 + 1, 3_000_000_000, 2**32 - 1]))
+                assert lib.bnncl_rng_bounded(ctypes.byref(c), n) == py.integers(n)
+            elif kind == 1:
+                assert lib.bnncl_rng_random(ctypes.byref(c)) == py.random()
+            elif kind == 2:
+                n = int(rnd.integers(0, 300))
+                items = rnd.permutation(n).astype(np.int32)
+                want = py.permutation(items)
+                got = items.copy()
+                assert lib.bnncl_rng_shuffle(ctypes.byref(c), ptr(got), n, n) == 0
+                assert np.array_equal(got, want)
+            elif kind == 3:
+                n = int(rnd.integers(1, 300))
+                size = int(rnd.integers(0, n + 1))
+                got = np.arange(n, dtype=np.int32)
+                assert lib.bnncl_rng_shuffle(ctypes.byref(c), ptr(got), n, size) == 0
+                assert np.array_equal(got[:size], py.choice(n, size=size, replace=False))
+            else:  # bounds with many rejections, vectorized in Python
+                bounds = rnd.integers(2**31, 2**32 - 1, 50).astype(np.uint64)
+                want = py._bounded(bounds)
+                assert [lib.bnncl_rng_bounded(ctypes.byref(c), int(b)) for b in bounds] == want.tolist()
+            assert _rng_state(c) == (py._state, py._inc), f"step {step}"
+    # the state round-trips through JSON-safe dicts
+    py = PortableRNG(3)
+    py.permutation(17)
+    st = py.bit_generator.state
+    again = PortableRNG()
+    again.bit_generator.state = st
+    assert again.permutation(50).tolist() == py.permutation(50).tolist()
+
+
+class _CLoop:
+    """The C learner on caller buffers."""
+
+    def __init__(self, lib, cfg: Config, seed: int) -> None:
+        self.lib, self.cfg = lib, cfg
+        self.mem = scratch(lib.bnncl_cwr_state_bytes(ctypes.byref(cfg)))
+        self.st = State()
+        assert lib.bnncl_cwr_state_init(ctypes.byref(cfg), seed, ptr(self.mem), self.mem.nbytes,
+                                        ctypes.byref(self.st)) == 0
+
+    def _call(self, fn, x, y, index, *extra):
+        x = np.ascontiguousarray(x, np.float32)
+        y32 = np.ascontiguousarray(y, np.int32)
+        sc = scratch(self.lib.bnncl_cwr_learn_scratch_bytes(ctypes.byref(self.cfg), len(y)))
+        rc = fn(ctypes.byref(self.cfg), ctypes.byref(self.st), ptr(x), ptr(y32), len(y), index, *extra, ptr(sc),
+                sc.nbytes)
+        assert rc == 0
+
+    def deploy(self, x, y, index, head):
+        head = np.ascontiguousarray(head, np.float32)
+        self._call(self.lib.bnncl_cwr_deploy, x, y, index, ptr(head))
+
+    def learn(self, x, y, index):
+        self._call(self.lib.bnncl_cwr_learn, x, y, index)
+
+    def array(self, name: str, dtype, shape) -> np.ndarray:
+        n = int(np.prod(shape))
+        buf = (ctypes.c_char * (n * np.dtype(dtype).itemsize)).from_address(getattr(self.st, name))
+        return np.frombuffer(buf, dtype=dtype, count=n).reshape(shape).copy()
+
+    def predict(self, x):
+        x = np.ascontiguousarray(x, np.float32)
+        cls = np.zeros(len(x), np.int32)
+        scores = np.zeros((len(x), self.cfg.classes), np.float32)
+        sc = scratch(self.lib.bnncl_cwr_predict_scratch_bytes(ctypes.byref(self.cfg), len(x)))
+        assert self.lib.bnncl_cwr_predict(ctypes.byref(self.cfg), ctypes.byref(self.st), ptr(x), len(x), ptr(cls),
+                                          ptr(scores), ptr(sc), sc.nbytes) == 0
+        return cls, scores
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+def _compare(c: _CLoop, learner: ContinualLearner, d: int, where: str) -> None:
+    cfg, st, buf = c.cfg, c.st, learner.buffer
+    cs = learner.consolidator
+    assert _same_bits(c.array("cw", np.float32, (K, d)), cs.cw), f"{where}: cw"
+    assert np.array_equal(c.array("past", np.int64, (K,)), cs.past), f"{where}: past"
+    if learner.standardizer is not None:
+        assert bool(st.fitted) == learner.standardizer.fitted
+        assert _same_bits(c.array("shift", np.float32, (d,)), learner.standardizer.shift), f"{where}: shift"
+        assert _same_bits(c.array("scale", np.float32, (d,)), learner.standardizer.scale), f"{where}: scale"
+    arrays, meta = buf.state_dict()
+    n = int(st.count)
+    assert n == len(buf), f"{where}: buffer size"
+    dtype = np.uint8 if cfg.lr_bits == 8 else np.float32
+    assert _same_bits(c.array("store", dtype, (n, d)), arrays["latents"]), f"{where}: buffer rows"
+    assert np.array_equal(c.array("labels", np.int32, (n,)), arrays["labels"]), f"{where}: buffer labels"
+    assert np.array_equal(c.array("experience", np.int32, (n,)), arrays["experience"]), f"{where}: experiences"
+    seen = np.zeros(K, np.int64)
+    seen[arrays["seen_classes"]] = arrays["seen_counts"]
+    assert np.array_equal(c.array("seen", np.int64, (K,)), seen), f"{where}: seen counts"
+    if cfg.lr_bits == 8:
+        assert (st.lo, st.hi) == tuple(meta["value_range"])
+    bs = meta["rng_state"]["state"]
+    assert bs == {"state": st.buffer_rng.state, "inc": st.buffer_rng.inc}, f"{where}: buffer rng"
+    ls = learner._rng.bit_generator.state["state"]
+    assert ls == {"state": st.rng.state, "inc": st.rng.inc}, f"{where}: learner rng"
+
+
+CASES = [
+    # mixing, standardize, epochs (None: auto), new_per_class, max_k, lr_bits
+    ("proportional", "off", 3, None, None, 8),
+    ("balanced", "on", None, None, 1.0, 8),
+    ("proportional", "on", None, 25, 1.5, 8),
+    ("balanced", "off", 2, 30, None, 32),
+]
+
+
+@pytest.mark.parametrize("mixing,standardize,epochs,cap,max_k,lr_bits", CASES)
+def test_loop_bit_identical(lib, feats, mixing, standardize, epochs, cap, max_k, lr_bits):
+    model, bx, by, nx, ny, test = feats
+    d, seed, capacity, mb, lr = bx.shape[1], 7, 120, 32, 0.1
+    engine = DeviceEngine.from_device_model(model, 0, num_classes=K)
+    cfg_py = LearnerConfig(strategy="cwr_star", epochs=epochs, lr=lr, minibatch_size=mb, seed=seed, new_per_class=cap,
+                           mixing=mixing, standardize=standardize, cwr_max_k=max_k, rng="portable")
+    buffer = LatentReplayBuffer((d,), capacity, lr_bits, seed=seed)
+    learner = ContinualLearner(engine, cfg_py, buffer)
+    cfg = Config(classes=K, features=d, qf=engine.tail.qf, qb=engine.tail.qb, lr=lr, minibatch=mb,
+                 epochs=epochs or 0, new_per_class=cap or 0, mixing=int(mixing == "balanced"),
+                 standardize=int(standardize == "on"), max_k=-1.0 if max_k is None else max_k, capacity=capacity,
+                 lr_bits=lr_bits)
+    c = _CLoop(lib, cfg, seed)
+    head = engine.get_head()
+    learner.deploy(bx, by, 0)
+    c.deploy(bx, by, 0, head)
+    _compare(c, learner, d, "deploy")
+    for index, classes in enumerate(((5,), (6,), (7, 8)), start=1):
+        sel = np.isin(ny, classes)
+        learner.train_experience(nx[sel], ny[sel], index)
+        c.learn(nx[sel], ny[sel], index)
+        _compare(c, learner, d, f"experience {index}")
+        cls, scores = c.predict(test)
+        assert _same_bits(scores, learner.logits(test)), f"experience {index}: scores"
+        assert np.array_equal(cls, learner.predict(test)), f"experience {index}: predictions"
