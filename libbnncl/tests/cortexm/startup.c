@@ -1,7 +1,7 @@
 /* Minimal bare-metal start-up for a Cortex-M test program under qemu-system-arm (mps2-an386/an500):
  * vector table, reset handler (FPU on, .data copied, .bss zeroed, stack painted for the high-water
- * mark, timer 0 started), and ARM semihosting for output (SYS_WRITE0) and exit (SYS_EXIT_EXTENDED, so qemu exits with
- * main's status).  Faults exit with status 3. */
+ * mark, timer 0 started), and ARM semihosting: output (SYS_WRITE0), exit (SYS_EXIT_EXTENDED, so qemu exits with
+ * main's status) and any other call through sh_call.  Faults exit with status 3. */
 #include <stdint.h>
 
 #include "semihost.h"
@@ -12,18 +12,18 @@ void Reset_Handler(void);
 
 #define STACK_PAINT 0x5AA5C33Cu
 
-static int semihost(int op, const void *arg) {
+int sh_call(int op, const void *arg) {
     register int r0 __asm__("r0") = op;
     register const void *r1 __asm__("r1") = arg;
     __asm__ volatile("bkpt 0xab" : "+r"(r0) : "r"(r1) : "memory");
     return r0;
 }
 
-void sh_write0(const char *s) { semihost(0x04, s); }
+void sh_write0(const char *s) { sh_call(0x04, s); }
 
 void sh_exit(int status) {
     uint32_t block[2] = {0x20026u /* ADP_Stopped_ApplicationExit */, (uint32_t)status};
-    semihost(0x20 /* SYS_EXIT_EXTENDED */, block);
+    sh_call(0x20 /* SYS_EXIT_EXTENDED */, block);
     for (;;) {
     }
 }
