@@ -215,6 +215,10 @@ size_t bnncl_cwr_step_scratch(int64_t n, int64_t features, int64_t classes);
  * float32, the features the head sees) with labels in [0, classes): head updated in place. */
 int bnncl_cwr_head_step(const float *x, const int32_t *labels, int64_t n, int64_t features, int64_t classes,
                         float *head, float lr, int qf, int qb, void *scratch, size_t scratch_bytes);
+/* The same step with the minibatch x quantized in place (x is overwritten): no copy of it in the scratch. */
+size_t bnncl_cwr_step_inplace_scratch(int64_t n, int64_t features, int64_t classes);
+int bnncl_cwr_head_step_inplace(float *x, const int32_t *labels, int64_t n, int64_t features, int64_t classes,
+                                float *head, float lr, int qf, int qb, void *scratch, size_t scratch_bytes);
 /* CWRStar.end_experience: consolidates the trained rows of the present classes (present[c] != 0) with cur[c]
  * patterns into cw and past; max_k < 0: no cap (cwr_max_k None).  scratch: classes x features floats. */
 int bnncl_cwr_consolidate(const float *trained, const uint8_t *present, const int64_t *cur, float *cw,

@@ -11,6 +11,7 @@
  *                          the C core's bnncl_softmax_expf, which the Python engine also calls) where NumPy
  *                          uses its own SIMD exp (up to 3 ULP apart from glibc's expf on x86-64 AVX-512); with
  *                          NumPy's exp replaced by this one the step is bit-identical (tests/native).
+ *   bnncl_cwr_head_step_inplace  the same step quantizing the caller's minibatch in place (no copy in the scratch)
  *   bnncl_cwr_logits       TailTrainer.logits: Q_f(Q_f(x)) Q_f(head)^T
  *   bnncl_cwr_consolidate  CWRStar.end_experience: avg (float64, NumPy's pairwise sum), w' = w - avg, merge
  *                          (cw k + w') / (k + 1), k = sqrt(past / cur) (optionally capped), past += cur
@@ -117,23 +118,14 @@ size_t bnncl_cwr_step_scratch(int64_t n, int64_t features, int64_t classes) {
     return (size_t)(n * features + features * classes + 3 * n * classes + classes * features) * sizeof(float);
 }
 
-int bnncl_cwr_head_step(const float *x, const int32_t *labels, int64_t n, int64_t features, int64_t classes,
-                        float *head, float lr, int qf, int qb, void *scratch, size_t scratch_bytes) {
-    if (!x || !labels || !head || !scratch) return BNNCL_E_NULL;
-    if (n < 1 || features < 1 || classes < 1 || !bits_ok(qf) || !bits_ok(qb) || !(lr > 0.0f))
-        return BNNCL_E_SIZE;
-    if (scratch_bytes < bnncl_cwr_step_scratch(n, features, classes)) return BNNCL_E_ARENA_SMALL;
-    if ((uintptr_t)scratch % sizeof(float)) return BNNCL_E_ALIGN;
-    for (int64_t i = 0; i < n; ++i)
-        if (labels[i] < 0 || labels[i] >= classes) return BNNCL_E_LABEL;
-    const int64_t D = features, K = classes;
-    float *f = (float *)scratch;  /* n x D: the features at q_f */
-    float *ht = f + n * D;        /* D x K: Q_f(head) transposed */
+/* the step on f (n x D, the minibatch, quantized at q_f in place) with the rest of the scratch */
+static void head_step(float *f, const int32_t *labels, int64_t n, int64_t D, int64_t K, float *head, float lr, int qf,
+                      int qb, float *rest) {
+    float *ht = rest;             /* D x K: Q_f(head) transposed */
     float *lg = ht + D * K;       /* n x K: logits, then p, then Q_f(p) - onehot, / n, Q_b */
     float *dlt = lg + n * K;      /* K x n: dlogits transposed */
     float *e = dlt + K * n;       /* n x K: exp */
     float *g = e + n * K;         /* K x D: head gradient */
-    memcpy(f, x, (size_t)(n * D) * sizeof(float));
     fake_quantize(f, n * D, qf); /* fake_quantize(x, q_f) */
     fake_quantize(f, n * D, qf); /* quantize(.., q_f).dequantize() */
     memcpy(g, head, (size_t)(K * D) * sizeof(float));
@@ -162,6 +154,41 @@ int bnncl_cwr_head_step(const float *x, const int32_t *labels, int64_t n, int64_
     fake_quantize(g, K * D, qb);
     for (int64_t i = 0; i < K * D; ++i) head[i] = head[i] - lr * g[i];
     fake_quantize(head, K * D, qb);
+}
+
+static int step_args(const void *x, const int32_t *labels, int64_t n, int64_t features, int64_t classes,
+                     const float *head, float lr, int qf, int qb, const void *scratch) {
+    if (!x || !labels || !head || !scratch) return BNNCL_E_NULL;
+    if (n < 1 || features < 1 || classes < 1 || !bits_ok(qf) || !bits_ok(qb) || !(lr > 0.0f))
+        return BNNCL_E_SIZE;
+    if ((uintptr_t)scratch % sizeof(float)) return BNNCL_E_ALIGN;
+    for (int64_t i = 0; i < n; ++i)
+        if (labels[i] < 0 || labels[i] >= classes) return BNNCL_E_LABEL;
+    return BNNCL_OK;
+}
+
+int bnncl_cwr_head_step(const float *x, const int32_t *labels, int64_t n, int64_t features, int64_t classes,
+                        float *head, float lr, int qf, int qb, void *scratch, size_t scratch_bytes) {
+    const int rc = step_args(x, labels, n, features, classes, head, lr, qf, qb, scratch);
+    if (rc) return rc;
+    if (scratch_bytes < bnncl_cwr_step_scratch(n, features, classes)) return BNNCL_E_ARENA_SMALL;
+    float *f = (float *)scratch; /* n x D: the features at q_f */
+    memcpy(f, x, (size_t)(n * features) * sizeof(float));
+    head_step(f, labels, n, features, classes, head, lr, qf, qb, f + n * features);
+    return BNNCL_OK;
+}
+
+size_t bnncl_cwr_step_inplace_scratch(int64_t n, int64_t features, int64_t classes) {
+    if (n < 1 || features < 1 || classes < 1) return 0;
+    return bnncl_cwr_step_scratch(n, features, classes) - (size_t)(n * features) * sizeof(float);
+}
+
+int bnncl_cwr_head_step_inplace(float *x, const int32_t *labels, int64_t n, int64_t features, int64_t classes,
+                                float *head, float lr, int qf, int qb, void *scratch, size_t scratch_bytes) {
+    const int rc = step_args(x, labels, n, features, classes, head, lr, qf, qb, scratch);
+    if (rc) return rc;
+    if (scratch_bytes < bnncl_cwr_step_inplace_scratch(n, features, classes)) return BNNCL_E_ARENA_SMALL;
+    head_step(x, labels, n, features, classes, head, lr, qf, qb, (float *)scratch);
     return BNNCL_OK;
 }
 

@@ -155,7 +155,7 @@ static void work_layout(const bnncl_cwr_config *cfg, int64_t n, carve *c, work *
     w->head = take(c, K * D * sizeof(float));
     w->xb = take(c, M * D * sizeof(float));
     w->yb = take(c, M * sizeof(int32_t));
-    w->step_bytes = bnncl_cwr_step_scratch((int64_t)M, (int64_t)D, (int64_t)K);
+    w->step_bytes = bnncl_cwr_step_inplace_scratch((int64_t)M, (int64_t)D, (int64_t)K);
     if (w->step_bytes < K * D * sizeof(float)) w->step_bytes = K * D * sizeof(float);
     w->step = take(c, w->step_bytes);
     w->stats = take(c, 2 * D * sizeof(double));
@@ -636,7 +636,8 @@ int bnncl_cwr_learn(const bnncl_cwr_config *cfg, bnncl_cwr_state *st, const floa
                 }
             }
             if (!m) continue;
-            rc = bnncl_cwr_head_step(w.xb, w.yb, m, D, K, w.head, cfg->lr, cfg->qf, cfg->qb, w.step, w.step_bytes);
+            rc = bnncl_cwr_head_step_inplace(w.xb, w.yb, m, D, K, w.head, cfg->lr, cfg->qf, cfg->qb, w.step,
+                                             w.step_bytes);
             if (rc) return rc;
         }
     }
