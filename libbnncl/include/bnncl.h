@@ -115,13 +115,26 @@ typedef struct bnncl_ctx bnncl_ctx; /* opaque; lives at the start of the arena *
  * model description is invalid. */
 size_t bnncl_arena_size(const bnncl_model *model);
 
-/* Images bnncl_learn merges at a time (BNNCL_LEARN_CHUNK in model_config.h): the float32 features of
- * that many images fit in the arena's learning scratch; 0 without learning or for an invalid model. */
+/* Images bnncl_learn merges at a time in an arena of bnncl_arena_size bytes (BNNCL_LEARN_CHUNK in
+ * model_config.h): the float32 features of that many images fit in the arena's learning scratch; 0 without
+ * learning or for an invalid model.  A larger arena holds more (bnncl_arena_size_learn, bnncl_ctx_learn_chunk). */
 size_t bnncl_learn_chunk(const bnncl_model *model);
 
+/* Bytes of arena with which bnncl_learn merges at least `images` images at a time and holds as many for the
+ * leave-one-out tally: a call of up to that many images is one merge and runs each image's forward once
+ * (bnncl_arena_size when that holds `images` already; 0 for an invalid model or a size that overflows).  The
+ * extra is (images - chunk of the smaller arena) x features x 4 bytes, rounded up; a host caller trades it for
+ * speed, a microcontroller keeps the minimum. */
+size_t bnncl_arena_size_learn(const bnncl_model *model, size_t images);
+
 /* Checks the model and lays out the context in arena (8-byte aligned, arena_bytes >= bnncl_arena_size).
- * The model's arrays are read in place (flash) for the context's lifetime. */
+ * The whole arena is used: bytes beyond bnncl_arena_size lengthen the learning scratch (more images per chunk,
+ * bnncl_ctx_learn_chunk).  The model's arrays are read in place (flash) for the context's lifetime. */
 int bnncl_init(const bnncl_model *model, void *arena, size_t arena_bytes, bnncl_ctx **ctx);
+
+/* Images bnncl_learn merges at a time in this context's arena (>= bnncl_learn_chunk of its model); 0 on a bad
+ * ctx or a model without learning. */
+size_t bnncl_ctx_learn_chunk(const bnncl_ctx *ctx);
 
 /* Kernel paths of the binary convolution, all bit-identical: bnncl_init picks the fastest the CPU runs
  * (runtime detection: AVX-512 (F, BW, VL, VPOPCNTDQ) or AVX2 on x86-64, NEON on AArch64, else scalar, as on
@@ -153,9 +166,11 @@ int bnncl_features(bnncl_ctx *ctx, const uint8_t *image, size_t image_bytes, flo
 /* Learns one experience: n images (n * image_bytes bytes, each H, W, C) with their dataset classes.
  * Streaming LDA: the exact merge of StreamingLDA.update (float64), then the leave-one-out tally (the images
  * of the call whose class now holds 2 .. 100 features, each scored with its class mean taken without it, for
- * every value of the shrinkage grid, on the statistics after the whole call; their forwards run again), then
- * the classifier refresh.  The images are merged in chunks of bnncl_learn_chunk(model): n <= that is one
- * merge, a longer call rounds the float32 state between chunks (the same state in exact arithmetic).  All
+ * every value of the shrinkage grid, on the statistics after the whole call), then the classifier refresh.  The
+ * images are merged in chunks of bnncl_ctx_learn_chunk(ctx) (bnncl_learn_chunk(model) in the minimum arena):
+ * n <= that is one merge, whose features the tally reuses when they fit beside its scratch (always in an arena
+ * of bnncl_arena_size_learn(model, n) bytes); a longer call rounds the float32 state between chunks (the same
+ * state in exact arithmetic), and the tally runs the forwards of its tallied images again.  All
  * labels are checked first (BNNCL_E_LABEL: nothing learned); non-finite features stop the call with the
  * chunks before learned (and no tally).  n = 0: no-op. */
 int bnncl_learn(bnncl_ctx *ctx, const uint8_t *images, size_t n, size_t image_bytes, const int32_t *labels);

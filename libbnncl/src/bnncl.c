@@ -266,6 +266,18 @@ static void plan(const bnncl_model *m, layout *L) {
     L->loo_rows = (work - L->loo_off + L->W) / vec;
 }
 
+static int ctx_ok(const bnncl_ctx *c);
+
+/* A caller's arena larger than the plan: extra bytes (a multiple of 16) lengthen the work area, whose end the
+ * chunk and the hold run into, so both hold more feature vectors (learning only). */
+static void plan_extra(const bnncl_model *m, layout *L, size_t extra) {
+    if (!m->slda_classes) return;
+    const size_t vec = (size_t)m->features * sizeof(float);
+    L->work += extra;
+    L->chunk_rows = (L->work - L->chunk_off + L->W) / vec;
+    L->loo_rows = (L->work - L->loo_off + L->W) / vec;
+}
+
 static size_t plan_total(const layout *L) {
     return CTX_RESERVE + L->stem_w + L->work + L->W + L->b + L->means + L->counts + L->cov + L->slogits;
 }
@@ -284,8 +296,22 @@ size_t bnncl_learn_chunk(const bnncl_model *m) {
     return L.chunk_rows;
 }
 
+size_t bnncl_arena_size_learn(const bnncl_model *m, size_t images) {
+    if (!model_ok(m)) return 0;
+    layout L;
+    plan(m, &L);
+    const size_t need = plan_total(&L), vec = (size_t)m->features * sizeof(float);
+    if (!m->slda_classes || images <= L.loo_rows) return need; /* loo_rows <= chunk_rows */
+    if (images - L.loo_rows > (SIZE_MAX - need - 16) / vec) return 0;
+    return need + up16((images - L.loo_rows) * vec);
+}
+
+size_t bnncl_ctx_learn_chunk(const bnncl_ctx *c) {
+    if (!c || !ctx_ok(c)) return 0;
+    return (size_t)c->B;
+}
+
 static int refresh(bnncl_ctx *c);
-static int ctx_ok(const bnncl_ctx *c);
 static int padded_fits(const bnncl_model *m, int32_t i, const layout *L);
 
 /* The fastest kernel path of this CPU (runtime detection; every path is bit-identical to the scalar one). */
@@ -333,6 +359,7 @@ int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx 
     if (arena_bytes < need) return BNNCL_E_ARENA_SMALL;
     layout L;
     plan(m, &L);
+    plan_extra(m, &L, (arena_bytes - need) & ~(size_t)15); /* the whole arena: longer chunks and holds */
     unsigned char *p = (unsigned char *)arena;
     bnncl_ctx *c = (bnncl_ctx *)p;
     memset(c, 0, sizeof *c);

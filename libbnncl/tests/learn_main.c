@@ -2,8 +2,11 @@
  *
  *   learn_main TEST.u8 TRAIN.u8 TRAIN_LABELS.i32 STATE_OUT [OTHER_MODEL_STATE [STATE_V1]]
  *
+ * $BNNCL_ARENA_IMAGES=N: an arena of bnncl_arena_size_learn(model, N) bytes (malloc'ed) instead of the static
+ * BNNCL_ARENA_BYTES one (a learn call of up to N images is one merge).
+ *
  * Prints (compared with the Python engine by tests/native/test_libbnncl.py):
- *   arena BYTES / state_size BYTES / chunk IMAGES (bnncl_learn_chunk)
+ *   arena BYTES / state_size BYTES / chunk IMAGES (bnncl_ctx_learn_chunk: bnncl_learn_chunk in the static arena)
  *   feat HEX...            the pooled features of the first 4 training images (float32 bits)
  *   sel0 HEX LOO...        bnncl_slda_selection before learning: the shrinkage (float64 bits), the 11
  *                          leave-one-out counts
@@ -78,10 +81,16 @@ int main(int argc, char **argv) {
     int32_t *labels = (int32_t *)(void *)lab;
     printf("arena %zu\n", bnncl_arena_size(&bnncl_exported_model));
     bnncl_ctx *ctx = NULL;
-    int rc = bnncl_init(&bnncl_exported_model, arena, sizeof arena, &ctx);
+    void *mem = arena;
+    size_t mem_bytes = sizeof arena;
+    if (getenv("BNNCL_ARENA_IMAGES")) {
+        mem_bytes = bnncl_arena_size_learn(&bnncl_exported_model, (size_t)atol(getenv("BNNCL_ARENA_IMAGES")));
+        if (!mem_bytes || !(mem = malloc(mem_bytes))) return fail("BNNCL_ARENA_IMAGES: no arena of that size");
+    }
+    int rc = bnncl_init(&bnncl_exported_model, mem, mem_bytes, &ctx);
     if (rc != BNNCL_OK) return fail(bnncl_strerror(rc));
     printf("state_size %zu\n", bnncl_state_size(ctx));
-    printf("chunk %zu\n", bnncl_learn_chunk(&bnncl_exported_model));
+    printf("chunk %zu\n", bnncl_ctx_learn_chunk(ctx));
     if (bnncl_learn_chunk(&bnncl_exported_model) != BNNCL_LEARN_CHUNK) return fail("chunk differs from BNNCL_LEARN_CHUNK");
     if (bnncl_state_size(ctx) != BNNCL_STATE_BYTES) return fail("bnncl_state_size differs from BNNCL_STATE_BYTES");
     float feat[512];
@@ -110,7 +119,7 @@ int main(int argc, char **argv) {
     fclose(f);
     printf("save %d\n", rc);
     /* a fresh start (the exported initial state), then the saved state */
-    if ((rc = bnncl_init(&bnncl_exported_model, arena, sizeof arena, &ctx)) != BNNCL_OK) return fail("re-init");
+    if ((rc = bnncl_init(&bnncl_exported_model, mem, mem_bytes, &ctx)) != BNNCL_OK) return fail("re-init");
     uint8_t *state = slurp(argv[4], &nstate);
     if (!state) return fail("cannot read the state file back");
     membuf mb = {state, nstate, 0};

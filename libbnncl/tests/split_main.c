@@ -2,11 +2,14 @@
  *
  *   split_main TEST.u8 TRAIN.u8 TRAIN_LABELS.i32 SIZES.i32    ($BNNCL_KERNEL: a kernel path to force)
  *
+ * $BNNCL_ARENA_IMAGES=N: an arena of bnncl_arena_size_learn(model, N) bytes (malloc'ed) instead of the static
+ * BNNCL_ARENA_BYTES one: experiences of up to N images are one merge each and run each forward once.
+ *
  * From the exported model (with its initial state, if any), learns the training images as consecutive
  * experiences of SIZES[0], SIZES[1], ... images (one bnncl_learn call each), then predicts every test image.
  * Prints (compared with the Python Learner by tests/native/test_libbnncl_split.py):
  *   path N                 the kernel path (bnncl_kernel_path)
- *   chunk IMAGES           bnncl_learn_chunk
+ *   chunk IMAGES           bnncl_ctx_learn_chunk (bnncl_learn_chunk with the static arena)
  *   learn I RC             per experience
  *   p CLASS                per test image, after the last experience
  *   seconds LEARN PREDICT  wall time of the learn calls and of the predictions (clock())
@@ -38,12 +41,18 @@ int main(int argc, char **argv) {
     if (nlab != 4 * ntrain) return fail("one int32 label per training image expected");
     const int32_t *labels = (const int32_t *)(void *)lab, *sizes = (const int32_t *)(void *)sz;
     bnncl_ctx *ctx = NULL;
-    int rc = bnncl_init(&bnncl_exported_model, arena, sizeof arena, &ctx);
+    void *mem = arena;
+    size_t mem_bytes = sizeof arena;
+    if (getenv("BNNCL_ARENA_IMAGES")) {
+        mem_bytes = bnncl_arena_size_learn(&bnncl_exported_model, (size_t)atol(getenv("BNNCL_ARENA_IMAGES")));
+        if (!mem_bytes || !(mem = malloc(mem_bytes))) return fail("BNNCL_ARENA_IMAGES: no arena of that size");
+    }
+    int rc = bnncl_init(&bnncl_exported_model, mem, mem_bytes, &ctx);
     if (rc != BNNCL_OK) return fail(bnncl_strerror(rc));
     if (getenv("BNNCL_KERNEL") && (rc = bnncl_set_kernel_path(ctx, atoi(getenv("BNNCL_KERNEL")))) != BNNCL_OK)
         return fail(bnncl_strerror(rc));
     printf("path %d\n", bnncl_kernel_path(ctx));
-    printf("chunk %zu\n", bnncl_learn_chunk(&bnncl_exported_model));
+    printf("chunk %zu\n", bnncl_ctx_learn_chunk(ctx));
     size_t at = 0;
     clock_t t0 = clock();
     for (size_t e = 0; e < nsizes; ++e) {

@@ -15,7 +15,8 @@ saved state reloads to the same predictions; a state with one flipped byte, a sh
 model (cifar10-b5) are refused with their error codes.  The library merges ``bnncl_learn_chunk`` images at a
 time (20 for fmnist-b5 over 10 classes), so the 100 images are 5 merges, the float32 state rounded between
 them: against ``StreamingLDA.update`` fed the same chunks in turn the state is bit-identical, against one
-update of all 100 within the rtol above.
+update of all 100 within the rtol above.  In an arena of ``bnncl_arena_size_learn(model, 100)`` bytes the 100 images
+are one merge: the state is bit-identical to the Learner's one update.
 
 The leave-one-out selection of the shrinkage (``StreamingLDA._count_leave_one_out``, ``effective_shrinkage``): the
 library tallies the images of a learn call whose class ends with 2 .. 100 features on the statistics after the
@@ -166,12 +167,15 @@ def test_conv_panels_layout():
 
 
 def _run_learn(prog: Path, tmp: Path, test: np.ndarray, train: np.ndarray, labels: np.ndarray, state: Path,
-               other: Path | None = None, v1: Path | None = None) -> dict[str, list[list[str]]]:
+               other: Path | None = None, v1: Path | None = None,
+               arena_images: int | None = None) -> dict[str, list[list[str]]]:
+    """learn_main's output lines by tag; ``arena_images``: its arena of ``bnncl_arena_size_learn(model, N)`` bytes."""
     for name, a in (("test.u8", test), ("train.u8", train), ("labels.i32", labels.astype(np.int32))):
         np.ascontiguousarray(a).tofile(tmp / name)
     args = [str(prog), str(tmp / "test.u8"), str(tmp / "train.u8"), str(tmp / "labels.i32"), str(state)]
     args += [str(a) for a in (other, v1) if a is not None]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+    env = None if arena_images is None else {**os.environ, "BNNCL_ARENA_IMAGES": str(arena_images)}
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     out: dict[str, list[list[str]]] = {}
     for line in r.stdout.splitlines():
@@ -256,8 +260,8 @@ def test_host_learn_fmnist_b5_agrees_with_the_python_learner(tmp):
                np.zeros(0, np.int32), tmp / "cifar.state")
 
     state = tmp / "fmnist.state"
-    out = _run_learn(_make(tmp, tmp / "fmnist-b5-slda", "gcc", "learn"), tmp, test, images, labels, state,
-                     tmp / "cifar.state", tmp / "fmnist-v1.state")
+    prog = _make(tmp, tmp / "fmnist-b5-slda", "gcc", "learn")
+    out = _run_learn(prog, tmp, test, images, labels, state, tmp / "cifar.state", tmp / "fmnist-v1.state")
     assert int(out["arena"][0][0]) == figures["arena_bytes"] == arena_bytes(model)
     assert int(out["state_size"][0][0]) == figures["state_bytes"] == state_bytes(10, slda.dim)
     assert int(out["chunk"][0][0]) == figures["learn_chunk"] == chunk == 20
@@ -295,6 +299,23 @@ def test_host_learn_fmnist_b5_agrees_with_the_python_learner(tmp):
     assert np.array_equal([int(r[0]) for r in out["p1"]], after), "predictions after learning differ"
     assert np.array_equal([int(r[0]) for r in out["p2"]], after), "predictions after save and load differ"
     assert set(after.tolist()) & set(NEW_CLASSES), "the learned classes are never predicted"
+
+    # an arena of bnncl_arena_size_learn(model, 100) bytes: the 100 images are one merge, as Learner.learn's one
+    # update (bit for bit), and the tally reuses their features (no second forward); the same tally and predictions
+    big = _run_learn(prog, tmp, test, images, labels, tmp / "fmnist-big.state", tmp / "cifar.state",
+                     arena_images=len(images))
+    assert int(big["chunk"][0][0]) >= len(images)
+    assert [int(big[k][0][0]) for k in ("learn", "save", "load")] == [0, 0, 0]
+    assert {k: int(v) for k, v in big["check"]} == LEARN_CHECKS
+    _, counts, means, cov = _read_state(tmp / "fmnist-big.state", slda.num_classes, slda.dim)
+    assert np.array_equal(counts, slda.counts)
+    assert np.array_equal(means.view(np.uint32), slda.means.view(np.uint32)), "means differ from one update"
+    assert np.array_equal(cov.view(np.uint32), slda.cov_packed.view(np.uint32)), "cov differs from one update"
+    assert np.array_equal(_read_loo(tmp / "fmnist-big.state"), slda.loo_correct)
+    assert _selection(big, "sel1")[0] == slda.effective_shrinkage
+    assert np.array_equal([int(r[0]) for r in big["p1"]], after), "predictions after learning differ"
+    big_scores = np.array([[int(v, 16) for v in r[1:]] for r in big["p1"]], np.uint32).view(np.float32)
+    np.testing.assert_allclose(big_scores, logits, rtol=1e-5, atol=1e-5 * float(np.abs(logits).max()))
 
 
 def test_host_learn_cifar10_b5_five_shot_selection_agrees_with_the_python_learner(tmp):
