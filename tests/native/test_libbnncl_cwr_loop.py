@@ -5,13 +5,14 @@ with the portable random stream (``LearnerConfig(rng="portable")``) on the same 
   bounded integers (bounds near 2^32 included, where Lemire's rejection runs often), doubles and shuffles, in an
   interleaved sequence, and end in the same state;
 * the loop: the fmnist-b5 protocol head-only on the embedded images' pooled features (base classes 0-4 deployed,
-  then three experiences: class 5, class 6, classes 7 and 8), in Python (``ContinualLearner`` on ``DeviceEngine``
-  with no tail blocks) and in C on the same features, an 8-bit buffer smaller than the base set (so deployment
-  and every experience evict); after deployment and after each experience: ``cw`` (bits), ``past``, the buffer's
-  codes, labels, experience indices, value range and seen counts, the standardizer's statistics, both streams'
-  states; the predictions and scores on test features.  Tolerance: none, everything is compared bit for bit.
+  then four experiences: class 5, class 6, classes 7 and 8, classes 5 and 7 again), in Python
+  (``ContinualLearner`` on ``DeviceEngine`` with no tail blocks) and in C on the same features, an 8-bit buffer
+  smaller than the base set (so deployment and every experience evict); after deployment and after each
+  experience: ``cw`` (bits), ``past``, the buffer's codes, labels, experience indices, value range and seen
+  counts, the standardizer's statistics, both streams' states; the predictions and scores on test features.
+  Tolerance: none, everything is compared bit for bit.
   Cases: proportional and balanced mixing, standardize off and on, fixed and auto epochs, a new_per_class cap,
-  cwr_max_k, and one 32-bit buffer.
+  cwr_max_k, one 32-bit buffer, and one run with no deployment (the first experience fits the standardizer).
 """
 
 from __future__ import annotations
@@ -165,16 +166,19 @@ def _compare(c: _CLoop, learner: ContinualLearner, d: int, where: str) -> None:
 
 
 CASES = [
-    # mixing, standardize, epochs (None: auto), new_per_class, max_k, lr_bits
-    ("proportional", "off", 3, None, None, 8),
-    ("balanced", "on", None, None, 1.0, 8),
-    ("proportional", "on", None, 25, 1.5, 8),
-    ("balanced", "off", 2, 30, None, 32),
+    # mixing, standardize, epochs (None: auto), new_per_class, max_k, lr_bits, deployed
+    ("proportional", "off", 3, None, None, 8, True),
+    ("balanced", "on", None, None, 1.0, 8, True),
+    ("proportional", "on", None, 25, 1.5, 8, True),
+    ("balanced", "off", 2, 30, None, 32, True),
+    ("balanced", "on", None, None, 1.0, 8, False),  # no deployment: the first experience fits the standardizer
 ]
+#: the experiences after deployment: new classes, then two classes seen before (in the buffer and new again)
+EXPERIENCES = ((5,), (6,), (7, 8), (5, 7))
 
 
-@pytest.mark.parametrize("mixing,standardize,epochs,cap,max_k,lr_bits", CASES)
-def test_loop_bit_identical(lib, feats, mixing, standardize, epochs, cap, max_k, lr_bits):
+@pytest.mark.parametrize("mixing,standardize,epochs,cap,max_k,lr_bits,deployed", CASES)
+def test_loop_bit_identical(lib, feats, mixing, standardize, epochs, cap, max_k, lr_bits, deployed):
     model, bx, by, nx, ny, test = feats
     d, seed, capacity, mb, lr = bx.shape[1], 7, 120, 32, 0.1
     engine = DeviceEngine.from_device_model(model, 0, num_classes=K)
@@ -187,11 +191,12 @@ def test_loop_bit_identical(lib, feats, mixing, standardize, epochs, cap, max_k,
                  standardize=int(standardize == "on"), max_k=-1.0 if max_k is None else max_k, capacity=capacity,
                  lr_bits=lr_bits)
     c = _CLoop(lib, cfg, seed)
-    head = engine.get_head()
-    learner.deploy(bx, by, 0)
-    c.deploy(bx, by, 0, head)
-    _compare(c, learner, d, "deploy")
-    for index, classes in enumerate(((5,), (6,), (7, 8)), start=1):
+    if deployed:
+        head = engine.get_head()
+        learner.deploy(bx, by, 0)
+        c.deploy(bx, by, 0, head)
+        _compare(c, learner, d, "deploy")
+    for index, classes in enumerate(EXPERIENCES, start=1):
         sel = np.isin(ny, classes)
         learner.train_experience(nx[sel], ny[sel], index)
         c.learn(nx[sel], ny[sel], index)
