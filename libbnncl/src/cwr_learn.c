@@ -144,6 +144,7 @@ typedef struct {
     int64_t *ooff, *noff; /* K + 1 */
     uint8_t *needed, *done; /* C */
     void *rowtmp;    /* one stored row */
+    float *lut;      /* 256: the value of each 8-bit code (the buffer's range is fixed during training) */
     double *stats;   /* 2 D: the standardizer's sums */
 } work;
 
@@ -159,6 +160,7 @@ static void work_layout(const bnncl_cwr_config *cfg, int64_t n, carve *c, work *
     if (w->step_bytes < K * D * sizeof(float)) w->step_bytes = K * D * sizeof(float);
     w->step = take(c, w->step_bytes);
     w->stats = take(c, 2 * D * sizeof(double));
+    w->lut = take(c, 256 * sizeof(float));
     w->rows = take(c, N * sizeof(int32_t));
     w->used = take(c, N);
     w->sel = take(c, N);
@@ -249,13 +251,17 @@ static void head_row(const bnncl_cwr_config *cfg, const bnncl_cwr_state *st, con
         memcpy(out, x, (size_t)D * sizeof(float));
 }
 
-/* one held row decoded (LatentReplayBuffer._decode) */
-static void decode_row(const bnncl_cwr_config *cfg, const bnncl_cwr_state *st, int64_t slot, float *out) {
+/* one held row decoded (LatentReplayBuffer._decode): 8 bits through lut, the 256 values bnncl_replay_decode8 gives
+ * (float64 arithmetic once per code, not once per value: software float64 on a Cortex-M4F) */
+static void decode_row(const bnncl_cwr_config *cfg, const bnncl_cwr_state *st, const float *lut, int64_t slot,
+                       float *out) {
     const int64_t D = cfg->features;
-    if (cfg->lr_bits == 8)
-        (void)bnncl_replay_decode8((const uint8_t *)st->store + slot * D, D, st->lo, st->hi, out);
-    else
+    if (cfg->lr_bits == 8) {
+        const uint8_t *codes = (const uint8_t *)st->store + slot * D;
+        for (int64_t j = 0; j < D; ++j) out[j] = lut[codes[j]];
+    } else {
         memcpy(out, (const float *)st->store + slot * D, (size_t)D * sizeof(float));
+    }
 }
 
 /* ---- the class-balanced buffer insertion (LatentReplayBuffer._add_balanced + _rebuild) ------------------- */
@@ -574,6 +580,12 @@ int bnncl_cwr_learn(const bnncl_cwr_config *cfg, bnncl_cwr_state *st, const floa
     for (int64_t s = 0; s < R; ++s) w.present[st->labels[s]] = 1;
     rc = bnncl_cwr_begin(st->cw, w.present, w.head, K, D, cfg->qb);
     if (rc) return rc;
+    if (cfg->lr_bits == 8 && R > 0) {
+        uint8_t codes[256];
+        for (int c = 0; c < 256; ++c) codes[c] = (uint8_t)c;
+        rc = bnncl_replay_decode8(codes, 256, st->lo, st->hi, w.lut);
+        if (rc) return rc;
+    }
     memset(w.used, 0, (size_t)n);
     int64_t epochs = cfg->epochs;
     for (int64_t e = 0; epochs == 0 || e < epochs; ++e) {
@@ -612,7 +624,7 @@ int bnncl_cwr_learn(const bnncl_cwr_config *cfg, bnncl_cwr_state *st, const floa
                                 head_row(cfg, st, x + (int64_t)row * D, w.xb + m * D);
                                 w.yb[m++] = labels[row];
                             } else {
-                                decode_row(cfg, st, idx, w.xb + m * D);
+                                decode_row(cfg, st, w.lut, idx, w.xb + m * D);
                                 head_row(cfg, st, w.xb + m * D, w.xb + m * D);
                                 w.yb[m++] = st->labels[idx];
                             }
@@ -628,7 +640,7 @@ int bnncl_cwr_learn(const bnncl_cwr_config *cfg, bnncl_cwr_state *st, const floa
                             w.yb[m++] = labels[row];
                         } else {
                             const int32_t slot = perm_rep[s0 + i];
-                            decode_row(cfg, st, slot, w.xb + m * D);
+                            decode_row(cfg, st, w.lut, slot, w.xb + m * D);
                             head_row(cfg, st, w.xb + m * D, w.xb + m * D);
                             w.yb[m++] = st->labels[slot];
                         }
