@@ -204,3 +204,43 @@ def test_loop_bit_identical(lib, feats, mixing, standardize, epochs, cap, max_k,
         cls, scores = c.predict(test)
         assert _same_bits(scores, learner.logits(test)), f"experience {index}: scores"
         assert np.array_equal(cls, learner.predict(test)), f"experience {index}: predictions"
+
+
+@pytest.mark.slow
+def test_fmnist_b5_protocol_bit_identical(lib):
+    """The whole fmnist-b5 protocol with the documented head-only setting (buffer 1500 at 8 bits, standardize on,
+    balanced, cwr_max_k 1, auto epochs, lr 0.1, minibatch 128, seed 0): the 1500 base images deployed, then five
+    experiences of 600 images; state after each, and the predictions of the 5000 test images (in the engine's
+    batches of 1024) equal to Python's."""
+    from bnncl import assets
+    from bnncl.data.protocols import get_protocol
+    from bnncl.device.modelfile import DeviceModel
+
+    spec = get_protocol("fmnist-b5")
+    train, test = spec.load()
+    stream = spec.stream(train.labels, 0)
+    engine = DeviceEngine.from_device_model(DeviceModel.load(assets.model_path("fmnist-b5", ".bnn")), 0,
+                                            num_classes=K)
+    config = LearnerConfig(strategy="cwr_star", epochs=None, lr=0.1, minibatch_size=128, seed=0, mixing="balanced",
+                           standardize="on", cwr_max_k=1.0, rng="portable")
+    learner = ContinualLearner(engine, config, LatentReplayBuffer((engine.head_dim,), 1500, 8, seed=0))
+    d = engine.head_dim
+    cfg = Config(classes=K, features=d, qf=engine.tail.qf, qb=engine.tail.qb, lr=0.1, minibatch=128, epochs=0,
+                 new_per_class=0, mixing=1, standardize=1, max_k=1.0, capacity=1500, lr_bits=8)
+    c = _CLoop(lib, cfg, 0)
+    latents, test_latents = learner.extract(train.images), learner.extract(test.images)
+    for exp in stream:
+        x, y = latents[exp.indices], np.asarray(exp.labels, np.int64)
+        if exp.is_base:
+            head = engine.get_head()
+            learner.deploy(x, y, exp.index)
+            c.deploy(x, y, exp.index, head)
+        else:
+            learner.train_experience(x, y, exp.index)
+            c.learn(x, y, exp.index)
+        _compare(c, learner, d, f"experience {exp.index}")
+    want = learner.predict(test_latents)
+    got = np.concatenate([c.predict(test_latents[i:i + 1024])[0] for i in range(0, len(test_latents), 1024)])
+    assert np.array_equal(got, want)
+    print(f"\nfmnist-b5 head-only: C and Python bit-identical over {len(stream)} stages; final accuracy "
+          f"{np.mean(got == test.labels):.4f}")
