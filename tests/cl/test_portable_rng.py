@@ -100,6 +100,8 @@ def test_portable_learner_learns_and_resumes():
     assert meta["rng_state"]["bit_generator"] == "bnncl_pcg32"
     second = _fresh("portable")
     second.load_state_dict({k: v.copy() for k, v in arrays.items()}, meta)
+    with pytest.raises(ValueError, match="rng"):
+        _fresh("numpy").load_state_dict(arrays, meta)
     rest = second.run(Stream("nc", STREAM.experiences[3:], 10, 0), TRAIN[0], *TEST)
     want = [dataclasses.replace(e, train_seconds=0, extract_seconds=0) for e in res.experiences[3:]]
     assert [dataclasses.replace(e, train_seconds=0, extract_seconds=0) for e in rest.experiences] == want

@@ -540,6 +540,8 @@ class ContinualLearner:
             raise ValueError(f"state kind {meta.get('kind')!r} is not 'continual_learner'")
         if meta["config"]["strategy"] != self.config.strategy:
             raise ValueError(f"state strategy {meta['config']['strategy']!r} does not match {self.config.strategy!r}")
+        if meta["config"].get("rng", "numpy") != self.config.rng:
+            raise ValueError(f"state rng {meta['config'].get('rng', 'numpy')!r} does not match {self.config.rng!r}")
 
         def part(prefix: str) -> dict[str, np.ndarray]:
             return {k[len(prefix) + 1 :]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
