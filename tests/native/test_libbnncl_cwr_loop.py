@@ -244,3 +244,72 @@ def test_fmnist_b5_protocol_bit_identical(lib):
     assert np.array_equal(got, want)
     print(f"\nfmnist-b5 head-only: C and Python bit-identical over {len(stream)} stages; final accuracy "
           f"{np.mean(got == test.labels):.4f}")
+
+
+def test_edge_settings_bit_identical(lib, feats):
+    """Random small settings on synthetic features: minibatches of 1 (balanced epochs with empty minibatches), a
+    buffer smaller than the class count (zero quotas), caps of 1, experiences of one pattern, classes revisited,
+    max_k 0: C and Python agree bit for bit after every stage."""
+    model = feats[0]
+    rnd = np.random.default_rng(11)
+    d = 128
+    for trial in range(12):
+        mixing = ("proportional", "balanced")[trial % 2]
+        standardize = ("off", "on")[(trial // 2) % 2]
+        mb, capacity = int(rnd.choice([1, 2, 5, 16])), int(rnd.choice([1, 3, 7, 40]))
+        epochs = [1, 2, None][trial % 3]
+        cap = [None, 1, 3][(trial // 3) % 3]
+        max_k = [None, 0.0, 1.0][(trial // 4) % 3]
+        lr_bits, seed = (8, 32)[(trial // 6) % 2], int(rnd.integers(0, 2**40))
+        engine = DeviceEngine.from_device_model(model, 0, num_classes=K)
+        learner = ContinualLearner(engine, LearnerConfig(
+            strategy="cwr_star", epochs=epochs, lr=0.05, minibatch_size=mb, seed=seed, new_per_class=cap,
+            mixing=mixing, standardize=standardize, cwr_max_k=max_k, rng="portable"),
+            LatentReplayBuffer((d,), capacity, lr_bits, seed=seed))
+        cfg = Config(classes=K, features=d, qf=engine.tail.qf, qb=engine.tail.qb, lr=0.05, minibatch=mb,
+                     epochs=epochs or 0, new_per_class=cap or 0, mixing=int(mixing == "balanced"),
+                     standardize=int(standardize == "on"), max_k=-1.0 if max_k is None else max_k,
+                     capacity=capacity, lr_bits=lr_bits)
+        c = _CLoop(lib, cfg, seed)
+        centers = rnd.standard_normal((K, d)).astype(np.float32)
+        for index in range(4):
+            n = int(rnd.integers(1, 25))
+            y = rnd.choice(rnd.choice(K, int(rnd.integers(1, 4)), replace=False), n).astype(np.int64)
+            x = (centers[y] + rnd.standard_normal((n, d)).astype(np.float32) * np.float32(0.7)).astype(np.float32)
+            learner.train_experience(x, y, index)
+            c.learn(x, y, index)
+            _compare(c, learner, d, f"trial {trial} experience {index}")
+            probe = (centers[rnd.integers(0, K, 9)] + rnd.standard_normal((9, d)).astype(np.float32)).astype(np.float32)
+            cls, scores = c.predict(probe)
+            assert _same_bits(scores, learner.logits(probe)), f"trial {trial}: scores"
+            assert np.array_equal(cls, learner.predict(probe)), f"trial {trial}: predictions"
+
+
+def test_errors_leave_the_state_unchanged(lib):
+    cfg = Config(classes=K, features=4, qf=8, qb=16, lr=0.1, minibatch=4, epochs=1, new_per_class=0, mixing=0,
+                 standardize=1, max_k=-1.0, capacity=8, lr_bits=8)
+    c = _CLoop(lib, cfg, 0)
+    before = c.mem.copy()
+    x, y = np.ones((3, 4), np.float32), np.array([1, 2, 3], np.int32)
+    n = lib.bnncl_cwr_learn_scratch_bytes(ctypes.byref(cfg), 3)
+    sc = scratch(n)
+
+    def learn(xx, yy, nbytes=n, at=0):
+        return lib.bnncl_cwr_learn(ctypes.byref(cfg), ctypes.byref(c.st), ptr(xx), ptr(yy), len(yy), 0, ptr(sc) + at,
+                                   nbytes)
+
+    bad_x = x.copy()
+    bad_x[1, 2] = np.nan
+    assert learn(x, np.array([1, 2, K], np.int32)) == -11  # BNNCL_E_LABEL
+    assert learn(bad_x, y) == -12  # BNNCL_E_NUMERIC
+    assert learn(x, y, n - 1) == -3  # BNNCL_E_ARENA_SMALL
+    assert learn(x, y, n - 4, at=4) == -4  # BNNCL_E_ALIGN
+    assert np.array_equal(c.mem, before)
+    cls = np.zeros(1, np.int32)
+    psc = scratch(lib.bnncl_cwr_predict_scratch_bytes(ctypes.byref(cfg), 1))
+    assert lib.bnncl_cwr_predict(ctypes.byref(cfg), ctypes.byref(c.st), ptr(x), 1, ptr(cls), None, ptr(psc),
+                                 psc.nbytes) == -10  # BNNCL_E_NO_LEARNING: nothing learned yet
+    bad = Config(**{f: getattr(cfg, f) for f, _ in Config._fields_})
+    bad.lr_bits = 1  # 1-bit replay of real-valued pooled features: refused
+    assert lib.bnncl_cwr_state_bytes(ctypes.byref(bad)) == 0
+    assert learn(x, y) == 0
