@@ -301,7 +301,10 @@ size_t bnncl_arena_size_learn(const bnncl_model *m, size_t images) {
     layout L;
     plan(m, &L);
     const size_t need = plan_total(&L), vec = (size_t)m->features * sizeof(float);
-    if (!m->slda_classes || images <= L.loo_rows) return need; /* loo_rows <= chunk_rows */
+    if (!m->slda_classes) return need;
+    if (images > SIZE_MAX / 4 / vec) return 0;
+    images += 2 * GRID + 1; /* and the tally's pivots of each grid value (GRID x D doubles) past them */
+    if (images <= L.loo_rows) return need; /* loo_rows <= chunk_rows */
     if (images - L.loo_rows > (SIZE_MAX - need - 16) / vec) return 0;
     return need + up16((images - L.loo_rows) * vec);
 }
@@ -528,6 +531,29 @@ static void run_stem(bnncl_ctx *c, const uint8_t *image) {
     for (int64_t y = 0; y < m->in_h; ++y) stem_row(c, y, c->line, &k);
 }
 
+/* One pixel y of a 2x2-pooled output, at its corner (0 top left, 1 top right, 2 bottom left, 3 bottom right) of
+ * the pool q: ((s00 + s01) + (s10 + s11)) * 0.25, as the next block's epilogue computes it (of the signs of
+ * y + sign_bias when given), the pair sum s10 + s11 in t. */
+static void pool_corner(float *restrict q, float *restrict t, const float *restrict y, const float *restrict sb,
+                        int64_t o, int corner) {
+#define POOL_V(ch) (sb ? (y[ch] + sb[ch] < 0.0f ? -1.0f : 1.0f) : y[ch])
+    switch (corner) {
+    case 0:
+        for (int64_t ch = 0; ch < o; ++ch) q[ch] = POOL_V(ch);
+        break;
+    case 1:
+        for (int64_t ch = 0; ch < o; ++ch) q[ch] = q[ch] + POOL_V(ch);
+        break;
+    case 2:
+        for (int64_t ch = 0; ch < o; ++ch) t[ch] = POOL_V(ch);
+        break;
+    default:
+        for (int64_t ch = 0; ch < o; ++ch) q[ch] = (q[ch] + (t[ch] + POOL_V(ch))) * 0.25f;
+        break;
+    }
+#undef POOL_V
+}
+
 /* Block i: binary conv from bits[i % 2], ROWS output pixels at a time into ybuf, then per pixel the epilogue
  * (shortcut from fbuf[src], or from the recomputed stem rows when src < 0) and the packed signs into
  * bits[(i + 1) % 2]; the output is stored into fbuf[dst] as the memory plan says (full or 2x2-pooled). */
@@ -569,8 +595,8 @@ static void run_block(bnncl_ctx *c, int32_t i, int src, int dst) {
             bnncl_im2col_rows(&g, r0, rows, c->cols);
         for (int64_t p = 0; p < npanels; ++p)
             panel(c->cols, rows, g.kk, b->panels + p * g.kk * BNNCL_NB, p * BNNCL_NB, 0, &e);
-        for (int64_t r = 0; r < rows; ++r) {
-            const int64_t pix = r0 + r, oy = pix / g.wo, ox = pix % g.wo;
+        int64_t oy = r0 / g.wo, ox = r0 % g.wo;
+        for (int64_t r = 0; r < rows; ++r, ox = ox + 1 == g.wo ? (++oy, 0) : ox + 1) {
             float *y = c->ybuf + r * o;
             if (src < 0 && oy != stem_oy) {
                 for (int64_t r = 0; r < s; ++r) stem_row(c, s * oy + r, c->line + r * b->in_w * cin, NULL);
@@ -580,21 +606,10 @@ static void run_block(bnncl_ctx *c, int32_t i, int src, int dst) {
             bnncl_epi_pixel(&a, 0, src < 0 ? 0 : oy, ox, y, c->shortcut,
                             last ? NULL : (k.padded ? tb : (uint64_t *)(void *)at), c->epi512);
             if (!last && k.padded) memcpy(at, tb, (size_t)k.bu * sizeof(uint32_t));
-            if (!pool) {
-                memcpy(out + pix * o, y, (size_t)o * sizeof(float));
-                continue;
-            }
-            /* ((s00 + s01) + (s10 + s11)) * 0.25, as the next block's epilogue computes it */
-            float *q = out + ((oy / 2) * pw + ox / 2) * o;
-            const int corner = (int)(oy % 2) * 2 + (int)(ox % 2);
-            for (int64_t ch = 0; ch < o; ++ch) {
-                const float v = sign_bias ? (y[ch] + sign_bias[ch] < 0.0f ? -1.0f : 1.0f) : y[ch];
-                if (corner == 0) q[ch] = v;
-                else if (corner == 1) q[ch] = q[ch] + v;
-                else if (corner == 2) t[ch] = v;
-                else q[ch] = (q[ch] + (t[ch] + v)) * 0.25f;
-            }
+            if (pool) pool_corner(out + ((oy / 2) * pw + ox / 2) * o, t, y, sign_bias, o, (int)(oy % 2) * 2 + (int)(ox % 2));
         }
+        /* the full map: the rows at once (an in-place block has read their shortcuts by now) */
+        if (!pool) memcpy(out + r0 * o, c->ybuf, (size_t)(rows * o) * sizeof(float));
     }
 }
 
@@ -671,6 +686,15 @@ static int64_t up_index(int64_t D, int64_t i, int64_t j) { return i * D - i * (i
 /* index of (i, j), j <= i, in the lower triangle packed row by row */
 static int64_t lo_index(int64_t i, int64_t j) { return i * (i + 1) / 2 + j; }
 
+/* a . b in 4 interleaved partial sums (a shorter dependency chain than one running sum) */
+static double dot4(const double *a, const double *b, int64_t n) {
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) s0 += a[i] * b[i], s1 += a[i + 1] * b[i + 1], s2 += a[i + 2] * b[i + 2], s3 += a[i + 3] * b[i + 3];
+    for (; i < n; ++i) s0 += a[i] * b[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
 /* L L^T = (1 - eps) Sigma + eps I into c->factor (lower triangle row by row; Cholesky-Banachiewicz). */
 static int factorize(bnncl_ctx *c, double eps) {
     const int64_t D = c->D;
@@ -682,8 +706,7 @@ static int factorize(bnncl_ctx *c, double eps) {
         double *li = L + lo_index(i, 0);
         for (int64_t j = 0; j <= i; ++j) {
             const double *lj = L + lo_index(j, 0);
-            double s = li[j];
-            for (int64_t k = 0; k < j; ++k) s -= li[k] * lj[k];
+            const double s = li[j] - dot4(li, lj, j);
             if (i == j) {
                 if (!(s > 0.0) || !isfinite(s)) return BNNCL_E_NUMERIC;
                 li[i] = sqrt(s);
@@ -706,9 +729,7 @@ static double spread_of(bnncl_ctx *c, double eps) {
         double col = z[i] * z[i];
         for (int64_t r = i + 1; r < D; ++r) {
             const double *lr = L + lo_index(r, 0);
-            double s = 0.0;
-            for (int64_t k = i; k < r; ++k) s += lr[k] * z[k];
-            z[r] = -s / lr[r];
+            z[r] = -dot4(lr + i, z + i, r - i) / lr[r];
             col += z[r] * z[r];
         }
         tr_inv += col;
@@ -721,9 +742,7 @@ static void solve_lower(const bnncl_ctx *c, double *z) {
     const double *L = c->factor;
     for (int64_t i = 0; i < c->D; ++i) {
         const double *li = L + lo_index(i, 0);
-        double s = z[i];
-        for (int64_t j = 0; j < i; ++j) s -= li[j] * z[j];
-        z[i] = s / li[i];
+        z[i] = (z[i] - dot4(li, z, i)) / li[i];
     }
 }
 
@@ -773,10 +792,10 @@ static int refresh(bnncl_ctx *c) {
         double *w = c->W + k * D;
         for (int64_t i = 0; i < D; ++i) z[i] = (double)mu[i];
         solve_lower(c, z); /* L z = mu */
-        for (int64_t i = D - 1; i >= 0; --i) { /* L^T w = z */
-            double s = z[i];
-            for (int64_t r = i + 1; r < D; ++r) s -= L[lo_index(r, i)] * w[r];
-            w[i] = s / L[lo_index(i, i)];
+        for (int64_t i = D - 1; i >= 0; --i) { /* L^T w = z, by rows of L (contiguous): z[0 .. i) -= w[i] L[i] */
+            const double *li = L + lo_index(i, 0);
+            const double wi = w[i] = z[i] / li[i];
+            for (int64_t r = 0; r < i; ++r) z[r] -= wi * li[r];
         }
         double dot = 0.0;
         for (int64_t i = 0; i < D; ++i) dot += (double)mu[i] * w[i];
@@ -856,11 +875,18 @@ static void to_tridiagonal_basis(const bnncl_ctx *c, double *y) {
     const double *A = c->factor, *tau = c->tmp;
     for (int64_t k = 0; k + 2 < D; ++k) {
         if (tau[k] == 0.0) continue;
-        double s = y[k + 1];
-        for (int64_t r = k + 2; r < D; ++r) s += A[lo_index(r, k)] * y[r];
-        s *= tau[k];
+        /* v_k . y in 4 partial sums (the column of v_k is strided: (r, k) is r + 1 after (r - 1, k)) */
+        double s0 = y[k + 1], s1 = 0.0, s2 = 0.0, s3 = 0.0;
+        int64_t r = k + 2, at = lo_index(r, k);
+        for (; r + 4 <= D; at += 4 * r + 10, r += 4) {
+            s0 += A[at] * y[r], s1 += A[at + r + 1] * y[r + 1];
+            s2 += A[at + 2 * r + 3] * y[r + 2], s3 += A[at + 3 * r + 6] * y[r + 3];
+        }
+        for (; r < D; at += ++r) s0 += A[at] * y[r];
+        const double s = ((s0 + s1) + (s2 + s3)) * tau[k];
         y[k + 1] -= s;
-        for (int64_t r = k + 2; r < D; ++r) y[r] -= s * A[lo_index(r, k)];
+        at = lo_index(k + 2, k);
+        for (r = k + 2; r < D; at += ++r) y[r] -= s * A[at];
     }
 }
 
@@ -901,10 +927,9 @@ static double tridiagonal_solve(const bnncl_ctx *c, double eps, const double *pi
     u[0] = y[0];
     for (int64_t i = 1; i < D; ++i) u[i] = y[i] - g * A[lo_index(i, i - 1)] / piv[i - 1] * u[i - 1];
     u[D - 1] /= piv[D - 1];
-    for (int64_t i = D - 2; i >= 0; --i) u[i] = (u[i] - g * A[lo_index(i + 1, i)] * u[i + 1]) / piv[i];
-    double yu = 0.0;
-    for (int64_t i = 0; i < D; ++i) yu += y[i] * u[i];
-    return yu;
+    /* times 1 / piv[i]: the division stays off the chain from u[i + 1] to u[i] */
+    for (int64_t i = D - 2; i >= 0; --i) u[i] = (u[i] - g * A[lo_index(i + 1, i)] * u[i + 1]) * (1.0 / piv[i]);
+    return dot4(y, u, D);
 }
 
 static void count_leave_one_out(bnncl_ctx *c, const uint8_t *images, size_t n, size_t image_bytes,
@@ -934,6 +959,12 @@ static void count_leave_one_out(bnncl_ctx *c, const uint8_t *images, size_t n, s
             ++held;
         }
         if (!held) break;
+        /* the pivots of each grid value, kept past the held features when the hold has room for them (else each
+         * image computes them again: the same values) */
+        const size_t held_bytes = ((size_t)(held * D) * sizeof(float) + 7) & ~(size_t)7;
+        double *pcache = (size_t)(c->BL * D) * sizeof(float) >= held_bytes + (size_t)(GRID * D) * sizeof(double)
+                             ? (double *)(void *)((unsigned char *)c->hold + held_bytes)
+                             : NULL;
         tridiagonalize(c); /* again for each hold: the forwards between holds run over it */
         for (int64_t k = 0; k < K; ++k) { /* mu~_k, and q_k per grid value */
             if (c->counts[k] <= 0) continue;
@@ -943,14 +974,15 @@ static void count_leave_one_out(bnncl_ctx *c, const uint8_t *images, size_t n, s
         }
         for (int j = 0; j < GRID; ++j) {
             const double eps = shrinkage_grid[j];
+            double *pj = pcache ? pcache + j * D : piv;
             if (!first && isnan(c->loo_spread[j])) continue;
-            if (!tridiagonal_pivots(c, eps, piv)) {
+            if (!tridiagonal_pivots(c, eps, pj)) {
                 c->loo_spread[j] = NAN;
                 continue;
             }
-            if (first) c->loo_spread[j] = tridiagonal_spread(c, eps, piv);
+            if (first) c->loo_spread[j] = tridiagonal_spread(c, eps, pj);
             for (int64_t k = 0; k < K; ++k)
-                if (c->counts[k] > 0) c->qtab[j * K + k] = tridiagonal_solve(c, eps, piv, c->mt + k * D, u);
+                if (c->counts[k] > 0) c->qtab[j * K + k] = tridiagonal_solve(c, eps, pj, c->mt + k * D, u);
         }
         int64_t h = 0;
         for (size_t i = from; i < at; ++i) {
@@ -962,15 +994,14 @@ static void count_leave_one_out(bnncl_ctx *c, const uint8_t *images, size_t n, s
             for (int j = 0; j < GRID; ++j) {
                 const double eps = shrinkage_grid[j], spread = c->loo_spread[j];
                 if (isnan(spread)) continue;
-                tridiagonal_pivots(c, eps, piv); /* positive definite: checked above */
-                const double xu = tridiagonal_solve(c, eps, piv, xt, u);
+                const double *pj = pcache ? pcache + j * D : piv;
+                if (!pcache) tridiagonal_pivots(c, eps, piv); /* positive definite: checked above */
+                const double xu = tridiagonal_solve(c, eps, pj, xt, u);
                 const double *q = c->qtab + j * K;
                 double own = 0.0, other = -INFINITY;
                 for (int64_t k = 0; k < K; ++k) {
                     if (c->counts[k] <= 0) continue;
-                    const double *mt = c->mt + k * D;
-                    double mu_u = 0.0;
-                    for (int64_t r = 0; r < D; ++r) mu_u += mt[r] * u[r];
+                    const double mu_u = dot4(c->mt + k * D, u, D);
                     const double nk = (double)c->counts[k];
                     if (k == y) {
                         const double n1 = nk - 1.0;

@@ -69,6 +69,6 @@ int main(int argc, char **argv) {
         printf("p %d\n", (int)cls);
     }
     clock_t t2 = clock();
-    printf("seconds %.3f %.3f\n", (double)(t1 - t0) / CLOCKS_PER_SEC, (double)(t2 - t1) / CLOCKS_PER_SEC);
+    printf("seconds %.4f %.4f\n", (double)(t1 - t0) / CLOCKS_PER_SEC, (double)(t2 - t1) / CLOCKS_PER_SEC);
     return 0;
 }

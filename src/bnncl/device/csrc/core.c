@@ -140,15 +140,22 @@ static uint32_t *padded_image(const conv_geom *g, int64_t batch) {
 
 /* Fast im2col from the padded image: KH contiguous runs of KW*u 32-bit units per row. */
 void bnncl_im2col_rows32(const conv_geom *g, int64_t r0, int64_t rows, uint64_t *buf) {
-    const int64_t run = g->kw * g->u, len32 = g->kh * run;
+    const int64_t run = g->kw * g->u, len32 = g->kh * run, line = g->wp * g->u;
+    int64_t ox = r0 % g->wo, oy = (r0 / g->wo) % g->ho, bi = r0 / (g->wo * g->ho); /* then counted, no division */
     for (int64_t r = 0; r < rows; ++r) {
-        int64_t pix = r0 + r;
-        int64_t ox = pix % g->wo, oy = (pix / g->wo) % g->ho, bi = pix / (g->wo * g->ho);
         uint32_t *dst = (uint32_t *)(buf + r * g->kk);
         const uint32_t *src = g->img + ((bi * g->hp + oy * g->stride) * g->wp + ox * g->stride) * g->u;
-        for (int64_t ky = 0; ky < g->kh; ++ky, dst += run, src += g->wp * g->u)
-            for (int64_t i = 0; i < run; ++i) dst[i] = src[i];
+        if (run == 3) { /* 3x3 taps of 32 channels */
+            for (int64_t ky = 0; ky < g->kh; ++ky, dst += 3, src += line) dst[0] = src[0], dst[1] = src[1], dst[2] = src[2];
+        } else {
+            for (int64_t ky = 0; ky < g->kh; ++ky, dst += run, src += line)
+                for (int64_t i = 0; i < run; ++i) dst[i] = src[i];
+        }
         if (len32 & 1) *dst = 0;
+        if (++ox == g->wo) {
+            ox = 0;
+            if (++oy == g->ho) oy = 0, ++bi;
+        }
     }
 }
 
