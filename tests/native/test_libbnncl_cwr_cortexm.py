@@ -1,7 +1,7 @@
 """libbnncl's head-only CWR* loop on a bare-metal Cortex-M4F (``qemu-system-arm -M mps2-an386``: float32 in the
 FPv4-SP unit, float64 in software) is bit-identical to the Python learner with ``rng="portable"``.
 
-``tests/native/cwr_loop_cm.c`` is built with ``arm-none-eabi-gcc`` (hard float, ``-O2``, ``-ffp-contract=off``,
+``tests/native/cortexm/cwr_loop_cm.c`` is built with ``arm-none-eabi-gcc`` (hard float, ``-O2``, ``-ffp-contract=off``,
 newlib nano) with the C core and the CWR* glue, on the start-up and linker script of ``libbnncl/tests/cortexm``; it
 reads the fmnist-b5 pooled features through semihosting (the inputs of tests/native/test_libbnncl_cwr_loop.py:
 base classes 0-4 deployed, then class 5, class 6, classes 7 and 8, classes 5 and 7 again), and after each stage
@@ -47,7 +47,7 @@ def _build(tmp: Path) -> Path:
     objs = []
     for src, std in [(CSRC / f"{n}.c", "c11") for n in CORE] + [
             (LIB / "src" / f"{n}.c", "c99") for n in ("cwr", "cwr_learn", "cwr_rng")] + [
-            (CM / "startup.c", "c99"), (Path(__file__).parent / "cwr_loop_cm.c", "c99")]:
+            (CM / "startup.c", "c99"), (Path(__file__).parent / "cortexm" / "cwr_loop_cm.c", "c99")]:
         obj = tmp / (src.stem + ".o")
         subprocess.run([CC, f"-std={std}", *flags, "-c", str(src), "-o", str(obj)], check=True)
         objs.append(str(obj))

@@ -162,9 +162,7 @@ class TailTrainer:
         self.qf, self.qb, self.qw = check_bits("qf", qf), check_bits("qb", qb), check_bits("qw", qw)
         self.weight_rounding, self.rounding_seed = check_rounding(weight_rounding), int(rounding_seed)
         self.updates = 0  # SGD steps taken (the stochastic-rounding noise stream's position)
-        self.softmax_exp = "numpy"
-        """The softmax's exp: ``numpy`` (``np.exp``) or ``portable`` (the C core's, as libbnncl computes it:
-        :func:`bnncl.device.kernels.tail_elementwise.softmax_exp`); the learner with ``rng="portable"`` sets it."""
+        self._softmax_exp = "numpy"
         if not (np.isfinite(momentum) and 0.0 <= momentum < 1.0):
             raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)
@@ -223,6 +221,21 @@ class TailTrainer:
     def _refresh_head(self) -> None:
         self._head_f = fake_quantize(self._head.dequantize(), self.qf)  # forward copy at q_f
         self._head_ft = np.ascontiguousarray(self._head_f.T)
+
+    @property
+    def softmax_exp(self) -> str:
+        """The softmax's exp: ``numpy`` (``np.exp``, the default) or ``portable`` (the C core's, as libbnncl computes
+        it: :func:`bnncl.device.kernels.tail_elementwise.softmax_exp`; RuntimeError when the C core is not built);
+        the learner with ``rng="portable"`` sets it."""
+        return self._softmax_exp
+
+    @softmax_exp.setter
+    def softmax_exp(self, kind: str) -> None:
+        if kind not in ("numpy", "portable"):
+            raise ValueError(f"softmax_exp: expected 'numpy' or 'portable', got {kind!r}")
+        if kind == "portable":
+            tail_elementwise.softmax_exp(np.zeros(1, np.float32))  # the C core answers now, not mid-experience
+        self._softmax_exp = kind
 
     # -- forward -------------------------------------------------------------------------------
     def _check_latents(self, latents: np.ndarray) -> np.ndarray:
