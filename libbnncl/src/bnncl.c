@@ -89,8 +89,11 @@ struct bnncl_ctx {
     double loo_spread[GRID]; /* leave-one-out: tr(Lambda Sigma) per grid value (NaN: M not positive definite) */
     double eps;         /* the shrinkage of the classifier solved last (effective_shrinkage) */
     float *slogits;     /* K */
-    int seen;           /* some class has a count: predict uses the SLDA classifier */
-    int ready;          /* W and b are solved for the current state */
+    signed char seen;   /* some class has a count: predict uses the SLDA classifier */
+    signed char ready;  /* W and b are solved for the current state */
+    signed char stem_ring; /* > 0: block 0 computes the stem rows as it goes, keeping their real values in a ring
+                            * of that many rows in fbuf[1] (past the addmap row; free until block 1), each row
+                            * once; 0: the stem's signs first, then block 0 computes the rows it reads again */
 };
 
 typedef char ctx_fits_reserve[sizeof(struct bnncl_ctx) <= CTX_RESERVE ? 1 : -1];
@@ -413,6 +416,11 @@ int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx 
     c->m = m;
     for (int32_t i = 0; i < m->num_blocks; ++i)
         if (padded_fits(m, i, &L)) c->padded |= (uint64_t)1 << i;
+    { /* the ring: block 0's row of ROWS pixels spans `span` output rows; 2 more rows of stride s for its conv */
+        const int64_t s0 = m->blocks[0].stride, wo0 = (m->in_w - 1) / s0 + 1, span = (ROWS - 1) / wo0 + 1;
+        const int64_t ring = s0 * (span + 2), row = (int64_t)m->in_w * m->stem_channels;
+        if (ring < 100 && (size_t)((ring + 1) * row) * sizeof(float) <= L.fbuf[1]) c->stem_ring = (signed char)ring;
+    }
     use_path(c, best_path(), bnncl_panel_for(best_path()), L.fbuf[1]);
     c->K = m->slda_classes, c->D = m->features, c->P = (int64_t)c->D * (c->D + 1) / 2;
     if (c->K) {
@@ -524,10 +532,9 @@ static void stem_row(bnncl_ctx *c, int64_t y, float *out, const bits_sink *k) {
 }
 
 /* Stem: the packed signs of its output (block 0's input) into bits[0]; its real values are not kept. */
-static void run_stem(bnncl_ctx *c, const uint8_t *image) {
+static void run_stem(bnncl_ctx *c) {
     const bnncl_model *m = c->m;
     const bits_sink k = sink_for(c, 0);
-    bnncl_stem_pad_u8(image, 1, m->in_h, m->in_w, m->in_c, c->xpad);
     for (int64_t y = 0; y < m->in_h; ++y) stem_row(c, y, c->line, &k);
 }
 
@@ -587,8 +594,19 @@ static void run_block(bnncl_ctx *c, int32_t i, int src, int dst) {
     /* the AVX-512 kernel reads the panels with aligned loads */
     const bnncl_panel_fn panel = (uintptr_t)b->panels % 64 ? bnncl_panel_scalar : c->panel;
     int64_t stem_oy = -1;
+    /* block 0 with the stem ring: the stem rows (signs and real values) computed as the conv needs them */
+    const int64_t ring = src < 0 ? c->stem_ring : 0, row = b->in_w * cin;
+    float *rows_at = c->fbuf[1] + row; /* past the addmap row */
+    int64_t stem_done = 0;
+    bits_sink k0 = {NULL, 0, 0, 0, 0};
+    if (ring) k0 = sink_for(c, 0);
     for (int64_t r0 = 0; r0 < pixels; r0 += ROWS) {
         int64_t rows = pixels - r0 < ROWS ? pixels - r0 : ROWS;
+        if (ring) { /* input rows up to s * oy + 1 of the last pixel (3 x 3, padding 1) */
+            int64_t need = s * ((r0 + rows - 1) / g.wo) + 2;
+            if (need > b->in_h) need = b->in_h;
+            for (; stem_done < need; ++stem_done) stem_row(c, stem_done, rows_at + (stem_done % ring) * row, &k0);
+        }
         if (g.img)
             bnncl_im2col_rows32(&g, r0, rows, c->cols);
         else
@@ -598,8 +616,11 @@ static void run_block(bnncl_ctx *c, int32_t i, int src, int dst) {
         int64_t oy = r0 / g.wo, ox = r0 % g.wo;
         for (int64_t r = 0; r < rows; ++r, ox = ox + 1 == g.wo ? (++oy, 0) : ox + 1) {
             float *y = c->ybuf + r * o;
-            if (src < 0 && oy != stem_oy) {
-                for (int64_t r = 0; r < s; ++r) stem_row(c, s * oy + r, c->line + r * b->in_w * cin, NULL);
+            if (src < 0 && oy != stem_oy) { /* the s stem rows of this output row, contiguous (ring % s == 0) */
+                if (ring)
+                    a.src = rows_at + (s * oy % ring) * row;
+                else
+                    for (int64_t r = 0; r < s; ++r) stem_row(c, s * oy + r, c->line + r * row, NULL);
                 stem_oy = oy;
             }
             uint32_t *at = last ? NULL : sink_at(&k, oy, ox);
@@ -620,7 +641,8 @@ static void forward(bnncl_ctx *c, const uint8_t *image) {
     int dst[MAX_BLOCKS], cur = -1;
     float_plan(m, fl, dst);
     c->amrow_ry = -1; /* block 1 writes over the addmap row in fbuf[1] */
-    run_stem(c, image);
+    bnncl_stem_pad_u8(image, 1, m->in_h, m->in_w, m->in_c, c->xpad);
+    if (!c->stem_ring) run_stem(c);
     for (int32_t i = 0; i < m->num_blocks; ++i) {
         run_block(c, i, cur, dst[i]);
         cur = dst[i];

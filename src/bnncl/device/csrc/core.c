@@ -140,21 +140,27 @@ static uint32_t *padded_image(const conv_geom *g, int64_t batch) {
 
 /* Fast im2col from the padded image: KH contiguous runs of KW*u 32-bit units per row. */
 void bnncl_im2col_rows32(const conv_geom *g, int64_t r0, int64_t rows, uint64_t *buf) {
-    const int64_t run = g->kw * g->u, len32 = g->kh * run, line = g->wp * g->u;
-    int64_t ox = r0 % g->wo, oy = (r0 / g->wo) % g->ho, bi = r0 / (g->wo * g->ho); /* then counted, no division */
+    /* the geometry in locals: with -fno-strict-aliasing every store below could otherwise change *g */
+    const int64_t kh = g->kh, u = g->u, wo = g->wo, ho = g->ho, hp = g->hp, wp = g->wp, st = g->stride, kk = g->kk;
+    const uint32_t *const img = g->img;
+    const int64_t run = g->kw * u, len32 = kh * run, line = wp * u;
+    int64_t ox = r0 % wo, oy = (r0 / wo) % ho, bi = r0 / (wo * ho); /* then counted, no division */
     for (int64_t r = 0; r < rows; ++r) {
-        uint32_t *dst = (uint32_t *)(buf + r * g->kk);
-        const uint32_t *src = g->img + ((bi * g->hp + oy * g->stride) * g->wp + ox * g->stride) * g->u;
-        if (run == 3) { /* 3x3 taps of 32 channels */
-            for (int64_t ky = 0; ky < g->kh; ++ky, dst += 3, src += line) dst[0] = src[0], dst[1] = src[1], dst[2] = src[2];
+        uint32_t *dst = (uint32_t *)(buf + r * kk);
+        const uint32_t *src = img + ((bi * hp + oy * st) * wp + ox * st) * u;
+        if (run == 3 && kh == 3) { /* 3x3 taps of 32 channels */
+            dst[0] = src[0], dst[1] = src[1], dst[2] = src[2];
+            dst[3] = src[line], dst[4] = src[line + 1], dst[5] = src[line + 2];
+            dst[6] = src[2 * line], dst[7] = src[2 * line + 1], dst[8] = src[2 * line + 2];
+            dst += 9;
         } else {
-            for (int64_t ky = 0; ky < g->kh; ++ky, dst += run, src += line)
+            for (int64_t ky = 0; ky < kh; ++ky, dst += run, src += line)
                 for (int64_t i = 0; i < run; ++i) dst[i] = src[i];
         }
         if (len32 & 1) *dst = 0;
-        if (++ox == g->wo) {
+        if (++ox == wo) {
             ox = 0;
-            if (++oy == g->ho) oy = 0, ++bi;
+            if (++oy == ho) oy = 0, ++bi;
         }
     }
 }

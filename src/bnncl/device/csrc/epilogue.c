@@ -71,11 +71,14 @@ static inline __attribute__((always_inline)) void epi_affine_shortcut(
             }
         } else {
             const float *restrict s = a->src + ((b * a->h + oy) * a->w + ox) * cin;
-            if (sb) {
-                for (int64_t c = 0; c < cin; ++c) sc[c] = src_at(s, sb, c);
-            } else {
-                for (int64_t c = 0; c < cin; ++c) sc[c] = s[c];
+            if (!sb) { /* the activation itself: added straight from the source (the same sums, no copy) */
+                for (int64_t c0 = 0; c0 < o; c0 += cin) {
+                    float *restrict yc = yr + c0;
+                    for (int64_t c = 0; c < cin; ++c) yc[c] = yc[c] + s[c];
+                }
+                return;
             }
+            for (int64_t c = 0; c < cin; ++c) sc[c] = src_at(s, sb, c);
         }
         for (int64_t c0 = 0; c0 < o; c0 += cin) {
             float *restrict yc = yr + c0;
@@ -122,6 +125,7 @@ __attribute__((target("avx512f"))) static void epi_row_avx512(const epi_args *a,
     if (bits) memset(bits, 0, (size_t)a->nw * 8);
     const __m512 zero = _mm512_setzero_ps();
     int64_t c = 0;
+    uint64_t word = 0; /* the signs of the current 64 channels, stored once complete (no read-modify-write) */
     for (; c + 16 <= o; c += 16) {
         __m512 t = _mm512_sub_ps(_mm512_loadu_ps(yr + c), _mm512_loadu_ps(si + c));
         __mmask16 neg = _mm512_cmp_ps_mask(t, zero, _CMP_LT_OQ);
@@ -130,9 +134,11 @@ __attribute__((target("avx512f"))) static void epi_row_avx512(const epi_args *a,
         _mm512_storeu_ps(yr + c, v);
         if (bits) {
             __mmask16 m = _mm512_cmp_ps_mask(_mm512_add_ps(v, _mm512_loadu_ps(nb + c)), zero, _CMP_LT_OQ);
-            bits[c >> 6] |= (uint64_t)m << (c & 63);
+            word |= (uint64_t)m << (c & 63);
+            if ((c & 63) == 48) bits[c >> 6] = word, word = 0;
         }
     }
+    if (bits && (c & 63)) bits[c >> 6] = word; /* a partial word; the channels after c are ORed in below */
     for (; c < o; ++c) {
         float t = yr[c] - si[c];
         float negv = t * sl[c];

@@ -50,8 +50,13 @@ static INL TGT void epilogue(int R, int MODE, __m512i acc[6][4], int64_t row, in
             float *o = (float *)e->out + off + col0;
             __m512 y0 = _mm512_add_ps(_mm512_mul_ps(s0, _mm512_cvtepi32_ps(d0)), b0);
             __m512 y1 = _mm512_add_ps(_mm512_mul_ps(s1, _mm512_cvtepi32_ps(d1)), b1);
-            _mm512_mask_storeu_ps(o, m0, y0);
-            _mm512_mask_storeu_ps(o + 16, m1, y1);
+            if (ncols >= 32) { /* full panel: plain stores, which a following load of the row can forward */
+                _mm512_storeu_ps(o, y0);
+                _mm512_storeu_ps(o + 16, y1);
+            } else {
+                _mm512_mask_storeu_ps(o, m0, y0);
+                _mm512_mask_storeu_ps(o + 16, m1, y1);
+            }
         }
     }
 }
