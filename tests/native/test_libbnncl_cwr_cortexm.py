@@ -7,12 +7,15 @@ reads the fmnist-b5 pooled features through semihosting (the inputs of tests/nat
 base classes 0-4 deployed, then class 5, class 6, classes 7 and 8, classes 5 and 7 again), and after each stage
 writes its whole state and its test predictions back.  Compared with the Python learner after the same stage: cw,
 past, the standardizer, the buffer (codes, labels, experiences, value range, seen counts), both streams' states,
-the scores and the predictions, all bit for bit.  The log gives the state and scratch bytes and the instructions of
-each stage (qemu ``-icount shift=0``: 40 per timer tick).  Skipped when the tools are missing.
+the scores and the predictions, all bit for bit.  Opt-in (``BNNCL_CORTEXM_CWR_FULL=1``, about 1 minute): the whole
+fmnist-b5 protocol with the documented head-only setting, the same comparisons.  The log gives the state and scratch
+bytes and the instructions of each stage (qemu ``-icount shift=0``: 40 per timer tick).  Skipped when the tools are
+missing.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import subprocess
@@ -97,35 +100,30 @@ def _read_state(path: Path, d: int, lr_bits: int) -> dict:
     return out
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mixing,standardize,epochs,lr_bits", [("balanced", "on", None, 8),
-                                                               ("proportional", "off", 3, 32)])
-def test_loop_on_cortex_m4f(tmp_path, mixing, standardize, epochs, lr_bits):
-    inp = learning_inputs((5, 6, 7, 8), 40, 300, base_per_class=40)
-    fe = FrozenEngine(inp.model)
-    bx, by = fe.latents(inp.base_images, "gap"), inp.base_labels.astype(np.int64)
-    nx, ny, test = fe.latents(inp.images, "gap"), inp.labels.astype(np.int64), fe.latents(inp.test, "gap")
-    d, seed, capacity, mb, lr, max_k = bx.shape[1], 7, 120, 32, 0.1, 1.0
-    engine = DeviceEngine.from_device_model(inp.model, 0, num_classes=K)
+def _run(tmp_path: Path, bx, by, stages, test, *, mixing, standardize, epochs, lr_bits, capacity, mb, seed,
+         lr=0.1, max_k=1.0, timeout=600) -> str:
+    """Deploy on (bx, by), learn ``stages`` ((features, labels) per experience) in Python and on the M4F; every
+    stage compared bit for bit (module docstring); returns the summary line."""
+    d = bx.shape[1]
+    engine = DeviceEngine.from_device_model(_model(), 0, num_classes=K)
     config = LearnerConfig(strategy="cwr_star", epochs=epochs, lr=lr, minibatch_size=mb, seed=seed, mixing=mixing,
                            standardize=standardize, cwr_max_k=max_k, rng="portable")
     learner = ContinualLearner(engine, config, LatentReplayBuffer((d,), capacity, lr_bits, seed=seed))
     head = engine.get_head()
-    exps = [np.isin(ny, c) for c in EXPERIENCES]
     header = struct.pack("<16i", K, d, engine.tail.qf, engine.tail.qb, mb, epochs or 0, 0, int(mixing == "balanced"),
-                         int(standardize == "on"), capacity, lr_bits, len(by), len(exps), len(test), 1, 0)
-    parts = [header, struct.pack("<ffdQ", lr, 0.0, max_k, seed), np.array([m.sum() for m in exps], "<i4").tobytes(),
+                         int(standardize == "on"), capacity, lr_bits, len(by), len(stages), len(test), 1, 0)
+    parts = [header, struct.pack("<ffdQ", lr, 0.0, max_k, seed), np.array([len(y) for _, y in stages], "<i4").tobytes(),
              bx.astype("<f4").tobytes(), by.astype("<i4").tobytes(), head.astype("<f4").tobytes()]
-    for m in exps:
-        parts += [nx[m].astype("<f4").tobytes(), ny[m].astype("<i4").tobytes()]
+    for x, y in stages:
+        parts += [x.astype("<f4").tobytes(), y.astype("<i4").tobytes()]
     parts.append(test.astype("<f4").tobytes())
     (tmp_path / "cwr_in.bin").write_bytes(b"".join(parts))
 
     snaps = []
     learner.deploy(bx, by, 0)
     snaps.append(_snapshot(learner, test))
-    for i, m in enumerate(exps, start=1):
-        learner.train_experience(nx[m], ny[m], i)
+    for i, (x, y) in enumerate(stages, start=1):
+        learner.train_experience(x, y, i)
         snaps.append(_snapshot(learner, test))
 
     elf = _build(tmp_path)
@@ -134,7 +132,7 @@ def test_loop_on_cortex_m4f(tmp_path, mixing, standardize, epochs, lr_bits):
     r = subprocess.run([QEMU, "-M", "mps2-an386", "-cpu", "cortex-m4", "-nographic", "-monitor", "none", "-serial",
                         "none", "-icount", "shift=0", "-chardev", f"file,id=sh,path={log}", "-semihosting-config",
                         "enable=on,target=native,chardev=sh", "-kernel", str(elf)],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+                       cwd=tmp_path, capture_output=True, text=True, timeout=timeout, check=False)
     text = log.read_text() if log.exists() else ""
     assert r.returncode == 0 and "done" in text, f"qemu exit {r.returncode}:\n{r.stderr[-2000:]}\n{text[-2000:]}"
     for i, want in enumerate(snaps):
@@ -150,6 +148,45 @@ def test_loop_on_cortex_m4f(tmp_path, mixing, standardize, epochs, lr_bits):
             else:
                 assert g == w, f"stage {i}: {key}: {g} != {w}"
     ticks = {line.split()[0]: int(line.split()[1]) for line in text.splitlines() if line.startswith("T")}
-    print(f"\nCortex-M4F ({mixing}, standardize {standardize}, {lr_bits}-bit buffer): all stages bit-identical; "
-          + ", ".join(f"{k} {40 * v / 1e6:.1f} M instructions" for k, v in ticks.items())
-          + f"; {[line for line in text.splitlines() if 'bytes' in line]}; qemu {time.perf_counter() - t0:.1f} s")
+    return (f"Cortex-M4F ({mixing}, standardize {standardize}, {lr_bits}-bit buffer of {capacity}, minibatch {mb}): "
+            f"all {len(snaps)} stages bit-identical; "
+            + ", ".join(f"{k} {40 * v / 1e6:.1f} M instructions" for k, v in ticks.items())
+            + f"; {[line for line in text.splitlines() if 'bytes' in line]}; qemu {time.perf_counter() - t0:.1f} s")
+
+
+def _model():
+    from bnncl import assets
+    from bnncl.device.modelfile import DeviceModel
+
+    return DeviceModel.load(assets.model_path("fmnist-b5", ".bnn"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mixing,standardize,epochs,lr_bits", [("balanced", "on", None, 8),
+                                                               ("proportional", "off", 3, 32)])
+def test_loop_on_cortex_m4f(tmp_path, mixing, standardize, epochs, lr_bits):
+    inp = learning_inputs((5, 6, 7, 8), 40, 300, base_per_class=40)
+    fe = FrozenEngine(inp.model)
+    bx, by = fe.latents(inp.base_images, "gap"), inp.base_labels.astype(np.int64)
+    nx, ny, test = fe.latents(inp.images, "gap"), inp.labels.astype(np.int64), fe.latents(inp.test, "gap")
+    stages = [(nx[np.isin(ny, c)], ny[np.isin(ny, c)]) for c in EXPERIENCES]
+    print("\n" + _run(tmp_path, bx, by, stages, test, mixing=mixing, standardize=standardize, epochs=epochs,
+                      lr_bits=lr_bits, capacity=120, mb=32, seed=7))
+
+
+@pytest.mark.skipif(not os.environ.get("BNNCL_CORTEXM_CWR_FULL"),
+                    reason="the whole fmnist-b5 protocol runs about 1 minute under qemu: set BNNCL_CORTEXM_CWR_FULL=1")
+def test_fmnist_b5_protocol_on_cortex_m4f(tmp_path):
+    """The whole fmnist-b5 protocol with the documented head-only setting (1,500 base images deployed into a buffer
+    of 1,500 at 8 bits, five experiences of 600, minibatch 128, balanced, standardize on, auto epochs, seed 0)."""
+    from bnncl.data.protocols import get_protocol
+
+    spec = get_protocol("fmnist-b5")
+    train, test = spec.load()
+    stream = spec.stream(train.labels, 0)
+    fe = FrozenEngine(_model())
+    lat, tl = fe.latents(train.images, "gap"), fe.latents(test.images[:64], "gap")
+    base, *exps = list(stream)
+    stages = [(lat[e.indices], np.asarray(e.labels, np.int64)) for e in exps]
+    print("\n" + _run(tmp_path, lat[base.indices], np.asarray(base.labels, np.int64), stages, tl, mixing="balanced",
+                      standardize="on", epochs=None, lr_bits=8, capacity=1500, mb=128, seed=0, timeout=1800))

@@ -1,5 +1,5 @@
 /* libbnncl's head-only CWR* loop on a bare-metal Cortex-M (tests/native/test_libbnncl_cwr_cortexm.py; in its own
- * folder: tests/device/test_cross_arch.py compiles every tests/native/*.c).
+ * folder: tests/device/test_cross_arch.py compiles every C file of tests/native).
  *
  * Reads cwr_in.bin from qemu's working folder through semihosting (the config, the base features with their labels
  * and the deployed head, the experiences, the test features: the layout below), deploys (when asked), learns each
