@@ -33,6 +33,7 @@ int bnncl_tail_gap(const float *x, int64_t b, int64_t hw, int64_t c, int quantiz
 #define RARE_CLASS_SHRINKAGE 0.05
 #define RARE_CLASS_COUNT 5
 #define LOO_MAX_COUNT 100        /* bnncl.cl.slda: classes of at most this many features are tallied */
+#define LOO_GROUP 8              /* held images taken into the reduced basis together, where the hold has room */
 #define GRID BNNCL_SHRINKAGE_GRID
 static const double shrinkage_grid[GRID] = {1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 2e-2, 4e-2, 8e-2, 0.15, 0.3, 0.5};
 #define STRATEGY_SLDA 1u
@@ -306,7 +307,9 @@ size_t bnncl_arena_size_learn(const bnncl_model *m, size_t images) {
     const size_t need = plan_total(&L), vec = (size_t)m->features * sizeof(float);
     if (!m->slda_classes) return need;
     if (images > SIZE_MAX / 4 / vec) return 0;
-    images += 2 * GRID + 1; /* and the tally's pivots of each grid value (GRID x D doubles) past them */
+    images += 4 * GRID + 2 * LOO_GROUP + 1; /* and past them the tally's solve factors of each grid value and a
+                                             * group of images in the reduced basis (2 GRID + LOO_GROUP vectors of
+                                             * D doubles) */
     if (images <= L.loo_rows) return need; /* loo_rows <= chunk_rows */
     if (images - L.loo_rows > (SIZE_MAX - need - 16) / vec) return 0;
     return need + up16((images - L.loo_rows) * vec);
@@ -708,13 +711,15 @@ static int64_t up_index(int64_t D, int64_t i, int64_t j) { return i * D - i * (i
 /* index of (i, j), j <= i, in the lower triangle packed row by row */
 static int64_t lo_index(int64_t i, int64_t j) { return i * (i + 1) / 2 + j; }
 
-/* a . b in 4 interleaved partial sums (a shorter dependency chain than one running sum) */
+/* a . b in 8 interleaved partial sums (a shorter dependency chain than one running sum; compilers keep them in
+ * vector registers without reordering anything) */
 static double dot4(const double *a, const double *b, int64_t n) {
-    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    double s[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
     int64_t i = 0;
-    for (; i + 4 <= n; i += 4) s0 += a[i] * b[i], s1 += a[i + 1] * b[i + 1], s2 += a[i + 2] * b[i + 2], s3 += a[i + 3] * b[i + 3];
-    for (; i < n; ++i) s0 += a[i] * b[i];
-    return (s0 + s1) + (s2 + s3);
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; ++l) s[l] += a[i + l] * b[i + l];
+    for (; i < n; ++i) s[0] += a[i] * b[i];
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
 /* L L^T = (1 - eps) Sigma + eps I into c->factor (lower triangle row by row; Cholesky-Banachiewicz). */
@@ -844,9 +849,12 @@ static int tallied(const bnncl_ctx *c, int32_t y) { return c->counts[y] >= 2 && 
  * and spread = tr(A^-1 Sigma) = (D - eps tr(M^-1)) / (1 - eps), tr(M^-1) from the forward and backward pivots:
  * the same scores up to rounding.  The features are held in c->hold, which the reduction does not reach, up to
  * BL at a time: moved there from c->chunk when the call was one chunk (in_chunk) and they fit, else their
- * forwards run again (and Sigma is reduced again for each hold: the same T, bit for bit).  A grid value whose M
- * has a pivot <= 0 counts nothing (Python clips negative eigenvalues at 0 instead; only a Sigma with an
- * eigenvalue below -eps / (1 - eps) in rounding differs). */
+ * forwards run again (and Sigma is reduced again for each hold: the same T, bit for bit).  Where the hold has room
+ * past the held features (an arena of bnncl_arena_size_learn bytes), each grid value's solve factors (the forward
+ * multipliers and reciprocal pivots) are computed once per hold instead of per image, the images are taken into
+ * the reduced basis LOO_GROUP at a time and two grid values are solved at once: the same values either way.  A grid
+ * value whose M has a pivot <= 0 counts nothing (Python clips negative eigenvalues at 0 instead; only a Sigma with
+ * an eigenvalue below -eps / (1 - eps) in rounding differs). */
 
 /* T = Q^T Sigma Q into c->factor (lower triangle packed row by row): d_i = T[i][i] at (i, i), e_i = T[i + 1][i] at
  * (i + 1, i); Q = H_0 H_1 ... H_{D-3}, H_k = I - tau_k v_k v_k^T, v_k zero above k + 1, v_k[k + 1] = 1 and
@@ -891,24 +899,24 @@ static void tridiagonalize(bnncl_ctx *c) {
     }
 }
 
-/* y <- Q^T y (H_0 first) with the reflectors of tridiagonalize. */
-static void to_tridiagonal_basis(const bnncl_ctx *c, double *y) {
+/* Y <- Q^T Y (H_0 first) with the reflectors of tridiagonalize, for the n vectors of D doubles in Y: each
+ * reflector's column (strided in the packed factor) gathered once into col (D doubles of scratch), then applied
+ * to every vector with contiguous loops. */
+static void to_tridiagonal_basis(const bnncl_ctx *c, double *Y, int64_t n, double *col) {
     const int64_t D = c->D;
     const double *A = c->factor, *tau = c->tmp;
     for (int64_t k = 0; k + 2 < D; ++k) {
         if (tau[k] == 0.0) continue;
-        /* v_k . y in 4 partial sums (the column of v_k is strided: (r, k) is r + 1 after (r - 1, k)) */
-        double s0 = y[k + 1], s1 = 0.0, s2 = 0.0, s3 = 0.0;
-        int64_t r = k + 2, at = lo_index(r, k);
-        for (; r + 4 <= D; at += 4 * r + 10, r += 4) {
-            s0 += A[at] * y[r], s1 += A[at + r + 1] * y[r + 1];
-            s2 += A[at + 2 * r + 3] * y[r + 2], s3 += A[at + 3 * r + 6] * y[r + 3];
+        int64_t at = lo_index(k + 2, k);
+        for (int64_t r = k + 2; r < D; at += ++r) col[r] = A[at];
+        const double *v = col + k + 2;
+        const int64_t len = D - k - 2;
+        for (int64_t q = 0; q < n; ++q) {
+            double *y = Y + q * D;
+            const double s = (y[k + 1] + dot4(v, y + k + 2, len)) * tau[k];
+            y[k + 1] -= s;
+            for (int64_t r = 0; r < len; ++r) y[k + 2 + r] -= s * v[r];
         }
-        for (; r < D; at += ++r) s0 += A[at] * y[r];
-        const double s = ((s0 + s1) + (s2 + s3)) * tau[k];
-        y[k + 1] -= s;
-        at = lo_index(k + 2, k);
-        for (r = k + 2; r < D; at += ++r) y[r] -= s * A[at];
     }
 }
 
@@ -942,16 +950,75 @@ static double tridiagonal_spread(const bnncl_ctx *c, double eps, const double *p
     return ((double)D - eps * tr) / (1.0 - eps);
 }
 
-/* u = M^-1 y (u may not be y) and y . u, with the pivots of M. */
+/* u = M^-1 y (u may not be y) and y . u, with the pivots of M: forward with the multipliers l_i = g e_{i-1} /
+ * piv_{i-1}, backward times 1 / piv_i (divisions off the chain from one u to the next). */
 static double tridiagonal_solve(const bnncl_ctx *c, double eps, const double *piv, const double *y, double *u) {
     const int64_t D = c->D;
     const double *A = c->factor, g = 1.0 - eps;
     u[0] = y[0];
     for (int64_t i = 1; i < D; ++i) u[i] = y[i] - g * A[lo_index(i, i - 1)] / piv[i - 1] * u[i - 1];
-    u[D - 1] /= piv[D - 1];
-    /* times 1 / piv[i]: the division stays off the chain from u[i + 1] to u[i] */
+    u[D - 1] *= 1.0 / piv[D - 1];
     for (int64_t i = D - 2; i >= 0; --i) u[i] = (u[i] - g * A[lo_index(i + 1, i)] * u[i + 1]) * (1.0 / piv[i]);
     return dot4(y, u, D);
+}
+
+/* The multipliers and reciprocal pivots of tridiagonal_solve, computed once: pre[i] = l_i (pre[0] unused),
+ * pre[D + i] = 1 / piv_i (2 D doubles). */
+static void tridiagonal_prepare(const bnncl_ctx *c, double eps, const double *piv, double *pre) {
+    const int64_t D = c->D;
+    const double *A = c->factor, g = 1.0 - eps;
+    pre[0] = 0.0;
+    for (int64_t i = 1; i < D; ++i) pre[i] = g * A[lo_index(i, i - 1)] / piv[i - 1];
+    for (int64_t i = 0; i < D; ++i) pre[D + i] = 1.0 / piv[i];
+}
+
+/* tridiagonal_solve with those (the same operations on the same values: the same u). */
+static double tridiagonal_solve_pre(const bnncl_ctx *c, double eps, const double *pre, const double *y, double *u) {
+    const int64_t D = c->D;
+    const double *A = c->factor, *ip = pre + D, g = 1.0 - eps;
+    u[0] = y[0];
+    for (int64_t i = 1; i < D; ++i) u[i] = y[i] - pre[i] * u[i - 1];
+    u[D - 1] *= ip[D - 1];
+    for (int64_t i = D - 2; i >= 0; --i) u[i] = (u[i] - g * A[lo_index(i + 1, i)] * u[i + 1]) * ip[i];
+    return dot4(y, u, D);
+}
+
+/* tridiagonal_solve_pre of two grid values at once (their chains interleaved; each the same operations). */
+static void tridiagonal_solve_pre2(const bnncl_ctx *c, double eps_a, const double *pa, double eps_b, const double *pb,
+                                   const double *y, double *ua, double *ub, double *xu) {
+    const int64_t D = c->D;
+    const double *A = c->factor, *ia = pa + D, *ib = pb + D, ga = 1.0 - eps_a, gb = 1.0 - eps_b;
+    ua[0] = ub[0] = y[0];
+    for (int64_t i = 1; i < D; ++i) ua[i] = y[i] - pa[i] * ua[i - 1], ub[i] = y[i] - pb[i] * ub[i - 1];
+    ua[D - 1] *= ia[D - 1], ub[D - 1] *= ib[D - 1];
+    for (int64_t i = D - 2; i >= 0; --i) {
+        const double e = A[lo_index(i + 1, i)];
+        ua[i] = (ua[i] - ga * e * ua[i + 1]) * ia[i];
+        ub[i] = (ub[i] - gb * e * ub[i + 1]) * ib[i];
+    }
+    xu[0] = dot4(y, ua, D), xu[1] = dot4(y, ub, D);
+}
+
+/* The leave-one-out test of one image of class y for grid value j, u = M^-1 x~ and xu = x~ . u: its own class's
+ * score with its mean taken without it against every other seen class's; a right answer adds one to loo[j]. */
+static void loo_score(bnncl_ctx *c, int32_t y, int j, double xu, const double *u) {
+    const int64_t K = c->K, D = c->D;
+    const double spread = c->loo_spread[j], *qt = c->qtab + j * K;
+    double own = 0.0, other = -INFINITY;
+    for (int64_t k = 0; k < K; ++k) {
+        if (c->counts[k] <= 0) continue;
+        const double mu_u = dot4(c->mt + k * D, u, D);
+        const double nk = (double)c->counts[k];
+        if (k == y) {
+            const double n1 = nk - 1.0;
+            own = (nk * mu_u - xu) / n1 - 0.5 * (nk * nk * qt[k] - 2.0 * nk * mu_u + xu) / (n1 * n1) +
+                  0.5 * spread / (n1 + SMALL_SAMPLE_PRIOR);
+        } else {
+            const double sk = mu_u - 0.5 * qt[k] + 0.5 * spread / (nk + SMALL_SAMPLE_PRIOR);
+            if (sk > other) other = sk;
+        }
+    }
+    if (own >= other) c->loo[j] += 1;
 }
 
 static void count_leave_one_out(bnncl_ctx *c, const uint8_t *images, size_t n, size_t image_bytes,
@@ -984,57 +1051,70 @@ static void count_leave_one_out(bnncl_ctx *c, const uint8_t *images, size_t n, s
         /* the pivots of each grid value, kept past the held features when the hold has room for them (else each
          * image computes them again: the same values) */
         const size_t held_bytes = ((size_t)(held * D) * sizeof(float) + 7) & ~(size_t)7;
-        double *pcache = (size_t)(c->BL * D) * sizeof(float) >= held_bytes + (size_t)(GRID * D) * sizeof(double)
+        double *pcache = (size_t)(c->BL * D) * sizeof(float) >= held_bytes + (size_t)(2 * GRID * D) * sizeof(double)
                              ? (double *)(void *)((unsigned char *)c->hold + held_bytes)
                              : NULL;
-        tridiagonalize(c); /* again for each hold: the forwards between holds run over it */
-        for (int64_t k = 0; k < K; ++k) { /* mu~_k, and q_k per grid value */
-            if (c->counts[k] <= 0) continue;
-            double *mt = c->mt + k * D;
-            for (int64_t i = 0; i < D; ++i) mt[i] = (double)c->means[k * D + i];
-            to_tridiagonal_basis(c, mt);
+        /* and past them a group of up to LOO_GROUP images taken into the reduced basis together (else one, in xt) */
+        double *group = xt;
+        int64_t G = 1;
+        if (pcache) {
+            const size_t left =
+                ((size_t)(c->BL * D) * sizeof(float) - held_bytes) / sizeof(double) - (size_t)(2 * GRID * D);
+            const int64_t g = (int64_t)(left / (size_t)D) < LOO_GROUP ? (int64_t)(left / (size_t)D) : LOO_GROUP;
+            if (g > 1) group = pcache + 2 * GRID * D, G = g;
         }
+        tridiagonalize(c); /* again for each hold: the forwards between holds run over it */
+        for (int64_t k = 0; k < K; ++k) /* mu~_k (0 for a class not seen), and q_k per grid value below */
+            for (int64_t i = 0; i < D; ++i) c->mt[k * D + i] = c->counts[k] > 0 ? (double)c->means[k * D + i] : 0.0;
+        to_tridiagonal_basis(c, c->mt, K, u);
         for (int j = 0; j < GRID; ++j) {
             const double eps = shrinkage_grid[j];
-            double *pj = pcache ? pcache + j * D : piv;
             if (!first && isnan(c->loo_spread[j])) continue;
-            if (!tridiagonal_pivots(c, eps, pj)) {
+            if (!tridiagonal_pivots(c, eps, piv)) {
                 c->loo_spread[j] = NAN;
                 continue;
             }
-            if (first) c->loo_spread[j] = tridiagonal_spread(c, eps, pj);
+            if (first) c->loo_spread[j] = tridiagonal_spread(c, eps, piv);
+            if (pcache) tridiagonal_prepare(c, eps, piv, pcache + 2 * j * D);
             for (int64_t k = 0; k < K; ++k)
-                if (c->counts[k] > 0) c->qtab[j * K + k] = tridiagonal_solve(c, eps, pj, c->mt + k * D, u);
+                if (c->counts[k] > 0) c->qtab[j * K + k] = tridiagonal_solve(c, eps, piv, c->mt + k * D, u);
         }
-        int64_t h = 0;
-        for (size_t i = from; i < at; ++i) {
+        size_t i = from;
+        for (int64_t h = 0; h < held; ++h, ++i) {
+            const int64_t q = h % G;
+            if (!q) { /* the next group of held images into the reduced basis */
+                const int64_t gn = held - h < G ? held - h : G;
+                for (int64_t g = 0; g < gn; ++g)
+                    for (int64_t r = 0; r < D; ++r) group[g * D + r] = (double)c->hold[(h + g) * D + r];
+                to_tridiagonal_basis(c, group, gn, u);
+            }
+            while (!tallied(c, labels[i])) ++i; /* the image of hold row h */
             const int32_t y = labels[i];
-            if (!tallied(c, y)) continue;
-            const float *x = c->hold + h++ * D;
-            for (int64_t r = 0; r < D; ++r) xt[r] = (double)x[r];
-            to_tridiagonal_basis(c, xt);
-            for (int j = 0; j < GRID; ++j) {
-                const double eps = shrinkage_grid[j], spread = c->loo_spread[j];
-                if (isnan(spread)) continue;
-                const double *pj = pcache ? pcache + j * D : piv;
-                if (!pcache) tridiagonal_pivots(c, eps, piv); /* positive definite: checked above */
-                const double xu = tridiagonal_solve(c, eps, pj, xt, u);
-                const double *q = c->qtab + j * K;
-                double own = 0.0, other = -INFINITY;
-                for (int64_t k = 0; k < K; ++k) {
-                    if (c->counts[k] <= 0) continue;
-                    const double mu_u = dot4(c->mt + k * D, u, D);
-                    const double nk = (double)c->counts[k];
-                    if (k == y) {
-                        const double n1 = nk - 1.0;
-                        own = (nk * mu_u - xu) / n1 - 0.5 * (nk * nk * q[k] - 2.0 * nk * mu_u + xu) / (n1 * n1) +
-                              0.5 * spread / (n1 + SMALL_SAMPLE_PRIOR);
-                    } else {
-                        const double sk = mu_u - 0.5 * q[k] + 0.5 * spread / (nk + SMALL_SAMPLE_PRIOR);
-                        if (sk > other) other = sk;
+            const double *xtq = group + q * D;
+            if (pcache) { /* grid values in pairs, the second solution in piv (free here) */
+                int pend = -1;
+                for (int j = 0; j < GRID; ++j) {
+                    if (isnan(c->loo_spread[j])) continue;
+                    if (pend < 0) {
+                        pend = j;
+                        continue;
                     }
+                    double xu[2];
+                    tridiagonal_solve_pre2(c, shrinkage_grid[pend], pcache + 2 * pend * D, shrinkage_grid[j],
+                                           pcache + 2 * j * D, xtq, u, piv, xu);
+                    loo_score(c, y, pend, xu[0], u);
+                    loo_score(c, y, j, xu[1], piv);
+                    pend = -1;
                 }
-                if (own >= other) c->loo[j] += 1;
+                if (pend >= 0)
+                    loo_score(c, y, pend, tridiagonal_solve_pre(c, shrinkage_grid[pend], pcache + 2 * pend * D, xtq, u),
+                              u);
+                continue;
+            }
+            for (int j = 0; j < GRID; ++j) {
+                if (isnan(c->loo_spread[j])) continue;
+                tridiagonal_pivots(c, shrinkage_grid[j], piv); /* positive definite: checked above */
+                loo_score(c, y, j, tridiagonal_solve(c, shrinkage_grid[j], piv, xtq, u), u);
             }
         }
         first = 0;
