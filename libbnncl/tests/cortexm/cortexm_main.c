@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "model.h"
+#include "decimal.h"
 #include "semihost.h"
 #include "../mem_stream.h"
 
@@ -50,11 +51,8 @@ static void put(const char *s) {
 
 static void put_int(long v) {
     char t[24];
-    int n = 0;
-    unsigned long u = v < 0 ? 0ul - (unsigned long)v : (unsigned long)v;
-    do t[n++] = (char)('0' + u % 10); while (u /= 10);
-    if (v < 0) t[n++] = '-';
-    while (n && len < sizeof line - 2) line[len++] = t[--n];
+    decimal(v, t);
+    put(t);
 }
 
 static void put_hex(uint32_t v, int digits) {

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "model.h"
+#include "decimal.h"
 #include "semihost.h"
 
 #define IMG (BNNCL_INPUT_H * BNNCL_INPUT_W * BNNCL_INPUT_C)
@@ -41,15 +42,8 @@ static void put(const char *s) {
 
 static void put_int(long v) {
     char t[24];
-    int n = 0;
-    unsigned long u = v < 0 ? 0ul - (unsigned long)v : (unsigned long)v;
-    do t[n++] = (char)('0' + u % 10); while (u /= 10);
-    if (v < 0) t[n++] = '-';
-    char s[26];
-    int k = 0;
-    while (n) s[k++] = t[--n];
-    s[k] = 0;
-    put(s);
+    decimal(v, t);
+    put(t);
 }
 
 static int error(const char *what, long rc) {
