@@ -616,21 +616,33 @@ static void run_block(bnncl_ctx *c, int32_t i, int src, int dst) {
             bnncl_im2col_rows(&g, r0, rows, c->cols);
         for (int64_t p = 0; p < npanels; ++p)
             panel(c->cols, rows, g.kk, b->panels + p * g.kk * BNNCL_NB, p * BNNCL_NB, 0, &e);
+        /* the epilogue by runs of pixels within one output row (bnncl_epi_run); their signs straight into the
+         * sink where it takes whole words per pixel, else into cols (read by now) and copied unit by unit */
         int64_t oy = r0 / g.wo, ox = r0 % g.wo;
-        for (int64_t r = 0; r < rows; ++r, ox = ox + 1 == g.wo ? (++oy, 0) : ox + 1) {
+        for (int64_t r = 0; r < rows;) {
+            const int64_t n = rows - r < g.wo - ox ? rows - r : g.wo - ox;
             float *y = c->ybuf + r * o;
             if (src < 0 && oy != stem_oy) { /* the s stem rows of this output row, contiguous (ring % s == 0) */
                 if (ring)
                     a.src = rows_at + (s * oy % ring) * row;
                 else
-                    for (int64_t r = 0; r < s; ++r) stem_row(c, s * oy + r, c->line + r * row, NULL);
+                    for (int64_t q = 0; q < s; ++q) stem_row(c, s * oy + q, c->line + q * row, NULL);
                 stem_oy = oy;
             }
-            uint32_t *at = last ? NULL : sink_at(&k, oy, ox);
-            bnncl_epi_pixel(&a, 0, src < 0 ? 0 : oy, ox, y, c->shortcut,
-                            last ? NULL : (k.padded ? tb : (uint64_t *)(void *)at), c->epi512);
-            if (!last && k.padded) memcpy(at, tb, (size_t)k.bu * sizeof(uint32_t));
-            if (pool) pool_corner(out + ((oy / 2) * pw + ox / 2) * o, t, y, sign_bias, o, (int)(oy % 2) * 2 + (int)(ox % 2));
+            const int via_cols = !last && k.padded && k.bu % 2;
+            uint64_t *bw = last ? NULL : (via_cols ? (nw <= g.kk ? c->cols : tb) : (uint64_t *)(void *)sink_at(&k, oy, ox));
+            for (int64_t i = 0; i < n; i += bw == tb ? 1 : n) { /* tb: one pixel at a time (nw > kk) */
+                const int64_t m = bw == tb ? 1 : n;
+                bnncl_epi_run(&a, 0, src < 0 ? 0 : oy, ox + i, m, y + i * o, c->shortcut,
+                              bw == NULL ? NULL : (bw == tb ? tb : bw + (via_cols ? 0 : i * nw)), nw, c->epi512);
+                for (int64_t p = 0; via_cols && p < m; ++p)
+                    memcpy(sink_at(&k, oy, ox + i + p), (bw == tb ? tb : bw + p * nw), (size_t)k.bu * sizeof(uint32_t));
+            }
+            for (int64_t p = 0; pool && p < n; ++p)
+                pool_corner(out + ((oy / 2) * pw + (ox + p) / 2) * o, t, y + p * o, sign_bias, o,
+                            (int)(oy % 2) * 2 + (int)((ox + p) % 2));
+            r += n, ox += n;
+            if (ox == g.wo) ox = 0, ++oy;
         }
         /* the full map: the rows at once (an in-place block has read their shortcuts by now) */
         if (!pool) memcpy(out + r0 * o, c->ybuf, (size_t)(rows * o) * sizeof(float));

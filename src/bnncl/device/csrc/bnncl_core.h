@@ -147,6 +147,10 @@ typedef struct {
 void bnncl_epi_pixel(const bnncl_epi_args *a, int64_t b, int64_t oy, int64_t ox, float *y, float *sc,
                      uint64_t *bits, int use_avx512);
 int bnncl_epi_use_avx512(int requested);
+/* n consecutive pixels (b, oy, ox .. ox + n - 1) of one output row: bnncl_epi_pixel on each, their rows at
+ * y + i * o, their signs (bits not NULL) at bits + i * bits_step words, in one call (libbnncl's forward). */
+void bnncl_epi_run(const bnncl_epi_args *a, int64_t b, int64_t oy, int64_t ox, int64_t n, float *y, float *sc,
+                   uint64_t *bits, int64_t bits_step, int use_avx512);
 
 /* The float32 stem conv (im2col_u8.c): zero-padded float copy of uint8 images, and lines
  * [l0, l1) (line = b * h + y) of the conv from it; acc: oc floats of scratch (generic variant). */

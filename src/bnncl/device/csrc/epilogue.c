@@ -115,7 +115,7 @@ static void epi_row(const epi_args *a, int64_t b, int64_t oy, int64_t ox, float 
 #include <immintrin.h>
 /* AVX-512 row: the same float32 operations (the affine/shortcut loops compiled for AVX-512,
  * RPReLU with a masked multiply, signs by compare-to-mask), hence the same results. */
-__attribute__((target("avx512f"))) static void epi_row_avx512(const epi_args *a, int64_t b, int64_t oy,
+__attribute__((target("avx512f"), always_inline)) static inline void epi_row_avx512(const epi_args *a, int64_t b, int64_t oy,
                                                               int64_t ox, float *restrict yr,
                                                               float *restrict sc, uint64_t *bits) {
     const int64_t o = a->o;
@@ -146,7 +146,28 @@ __attribute__((target("avx512f"))) static void epi_row_avx512(const epi_args *a,
         if (bits && yr[c] + nb[c] < 0.0f) bits[c >> 6] |= (uint64_t)1 << (c & 63);
     }
 }
+
+/* n consecutive pixels (b, oy, ox .. ox + n - 1) of one output row, their rows y + i * o, their signs (bits not
+ * NULL) at bits + i * bits_step words: bnncl_epi_pixel on each, in one call (AVX-512: the row inlined). */
+__attribute__((target("avx512f"))) static void epi_run_avx512(const epi_args *a, int64_t b, int64_t oy, int64_t ox,
+                                                              int64_t n, float *y, float *sc, uint64_t *bits,
+                                                              int64_t bits_step) {
+    for (int64_t i = 0; i < n; ++i)
+        epi_row_avx512(a, b, oy, ox + i, y + i * a->o, sc, bits ? bits + i * bits_step : NULL);
+}
 #endif
+
+void bnncl_epi_run(const bnncl_epi_args *a, int64_t b, int64_t oy, int64_t ox, int64_t n, float *y, float *sc,
+                   uint64_t *bits, int64_t bits_step, int use_avx512) {
+#if defined(__x86_64__)
+    if (use_avx512) {
+        epi_run_avx512(a, b, oy, ox, n, y, sc, bits, bits_step);
+        return;
+    }
+#endif
+    (void)use_avx512;
+    for (int64_t i = 0; i < n; ++i) epi_row(a, b, oy, ox + i, y + i * a->o, sc, bits ? bits + i * bits_step : NULL);
+}
 
 int bnncl_epi_use_avx512(int requested) {
 #if defined(__x86_64__)
@@ -163,7 +184,7 @@ void bnncl_epi_pixel(const bnncl_epi_args *a, int64_t b, int64_t oy, int64_t ox,
                      uint64_t *bits, int use_avx512) {
 #if defined(__x86_64__)
     if (use_avx512) {
-        epi_row_avx512(a, b, oy, ox, y, sc, bits);
+        epi_run_avx512(a, b, oy, ox, 1, y, sc, bits, 0);
         return;
     }
 #endif
@@ -192,7 +213,7 @@ void bnncl_block_epilogue(float *y, int64_t n, int64_t ho, int64_t wo, int64_t o
             {
 #if defined(__x86_64__)
                 if (use_avx512)
-                    epi_row_avx512(&a, b, oy, ox, y + r * o, sc, bits ? bits + r * a.nw : NULL);
+                    epi_run_avx512(&a, b, oy, ox, 1, y + r * o, sc, bits ? bits + r * a.nw : NULL, 0);
                 else
 #endif
                     epi_row(&a, b, oy, ox, y + r * o, sc, bits ? bits + r * a.nw : NULL);
