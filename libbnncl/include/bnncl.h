@@ -6,6 +6,8 @@
  *   - learn: streaming LDA on the pooled features (bnncl.cl.slda.StreamingLDA: exact class-mean and
  *     shared-covariance merge, float64 accumulation, the leave-one-out tally of the shrinkage grid for
  *     rare classes, Cholesky refresh of the classifier);
+ *   - or learn: head-only CWR* with latent replay (`bnncl export-c --strategy cwr_star`, section "head-only CWR* in
+ *     the context" below), bit-identical to the Python learner with the portable random stream;
  *   - state_size / state_save / state_load through caller callbacks: versioned, CRC32-checked.
  * The model comes from `bnncl export-c MODEL.bnn -o DIR` as const C arrays (model.c, model.h) and a
  * config header (model_config.h) with the exact arena size, predict and learn included.
@@ -66,7 +68,7 @@ const char *bnncl_strerror(int code);
 #define BNNCL_PANEL_ALIGN
 #endif
 #define BNNCL_MODEL_MAGIC 0x4C434E42u /* "BNCL" */
-#define BNNCL_MODEL_VERSION 3
+#define BNNCL_MODEL_VERSION 4 /* 4: strategy and cwr (head-only CWR*) */
 #define BNNCL_ADDMAP_FULL 0  /* stem_addmap: (H, W, stem_channels) */
 #define BNNCL_ADDMAP_NINE 1  /* stem_addmap: (3, 3, stem_channels), by (top/middle/bottom, left/middle/right) */
 
@@ -102,7 +104,14 @@ typedef struct bnncl_model {
     const float *slda_cov;         /* features * (features + 1) / 2: upper triangle row by row */
     const int64_t *slda_loo;       /* BNNCL_SHRINKAGE_GRID leave-one-out counts of the initial state
                                       (StreamingLDA.loo_correct), or NULL: zeros; read only with slda_means */
+    /* the learning strategy: BNNCL_STRATEGY_NONE (predict only), _SLDA (slda_classes > 0) or _CWR_STAR (cwr set,
+     * slda_classes 0) */
+    int32_t strategy;
+    const struct bnncl_cwr_model *cwr; /* head-only CWR* with latent replay (below), or NULL */
 } bnncl_model;
+#define BNNCL_STRATEGY_NONE 0
+#define BNNCL_STRATEGY_SLDA 1
+#define BNNCL_STRATEGY_CWR_STAR 2
 
 /* The shrinkage values the leave-one-out selection compares (bnncl.cl.slda.SHRINKAGE_GRID):
  * 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 2e-2, 4e-2, 8e-2, 0.15, 0.3, 0.5. */
@@ -164,7 +173,8 @@ size_t bnncl_num_scores(const bnncl_ctx *ctx);
 int bnncl_features(bnncl_ctx *ctx, const uint8_t *image, size_t image_bytes, float *features, size_t nfeatures);
 
 /* Learns one experience: n images (n * image_bytes bytes, each H, W, C) with their dataset classes.
- * Streaming LDA: the exact merge of StreamingLDA.update (float64), then the leave-one-out tally (the images
+ * Head-only CWR* (strategy BNNCL_STRATEGY_CWR_STAR): one experience of n <= max_images (BNNCL_CWR_MAX_IMAGES) images,
+ * a larger n fails with BNNCL_E_SIZE, nothing learned (below).  Streaming LDA: the exact merge of StreamingLDA.update (float64), then the leave-one-out tally (the images
  * of the call whose class now holds 2 .. 100 features, each scored with its class mean taken without it, for
  * every value of the shrinkage grid, on the statistics after the whole call), then the classifier refresh.  The
  * images are merged in chunks of bnncl_ctx_learn_chunk(ctx) (bnncl_learn_chunk(model) in the minimum arena):
@@ -182,9 +192,11 @@ int bnncl_learn(bnncl_ctx *ctx, const uint8_t *images, size_t n, size_t image_by
  * the BNNCL_SHRINKAGE_GRID leave-one-out counts into loo_correct (optional, NULL to skip). */
 int bnncl_slda_selection(const bnncl_ctx *ctx, double *shrinkage, int64_t *loo_correct);
 
-/* ---- state (the learned SLDA means, counts, covariance and leave-one-out counts) ---------------
+/* ---- state (the learned SLDA means, counts, covariance and leave-one-out counts; or CWR*'s) ---------------
  * Format (little-endian, the same on every target):
- *   header  8 x uint32: magic "BLST" (0x54534C42), version 2, model fingerprint, strategy (1 = slda),
+ *   header  8 x uint32: magic "BLST" (0x54534C42), version 2, model fingerprint, strategy (1 = slda; 2 = CWR*,
+ *           whose payload src/ctx_cwr.c describes: configuration checksum, scalars, both streams, cw, past, seen,
+ *           standardizer, the whole buffer; a fixed size, bnncl_state_size),
  *           classes K, features D, payload bytes, CRC32 of the 28 bytes before it
  *   payload counts int64 x K, means float32 x K*D, covariance float32 x D(D+1)/2 (upper, row by row),
  *           leave-one-out counts int64 x BNNCL_SHRINKAGE_GRID
@@ -200,7 +212,8 @@ typedef int (*bnncl_read_fn)(void *user, void *data, size_t n);
 size_t bnncl_state_size(const bnncl_ctx *ctx);
 int bnncl_state_save(const bnncl_ctx *ctx, bnncl_write_fn write, void *user);
 /* Reads and checks a whole state before it replaces the live one (then the classifier is refreshed);
- * a damaged state gives BNNCL_E_STATE_CORRUPT, another model's BNNCL_E_STATE_FOREIGN. */
+ * a damaged state gives BNNCL_E_STATE_CORRUPT, another model's BNNCL_E_STATE_FOREIGN (CWR*: also another
+ * configuration's, or another strategy's); the live state is then unchanged. */
 int bnncl_state_load(bnncl_ctx *ctx, bnncl_read_fn read, void *user);
 
 /* ---- head-only CWR* with latent replay: the deterministic pieces (src/cwr.c) -------------------
@@ -337,6 +350,43 @@ size_t bnncl_cwr_predict_scratch_bytes(const bnncl_cwr_config *cfg, int64_t n);
  * scores (optional, NULL to skip): n x K logits. */
 int bnncl_cwr_predict(const bnncl_cwr_config *cfg, const bnncl_cwr_state *st, const float *x, int64_t n,
                       int32_t *cls, float *scores, void *scratch, size_t scratch_bytes);
+
+/* ---- head-only CWR* in the context (src/ctx_cwr.c) -----------------------------------------------------
+ * A model exported with `bnncl export-c MODEL --strategy cwr_star` (strategy BNNCL_STRATEGY_CWR_STAR) learns with the
+ * loop above inside the context: bnncl_init lays the state out in the arena (bnncl_cwr_state_init) and copies the
+ * embedded one over it (the Python learner's state after deployment, both random streams included: deployment
+ * draws from the buffer's stream); bnncl_learn is one experience: the frozen forward of each image (its pooled
+ * features, as bnncl_features) then one bnncl_cwr_learn of them all, with the context's experience counter as its
+ * index (then counted up).  A call of more than max_images images fails with BNNCL_E_SIZE (learning them in parts
+ * would be another result: each call is an experience); BNNCL_E_LABEL (a label outside [0, classes)) and
+ * BNNCL_E_NUMERIC (non-finite features) leave the state unchanged.  bnncl_predict: bnncl_cwr_predict of the one
+ * image's features (quantized at q_f alone), the scores of dataset classes 0 .. classes - 1, only classes with
+ * past > 0 competing; while no class has past > 0, the pretrained head as for SLDA.  The arena (bnncl_arena_size):
+ * the state (bnncl_cwr_state_bytes), the features of max_images images, and the learn scratch
+ * (bnncl_cwr_learn_scratch_bytes(cfg, max_images)), which shares the forward's work area (no forward runs while
+ * the loop does) and holds a state being loaded until it is checked.  State format: below (strategy 2). */
+struct bnncl_strategy_impl; /* the library's code of a learning strategy (opaque) */
+/* CWR* in the context (src/ctx_cwr.c): a model names it (bnncl_cwr_model.impl), so a firmware whose model learns
+ * with SLDA (or not at all) links none of the CWR* code */
+extern const struct bnncl_strategy_impl bnncl_cwr_star_impl;
+typedef struct bnncl_cwr_model {
+    const struct bnncl_strategy_impl *impl; /* &bnncl_cwr_star_impl */
+    bnncl_cwr_config cfg;
+    int32_t max_images;       /* n_max: images one bnncl_learn call may learn (>= 1) */
+    int32_t next_experience;  /* experience index of the first bnncl_learn call (1 after a deployment as 0) */
+    /* the initial state (ContinualLearner.state_dict), or cw = NULL: start empty, the streams seeded with seed */
+    uint64_t seed;
+    const float *cw;          /* K x D */
+    const int64_t *past;      /* K */
+    const float *shift, *scale; /* D each (the standardizer; shift 0, scale 1 when not fitted) */
+    const int64_t *seen;      /* K */
+    const void *store;        /* count x D: uint8 codes (lr_bits 8) or float32 (NULL when count is 0) */
+    const int32_t *labels, *experience; /* count each (NULL when count is 0) */
+    int64_t count;            /* buffer rows held, <= capacity */
+    double lo, hi;            /* lr_bits 8: the buffer's value range, when has_range */
+    int32_t has_range, fitted;
+    uint64_t rng_state, rng_inc, buffer_rng_state, buffer_rng_inc; /* the two streams (bnncl_rng) */
+} bnncl_cwr_model;
 
 #ifdef __cplusplus
 }

@@ -20,6 +20,7 @@
 
 #include "bnncl.h"
 #include "bnncl_core.h"
+#include "ctx_cwr.h"
 
 /* tail_elementwise.c (C core; loaded with ctypes by the Python side, so not in bnncl_core.h) */
 int bnncl_tail_gap(const float *x, int64_t b, int64_t hw, int64_t c, int quantize, float lo, float s, float *f,
@@ -41,6 +42,7 @@ static const double shrinkage_grid[GRID] = {1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 2e-2, 
 
 struct bnncl_ctx {
     uint32_t magic;
+    uint32_t cwr_at;    /* head-only CWR* (src/ctx_cwr.c): its context at this many bytes from this one; 0: none */
     const bnncl_model *m;
     bnncl_panel_fn panel; /* the binary conv kernel: the best path this CPU runs, or the one set */
     int path;
@@ -99,6 +101,8 @@ struct bnncl_ctx {
 
 typedef char ctx_fits_reserve[sizeof(struct bnncl_ctx) <= CTX_RESERVE ? 1 : -1];
 
+static ctx_cwr *cwr_of(const bnncl_ctx *c) { return c->cwr_at ? (ctx_cwr *)(void *)((char *)c + c->cwr_at) : NULL; }
+
 const char *bnncl_strerror(int code) {
     switch (code) {
     case BNNCL_OK: return "ok";
@@ -149,6 +153,11 @@ static int model_ok(const bnncl_model *m) {
         for (int j = 0; m->slda_means && m->slda_loo && j < GRID; ++j)
             if (m->slda_loo[j] < 0) return 0;
     }
+    if (m->strategy != (m->cwr ? BNNCL_STRATEGY_CWR_STAR : (m->slda_classes ? BNNCL_STRATEGY_SLDA : BNNCL_STRATEGY_NONE)))
+        return 0;
+    if (m->cwr && (m->slda_classes || !m->cwr->impl || CWR_IMPL(m)->magic != BNNCL_CWR_IMPL_MAGIC ||
+                   !CWR_IMPL(m)->model_ok(m)))
+        return 0;
     return 1;
 }
 
@@ -200,6 +209,7 @@ typedef struct {
     size_t bsum, bcount, row, factor, tmp, lvec, qtab, mt, chunk_off, work, chunk_rows, loo_off,
         loo_rows; /* learning (0 without) */
     size_t W, b, means, counts, cov, slogits;
+    size_t cwr; /* head-only CWR*: the region after the work area (src/ctx_cwr.c) */
 } layout;
 
 /* payload bytes of a saved state: version 2, or 1 (without the leave-one-out counts) */
@@ -241,6 +251,11 @@ static void plan(const bnncl_model *m, layout *L) {
     L->lvec = L->qtab = L->mt = 0;
     L->W = L->b = L->means = L->counts = L->cov = L->slogits = 0;
     L->work = fwd;
+    L->cwr = 0;
+    if (m->cwr) { /* its scratch shares the work area; its features, context and state follow it */
+        if (CWR_IMPL(m)->work_bytes(m) > L->work) L->work = CWR_IMPL(m)->work_bytes(m);
+        L->cwr = CWR_IMPL(m)->region_bytes(m);
+    }
     if (!K) return;
     L->bsum = up16((size_t)(K * D) * sizeof(double));
     L->bcount = up16((size_t)K * sizeof(int64_t));
@@ -283,7 +298,7 @@ static void plan_extra(const bnncl_model *m, layout *L, size_t extra) {
 }
 
 static size_t plan_total(const layout *L) {
-    return CTX_RESERVE + L->stem_w + L->work + L->W + L->b + L->means + L->counts + L->cov + L->slogits;
+    return CTX_RESERVE + L->stem_w + L->work + L->W + L->b + L->means + L->counts + L->cov + L->slogits + L->cwr;
 }
 
 size_t bnncl_arena_size(const bnncl_model *m) {
@@ -439,6 +454,13 @@ int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx 
         }
         int rc = refresh(c);
         if (rc != BNNCL_OK) return rc;
+    }
+    if (m->cwr) { /* its region follows the work area (W .. slogits are empty without SLDA) */
+        ctx_cwr *w;
+        int rc = CWR_IMPL(m)->init(m, c->work, L.work, &w);
+        if (rc != BNNCL_OK) return rc;
+        if ((size_t)((unsigned char *)(void *)w - (unsigned char *)arena) > UINT32_MAX) return BNNCL_E_MODEL;
+        c->cwr_at = (uint32_t)((unsigned char *)(void *)w - (unsigned char *)arena);
     }
     c->magic = CTX_MAGIC;
     *out = c;
@@ -671,6 +693,7 @@ static int ctx_ok(const bnncl_ctx *c) { return c->magic == CTX_MAGIC && c->m; }
 
 size_t bnncl_num_scores(const bnncl_ctx *c) {
     if (!c || !ctx_ok(c)) return 0;
+    if (cwr_of(c) && CWR_IMPL(c->m)->seen(cwr_of(c))) return CWR_IMPL(c->m)->classes(cwr_of(c));
     return c->seen ? (size_t)c->K : (size_t)c->m->num_classes;
 }
 
@@ -693,6 +716,7 @@ int bnncl_predict(bnncl_ctx *c, const uint8_t *image, size_t image_bytes, int32_
     if (scores && nscores < bnncl_num_scores(c)) return BNNCL_E_SIZE;
     if (c->seen && !c->ready) return BNNCL_E_NUMERIC;
     forward(c, image);
+    if (cwr_of(c) && CWR_IMPL(m)->seen(cwr_of(c))) return CWR_IMPL(m)->predict(cwr_of(c), c->feat, cls, scores);
     if (c->seen) { /* SLDA: logits = x . W[k] + b[k] in float64 (StreamingLDA.logits), argmax over seen classes */
         const int64_t D = c->D;
         int32_t best = -1;
@@ -1229,6 +1253,7 @@ static void fold_chunk(bnncl_ctx *c, int64_t m, const int32_t *labels) {
 int bnncl_learn(bnncl_ctx *c, const uint8_t *images, size_t n, size_t image_bytes, const int32_t *labels) {
     if (!c) return BNNCL_E_NULL;
     if (!ctx_ok(c)) return BNNCL_E_CTX;
+    if (cwr_of(c)) return CWR_IMPL(c->m)->learn(c, cwr_of(c), images, n, image_bytes, labels);
     const bnncl_model *m = c->m;
     if (!c->K) return BNNCL_E_NO_LEARNING;
     if (image_bytes != (size_t)m->in_h * m->in_w * m->in_c) return BNNCL_E_SIZE;
@@ -1323,6 +1348,7 @@ static void state_header(const bnncl_ctx *c, uint8_t *h, uint32_t version) {
 static int64_t get64(const uint8_t *p) { return (int64_t)((uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32); }
 
 size_t bnncl_state_size(const bnncl_ctx *c) {
+    if (c && ctx_ok(c) && cwr_of(c)) return CWR_IMPL(c->m)->state_size(cwr_of(c));
     if (!c || !ctx_ok(c) || !c->K) return 0;
     return STATE_HEADER + state_payload(c->K, c->D) + 4;
 }
@@ -1330,6 +1356,7 @@ size_t bnncl_state_size(const bnncl_ctx *c) {
 int bnncl_state_save(const bnncl_ctx *c, bnncl_write_fn write, void *user) {
     if (!c || !write) return BNNCL_E_NULL;
     if (!ctx_ok(c)) return BNNCL_E_CTX;
+    if (cwr_of(c)) return CWR_IMPL(c->m)->state_save(cwr_of(c), c->m->fingerprint, write, user);
     if (!c->K) return BNNCL_E_NO_LEARNING;
     uint8_t h[STATE_HEADER];
     state_header(c, h, BNNCL_STATE_VERSION);
@@ -1357,6 +1384,7 @@ int bnncl_state_save(const bnncl_ctx *c, bnncl_write_fn write, void *user) {
 int bnncl_state_load(bnncl_ctx *c, bnncl_read_fn read, void *user) {
     if (!c || !read) return BNNCL_E_NULL;
     if (!ctx_ok(c)) return BNNCL_E_CTX;
+    if (cwr_of(c)) return CWR_IMPL(c->m)->state_load(cwr_of(c), c->m->fingerprint, read, user);
     if (!c->K) return BNNCL_E_NO_LEARNING;
     uint8_t h[STATE_HEADER], want[STATE_HEADER], t[4];
     if (read(user, h, sizeof h) != 0) return BNNCL_E_IO;

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from bnncl.cl.portable_rng import RNG_KINDS
 from bnncl.cl.replay import BITS as REPLAY_BITS
 from bnncl.cl.slda import COV_BITS, DEFAULT_SHRINKAGE
 from bnncl.cl.strategies import (
@@ -146,6 +147,10 @@ SETTINGS: tuple[Setting, ...] = (
             and math.isfinite(v) and v > 0),
     Setting("minibatch", int, 128, "minibatch size (new + replayed patterns)", "an integer >= 1", _int_at_least(1)),
     Setting("seed", int, 0, "seed of every RNG", "an integer >= 0", _int_at_least(0)),
+    Setting("rng", str, RNG_KINDS[0],
+            "random draws of the learner and its replay buffer: numpy = NumPy's Generator; portable = a PCG32 stream "
+            "specified to the bit (bnncl.cl.portable_rng), which libbnncl's CWR* loop reproduces exactly",
+            _words(RNG_KINDS), lambda v: v in RNG_KINDS, choices=RNG_KINDS),
     Setting("new_per_class", int, None,
             "use at most this many new patterns per class per epoch, a fresh subset each epoch",
             "an integer >= 1 or 'all'", _int_at_least(1), none_word="all", metavar="N|all"),

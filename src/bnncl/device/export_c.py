@@ -17,6 +17,13 @@ classes (``learner.learner.feature_head``): its means, counts, covariance and le
 written as const arrays that ``bnncl_init`` copies into the arena, so the device predicts with it from the
 start. Without it the device starts empty and predicts with the pretrained head until it learns.
 
+Or learning is head-only CWR* with latent replay (``cwr``, :func:`cwr_export`): the configuration, the images
+one ``bnncl_learn`` call may hold (``max_images``) and the state of a :class:`bnncl.cl.learner.ContinualLearner`
+(strategy cwr_star, no tail blocks, ``rng="portable"``), e.g. after its deployment on the base classes: consolidated
+rows and counts, the standardizer, the replay buffer (codes or float32 rows, labels, experience indices, seen
+counts, value range) and both random streams, so the C loop (``libbnncl/src/cwr_learn.c``) goes on where Python
+stopped, bit for bit.
+
 The values are the ones :class:`bnncl.device.frozen.FrozenEngine` computes and runs (its stem weights,
 fused stem bias with the border correction, block transforms and transposed head), written exactly
 (hexadecimal floats), so libbnncl's predict is bit-identical to the engine's logits.
@@ -42,11 +49,13 @@ from bnncl.errors import BnnclError
 NB = 32  # output channels per weight panel (BNNCL_NB)
 ROWS = 12  # im2col rows per block in libbnncl (src/bnncl.c)
 CTX_RESERVE = 512  # arena bytes reserved for the context (src/bnncl.c)
-MODEL_VERSION = 3
+MODEL_VERSION = 4
+STRATEGY_NONE, STRATEGY_SLDA, STRATEGY_CWR_STAR = 0, 1, 2  # bnncl_model.strategy
+CWR_RESERVE = 384  # arena bytes reserved for the CWR* part's context (src/ctx_cwr.c)
 STATE_HEADER = 32  # bytes of a saved state's header (include/bnncl.h)
 ADDMAP_FULL, ADDMAP_NINE = 0, 1
 _C_TYPES = {np.dtype(np.uint64): "uint64_t", np.dtype(np.float32): "float", np.dtype(np.int8): "int8_t",
-            np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t"}
+            np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t", np.dtype(np.uint8): "uint8_t"}
 
 
 def conv_panels(weight: np.ndarray, in_channels: int) -> np.ndarray:
@@ -112,16 +121,157 @@ def float_plan(geo: list[dict[str, int]]) -> list[int]:
     return fl
 
 
+@dataclass(frozen=True)
+class CwrExport:
+    """Head-only CWR* as libbnncl's ``bnncl_cwr_model``: the ``bnncl_cwr_config`` fields, the images one
+    ``bnncl_learn`` call may hold, the first experience index, the seed, and the initial state (``state``: the
+    arrays and scalars of ``bnncl_cwr_model``, or None: start empty)."""
+
+    classes: int
+    features: int
+    qf: int
+    qb: int
+    lr: float
+    minibatch: int
+    epochs: int  # 0: auto
+    new_per_class: int  # 0: all
+    mixing: int  # 0 proportional, 1 balanced
+    standardize: int
+    max_k: float  # < 0: none
+    capacity: int
+    lr_bits: int
+    max_images: int
+    next_experience: int = 0
+    seed: int = 0
+    state: dict | None = None
+
+    def config_bytes(self) -> bytes:
+        """The configuration as ``cfg_crc`` in src/ctx_cwr.c serializes it (little-endian)."""
+        lr = int(np.float32(self.lr).view(np.uint32))
+        head = np.array([self.classes, self.features, self.qf, self.qb, lr, self.minibatch, self.epochs,
+                         self.new_per_class, self.mixing, self.standardize], "<u4")
+        return head.tobytes() + np.float64(self.max_k).astype("<f8").tobytes() + \
+            np.array([self.capacity, self.lr_bits], "<u4").tobytes()
+
+
+def cwr_export(learner, max_images: int, next_experience: int | None = None) -> CwrExport:
+    """The :class:`CwrExport` of a head-only CWR* learner with the portable stream (a :class:`bnncl.api.Learner`
+    or its ``ContinualLearner``) as it is now (after its deployment, say): ``max_images`` images per
+    ``bnncl_learn`` call; ``next_experience``: the index of the next experience (default: the api Learner's next,
+    0 for a ``ContinualLearner``)."""
+    if next_experience is None:
+        next_experience = getattr(learner, "_next", 0)
+    learner = getattr(learner, "learner", learner)  # the api Learner's ContinualLearner
+    cfg, buf = learner.config, learner.buffer
+    if cfg.strategy != "cwr_star" or learner.engine.split != "gap":
+        raise BnnclError("export-c --strategy cwr_star: libbnncl learns head-only CWR* (--tail-blocks 0) only")
+    if cfg.rng != "portable":
+        raise BnnclError("export-c --strategy cwr_star: the learner must draw from the portable stream (rng portable)")
+    if cfg.weight_align != "off":
+        raise BnnclError("export-c --strategy cwr_star: --weight-align on is not in libbnncl")
+    if buf is None or buf.policy != "class_balanced":
+        raise BnnclError("export-c --strategy cwr_star: libbnncl's buffer is class-balanced")
+    if buf.bits not in (8, 32):
+        raise BnnclError(f"export-c --strategy cwr_star: --lr-bits {buf.bits}: libbnncl stores the real-valued "
+                         "pooled features at 8 or 32 bits")
+    if not 1 <= int(max_images) <= 1 << 20:
+        raise BnnclError(f"export-c: --max-images must be in 1 .. {1 << 20}, got {max_images}")
+    arrays, meta = learner.state_dict()
+    cw = np.ascontiguousarray(arrays["cwr/cw"], np.float32)
+    k, d = cw.shape
+    seen = np.zeros(k, np.int64)
+    seen[arrays["buffer/seen_classes"]] = arrays["buffer/seen_counts"]
+    std = learner.standardizer
+    value_range = meta["buffer"].get("value_range")
+    state = {
+        "cw": cw, "past": np.asarray(arrays["cwr/past"], np.int64),
+        "shift": np.asarray(std.shift if std is not None else np.zeros(d), np.float32),
+        "scale": np.asarray(std.scale if std is not None else np.ones(d), np.float32),
+        "seen": seen, "store": np.ascontiguousarray(arrays["buffer/latents"]),
+        "labels": np.asarray(arrays["buffer/labels"], np.int32),
+        "experience": np.asarray(arrays["buffer/experience"], np.int32),
+        "count": len(buf), "has_range": int(value_range is not None and buf.bits == 8),
+        "lo": float(value_range[0]) if value_range is not None else 0.0,
+        "hi": float(value_range[1]) if value_range is not None else 0.0,
+        "fitted": int(std is not None and std.fitted),
+        "rng": meta["rng_state"]["state"], "buffer_rng": meta["buffer"]["rng_state"]["state"],
+    }
+    return CwrExport(classes=k, features=d, qf=learner.engine.tail.qf, qb=learner.engine.tail.qb, lr=float(cfg.lr),
+                     minibatch=cfg.minibatch_size, epochs=cfg.epochs or 0, new_per_class=cfg.new_per_class or 0,
+                     mixing=int(cfg.mixing == "balanced"), standardize=int(std is not None),
+                     max_k=-1.0 if cfg.cwr_max_k is None else float(cfg.cwr_max_k), capacity=buf.capacity,
+                     lr_bits=buf.bits, max_images=int(max_images), next_experience=int(next_experience),
+                     seed=cfg.seed, state=state)
+
+
+def cwr_state_bytes(c: CwrExport, fingerprint: int) -> bytes:
+    """The state ``bnncl_state_save`` writes for ``c``'s configuration and state (strategy 2, src/ctx_cwr.c) on a
+    model of ``fingerprint``, with ``c.next_experience`` as the next experience index: a state Python prepares
+    that a device loads (``bnncl_state_load``), or the one a device should have written."""
+    st = c.state
+    if st is None:
+        raise BnnclError("cwr_state_bytes: the export holds no state")
+    k, d, cap = c.classes, c.features, c.capacity
+    n = int(st["count"])
+    rows = np.zeros((cap, d), np.uint8 if c.lr_bits == 8 else "<f4")
+    rows[:n] = np.asarray(st["store"])[:n]
+    labels, exps = np.zeros(cap, "<i4"), np.zeros(cap, "<i4")
+    labels[:n], exps[:n] = st["labels"][:n], st["experience"][:n]
+    r, b = st["rng"], st["buffer_rng"]
+    payload = b"".join([
+        np.array([zlib.crc32(c.config_bytes()), int(st["has_range"]) | 2 * int(st["fitted"])], "<u4").tobytes(),
+        np.array([n, c.next_experience], "<i8").tobytes(), np.array([st["lo"], st["hi"]], "<f8").tobytes(),
+        np.array([int(r["state"]), int(r["inc"]), int(b["state"]), int(b["inc"])], "<u8").tobytes(),
+        np.asarray(st["past"], "<i8").tobytes(), np.asarray(st["seen"], "<i8").tobytes(),
+        np.asarray(st["cw"], "<f4").tobytes(), np.asarray(st["shift"], "<f4").tobytes(),
+        np.asarray(st["scale"], "<f4").tobytes(), labels.tobytes(), exps.tobytes(), rows.tobytes()])
+    header = np.array([0x54534C42, 2, fingerprint, STRATEGY_CWR_STAR, k, d, len(payload)], "<u4").tobytes()
+    return header + np.uint32(zlib.crc32(header)).astype("<u4").tobytes() + payload + \
+        np.uint32(zlib.crc32(payload)).astype("<u4").tobytes()
+
+
+def _carve(sizes: list[int], used: int = 0) -> int:
+    """Bytes after taking each size 8-byte aligned in turn from ``used`` (``take`` in src/cwr_learn.c)."""
+    for n in sizes:
+        used = (used + 7) // 8 * 8 + n
+    return used
+
+
+def cwr_plan(c: CwrExport) -> dict[str, int]:
+    """The CWR* part of libbnncl's memory plan (src/ctx_cwr.c, src/cwr_learn.c): ``state_bytes``
+    (``bnncl_cwr_state_bytes``), ``learn_scratch`` (``bnncl_cwr_learn_scratch_bytes(cfg, max_images)``),
+    ``predict_scratch`` (of one image), ``payload`` (of a saved state), ``saved_bytes`` (``bnncl_state_size``),
+    ``work`` (the work area it needs) and ``region`` (after the work area: features, context, state)."""
+    k, d, cap, n = c.classes, c.features, c.capacity, c.max_images
+    row = d * (1 if c.lr_bits == 8 else 4)
+    state = _carve([k * d * 4, k * 8, d * 4, d * 4, k * 8, cap * row, cap * 4, cap * 4])
+    m = c.minibatch + 2 * k
+    step = max((d * k + 3 * m * k + k * d) * 4, k * d * 4)
+    start = _carve([k, k * 8, k * d * 4, m * d * 4, m * 4, step, 2 * d * 8, 256 * 4, n * 4, n, n, n * 4])
+    train = _carve([2 * k * 32, (n + cap) * 4, (n + cap + c.minibatch) * 4, max(n, cap) * 4], start)
+    insert = _carve([k * 8, k * 8, k * 4, k * 4, cap * 4, cap * 4, cap * 4, n * 4, (k + 1) * 8, (k + 1) * 8, cap, cap,
+                     row], start)
+    learn = max(train, insert)
+    predict = _carve([d * 4, k * d * 4, k * 4, (d + 2 * d * k) * 4])
+    payload = 72 + 16 * k + 4 * k * d + 8 * d + 8 * cap + cap * row
+    feat = (n * d * 4 + 15) // 16 * 16
+    work = max(learn, predict, payload - feat)
+    up = lambda v: (v + 15) // 16 * 16  # noqa: E731
+    return {"state_bytes": state, "learn_scratch": learn, "predict_scratch": predict, "payload": payload,
+            "saved_bytes": STATE_HEADER + payload + 4, "work": up(work), "region": feat + up(CWR_RESERVE) + up(state)}
+
+
 MIN_CHUNK = 16  # feature vectors bnncl_learn keeps at least (src/bnncl.c)
 
 
-def arena_plan(model: DeviceModel, capacity: int | None = None) -> dict[str, int]:
+def arena_plan(model: DeviceModel, capacity: int | None = None, cwr: CwrExport | None = None) -> dict[str, int]:
     """libbnncl's memory plan for predict and streaming-LDA learning over ``capacity`` classes (default: the
     model's class names; 0: predict only), as ``plan`` in src/bnncl.c: ``arena_bytes`` (``bnncl_arena_size``),
     ``learn_chunk`` (``bnncl_learn_chunk``: images merged at a time), ``loo_rows`` (feature vectors the
     leave-one-out pass holds beside the reduced covariance and its vectors), ``work`` (the work area: the
     forward's buffers, or in turn the fold's, the Cholesky factor, a state being loaded) and ``forward`` (its
-    buffers)."""
+    buffers). ``cwr``: head-only CWR* instead of SLDA (``capacity`` 0): its scratch shares the work area, its
+    region (:func:`cwr_plan`) follows it."""
     arch = model.architecture
     h, w, c = arch["input_shape"]
     sc = arch["stem_channels"]
@@ -148,6 +298,11 @@ def arena_plan(model: DeviceModel, capacity: int | None = None) -> dict[str, int
                up(ROWS * o * 4), up(o * 4), up(bits[0] * 8), up(bits[1] * 8), up(ROWS * kk * 8), up(cin * 4),
                up(sc * 4), up(d * 4), up(ncls * 4)])
     k = len(model.class_names) if capacity is None else capacity
+    if cwr is not None:
+        cp = cwr_plan(cwr)
+        work = max(fwd, cp["work"])
+        return {"arena_bytes": CTX_RESERVE + stem_w + work + cp["region"], "learn_chunk": 0, "loo_rows": 0,
+                "work": work, "forward": fwd}
     if not k:
         return {"arena_bytes": CTX_RESERVE + stem_w + fwd, "learn_chunk": 0, "loo_rows": 0, "work": fwd,
                 "forward": fwd}
@@ -213,11 +368,12 @@ def _literal(v: float | int, dtype: np.dtype) -> str:
 
 def export_c(model: DeviceModel, out: str | Path, symbol: str = "bnncl_exported_model", *,
              slda: StreamingLDA | None = None, capacity: int | None = None,
-             shrinkage: float = DEFAULT_SHRINKAGE) -> dict[str, int]:
+             shrinkage: float = DEFAULT_SHRINKAGE, cwr: CwrExport | None = None) -> dict[str, int]:
     """Write model.c, model.h and model_config.h for ``model`` into ``out``; returns the figures
     (``arena_bytes``, ``learn_chunk``, ``array_bytes`` (the model's), ``state_array_bytes`` (the embedded
     initial state), ``state_bytes`` (a saved state), ``fingerprint``). ``slda``: the initial learning state (module
-    docstring); it fixes ``capacity`` and ``shrinkage``."""
+    docstring); it fixes ``capacity`` and ``shrinkage``. ``cwr``: learn with head-only CWR* instead
+    (:func:`cwr_export`; no SLDA then); the figures add ``cwr_state_bytes``, ``cwr_scratch_bytes``."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", symbol):
         raise BnnclError(f"--symbol: expected a C identifier, got {symbol!r}")
     eng = FrozenEngine(model, tune_heap=False)
@@ -251,7 +407,15 @@ def export_c(model: DeviceModel, out: str | Path, symbol: str = "bnncl_exported_
     classes = wr.array("class_ids", np.asarray(model.pretrained_classes, np.int32))
     features, ncls = eng._head_t.shape
     fingerprint, model_bytes = wr.crc, wr.nbytes
-    if slda is not None:
+    if cwr is not None and slda is not None:
+        raise BnnclError("export-c: one learning strategy: an SLDA state or CWR*, not both")
+    if cwr is not None:
+        if cwr.features != features:
+            raise BnnclError(f"export-c: the CWR* learner has {cwr.features} features; the model has {features}")
+        fingerprint = zlib.crc32(cwr.config_bytes(), fingerprint)  # a state names its configuration too
+        capacity = 0
+        init, cwr_init = "NULL, NULL, NULL, NULL", _cwr_struct(wr, cwr)
+    elif slda is not None:
         if slda.dim != features or slda.cov_bits != 32:
             raise BnnclError(f"export-c: the SLDA state has {slda.dim} features at {slda.cov_bits} bits; the model "
                              f"has {features} and libbnncl stores the covariance at 32 bits")
@@ -265,9 +429,15 @@ def export_c(model: DeviceModel, out: str | Path, symbol: str = "bnncl_exported_
     capacity = len(model.class_names) if capacity is None else int(capacity)
     if capacity < 0:
         raise BnnclError(f"export-c: capacity must be >= 0, got {capacity}")
-    mem = arena_plan(model, capacity)
+    mem = arena_plan(model, capacity, cwr)
     arena = mem["arena_bytes"]
     saved = state_bytes(capacity, features) if capacity else 0
+    strategy = STRATEGY_CWR_STAR if cwr is not None else (STRATEGY_SLDA if capacity else STRATEGY_NONE)
+    cp = cwr_plan(cwr) if cwr is not None else None
+    cwr_ref = "NULL"
+    if cwr is not None:
+        saved, cwr_ref = cp["saved_bytes"], f"&{symbol}_cwr"
+        wr.lines.append(f"static const bnncl_cwr_model {symbol}_cwr = {cwr_init};\n")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = arch.get("name", "?")
@@ -278,7 +448,7 @@ def export_c(model: DeviceModel, out: str | Path, symbol: str = "bnncl_exported_
         + f"const bnncl_model {symbol} = {{\n    BNNCL_MODEL_MAGIC, {MODEL_VERSION}, {h}, {w}, {c}, "
         f"{arch['stem_channels']},\n    {stem}, {stem_mul}, {kind}, {addmap_sym}, {s_in}, {s_sl}, {s_out},\n"
         f"    {len(blocks)}, {symbol}_blocks, {features}, {ncls}, {head}, {classes},\n"
-        f"    0x{fingerprint:08x}u, {capacity}, {float(shrinkage).hex()}, {init}}};\n")
+        f"    0x{fingerprint:08x}u, {capacity}, {float(shrinkage).hex()}, {init},\n    {strategy}, {cwr_ref}}};\n")
     guard = f"{symbol.upper()}_H"
     (out / "model.h").write_text(
         f"/* {name}: written by `bnncl export-c`; do not edit. */\n#ifndef {guard}\n#define {guard}\n\n"
@@ -289,14 +459,45 @@ def export_c(model: DeviceModel, out: str | Path, symbol: str = "bnncl_exported_
         f"#define BNNCL_ARENA_BYTES {arena} /* bnncl_arena_size(&{symbol}): RAM for predict and learn */\n"
         f"#define BNNCL_LEARN_CHUNK {mem['learn_chunk']} /* bnncl_learn_chunk: images merged at a time */\n"
         f"#define BNNCL_MODEL_ARRAY_BYTES {model_bytes} /* const arrays of the model (flash) */\n"
-        f"#define BNNCL_STATE_ARRAY_BYTES {wr.nbytes - model_bytes} /* const initial SLDA state (flash) */\n"
+        f"#define BNNCL_STATE_ARRAY_BYTES {wr.nbytes - model_bytes} /* const initial learning state (flash) */\n"
         f"#define BNNCL_STATE_BYTES {saved} /* bnncl_state_size: a saved state */\n"
         f"#define BNNCL_MODEL_FINGERPRINT 0x{fingerprint:08x}u\n"
         f"#define BNNCL_INPUT_H {h}\n#define BNNCL_INPUT_W {w}\n#define BNNCL_INPUT_C {c}\n"
         f"#define BNNCL_NUM_CLASSES {ncls} /* scores of the pretrained head */\n"
         f"#define BNNCL_SLDA_CLASSES {capacity} /* rows of the learner: dataset classes 0 .. {capacity - 1} */\n"
-        f"#define BNNCL_MAX_SCORES {max(ncls, capacity)}\n\n#endif\n")
-    return {"arena_bytes": arena, "learn_chunk": mem["learn_chunk"], "array_bytes": model_bytes,
-            "state_array_bytes": wr.nbytes - model_bytes,
-            "state_bytes": saved, "fingerprint": fingerprint}
+        f"#define BNNCL_STRATEGY {strategy} /* BNNCL_STRATEGY_NONE 0, _SLDA 1, _CWR_STAR 2 */\n"
+        + (f"#define BNNCL_CWR_CLASSES {cwr.classes} /* CWR* head rows: dataset classes 0 .. {cwr.classes - 1} */\n"
+           f"#define BNNCL_CWR_MAX_IMAGES {cwr.max_images} /* images per bnncl_learn call (one experience) */\n"
+           f"#define BNNCL_CWR_STATE_BYTES {cp['state_bytes']} /* bnncl_cwr_state_bytes: the state in the arena */\n"
+           f"#define BNNCL_CWR_SCRATCH_BYTES {cp['learn_scratch']} /* bnncl_cwr_learn_scratch_bytes(cfg, "
+           f"max_images), in the work area */\n" if cwr is not None else "")
+        + f"#define BNNCL_MAX_SCORES {max(ncls, capacity, cwr.classes if cwr is not None else 0)}\n\n#endif\n")
+    figures = {"arena_bytes": arena, "learn_chunk": mem["learn_chunk"], "array_bytes": model_bytes,
+               "state_array_bytes": wr.nbytes - model_bytes, "state_bytes": saved, "fingerprint": fingerprint}
+    if cp is not None:
+        figures |= {"cwr_state_bytes": cp["state_bytes"], "cwr_scratch_bytes": cp["learn_scratch"]}
+    return figures
+
+
+def _cwr_struct(wr: _Writer, c: CwrExport) -> str:
+    """The initializer of the ``bnncl_cwr_model`` (its state's arrays written by ``wr``)."""
+    cfg = (f"{{{c.classes}, {c.features}, {c.qf}, {c.qb}, {float(np.float32(c.lr)).hex()}f, {c.minibatch}, "
+           f"{c.epochs}, {c.new_per_class}, {c.mixing}, {c.standardize}, {float(c.max_k).hex()}, {c.capacity}, "
+           f"{c.lr_bits}}}")
+    st = c.state
+    if st is None:
+        body = "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0.0, 0.0, 0, 0, 0u, 1u, 0u, 1u"
+    else:
+        n = int(st["count"])
+        rows = (wr.array("cwr_store", np.asarray(st["store"], np.uint8 if c.lr_bits == 8 else np.float32)[:n]),
+                wr.array("cwr_labels", st["labels"][:n]), wr.array("cwr_experience", st["experience"][:n])) \
+            if n else ("NULL", "NULL", "NULL")
+        arrays = [wr.array("cwr_cw", st["cw"]), wr.array("cwr_past", st["past"]), wr.array("cwr_shift", st["shift"]),
+                  wr.array("cwr_scale", st["scale"]), wr.array("cwr_seen", st["seen"]), *rows]
+        r, b = st["rng"], st["buffer_rng"]
+        body = (f"{', '.join(arrays)},\n    {n}, {float(st['lo']).hex()}, {float(st['hi']).hex()}, "
+                f"{int(st['has_range'])}, {int(st['fitted'])},\n    "
+                + ", ".join(f"0x{int(v):016x}u" for v in (r["state"], r["inc"], b["state"], b["inc"])))
+    return (f"{{\n    &bnncl_cwr_star_impl, {cfg},\n    {c.max_images}, {c.next_experience}, {int(c.seed)}u,\n"
+            f"    {body}}}")
 
