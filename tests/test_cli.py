@@ -281,3 +281,36 @@ def test_export_c_embeds_the_deployed_streaming_lda_state(tmp_path, capsys):
     assert (tmp_path / "b" / "model.c").stat().st_size > (tmp_path / "a" / "model.c").stat().st_size
     assert main(["export-c", "cifar10-b5", "-o", str(tmp_path / "c"), "--deploy"]) == 2
     assert "cifar10-b5.bnn: not the shipped fmnist-b5 model; give --base DIR" in capsys.readouterr().err
+
+
+def test_export_c_cwr_star_embeds_the_deployed_learner(tmp_path, capsys):
+    """``--strategy cwr_star --deploy``: the same model.c as the documented Python recipe (a head-only CWR* Learner
+    with the portable stream deployed on the embedded base images, ``export_c(cwr=cwr_export(...))``); the learning
+    settings come from the settings table; settings that do not apply are refused with one line."""
+    from bnncl.api import Learner
+    from bnncl.data.embedded import load_embedded
+    from bnncl.device.export_c import cwr_export, export_c
+
+    flags = ["--strategy", "cwr_star", "--capacity", "10", "--buffer", "200", "--minibatch", "32", "--epochs", "auto",
+             "--standardize", "on", "--mixing", "balanced", "--cwr-max-k", "1", "--lr", "0.1", "--max-images", "50"]
+    assert main(["export-c", "fmnist-b5", "-o", str(tmp_path / "cli"), *flags, "--deploy"]) == 0
+    out = capsys.readouterr().out
+    assert "initial CWR* state" in out and "learn scratch" in out
+    learner = Learner("fmnist-b5", num_classes=10, strategy="cwr_star", tail_blocks=0, lr_bits=8, buffer=200,
+                      minibatch=32, epochs=None, standardize="on", mixing="balanced", cwr_max_k=1.0, lr=0.1,
+                      rng="portable")
+    train = load_embedded("train")
+    base = np.isin(train.labels, learner.model.pretrained_classes)
+    learner.deploy(train.images[base], train.labels[base])
+    figures = export_c(learner.model, tmp_path / "py", cwr=cwr_export(learner.learner, 50, learner._next))
+    for name in ("model.c", "model_config.h"):
+        assert (tmp_path / "cli" / name).read_text() == (tmp_path / "py" / name).read_text(), name
+    config = (tmp_path / "py" / "model_config.h").read_text()
+    assert "#define BNNCL_STRATEGY 2 " in config and "#define BNNCL_CWR_MAX_IMAGES 50 " in config
+    assert f"#define BNNCL_CWR_STATE_BYTES {figures['cwr_state_bytes']} " in config
+    for extra, message in ((["--strategy", "cwr_star", "--lr-bits", "1"], "--lr-bits 1 does not apply"),
+                           (["--strategy", "naive"], "libbnncl learns with slda or cwr_star"),
+                           (["--minibatch", "4"], "--minibatch apply to --strategy cwr_star only")):
+        assert main(["export-c", "fmnist-b5", "-o", str(tmp_path / "bad"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

@@ -224,13 +224,30 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return int(info_main(rest) or 0)
 
 
+#: the learning settings ``bnncl export-c`` takes (the rest do not apply to what libbnncl learns)
+EXPORT_C_SETTINGS = ("strategy", "buffer", "lr_bits", "qf", "qb", "minibatch", "epochs", "lr", "mixing",
+                     "standardize", "cwr_max_k", "new_per_class", "seed")
+EXPORT_C_STRATEGIES = ("slda", "cwr_star")
+
+
 def _cmd_export_c(args: argparse.Namespace) -> int:
     from bnncl.assets import resolve_model
     from bnncl.device.export_c import export_c
     from bnncl.device.modelfile import DeviceModel
+    from bnncl.settings import given_settings
 
+    given = given_settings(args)
+    strategy = given.pop("strategy", "slda")
+    if strategy not in EXPORT_C_STRATEGIES:
+        raise BnnclError(f"export-c --strategy: libbnncl learns with {' or '.join(EXPORT_C_STRATEGIES)}, "
+                         f"got {strategy!r}")
     path = resolve_model(args.model, ".bnn")
     model = DeviceModel.load(path)
+    if strategy == "cwr_star":
+        return _export_c_cwr(model, path, args, given)
+    if given:
+        raise BnnclError(f"export-c: {', '.join('--' + n.replace('_', '-') for n in sorted(given))} "
+                         "apply to --strategy cwr_star only")
     slda = _deployed_slda(model, path, args) if args.deploy else None
     figures = export_c(model, args.out, args.symbol, slda=slda)
     state = f", initial streaming-LDA state {figures['state_array_bytes']} bytes" if slda is not None else ""
@@ -239,16 +256,38 @@ def _cmd_export_c(args: argparse.Namespace) -> int:
     return 0
 
 
-def _deployed_slda(model, path, args: argparse.Namespace):
-    """The streaming-LDA state a device starts from: deployed on the model's base classes (the embedded
-    Fashion-MNIST subset for the shipped fmnist-b5, else ``--base DIR``), with ``--capacity`` head rows."""
+def _export_c_cwr(model, path, args: argparse.Namespace, given: dict) -> int:
+    """``export-c --strategy cwr_star``: head-only CWR* with the portable stream, its state after the deployment
+    on the base classes with ``--deploy`` (else empty)."""
+    from bnncl.api import Learner
+    from bnncl.device.export_c import cwr_export, export_c
+    from bnncl.service.session import FREE_ROWS
+
+    if given.get("lr_bits", 8) == 1:
+        raise BnnclError("export-c --strategy cwr_star: --lr-bits 1 does not apply: the head-only replay stores real-"
+                         "valued pooled features (8 or 32 bits)")
+    settings = {"lr_bits": 8, **given, "strategy": "cwr_star", "tail_blocks": 0, "rng": "portable"}
+    learner = Learner(model, num_classes=args.capacity or len(model.class_names) + FREE_ROWS, **settings)
+    if args.deploy:
+        images, labels = _base_images(model, path, args)
+        learner.deploy(images, labels)
+    cwr = cwr_export(learner, args.max_images)
+    figures = export_c(model, args.out, args.symbol, cwr=cwr)
+    state = f", initial CWR* state {figures['state_array_bytes']} bytes" if args.deploy else ""
+    print(f"wrote {args.out}/model.c, model.h, model_config.h: {figures['array_bytes']} bytes of const arrays"
+          f"{state}, arena {figures['arena_bytes']} bytes (CWR* state {figures['cwr_state_bytes']}, learn scratch "
+          f"{figures['cwr_scratch_bytes']} for {args.max_images} images)")
+    return 0
+
+
+def _base_images(model, path, args: argparse.Namespace):
+    """The model's base-class images and their head rows (the embedded Fashion-MNIST subset for the shipped
+    fmnist-b5, else ``--base DIR``)."""
     import numpy as np
 
-    from bnncl.api import Learner
     from bnncl.cl.state import sha256_file
     from bnncl.service.folders import deployment_images
     from bnncl.service.inbox import folder_name
-    from bnncl.service.session import FREE_ROWS
 
     names = list(model.class_names)
     images, labels = deployment_images(sha256_file(path), args.base, model.architecture["input_shape"], str(path))
@@ -257,8 +296,18 @@ def _deployed_slda(model, path, args: argparse.Namespace):
     if unknown:
         raise BnnclError(f"--base {args.base}: class folders {unknown[:5]} are not classes of the model "
                          f"(expected among {names})")
-    learner = Learner(model, num_classes=args.capacity or len(names) + FREE_ROWS, strategy="slda")
-    learner.deploy(images, np.array([rows[n] for n in labels]))
+    return images, np.array([rows[n] for n in labels])
+
+
+def _deployed_slda(model, path, args: argparse.Namespace):
+    """The streaming-LDA state a device starts from: deployed on the model's base classes (:func:`_base_images`),
+    with ``--capacity`` head rows."""
+    from bnncl.api import Learner
+    from bnncl.service.session import FREE_ROWS
+
+    images, labels = _base_images(model, path, args)
+    learner = Learner(model, num_classes=args.capacity or len(model.class_names) + FREE_ROWS, strategy="slda")
+    learner.deploy(images, labels)
     return learner.learner.feature_head
 
 
@@ -336,7 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "its first image (the embedded subset for fmnist-b5; other models need --base)")
     p.add_argument("--base", default=None, help="with --deploy: ImageFolder <dir>/<class>/<image> of base images")
     p.add_argument("--capacity", type=int, default=None,
-                   help="with --deploy: classes the device can hold (default the model's names + 16)")
+                   help="with --deploy or --strategy cwr_star: classes the device can hold (default the model's "
+                        "names + 16)")
+    p.add_argument("--max-images", type=int, default=100, metavar="N",
+                   help="--strategy cwr_star: images one bnncl_learn call (one experience) may hold; the arena keeps "
+                        "their features (default %(default)s)")
+    add_arguments(p.add_argument_group("learning settings (--strategy cwr_star: head-only CWR* with the portable "
+                                       "random stream)"),
+                  {"strategy": [("export-c", "slda or cwr_star")], "lr_bits": [("export-c", 8)]},
+                  names=EXPORT_C_SETTINGS)
     p.set_defaults(func=_cmd_export_c)
 
     for name, func, text in (

@@ -214,10 +214,14 @@ LearningSettings = make_dataclass(
 
 
 def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-                  tuned: Mapping[str, Iterable[tuple[str, Any]]] | None = None) -> None:
+                  tuned: Mapping[str, Iterable[tuple[str, Any]]] | None = None,
+                  names: Iterable[str] | None = None) -> None:
     """One option per setting (value ``None`` when not given); ``tuned[name]`` = ``(who, value)`` pairs that
-    the help lists after the default (e.g. the protocols that tune it)."""
+    the help lists after the default (e.g. the protocols that tune it); ``names``: only these settings."""
+    only = None if names is None else set(names)
     for s in SETTINGS:
+        if only is not None and s.name not in only:
+            continue
         shown = "; ".join([s.show(s.default)] + [f"{who}: {s.show(v)}" for who, v in (tuned or {}).get(s.name, ())])
         valid = "" if s.choices else f"{s.expected}; "
         parser.add_argument(s.flag, dest=s.name, default=None, metavar=s.shown_metavar,
