@@ -12,6 +12,14 @@ Instructions from ``qemu -icount shift=0`` (calibrated on each run); learned-ima
 leave-one-out tally of the experience (its classes hold 8 features: one Householder reduction of the D x D
 covariance to tridiagonal form, then O(D) work per image and value of the shrinkage grid, 11) and the
 classifier refresh (one Cholesky of D x D), shared over its 16 images.
+
+fmnist-b5 with head-only CWR* (``bnncl export-c --strategy cwr_star``: the documented head-only setting, balanced,
+standardize on, cwr_max_k 1, auto epochs, lr 0.1, minibatch 128, the state deployed on the 1,500 embedded base
+images, 20 images per learn call) on the M4F with an 8-bit buffer of 1,000 and of 400 patterns: 16 test images
+predicted, 8 + 8 training images of classes 5 and 7 learned as one experience, save, reload
+(``tests/native/test_libbnncl_ctx_cwr.py``'s ``run_cwr_board``: predictions and scores bit-identical to the Python
+learner with the portable stream, the saved state's header and checksum equal to its state); instructions per
+prediction and for the whole experience.
 """
 
 from __future__ import annotations
@@ -26,9 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "native")]
 
 from test_libbnncl_cortexm import BOARDS, _tools_missing, report, run_board  # noqa: E402
+from test_libbnncl_ctx_cwr import cwr_report, run_cwr_board  # noqa: E402
 
 CASES = {"fmnist-b5": {"ntest": 16, "per_class": 8, "base_per_class": None},
          "cifar10-b5": {"ntest": 4, "per_class": 8, "base_per_class": 100}}
+CWR_BUFFERS, CWR_MAX_IMAGES = (1000, 400), 20  # head-only CWR* on the M4F: 8-bit buffers, images per learn call
 
 
 def main() -> int:
@@ -49,12 +59,27 @@ def main() -> int:
             r.pop("sizes")
             rows.append({"model": model_name, "board": board, "machine": BOARDS[board].machine,
                          "flags": BOARDS[board].flags, **r})
-    Path(a.out).write_text(json.dumps(rows, indent=1) + "\n")
+    cwr_rows = []
+    for buffer in CWR_BUFFERS:
+        with tempfile.TemporaryDirectory() as tmp:
+            r = run_cwr_board(Path(tmp), "m4f", buffer=buffer, max_images=CWR_MAX_IMAGES, per_class=8, ntest=16)
+        print(cwr_report("m4f", r), flush=True)
+        r.pop("sizes")
+        cwr_rows.append({"model": "fmnist-b5", "strategy": "cwr_star", "board": "m4f", "machine": BOARDS["m4f"].machine,
+                         "flags": BOARDS["m4f"].flags, **r})
+    Path(a.out).write_text(json.dumps(rows + cwr_rows, indent=1) + "\n")
     print("\n| model | board | flash | RAM (arena + .data/.bss + stack) | arena | stack | instructions / prediction "
           "| / learned image |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['board']} ({r['machine']}) | {r['flash']:,} | {r['ram']:,} | {r['arena']:,} | "
               f"{r['stack']:,} | {r['insn_predict'] / 1e6:.1f} M | {r['insn_learn'] / 1e6:.1f} M |")
+    print("\n| model, head-only CWR* | board | buffer (8 bits) | flash (initial state) | RAM (arena + .data/.bss + "
+          "stack) | arena | stack | instructions / prediction | / experience of 16 images |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+    for r in cwr_rows:
+        print(f"| {r['model']} | {r['board']} ({r['machine']}) | {r['buffer']:,} | {r['flash']:,} "
+              f"({r['state_arrays']:,}) | {r['ram']:,} | {r['arena']:,} | {r['stack']:,} | "
+              f"{r['insn_predict'] / 1e6:.1f} M | {r['insn_learn'] / 1e6:.1f} M |")
     return 0
 
 
