@@ -130,14 +130,18 @@ size_t bnncl_arena_size(const bnncl_model *model);
 size_t bnncl_learn_chunk(const bnncl_model *model);
 
 /* Bytes of arena with which bnncl_learn merges at least `images` images at a time and holds as many for the
- * leave-one-out tally: a call of up to that many images is one merge and runs each image's forward once
- * (bnncl_arena_size when that holds `images` already; 0 for an invalid model or a size that overflows).  The
- * extra is (images - chunk of the smaller arena) x features x 4 bytes, rounded up; a host caller trades it for
- * speed, a microcontroller keeps the minimum. */
+ * leave-one-out tally: a call of up to that many images is one merge and runs each image's forward once (0 for
+ * an invalid model or a size that overflows).  The extra over bnncl_arena_size: about (images + 61 - chunk of
+ * the smaller arena) x features x 4 bytes (the features, and the tally's solve factors past them), plus a copy of
+ * the weights of the blocks with multiples of 32 input and output channels in the layout of the AVX-512 direct
+ * kernel, which bnncl_init makes at the end of any arena that holds it on a CPU with AVX-512 (those blocks then
+ * run that kernel with their epilogue fused, as the Python engine does: the same results).  A host caller trades
+ * it for speed, a microcontroller keeps the minimum. */
 size_t bnncl_arena_size_learn(const bnncl_model *model, size_t images);
 
 /* Checks the model and lays out the context in arena (8-byte aligned, arena_bytes >= bnncl_arena_size).
- * The whole arena is used: bytes beyond bnncl_arena_size lengthen the learning scratch (more images per chunk,
+ * The whole arena is used: bytes beyond bnncl_arena_size hold the direct kernel's weights (above) where they fit
+ * on a CPU with AVX-512, and the rest lengthens the learning scratch (more images per chunk,
  * bnncl_ctx_learn_chunk).  The model's arrays are read in place (flash) for the context's lifetime. */
 int bnncl_init(const bnncl_model *model, void *arena, size_t arena_bytes, bnncl_ctx **ctx);
 

@@ -97,6 +97,8 @@ struct bnncl_ctx {
     signed char stem_ring; /* > 0: block 0 computes the stem rows as it goes, keeping their real values in a ring
                             * of that many rows in fbuf[1] (past the addmap row; free until block 1), each row
                             * once; 0: the stem's signs first, then block 0 computes the rows it reads again */
+    uint32_t direct_at; /* > 0: the blocks' weights in the AVX-512 direct kernel's layout at this many bytes from
+                         * the context (the end of a larger arena, bnncl_arena_size_learn); 0: none */
 };
 
 typedef char ctx_fits_reserve[sizeof(struct bnncl_ctx) <= CTX_RESERVE ? 1 : -1];
@@ -315,11 +317,25 @@ size_t bnncl_learn_chunk(const bnncl_model *m) {
     return L.chunk_rows;
 }
 
+/* The AVX-512 direct kernel (csrc, the Python engine's on that path) reads a block's weights as [panel][q][32]
+ * uint32, q = the 32-bit units of the 9 taps; it runs the blocks whose input and output channels are multiples
+ * of 32, from the zero-padded input, with the block epilogue in its registers.  Bytes of one block's copy (0:
+ * not such a block), and of all (64-byte aligned each). */
+static size_t direct_block_bytes(const bnncl_block_desc *b) {
+    if (b->in_channels % 32 || b->out_channels % 32) return 0;
+    return (size_t)(b->out_channels / BNNCL_NB) * (size_t)(9 * (b->in_channels / 32)) * BNNCL_NB * 4;
+}
+static size_t direct_bytes(const bnncl_model *m) {
+    size_t n = 0;
+    for (int32_t i = 0; i < m->num_blocks; ++i) n += (direct_block_bytes(&m->blocks[i]) + 63) & ~(size_t)63;
+    return n ? n + 64 : 0; /* + the alignment of the first */
+}
+
 size_t bnncl_arena_size_learn(const bnncl_model *m, size_t images) {
     if (!model_ok(m)) return 0;
     layout L;
     plan(m, &L);
-    const size_t need = plan_total(&L), vec = (size_t)m->features * sizeof(float);
+    const size_t need = plan_total(&L) + direct_bytes(m), vec = (size_t)m->features * sizeof(float);
     if (!m->slda_classes) return need;
     if (images > SIZE_MAX / 4 / vec) return 0;
     images += 4 * GRID + 2 * LOO_GROUP + 1; /* and past them the tally's solve factors of each grid value and a
@@ -383,7 +399,14 @@ int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx 
     if (arena_bytes < need) return BNNCL_E_ARENA_SMALL;
     layout L;
     plan(m, &L);
-    plan_extra(m, &L, (arena_bytes - need) & ~(size_t)15); /* the whole arena: longer chunks and holds */
+    /* a larger arena: the direct kernel's weights at its end when it holds them (x86-64 with AVX-512), the rest
+     * to longer chunks and holds */
+    size_t direct = 0;
+#if defined(__GNUC__) && defined(__x86_64__)
+    if (direct_bytes(m) && arena_bytes - need >= direct_bytes(m) && (bnncl_supported_paths() & (1 << BNNCL_PATH_AVX512)))
+        direct = direct_bytes(m);
+#endif
+    plan_extra(m, &L, (arena_bytes - need - direct) & ~(size_t)15); /* the whole arena: longer chunks and holds */
     unsigned char *p = (unsigned char *)arena;
     bnncl_ctx *c = (bnncl_ctx *)p;
     memset(c, 0, sizeof *c);
@@ -432,6 +455,24 @@ int bnncl_init(const bnncl_model *m, void *arena, size_t arena_bytes, bnncl_ctx 
         c->stem_w = (float *)m->stem_weight_f32; /* read only */
     }
     c->m = m;
+    if (direct && arena_bytes - direct <= UINT32_MAX) {
+        unsigned char *at = (unsigned char *)arena + arena_bytes - direct;
+        at += (64 - (uintptr_t)at % 64) % 64;
+        c->direct_at = (uint32_t)(at - (unsigned char *)arena);
+        for (int32_t i = 0; i < m->num_blocks; ++i) { /* unit q of the 9 taps: half q % 2 of panel word q / 2 */
+            const bnncl_block_desc *b = &m->blocks[i];
+            const size_t bytes = direct_block_bytes(b);
+            if (!bytes) continue;
+            const int64_t nq = 9 * (b->in_channels / 32), kk = words_for(9 * (int64_t)b->in_channels);
+            uint32_t *wd = (uint32_t *)(void *)at;
+            for (int64_t p = 0; p < b->out_channels / BNNCL_NB; ++p)
+                for (int64_t q = 0; q < nq; ++q)
+                    for (int64_t j = 0; j < BNNCL_NB; ++j)
+                        wd[(p * nq + q) * BNNCL_NB + j] =
+                            (uint32_t)(b->panels[(p * kk + q / 2) * BNNCL_NB + j] >> (32 * (q % 2)));
+            at += (bytes + 63) & ~(size_t)63;
+        }
+    }
     for (int32_t i = 0; i < m->num_blocks; ++i)
         if (padded_fits(m, i, &L)) c->padded |= (uint64_t)1 << i;
     { /* the ring: block 0's row of ROWS pixels spans `span` output rows; 2 more rows of stride s for its conv */
@@ -616,6 +657,25 @@ static void run_block(bnncl_ctx *c, int32_t i, int src, int dst) {
         a.src = c->fbuf[src];
         if (s == 2) a.h = g.ho, a.w = g.wo, a.stride = 1, a.src_bias = NULL;
     }
+#if defined(__GNUC__) && defined(__x86_64__)
+    /* the AVX-512 direct kernel with the block epilogue in its registers, as the Python engine runs this block
+     * there (bit-identical): its weights copied into the arena, the padded input, a full output map (a pooled
+     * one is the glue's; an in-place block reads each pixel's shortcut before it writes that pixel) */
+    if (c->direct_at && c->path == BNNCL_PATH_AVX512 && g.img && direct_block_bytes(b) && !pool && src >= 0) {
+        const unsigned char *wd = (const unsigned char *)c + c->direct_at;
+        for (int32_t j = 0; j < i; ++j) wd += (direct_block_bytes(&m->blocks[j]) + 63) & ~(size_t)63;
+        int64_t toff[9 * 2 * TB_WORDS];
+        bnncl_direct_offsets(3, 3, g.wp, g.u, toff);
+        bnncl_block_epi be = {a.src, a.h, a.w, cin, a.stride, a.src_bias, b->shift_in, b->slope, b->shift_out,
+                              a.next_bias, NULL, 0, 0, 0, 0};
+        if (!last) be.bits = k.base, be.bhp = g.ho + 2 * k.off, be.bwp = k.wp, be.bu = k.bu, be.boff = k.off;
+        const bnncl_direct d = {g.img, g.hp, g.wp, g.u, s, g.ho, g.wo, 9 * g.u, toff, (const uint32_t *)(const void *)wd,
+                                &be};
+        const bnncl_epi eb = {BNNCL_OUT_BLOCK, 9 * cin, o, b->scale, b->bias, NULL, NULL, out, o};
+        bnncl_direct_avx512(&d, 0, pixels, &eb);
+        return;
+    }
+#endif
     /* the AVX-512 kernel reads the panels with aligned loads */
     const bnncl_panel_fn panel = (uintptr_t)b->panels % 64 ? bnncl_panel_scalar : c->panel;
     int64_t stem_oy = -1;
