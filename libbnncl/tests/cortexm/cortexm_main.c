@@ -28,8 +28,8 @@
 #include <string.h>
 
 #include "model.h"
-#include "decimal.h"
 #include "semihost.h"
+#include "line_out.h"
 #include "../mem_stream.h"
 
 #define IMG (BNNCL_INPUT_H * BNNCL_INPUT_W * BNNCL_INPUT_C)
@@ -42,40 +42,6 @@ static uint64_t arena[(BNNCL_ARENA_BYTES + 7) / 8];
 __attribute__((section(".statebuf"))) static uint8_t state_buf[BNNCL_STATE_BYTES];
 static bnncl_model frozen; /* the exported model without its initial state: predicts with the pretrained head */
 static float buf[BNNCL_MAX_SCORES > 512 ? BNNCL_MAX_SCORES : 512];
-static char line[4096];
-static size_t len;
-
-static void put(const char *s) {
-    while (*s && len < sizeof line - 2) line[len++] = *s++;
-}
-
-static void put_int(long v) {
-    char t[24];
-    decimal(v, t);
-    put(t);
-}
-
-static void put_hex(uint32_t v, int digits) {
-    static const char hex[] = "0123456789abcdef";
-    if (len + digits + 1 >= sizeof line - 2) return;
-    line[len++] = ' ';
-    for (int i = digits - 1; i >= 0; --i) line[len++] = hex[(v >> (4 * i)) & 15];
-}
-
-static void endl(void) {
-    line[len++] = '\n';
-    line[len] = 0;
-    sh_write0(line);
-    len = 0;
-}
-
-static void put_floats(const float *v, size_t n) {
-    for (size_t j = 0; j < n; ++j) {
-        uint32_t bits;
-        memcpy(&bits, &v[j], 4);
-        put_hex(bits, 8);
-    }
-}
 
 static void put_selection(bnncl_ctx *ctx, const char *tag) {
     double eps = -1.0;
@@ -94,34 +60,7 @@ static void put_selection(bnncl_ctx *ctx, const char *tag) {
     endl();
 }
 
-static int error(const char *what, int rc) {
-    put("error ");
-    put(what);
-    put(" ");
-    put_int(rc);
-    endl();
-    return 1;
-}
-
 static uint32_t t_predict, t_features, t_learn, t_slda, t_calib;
-
-/* about CALIB_INSNS instructions: 2 per iteration (subs, bne), and the timer reads */
-#define CALIB_ITERS 1000000u
-#define CALIB_INSNS (2u * CALIB_ITERS)
-static uint32_t calibrate(void) {
-    uint32_t n = CALIB_ITERS;
-    uint32_t t0 = sh_ticks();
-    __asm__ volatile("1: subs %0, %0, #1\n\tbne 1b" : "+r"(n) : : "cc");
-    return sh_ticks() - t0;
-}
-
-static void put_ticks(const char *name, uint32_t t) {
-    put("ticks ");
-    put(name);
-    put(" ");
-    put_int((long)t);
-    endl();
-}
 
 static int predict_all(bnncl_ctx *ctx, const char *tag, uint32_t *ticks) {
     for (uint32_t i = 0; i < bnncl_test_count; ++i) {

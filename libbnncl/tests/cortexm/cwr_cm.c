@@ -20,8 +20,9 @@
 #include <string.h>
 
 #include "model.h"
-#include "decimal.h"
 #include "semihost.h"
+#define LINE_BYTES 512
+#include "line_out.h"
 #include "../mem_stream.h"
 
 #define IMG (BNNCL_INPUT_H * BNNCL_INPUT_W * BNNCL_INPUT_C)
@@ -33,58 +34,6 @@ extern const uint32_t bnncl_test_count, bnncl_train_count;
 static uint64_t arena[(BNNCL_ARENA_BYTES + 7) / 8];
 __attribute__((section(".statebuf"))) static uint8_t state_buf[BNNCL_STATE_BYTES];
 static float buf[BNNCL_MAX_SCORES];
-static char line[512];
-static size_t len;
-
-static void put(const char *s) {
-    while (*s && len < sizeof line - 2) line[len++] = *s++;
-}
-
-static void put_int(long v) {
-    char t[24];
-    decimal(v, t);
-    put(t);
-}
-
-static void put_hex(uint32_t v, int digits) {
-    static const char hex[] = "0123456789abcdef";
-    if (len + digits + 1 >= sizeof line - 2) return;
-    line[len++] = ' ';
-    for (int i = digits - 1; i >= 0; --i) line[len++] = hex[(v >> (4 * i)) & 15];
-}
-
-static void endl(void) {
-    line[len++] = '\n';
-    line[len] = 0;
-    sh_write0(line);
-    len = 0;
-}
-
-static int error(const char *what, int rc) {
-    put("error ");
-    put(what);
-    put(" ");
-    put_int(rc);
-    endl();
-    return 1;
-}
-
-#define CALIB_ITERS 1000000u
-#define CALIB_INSNS (2u * CALIB_ITERS)
-static uint32_t calibrate(void) {
-    uint32_t n = CALIB_ITERS;
-    uint32_t t0 = sh_ticks();
-    __asm__ volatile("1: subs %0, %0, #1\n\tbne 1b" : "+r"(n) : : "cc");
-    return sh_ticks() - t0;
-}
-
-static void put_ticks(const char *name, uint32_t t) {
-    put("ticks ");
-    put(name);
-    put(" ");
-    put_int((long)t);
-    endl();
-}
 
 static int predict_all(bnncl_ctx *ctx, const char *tag, uint32_t *ticks) {
     for (uint32_t i = 0; i < bnncl_test_count; ++i) {

@@ -13,8 +13,8 @@
 #include <string.h>
 
 #include "model.h"
-#include "decimal.h"
 #include "semihost.h"
+#include "line_out.h"
 
 #define IMG (BNNCL_INPUT_H * BNNCL_INPUT_W * BNNCL_INPUT_C)
 #ifndef SPLIT_MAX_EXPERIENCE
@@ -24,38 +24,6 @@
 static uint64_t arena[(BNNCL_ARENA_BYTES + 7) / 8];
 static uint8_t images[(size_t)SPLIT_MAX_EXPERIENCE * IMG];
 static int32_t labels[SPLIT_MAX_EXPERIENCE];
-static char out[2048];
-static size_t len;
-
-static void flush(void) {
-    out[len] = 0;
-    if (len) sh_write0(out);
-    len = 0;
-}
-
-static void put(const char *s) {
-    while (*s) {
-        if (len + 1 >= sizeof out) flush();
-        out[len++] = *s++;
-    }
-}
-
-static void put_int(long v) {
-    char t[24];
-    decimal(v, t);
-    put(t);
-}
-
-static int error(const char *what, long rc) {
-    put("error ");
-    put(what);
-    put(" ");
-    put_int(rc);
-    put("\n");
-    flush();
-    return 1;
-}
-
 /* SYS_OPEN (mode 0: "r", binary) of a file in qemu's working folder: a handle, or -1 */
 static int sh_open(const char *name) {
     uint32_t block[3] = {(uint32_t)(uintptr_t)name, 1u /* "rb" */, (uint32_t)strlen(name)};
@@ -82,7 +50,7 @@ int main(void) {
     if (rc != BNNCL_OK) return error("init", rc);
     put("chunk ");
     put_int((long)bnncl_learn_chunk(&bnncl_exported_model));
-    put("\n");
+    endl();
     for (long e = 0; e < nsizes; ++e) {
         int32_t n;
         if (sh_read(fs, &n, 4) != 0) return error("sizes", e);
@@ -94,7 +62,7 @@ int main(void) {
         put_int(e);
         put(" ");
         put_int(rc);
-        put("\n");
+        endl();
     }
     for (long i = 0; i < ntest; ++i) {
         int32_t cls;
@@ -103,8 +71,7 @@ int main(void) {
         if (rc != BNNCL_OK) return error("predict", rc);
         put("p ");
         put_int(cls);
-        put("\n");
+        endl();
     }
-    flush();
     return 0;
 }
