@@ -21,6 +21,7 @@
 #include "bnncl.h"
 #include "bnncl_core.h"
 #include "ctx_cwr.h"
+#include "state_bytes.h"
 
 /* tail_elementwise.c (C core; loaded with ctypes by the Python side, so not in bnncl_core.h) */
 int bnncl_tail_gap(const float *x, int64_t b, int64_t hw, int64_t c, int quantize, float lo, float s, float *f,
@@ -1351,53 +1352,6 @@ int bnncl_slda_selection(const bnncl_ctx *c, double *shrinkage, int64_t *loo_cor
 
 /* ---- state ------------------------------------------------------------------------------------ */
 
-static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n) { /* zlib's CRC32, bit by bit */
-    crc = ~crc;
-    while (n--) {
-        crc ^= *p++;
-        for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
-    }
-    return ~crc;
-}
-
-static void put32(uint8_t *p, uint32_t v) {
-    p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);
-}
-static uint32_t get32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-typedef struct {
-    bnncl_write_fn fn;
-    void *user;
-    uint32_t crc;
-    size_t n;
-    int err;
-    uint8_t buf[64];
-} wstream;
-
-static void w_flush(wstream *s) {
-    if (s->n && !s->err && s->fn(s->user, s->buf, s->n) != 0) s->err = 1;
-    s->n = 0;
-}
-static void w_put(wstream *s, const uint8_t *p, size_t n) {
-    s->crc = crc32_update(s->crc, p, n);
-    for (size_t i = 0; i < n; ++i) {
-        s->buf[s->n++] = p[i];
-        if (s->n == sizeof s->buf) w_flush(s);
-    }
-}
-static void w_u32(wstream *s, uint32_t v) {
-    uint8_t b[4];
-    put32(b, v);
-    w_put(s, b, 4);
-}
-static void w_f32(wstream *s, float f) {
-    uint32_t v;
-    memcpy(&v, &f, 4);
-    w_u32(s, v);
-}
-
 static void state_header(const bnncl_ctx *c, uint8_t *h, uint32_t version) {
     put32(h, BNNCL_STATE_MAGIC), put32(h + 4, version), put32(h + 8, c->m->fingerprint);
     put32(h + 12, STRATEGY_SLDA), put32(h + 16, (uint32_t)c->K), put32(h + 20, (uint32_t)c->D);
@@ -1405,7 +1359,8 @@ static void state_header(const bnncl_ctx *c, uint8_t *h, uint32_t version) {
     put32(h + 28, crc32_update(0, h, 28));
 }
 
-static int64_t get64(const uint8_t *p) { return (int64_t)((uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32); }
+/* a signed count of the payload */
+static int64_t get_i64(const uint8_t *p) { return (int64_t)get64(p); }
 
 size_t bnncl_state_size(const bnncl_ctx *c) {
     if (c && ctx_ok(c) && cwr_of(c)) return CWR_IMPL(c->m)->state_size(cwr_of(c));
@@ -1459,16 +1414,16 @@ int bnncl_state_load(bnncl_ctx *c, bnncl_read_fn read, void *user) {
     uint8_t *buf = c->work; /* the work area holds the payload until it is checked (W and b are apart) */
     if (read(user, buf, payload) != 0 || read(user, t, 4) != 0) return BNNCL_E_IO;
     int ok = get32(t) == crc32_update(0, buf, payload);
-    for (int64_t k = 0; ok && k < c->K; ++k) ok = get64(buf + 8 * k) >= 0;
+    for (int64_t k = 0; ok && k < c->K; ++k) ok = get_i64(buf + 8 * k) >= 0;
     for (const uint8_t *q = buf + 8 * c->K; ok && q < buf + floats_end; q += 4) {
         uint32_t v = get32(q);
         float f;
         memcpy(&f, &v, 4);
         ok = isfinite(f);
     }
-    for (const uint8_t *q = buf + floats_end; ok && q < buf + payload; q += 8) ok = get64(q) >= 0;
+    for (const uint8_t *q = buf + floats_end; ok && q < buf + payload; q += 8) ok = get_i64(q) >= 0;
     if (!ok) return BNNCL_E_STATE_CORRUPT;
-    for (int64_t k = 0; k < c->K; ++k) c->counts[k] = get64(buf + 8 * k);
+    for (int64_t k = 0; k < c->K; ++k) c->counts[k] = get_i64(buf + 8 * k);
     const uint8_t *p = buf + 8 * c->K;
     for (int64_t i = 0; i < c->K * c->D; ++i, p += 4) {
         uint32_t v = get32(p);
@@ -1478,6 +1433,6 @@ int bnncl_state_load(bnncl_ctx *c, bnncl_read_fn read, void *user) {
         uint32_t v = get32(p);
         memcpy(&c->cov[i], &v, 4);
     }
-    for (int j = 0; j < GRID; ++j, p += 8) c->loo[j] = version >= 2 ? get64(p) : 0; /* version 1: none counted */
+    for (int j = 0; j < GRID; ++j, p += 8) c->loo[j] = version >= 2 ? get_i64(p) : 0; /* version 1: none counted */
     return refresh(c);
 }

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "ctx_cwr.h"
+#include "state_bytes.h"
 
 #define CWR_RESERVE 384u /* region bytes reserved for struct ctx_cwr on every target */
 #define STATE_HEADER 32u
@@ -159,23 +160,6 @@ static int cwr_predict(ctx_cwr *w, const float *feat, int32_t *cls, float *score
 
 /* ---- state ------------------------------------------------------------------------------------------ */
 
-static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n) { /* zlib's CRC32, bit by bit */
-    crc = ~crc;
-    while (n--) {
-        crc ^= *p++;
-        for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
-    }
-    return ~crc;
-}
-
-static void put32(uint8_t *p, uint32_t v) {
-    p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);
-}
-static void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)v), put32(p + 4, (uint32_t)(v >> 32)); }
-static uint32_t get32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t get64(const uint8_t *p) { return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32; }
 static uint64_t f64_bits(double v) {
     uint64_t b;
     memcpy(&b, &v, 8);
@@ -215,37 +199,6 @@ static void state_header(const ctx_cwr *w, uint32_t fingerprint, uint8_t *h) {
 }
 
 static size_t cwr_state_size(const ctx_cwr *w) { return STATE_HEADER + payload_bytes(&w->cfg) + 4; }
-
-typedef struct {
-    bnncl_write_fn fn;
-    void *user;
-    uint32_t crc;
-    size_t n;
-    int err;
-    uint8_t buf[64];
-} wstream;
-
-static void w_flush(wstream *s) {
-    if (s->n && !s->err && s->fn(s->user, s->buf, s->n) != 0) s->err = 1;
-    s->n = 0;
-}
-static void w_put(wstream *s, const uint8_t *p, size_t n) {
-    s->crc = crc32_update(s->crc, p, n);
-    for (size_t i = 0; i < n; ++i) {
-        s->buf[s->n++] = p[i];
-        if (s->n == sizeof s->buf) w_flush(s);
-    }
-}
-static void w_u32(wstream *s, uint32_t v) {
-    uint8_t b[4];
-    put32(b, v);
-    w_put(s, b, 4);
-}
-static void w_u64(wstream *s, uint64_t v) {
-    uint8_t b[8];
-    put64(b, v);
-    w_put(s, b, 8);
-}
 
 static int cwr_state_save(const ctx_cwr *w, uint32_t fingerprint, bnncl_write_fn write, void *user) {
     const bnncl_cwr_state *st = &w->st;
