@@ -51,6 +51,7 @@ from bnncl.device.kernels import kernel_path
 from bnncl.device.kernels.dispatch import available_paths
 from bnncl.device.modelfile import DeviceModel
 from libbnncl_inputs import learning_inputs
+from libbnncl_programs import program_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "libbnncl"
@@ -177,10 +178,7 @@ def _run_learn(prog: Path, tmp: Path, test: np.ndarray, train: np.ndarray, label
     env = None if arena_images is None else {**os.environ, "BNNCL_ARENA_IMAGES": str(arena_images)}
     r = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
-    out: dict[str, list[list[str]]] = {}
-    for line in r.stdout.splitlines():
-        head, *rest = line.split()
-        out.setdefault(head, []).append(rest)
+    out = program_lines(r.stdout)
     return out
 
 

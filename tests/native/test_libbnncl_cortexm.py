@@ -39,7 +39,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -52,6 +51,7 @@ from bnncl.device.export_c import STATE_HEADER, arena_bytes, export_c, state_byt
 from bnncl.device.frozen import FrozenEngine
 from bnncl.device.kernels import kernel_path
 from libbnncl_inputs import learning_inputs
+from libbnncl_programs import program_lines, run_semihosted
 
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "libbnncl"
@@ -131,18 +131,8 @@ def run_board(tmp_path: Path, board: Board, model_name: str, new_classes: tuple[
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stderr[-4000:]}"
 
     log = tmp_path / "semihosting.txt"
-    t0 = time.perf_counter()
-    r = subprocess.run([QEMU, "-M", board.machine, "-cpu", board.cpu, "-nographic", "-monitor", "none",
-                        "-serial", "none", "-icount", "shift=0", "-chardev", f"file,id=sh,path={log}",
-                        "-semihosting-config", "enable=on,target=native,chardev=sh", "-kernel", str(elf)],
-                       capture_output=True, text=True, timeout=timeout, check=False)
-    qemu_s = time.perf_counter() - t0
-    text = log.read_text() if log.exists() else ""
-    assert r.returncode == 0, f"qemu exit {r.returncode}:\n{r.stderr[-2000:]}\n{text[-2000:]}"
-    out: dict[str, list[list[str]]] = {}
-    for line in text.splitlines():
-        head, *rest = line.split()
-        out.setdefault(head, []).append(rest)
+    text, qemu_s = run_semihosted(elf, board.machine, board.cpu, log, timeout)
+    out = program_lines(text)
 
     assert int(out["arena"][0][0]) == figures["arena_bytes"] == arena_bytes(model)
     assert int(out["state_size"][0][0]) == figures["state_bytes"] == state_bytes(slda.num_classes, slda.dim)

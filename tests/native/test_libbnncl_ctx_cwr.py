@@ -32,7 +32,6 @@ import dataclasses
 import shutil
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -42,6 +41,7 @@ import pytest
 from bnncl.api import Learner
 from bnncl.device.export_c import arena_plan, cwr_export, cwr_state_bytes, export_c
 from libbnncl_inputs import learning_inputs
+from libbnncl_programs import program_lines, run_semihosted
 from native.test_libbnncl import CROSS_CC, QEMU, SYSROOT, _make
 from native.test_libbnncl_cortexm import BOARDS, FLASH_SECTIONS, LIB, _section_sizes, _tools_missing
 
@@ -116,10 +116,7 @@ def _run(case: dict, prog: Path, runner: list[str], tag: str) -> dict[str, list[
         [str(tmp / f"refused{i}.state") for i in range(case["nrefused"])]
     r = subprocess.run([*runner, str(prog), *args], capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
-    out: dict[str, list[list[str]]] = {}
-    for line in r.stdout.splitlines():
-        head, *rest = line.split()
-        out.setdefault(head, []).append(rest)
+    out = program_lines(r.stdout)
     return out
 
 
@@ -188,18 +185,8 @@ def run_cwr_board(tmp: Path, board: str, *, buffer: int, max_images: int, per_cl
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stderr[-4000:]}"
     log = tmp / "semihosting.txt"
-    t0 = time.perf_counter()
-    r = subprocess.run(["qemu-system-arm", "-M", b.machine, "-cpu", b.cpu, "-nographic", "-monitor", "none", "-serial",
-                        "none", "-icount", "shift=0", "-chardev", f"file,id=sh,path={log}", "-semihosting-config",
-                        "enable=on,target=native,chardev=sh", "-kernel", str(elf)],
-                       capture_output=True, text=True, timeout=timeout, check=False)
-    qemu_s = time.perf_counter() - t0
-    text = log.read_text() if log.exists() else ""
-    assert r.returncode == 0, f"qemu exit {r.returncode}:\n{r.stderr[-2000:]}\n{text[-2000:]}"
-    out: dict[str, list[list[str]]] = {}
-    for line in text.splitlines():
-        head, *rest = line.split()
-        out.setdefault(head, []).append(rest)
+    text, qemu_s = run_semihosted(elf, b.machine, b.cpu, log, timeout)
+    out = program_lines(text)
     assert int(out["arena"][0][0]) == figures["arena_bytes"]
     assert int(out["state_size"][0][0]) == figures["state_bytes"] == len(state)
     assert [int(out[k][0][0]) for k in ("learn", "save", "load")] == [0, 0, 0]

@@ -19,7 +19,6 @@ import os
 import shutil
 import struct
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from bnncl.device.engine import DeviceEngine
 from bnncl.device.frozen import FrozenEngine
 from libbnncl_cwr_lib import CORE, CSRC, LIB
 from libbnncl_inputs import learning_inputs
+from libbnncl_programs import run_semihosted
 
 CC, QEMU = "arm-none-eabi-gcc", "qemu-system-arm"
 NEWLIB = Path("/usr/lib/arm-none-eabi/newlib")
@@ -128,13 +128,8 @@ def _run(tmp_path: Path, bx, by, stages, test, *, mixing, standardize, epochs, l
 
     elf = _build(tmp_path)
     log = tmp_path / "semihosting.txt"
-    t0 = time.perf_counter()
-    r = subprocess.run([QEMU, "-M", "mps2-an386", "-cpu", "cortex-m4", "-nographic", "-monitor", "none", "-serial",
-                        "none", "-icount", "shift=0", "-chardev", f"file,id=sh,path={log}", "-semihosting-config",
-                        "enable=on,target=native,chardev=sh", "-kernel", str(elf)],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=timeout, check=False)
-    text = log.read_text() if log.exists() else ""
-    assert r.returncode == 0 and "done" in text, f"qemu exit {r.returncode}:\n{r.stderr[-2000:]}\n{text[-2000:]}"
+    text, qemu_s = run_semihosted(elf, "mps2-an386", "cortex-m4", log, timeout, cwd=tmp_path)
+    assert "done" in text, f"the program did not finish:\n{text[-2000:]}"
     for i, want in enumerate(snaps):
         got = _read_state(tmp_path / f"state{i:02d}.bin", d, lr_bits)
         pred = (tmp_path / f"pred{i:02d}.bin").read_bytes()
@@ -151,7 +146,7 @@ def _run(tmp_path: Path, bx, by, stages, test, *, mixing, standardize, epochs, l
     return (f"Cortex-M4F ({mixing}, standardize {standardize}, {lr_bits}-bit buffer of {capacity}, minibatch {mb}): "
             f"all {len(snaps)} stages bit-identical; "
             + ", ".join(f"{k} {40 * v / 1e6:.1f} M instructions" for k, v in ticks.items())
-            + f"; {[line for line in text.splitlines() if 'bytes' in line]}; qemu {time.perf_counter() - t0:.1f} s")
+            + f"; {[line for line in text.splitlines() if 'bytes' in line]}; qemu {qemu_s:.1f} s")
 
 
 def _model():

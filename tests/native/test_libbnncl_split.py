@@ -23,7 +23,6 @@ import copy
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from bnncl.api import Learner
 from bnncl.data.embedded import load_embedded
 from bnncl.device.export_c import export_c
 from bnncl.device.modelfile import DeviceModel
+from libbnncl_programs import program_lines, run_semihosted
 
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "libbnncl"
@@ -97,14 +97,8 @@ def _run_cortexm(tmp_path: Path) -> str:
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stderr[-4000:]}"
     log = tmp_path / "semihosting.txt"
-    t0 = time.perf_counter()
-    r = subprocess.run([CM_QEMU, "-M", "mps2-an386", "-cpu", "cortex-m4", "-nographic", "-monitor", "none",
-                        "-serial", "none", "-chardev", f"file,id=sh,path={log}",
-                        "-semihosting-config", "enable=on,target=native,chardev=sh", "-kernel", str(elf)],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=3600, check=False)
-    text = log.read_text() if log.exists() else ""
-    assert r.returncode == 0, f"qemu exit {r.returncode}:\n{r.stderr[-2000:]}\n{text[-2000:]}"
-    return text + f"seconds {time.perf_counter() - t0:.1f}\n"
+    text, seconds = run_semihosted(elf, "mps2-an386", "cortex-m4", log, 3600, icount=False, cwd=tmp_path)
+    return text + f"seconds {seconds:.1f}\n"
 
 
 @pytest.mark.parametrize("target", ["host", "aarch64", "cortex-m4f"])
@@ -129,10 +123,7 @@ def test_whole_test_split_predictions_identical_after_the_protocol(protocol, tar
         r = subprocess.run([*runner, str(prog), *files], capture_output=True, text=True, timeout=600, check=False)
         assert r.returncode == 0, r.stderr[-2000:]
         text = r.stdout
-    out: dict[str, list[list[str]]] = {}
-    for line in text.splitlines():
-        head, *rest = line.split()
-        out.setdefault(head, []).append(rest)
+    out = program_lines(text)
     assert int(out["chunk"][0][0]) == protocol["chunk"]
     assert [int(rc) for _, rc in out["learn"]] == [0] * len(NEW_CLASSES)
     c_classes = np.array([int(v[0]) for v in out["p"]])
