@@ -2,7 +2,7 @@
  * (bare metal, qemu-system-arm -M mps2-an386 / mps2-an500; the inputs are read from the host through
  * semihosting file calls, so they need not fit the board's memory).
  *
- * The Cortex-M twin of split_main.c (the same inputs and output lines): qemu runs in the folder holding
+ * The Cortex-M twin of split_main.c (the same inputs; its chunk, learn and p lines): qemu runs in the folder holding
  *   test.u8 (test images), train.u8 (training images), labels.i32 (one int32 per training image),
  *   sizes.i32 (images per experience);
  * from the exported model (with its initial state), learns the training images as consecutive experiences
